@@ -1,0 +1,5 @@
+import sys
+
+from capcalc.cli import main
+
+sys.exit(main())

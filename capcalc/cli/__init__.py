@@ -1,0 +1,52 @@
+"""The command-line interface: parse, call a calculation module, render.
+
+``main`` runs the Typer app without Click's standalone mode so that every
+failure becomes one line on stderr and an exit code (2 for usage errors),
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import CapcalcError
+from . import catalog, kv  # noqa: F401  (each module registers its commands)
+from .common import app
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="capcalc", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except CapcalcError as exc:
+        _error(exc.message)
+        return exc.exit_code
+    except typer.TyperException as exc:
+        # typer vendors click: usage errors (bad flag value, missing argument) land here
+        if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            print(exc.ctx.get_help(), file=sys.stderr)
+            return 2
+        _error(exc.format_message())
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader (e.g. `head`) went away: not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        if os.environ.get("CAPCALC_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (set CAPCALC_DEBUG=1 for a traceback)")
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"capcalc: error: {message}", file=sys.stderr)

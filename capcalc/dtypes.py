@@ -1,0 +1,61 @@
+"""Data types: their width in bytes and the names capcalc accepts."""
+
+from __future__ import annotations
+
+from .errors import CapcalcError
+
+#: bytes per element. 4-bit formats are half a byte before their scales.
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+    "fp4": 0.5,
+    "mxfp4": 0.5,
+    "nvfp4": 0.5,
+}
+
+_SYNONYMS = {
+    "float32": "fp32",
+    "float": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "float8": "fp8",
+    "fp8_e4m3": "fp8",
+    "fp8_e5m2": "fp8",
+    "float8_e4m3fn": "fp8",
+}
+
+#: dtypes a KV cache may be stored in (``auto`` resolves to the model's dtype)
+KV_DTYPES = ("auto", "bf16", "fp16", "fp8", "int8", "fp32")
+
+#: dtypes a hardware profile may list a peak rate for
+PEAK_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
+
+
+def canonical_dtype(name: str, allowed=None, what: str = "dtype") -> str:
+    """Normalise a dtype name ('bfloat16' -> 'bf16') and check it is allowed."""
+    key = str(name).strip().lower()
+    key = _SYNONYMS.get(key, key)
+    choices = tuple(allowed) if allowed is not None else tuple(DTYPE_BYTES)
+    if key not in choices:
+        raise CapcalcError(f"unknown {what} {name!r}: expected one of {', '.join(choices)}")
+    return key
+
+
+def dtype_bytes(name: str) -> float:
+    return DTYPE_BYTES[canonical_dtype(name)]
+
+
+def resolve_kv_dtype(kv_dtype: str, native_dtype: str) -> str:
+    """``auto`` stores KV in the model's activation dtype, as vLLM's ``--kv-cache-dtype auto``
+    does: the native dtype when it is a 16/32-bit float, else bf16 (fp8 and 4-bit
+    checkpoints still compute attention in bf16)."""
+    kv = canonical_dtype(kv_dtype, KV_DTYPES, "KV dtype")
+    if kv != "auto":
+        return kv
+    return native_dtype if native_dtype in ("bf16", "fp16", "fp32") else "bf16"

@@ -1,0 +1,190 @@
+"""The one place output formats live: rich table, JSON, JSONL, CSV.
+
+Contract (DESIGN.md): machine output goes to stdout and nothing else does; a
+record is flat, its keys say their unit, JSON carries base units, and every
+record carries ``schema_version``. One record prints as a JSON object; many as a
+JSON array, one JSONL line each, or one CSV row each. Tables label their units.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from . import units
+from .errors import CapcalcError
+
+SCHEMA_VERSION = 1
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def record(result: Any = None, /, **fields: Any) -> dict[str, Any]:
+    """A flat output record: ``schema_version`` first, then the result's fields
+    (a dataclass or a mapping), then ``fields``."""
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    if dataclasses.is_dataclass(result):
+        out.update(dataclasses.asdict(result))
+    elif result is not None:
+        out.update(result)
+    out.update(fields)
+    return out
+
+
+def choose_format(json_: bool = False, jsonl: bool = False, csv_: bool = False) -> str:
+    chosen = [name for name, on in (("json", json_), ("jsonl", jsonl), ("csv", csv_)) if on]
+    if len(chosen) > 1:
+        raise CapcalcError(f"choose one output format, not {' and '.join('--' + c for c in chosen)}")
+    return chosen[0] if chosen else "table"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready value: whole floats become ints, non-finite floats become null."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _csv_cell(value: Any) -> Any:
+    value = _plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def humanize(key: str, value: Any) -> str:
+    """A table cell for ``value``, formatted by what its key says it is."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "—" if math.isnan(value) else "∞"
+    if re.search(r"bytes_per_s(_|$)", key):
+        return units.format_bandwidth(value)
+    if re.search(r"flops?_per_s(_|$)", key):
+        return units.format_flops_rate(value)
+    if "flop_per_byte" in key:
+        return f"{units._sig(value)} FLOP/B"
+    if "bytes" in key:
+        return units.format_bytes(value)
+    if key.endswith("_flops") or "_flops_" in key:
+        return units.format_flops(value)
+    if key.endswith("_pct"):
+        return f"{units._sig(value)} %"
+    if key.endswith("_s"):
+        return units.format_duration(value)
+    if key.startswith("params") or key.endswith("_params"):
+        return units.format_count(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value.is_integer():
+        return f"{value:,.0f}"
+    return units._sig(value, 4)
+
+
+@dataclass
+class TableSpec:
+    """How a command's records look as a table.
+
+    ``columns``: (key, header) pairs for a many-row table; omitted, one record is
+    shown as a two-column field/value table. ``render`` replaces the default
+    entirely. ``notes`` print under the table (to stdout: it is the table view).
+    """
+
+    title: str = ""
+    columns: list[tuple[str, str]] | None = None
+    hide: set[str] = field(default_factory=lambda: {"schema_version"})
+    notes: list[str] = field(default_factory=list)
+    render: Callable[[list[dict], Console], None] | None = None
+
+
+def stdout_console() -> Console:
+    # Piped tables (a file, `less`) would otherwise wrap at 80 columns.
+    width = None if sys.stdout.isatty() else 160
+    return Console(file=sys.stdout, soft_wrap=False, highlight=False, width=width)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False)
+
+
+def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, single: bool = False) -> None:
+    """Write ``records`` to stdout in ``fmt``. ``single``: JSON prints one object."""
+    records = list(records)
+    spec = spec or TableSpec()
+    out = sys.stdout
+    if fmt == "json":
+        payload = _plain(records[0]) if single and len(records) == 1 else _plain(records)
+        out.write(json.dumps(payload, indent=2) + "\n")
+    elif fmt == "jsonl":
+        for rec in records:
+            out.write(json.dumps(_plain(rec)) + "\n")
+    elif fmt == "csv":
+        write_csv(records, out)
+    else:
+        console = stdout_console()
+        if spec.render is not None:
+            spec.render(records, console)
+        elif spec.columns is None and len(records) == 1:
+            console.print(field_table(records[0], spec.title, spec.hide))
+        else:
+            console.print(rows_table(records, spec))
+        for note in spec.notes:
+            console.print(note)
+    out.flush()
+
+
+def write_csv(records: list[dict], out, header: bool = True) -> list[str]:
+    keys: list[str] = []
+    for rec in records:
+        keys.extend(k for k in rec if k not in keys)
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for rec in records:
+        writer.writerow({k: _csv_cell(rec.get(k)) for k in keys})
+    return keys
+
+
+def field_table(rec: dict, title: str = "", hide: set[str] | None = None) -> Table:
+    table = Table(title=title or None, show_header=True, header_style="bold")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in rec.items():
+        if hide and key in hide:
+            continue
+        table.add_row(key, humanize(key, value))
+    return table
+
+
+def rows_table(records: list[dict], spec: TableSpec) -> Table:
+    columns = spec.columns or [(k, k) for k in records[0] if k not in spec.hide]
+    table = Table(title=spec.title or None, header_style="bold")
+    for i, (_, header) in enumerate(columns):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for rec in records:
+        table.add_row(*(humanize(key, rec.get(key)) for key, _ in columns))
+    return table

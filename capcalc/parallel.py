@@ -1,0 +1,49 @@
+"""Tensor- and pipeline-parallel layouts: which degrees are valid, and how heads split.
+
+vLLM requires the tensor-parallel degree to divide the attention heads, and
+either to divide the KV heads or be a multiple of them (then each KV head is
+replicated on tp / kv_heads GPUs).
+"""
+
+from __future__ import annotations
+
+from .errors import CapcalcError
+from .profiles import ModelProfile
+
+
+def tp_is_valid(model: ModelProfile, tp: int) -> bool:
+    if tp < 1 or model.num_attention_heads % tp:
+        return False
+    if model.mla is not None:  # one latent, replicated on every rank
+        return True
+    kv = model.num_kv_heads
+    return kv % tp == 0 or tp % kv == 0
+
+
+def valid_tp_degrees(model: ModelProfile, limit: int = 64) -> list[int]:
+    return [tp for tp in range(1, limit + 1) if tp_is_valid(model, tp)]
+
+
+def check_tp(model: ModelProfile, tp: int) -> int:
+    """Return ``tp`` or raise a usage error listing the valid degrees."""
+    if tp_is_valid(model, tp):
+        return tp
+    degrees = ", ".join(str(d) for d in valid_tp_degrees(model))
+    raise CapcalcError(
+        f"tp={tp} is not valid for {model.name} ({model.num_attention_heads} attention heads, "
+        f"{model.num_kv_heads} KV heads): valid tp degrees are {degrees}"
+    )
+
+
+def kv_heads_per_gpu(model: ModelProfile, tp: int) -> int:
+    """KV heads each GPU holds: kv_heads / tp, or 1 (replicated) once tp exceeds them."""
+    if model.mla is not None:
+        return 1
+    return max(1, model.num_kv_heads // tp)
+
+
+def kv_replication_factor(model: ModelProfile, tp: int) -> float:
+    """How many copies of each KV head exist across the tp GPUs (1 = no replication)."""
+    if model.mla is not None:
+        return float(tp)
+    return kv_heads_per_gpu(model, tp) * tp / model.num_kv_heads

@@ -1,0 +1,547 @@
+"""Model and GPU profiles: the dataclasses, strict validation, and name lookup.
+
+This is the one place profiles are read. YAML is parsed with the safe loader
+only; every problem is reported as one line naming the file, the field and what
+was expected (see ``docs/profiles.md`` for the format).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
+from .errors import CapcalcError, ProfileError
+from .units import parse_quantity
+
+ENV_PROFILES = "CAPCALC_PROFILES"
+
+
+def shipped_dir(kind: str) -> Path:
+    """Where the shipped ``model_profiles`` / ``hardware_profiles`` live: inside the
+    installed package (wheel), else at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / kind, here.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise CapcalcError(f"cannot find the shipped {kind} directory next to {here}", exit_code=1)
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class MoE:
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    first_dense_layers: int = 0
+    expert_bias: bool = False
+    router_bias: bool = False
+
+
+@dataclass(frozen=True)
+class MLA:
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtraParams:
+    count: int
+    what: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    source: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_context: int
+    display_name: str = ""
+    aliases: tuple[str, ...] = ()
+    params_official: int | None = None
+    params_official_kind: str | None = None
+    params_official_source: str | None = None
+    native_dtype: str = "bf16"
+    tie_word_embeddings: bool = False
+    mlp: str = "gated"
+    attention_bias: bool = False
+    attention_output_bias: bool = False
+    mlp_bias: bool = False
+    norm: str = "rmsnorm"
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    position_embedding: str = "rope"
+    moe: MoE | None = None
+    mla: MLA | None = None
+    sliding_window: int | None = None
+    #: one of 'full' / 'sliding' per layer
+    layer_types: tuple[str, ...] = ()
+    extra_params: ExtraParams | None = None
+    notes: str = ""
+    path: str = ""
+
+    @property
+    def num_sliding_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "sliding")
+
+    @property
+    def num_full_layers(self) -> int:
+        return self.num_layers - self.num_sliding_layers
+
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_layers - self.moe.first_dense_layers
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    memory_bytes: float
+    bandwidth_bytes_per_s: float
+    #: dense peak FLOP/s (or OP/s for integer types) per dtype
+    peak_flops_per_s: dict[str, float]
+    sources: dict[str, str]
+    display_name: str = ""
+    aliases: tuple[str, ...] = ()
+    vendor: str = ""
+    memory_reported_bytes: float | None = None
+    interconnect: str = ""
+    interconnect_bandwidth_bytes_per_s: float | None = None
+    l2_cache_bytes: float | None = None
+    price_per_hour: float | None = None
+    efficiency: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: str = ""
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak rate for ``dtype``; fp16 and bf16 stand in for each other."""
+        dtype = canonical_dtype(dtype)
+        for candidate in (dtype, {"bf16": "fp16", "fp16": "bf16"}.get(dtype)):
+            if candidate and candidate in self.peak_flops_per_s:
+                return self.peak_flops_per_s[candidate]
+        raise CapcalcError(
+            f"{self.name} has no {dtype} peak rate in its profile "
+            f"(it lists {', '.join(self.peak_flops_per_s)})"
+        )
+
+    def ridge_point(self, dtype: str = "bf16") -> float:
+        """FLOP/byte at which a kernel turns from memory- to compute-bound: peak / bandwidth."""
+        return self.peak(dtype) / self.bandwidth_bytes_per_s
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Reader:
+    """Reads one mapping of a profile, remembering which keys were used so that
+    unknown (typo'd) keys can be reported."""
+
+    def __init__(self, path, data, prefix: str = ""):
+        self.path = path
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise ProfileError(path, prefix.rstrip(".") or "(top level)", "expected a mapping of keys to values")
+        self.data = data
+        self.used: set[str] = set()
+
+    def _name(self, key):
+        return f"{self.prefix}{key}"
+
+    def fail(self, key, problem):
+        raise ProfileError(self.path, self._name(key), problem)
+
+    def raw(self, key, required=True, default=None):
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                self.fail(key, "missing (required)")
+            return default
+        return self.data[key]
+
+    def string(self, key, required=True, default=None):
+        value = self.raw(key, required, default)
+        if value is default and not required:
+            return value
+        if not isinstance(value, str) or not value.strip():
+            self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value.strip()
+
+    def integer(self, key, required=True, default=None, minimum=1):
+        value = self.raw(key, required, default)
+        if value is default and not required:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected a whole number, got {value!r}")
+        if value < minimum:
+            self.fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def boolean(self, key, default=False):
+        value = self.raw(key, False, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def choice(self, key, choices, default=None):
+        value = self.raw(key, default is None, default)
+        if value not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def quantity(self, key, kind, required=True):
+        value = self.raw(key, required)
+        if value is None:
+            return None
+        try:
+            number = parse_quantity(value, kind, self._name(key))
+        except CapcalcError as exc:
+            raise ProfileError(self.path, self._name(key), exc.message.split(": ", 1)[-1]) from None
+        if not number > 0:
+            self.fail(key, f"must be positive, got {value!r}")
+        return number
+
+    def string_list(self, key):
+        value = self.raw(key, False, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.fail(key, f"expected a list of strings, got {value!r}")
+        return tuple(v.strip() for v in value)
+
+    def sub(self, key, required=False):
+        value = self.raw(key, required)
+        if value is None:
+            return None
+        return _Reader(self.path, value, f"{self._name(key)}.")
+
+    def finish(self):
+        unknown = [k for k in self.data if k not in self.used]
+        if unknown:
+            known = sorted(self.used)
+            key = unknown[0]
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+            self.fail(key, f"unknown key{hint}")
+
+
+def _load_yaml(path: Path):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(path, "", f"cannot read file: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(parse)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError(path, where, f"invalid YAML: {problem}") from None
+
+
+def _check_name(reader: _Reader, name: str):
+    if name != name.lower() or " " in name:
+        reader.fail("name", f"expected a lower-case, hyphenated name, got {name!r}")
+
+
+def model_from_dict(data: dict, path="<model>") -> ModelProfile:
+    """Validate a model profile mapping and build a :class:`ModelProfile`."""
+    top = _Reader(path, data)
+    name = top.string("name")
+    _check_name(top, name)
+    arch = top.sub("architecture", required=True)
+    values: dict[str, Any] = dict(
+        name=name,
+        source=top.string("source"),
+        display_name=top.string("display_name", False, "") or name,
+        aliases=top.string_list("aliases"),
+        params_official=top.integer("params_official", False),
+        params_official_kind=top.choice("params_official_kind", ("exact", "rounded"), "rounded")
+        if "params_official" in data
+        else top.raw("params_official_kind", False),
+        params_official_source=top.string("params_official_source", "params_official" in data),
+        native_dtype=_dtype_field(top, "native_dtype"),
+        notes=str(top.raw("notes", False, "") or ""),
+        path=str(path),
+    )
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim"):
+        values[key] = arch.integer(key)
+    values["intermediate_size"] = arch.integer("intermediate_size")
+    values["vocab_size"] = arch.integer("vocab_size")
+    values["max_context"] = arch.integer("max_context")
+    values["tie_word_embeddings"] = arch.boolean("tie_word_embeddings")
+    values["mlp"] = arch.choice("mlp", ("gated", "plain"), "gated")
+    values["attention_bias"] = arch.boolean("attention_bias")
+    values["attention_output_bias"] = arch.boolean("attention_output_bias")
+    values["mlp_bias"] = arch.boolean("mlp_bias")
+    values["norm"] = arch.choice("norm", ("rmsnorm", "layernorm"), "rmsnorm")
+    values["norms_per_layer"] = arch.integer("norms_per_layer", False, 2, minimum=0)
+    values["qk_norm"] = arch.boolean("qk_norm")
+    values["position_embedding"] = arch.choice("position_embedding", ("rope", "learned", "alibi"), "rope")
+    arch.finish()
+
+    heads, kv_heads = values["num_attention_heads"], values["num_kv_heads"]
+    if heads % kv_heads:
+        arch.fail(
+            "num_kv_heads",
+            f"num_attention_heads ({heads}) must be divisible by num_kv_heads ({kv_heads})",
+        )
+
+    moe = top.sub("moe")
+    if moe is not None:
+        values["moe"] = MoE(
+            num_experts=moe.integer("num_experts"),
+            experts_per_token=moe.integer("experts_per_token"),
+            expert_intermediate_size=moe.integer("expert_intermediate_size"),
+            num_shared_experts=moe.integer("num_shared_experts", False, 0, minimum=0),
+            shared_expert_intermediate_size=moe.integer("shared_expert_intermediate_size", False, 0, minimum=0),
+            first_dense_layers=moe.integer("first_dense_layers", False, 0, minimum=0),
+            expert_bias=moe.boolean("expert_bias"),
+            router_bias=moe.boolean("router_bias"),
+        )
+        moe.finish()
+        m = values["moe"]
+        if m.experts_per_token > m.num_experts:
+            moe.fail("experts_per_token", f"cannot exceed num_experts ({m.num_experts}), got {m.experts_per_token}")
+        if m.first_dense_layers >= values["num_layers"]:
+            moe.fail("first_dense_layers", f"must be below num_layers ({values['num_layers']})")
+        if m.num_shared_experts and not m.shared_expert_intermediate_size:
+            values["moe"] = MoE(**{**m.__dict__, "shared_expert_intermediate_size": m.expert_intermediate_size})
+
+    mla = top.sub("mla")
+    if mla is not None:
+        q_lora = mla.raw("q_lora_rank", False)
+        values["mla"] = MLA(
+            kv_lora_rank=mla.integer("kv_lora_rank"),
+            qk_rope_head_dim=mla.integer("qk_rope_head_dim"),
+            qk_nope_head_dim=mla.integer("qk_nope_head_dim"),
+            v_head_dim=mla.integer("v_head_dim"),
+            q_lora_rank=mla.integer("q_lora_rank") if q_lora is not None else None,
+        )
+        mla.finish()
+
+    layer_types = ("full",) * values["num_layers"]
+    window = top.sub("sliding_window")
+    if window is not None:
+        values["sliding_window"] = window.integer("window")
+        pattern = window.raw("pattern", False)
+        explicit = window.raw("layer_types", False)
+        if (pattern is None) == (explicit is None):
+            window.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
+        key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
+        if not isinstance(listed, list) or not listed or any(t not in ("sliding", "full") for t in listed):
+            window.fail(key, f"expected a list of 'sliding' / 'full', got {listed!r}")
+        if explicit is not None and len(explicit) != values["num_layers"]:
+            window.fail(key, f"expected {values['num_layers']} entries (one per layer), got {len(explicit)}")
+        layer_types = tuple(listed[i % len(listed)] for i in range(values["num_layers"]))
+        window.finish()
+    values["layer_types"] = layer_types
+
+    extra = top.sub("extra_params")
+    if extra is not None:
+        values["extra_params"] = ExtraParams(
+            count=extra.integer("count"), what=extra.string("what"), source=extra.string("source")
+        )
+        extra.finish()
+    top.finish()
+    return ModelProfile(**values)
+
+
+def _dtype_field(reader: _Reader, key: str) -> str:
+    value = reader.raw(key, False, "bf16")
+    try:
+        return canonical_dtype(str(value))
+    except CapcalcError:
+        reader.fail(key, f"unknown dtype {value!r}: expected one of {', '.join(DTYPE_BYTES)}")
+
+
+_HW_SOURCED = {
+    "memory": "memory",
+    "memory_reported": "memory_reported",
+    "bandwidth": "bandwidth",
+    "peak_flops": "peak_flops",
+    "interconnect_bandwidth": "interconnect",
+    "l2_cache": "l2_cache",
+    "price_per_hour": "price",
+}
+
+
+def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
+    """Validate a GPU profile mapping and build a :class:`HardwareProfile`."""
+    top = _Reader(path, data)
+    name = top.string("name")
+    _check_name(top, name)
+    peaks_reader = top.sub("peak_flops", required=True)
+    peaks: dict[str, float] = {}
+    for key in list(peaks_reader.data):
+        if key not in PEAK_DTYPES:
+            peaks_reader.fail(key, f"unknown dtype: expected one of {', '.join(PEAK_DTYPES)}")
+        peaks[key] = peaks_reader.quantity(key, "flops")
+    peaks_reader.finish()
+    if "bf16" not in peaks and "fp16" not in peaks:
+        top.fail("peak_flops", "needs at least a bf16 or fp16 rate")
+
+    sources_reader = top.sub("sources", required=True)
+    sources = {k: sources_reader.string(k) for k in list(sources_reader.data)}
+    sources_reader.used.update(sources)
+    for key, source_key in _HW_SOURCED.items():
+        if key in data and data[key] is not None and source_key not in sources:
+            top.fail(f"sources.{source_key}", f"missing: every number needs a source ({key} has none)")
+    unknown_sources = set(sources) - set(_HW_SOURCED.values()) - {"efficiency", "notes"}
+    if unknown_sources:
+        top.fail(f"sources.{sorted(unknown_sources)[0]}", f"unknown key (known: {', '.join(sorted(set(_HW_SOURCED.values())))})")
+
+    efficiency = top.raw("efficiency", False, {}) or {}
+    if not isinstance(efficiency, dict):
+        top.fail("efficiency", "expected a mapping")
+    if efficiency and "efficiency" not in sources:
+        top.fail("sources.efficiency", "missing: the efficiency defaults need a source")
+    price = top.raw("price_per_hour", False)
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price <= 0):
+        top.fail("price_per_hour", f"expected a positive number of USD per hour, got {price!r}")
+
+    profile = HardwareProfile(
+        name=name,
+        display_name=top.string("display_name", False, "") or name,
+        aliases=top.string_list("aliases"),
+        vendor=top.string("vendor", False, ""),
+        memory_bytes=top.quantity("memory", "bytes"),
+        memory_reported_bytes=top.quantity("memory_reported", "bytes", required=False),
+        bandwidth_bytes_per_s=top.quantity("bandwidth", "bandwidth"),
+        peak_flops_per_s=peaks,
+        interconnect=top.string("interconnect", False, ""),
+        interconnect_bandwidth_bytes_per_s=top.quantity("interconnect_bandwidth", "bandwidth", required=False),
+        l2_cache_bytes=top.quantity("l2_cache", "bytes", required=False),
+        price_per_hour=float(price) if price is not None else None,
+        sources=sources,
+        efficiency=dict(efficiency),
+        notes=str(top.raw("notes", False, "") or ""),
+        path=str(path),
+    )
+    top.finish()
+    return profile
+
+
+def load_profile_file(path: Path):
+    """Load one YAML file as a model or GPU profile, deciding by its keys."""
+    data = _load_yaml(path)
+    if not isinstance(data, dict):
+        raise ProfileError(path, "(top level)", "expected a mapping with 'name' and either 'architecture' or 'bandwidth'")
+    if "architecture" in data:
+        return model_from_dict(data, path)
+    if "bandwidth" in data or "peak_flops" in data:
+        return hardware_from_dict(data, path)
+    raise ProfileError(path, "(top level)", "neither a model profile ('architecture') nor a GPU profile ('bandwidth')")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
+class Registry:
+    """Every known profile: shipped ones, then user directories (which win)."""
+
+    def __init__(self, models: dict[str, ModelProfile], gpus: dict[str, HardwareProfile]):
+        self.models = models
+        self.gpus = gpus
+        self._model_index = self._index(models)
+        self._gpu_index = self._index(gpus)
+
+    @staticmethod
+    def _index(profiles) -> dict[str, str]:
+        index: dict[str, str] = {}
+        for name, profile in profiles.items():
+            for label in (profile.name, *profile.aliases):
+                index.setdefault(_key(label), name)
+        for name in profiles:  # a name always beats someone else's alias
+            index[_key(name)] = name
+        return index
+
+    @classmethod
+    def load(cls, user_dirs=(), warn=None, include_env: bool = True) -> Registry:
+        """Load shipped profiles, then each user directory in order (later wins).
+
+        ``user_dirs`` come from ``--profiles``; the ``CAPCALC_PROFILES`` environment
+        variable (``os.pathsep``-separated) adds directories before them.
+        """
+        warn = warn or (lambda message: print(f"capcalc: note: {message}", file=sys.stderr))
+        models: dict[str, ModelProfile] = {}
+        gpus: dict[str, HardwareProfile] = {}
+        for directory in (shipped_dir("model_profiles"), shipped_dir("hardware_profiles")):
+            for path in sorted(directory.glob("*.yaml")):
+                _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
+        dirs = []
+        if include_env and os.environ.get(ENV_PROFILES):
+            dirs.extend(p for p in os.environ[ENV_PROFILES].split(os.pathsep) if p)
+        dirs.extend(str(d) for d in user_dirs)
+        for directory in dirs:
+            path = Path(directory).expanduser()
+            if not path.is_dir():
+                raise CapcalcError(f"profile directory {directory!r} does not exist or is not a directory")
+            for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
+                if file.name.startswith("calibration"):
+                    continue
+                _add(load_profile_file(file), models, gpus, shipped=False, warn=warn)
+        return cls(models, gpus)
+
+    def model(self, name: str) -> ModelProfile:
+        return self._lookup(name, self.models, self._model_index, "model")
+
+    def resolve_model(self, name: str) -> ModelProfile:
+        """A model by profile name or alias (later: a local folder or Hub id)."""
+        return self.model(name)
+
+    def gpu(self, name: str) -> HardwareProfile:
+        return self._lookup(name, self.gpus, self._gpu_index, "GPU")
+
+    def _lookup(self, name, profiles, index, what):
+        found = index.get(_key(name))
+        if found is not None:
+            return profiles[found]
+        listing = "models" if what == "model" else "gpus"
+        closest = self.closest(name, index)
+        hint = f"closest: {', '.join(closest)}" if closest else f"no {listing} are known"
+        raise CapcalcError(f"unknown {what} {name!r}; {hint} (see `capcalc {listing}`)")
+
+    @staticmethod
+    def closest(name: str, index: dict[str, str], n: int = 3) -> list[str]:
+        """The ``n`` profile names closest to ``name`` (by name or alias)."""
+        scores: dict[str, float] = {}
+        for label, target in index.items():
+            score = difflib.SequenceMatcher(None, _key(name), label).ratio()
+            scores[target] = max(scores.get(target, 0.0), score)
+        return sorted(scores, key=lambda t: (-scores[t], t))[:n]
+
+
+def _add(profile, models, gpus, shipped, warn):
+    table = models if isinstance(profile, ModelProfile) else gpus
+    previous = table.get(profile.name)
+    if previous is not None:
+        if shipped:
+            raise ProfileError(profile.path, "name", f"duplicate name {profile.name!r} (also in {previous.path})")
+        warn(f"user profile {profile.path} overrides {previous.path} ({profile.name})")
+    table[profile.name] = profile

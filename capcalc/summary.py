@@ -1,0 +1,127 @@
+"""Headline and derived numbers of one profile, as flat records for `models`,
+`gpus` and `show`."""
+
+from __future__ import annotations
+
+from .dtypes import PEAK_DTYPES
+from .kv import kv_bytes_per_token_per_layer
+from .dtypes import resolve_kv_dtype
+from .params import count_params
+from .profiles import HardwareProfile, ModelProfile
+from .weights import weight_bytes
+
+SHOW_WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4")
+SHOW_KV_DTYPES = ("bf16", "fp8")
+
+
+def layer_layout(model: ModelProfile) -> str:
+    """'32 full', '13 full + 13 sliding(4096)', with MoE/MLA noted."""
+    parts = [f"{model.num_full_layers} full"]
+    if model.num_sliding_layers:
+        parts.append(f"{model.num_sliding_layers} sliding({model.sliding_window})")
+    text = " + ".join(parts)
+    if model.mla is not None:
+        text += ", MLA latent"
+    if model.moe is not None:
+        m = model.moe
+        text += f", MoE {m.experts_per_token}/{m.num_experts}"
+        if m.num_shared_experts:
+            text += f" + {m.num_shared_experts} shared"
+        if m.first_dense_layers:
+            text += f" (first {m.first_dense_layers} dense)"
+    return text
+
+
+def model_headline(model: ModelProfile) -> dict:
+    """One row of `capcalc models`."""
+    params = count_params(model)
+    kv_dtype = resolve_kv_dtype("auto", model.native_dtype)
+    return {
+        "model": model.name,
+        "params_total": params.total,
+        "params_active": params.active,
+        "num_layers": model.num_layers,
+        "num_attention_heads": model.num_attention_heads,
+        "num_kv_heads": model.num_kv_heads,
+        "head_dim": model.head_dim,
+        "kv_dtype": kv_dtype,
+        "kv_bytes_per_token": kv_bytes_per_token_per_layer(model, kv_dtype) * model.num_layers,
+        "max_context": model.max_context,
+        "layout": layer_layout(model),
+    }
+
+
+def model_details(model: ModelProfile) -> dict:
+    """Everything `capcalc show MODEL` prints: the profile, the itemised parameter
+    count and its check against the official figure, weight and KV bytes per dtype."""
+    params = count_params(model)
+    rec = {"kind": "model", **model_headline(model)}
+    rec.update(
+        display_name=model.display_name,
+        aliases=list(model.aliases),
+        source=model.source,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.intermediate_size,
+        vocab_size=model.vocab_size,
+        tie_word_embeddings=model.tie_word_embeddings,
+        native_dtype=model.native_dtype,
+        full_layers=model.num_full_layers,
+        sliding_layers=model.num_sliding_layers,
+        sliding_window=model.sliding_window,
+        mla_layers=model.num_layers if model.mla else 0,
+        moe_layers=model.num_moe_layers,
+        num_experts=model.moe.num_experts if model.moe else None,
+        experts_per_token=model.moe.experts_per_token if model.moe else None,
+        params_official=model.params_official,
+        params_official_kind=model.params_official_kind,
+        params_official_source=model.params_official_source,
+        params_error_pct=(
+            100.0 * (params.total - model.params_official) / model.params_official
+            if model.params_official
+            else None
+        ),
+    )
+    for key, value in params.as_dict().items():
+        if key not in ("total", "active"):
+            rec[f"params_{key}"] = value
+    for dtype in SHOW_WEIGHT_DTYPES:
+        rec[f"weight_bytes_{dtype}"] = weight_bytes(model, dtype, params=params).bytes
+    for dtype in SHOW_KV_DTYPES:
+        rec[f"kv_bytes_per_token_{dtype}"] = kv_bytes_per_token_per_layer(model, dtype) * model.num_layers
+    return rec
+
+
+def gpu_headline(gpu: HardwareProfile) -> dict:
+    """One row of `capcalc gpus`."""
+    bf16 = gpu.peak("bf16")
+    return {
+        "gpu": gpu.name,
+        "vendor": gpu.vendor,
+        "memory_bytes": gpu.memory_bytes,
+        "bandwidth_bytes_per_s": gpu.bandwidth_bytes_per_s,
+        "peak_flops_per_s_bf16": bf16,
+        "ridge_point_bf16_flop_per_byte": bf16 / gpu.bandwidth_bytes_per_s,
+        "interconnect_bandwidth_bytes_per_s": gpu.interconnect_bandwidth_bytes_per_s,
+        "price_per_hour_usd": gpu.price_per_hour,
+    }
+
+
+def gpu_details(gpu: HardwareProfile) -> dict:
+    """Everything `capcalc show GPU` prints: memory in both units, ridge point per dtype, sources."""
+    rec = {"kind": "gpu", **gpu_headline(gpu)}
+    rec.update(
+        display_name=gpu.display_name,
+        aliases=list(gpu.aliases),
+        memory_gb=gpu.memory_bytes / 1e9,
+        memory_gib=gpu.memory_bytes / 2**30,
+        memory_reported_bytes=gpu.memory_reported_bytes,
+        interconnect=gpu.interconnect,
+        l2_cache_bytes=gpu.l2_cache_bytes,
+    )
+    for dtype in PEAK_DTYPES:
+        if dtype in gpu.peak_flops_per_s:
+            rec[f"peak_flops_per_s_{dtype}"] = gpu.peak_flops_per_s[dtype]
+            rec[f"ridge_point_{dtype}_flop_per_byte"] = gpu.peak_flops_per_s[dtype] / gpu.bandwidth_bytes_per_s
+    for key, source in gpu.sources.items():
+        rec[f"source_{key}"] = source
+    return rec

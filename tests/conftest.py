@@ -1,0 +1,44 @@
+"""Shared test helpers: run the CLI in-process and capture stdout/stderr separately."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from capcalc.cli import main
+from capcalc.profiles import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli("kv", "llama-3-8b", "--json") -> Result(code, out, err)."""
+    monkeypatch.delenv("CAPCALC_PROFILES", raising=False)
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry.load(include_env=False)
