@@ -23,6 +23,17 @@ from .units import parse_quantity
 ENV_PROFILES = "CAPCALC_PROFILES"
 
 
+def user_profile_dir() -> Path:
+    """Where capcalc writes user profiles and calibration (``import``, ``measure --save``):
+    the first ``CAPCALC_PROFILES`` directory if set, else ``$XDG_CONFIG_HOME/capcalc``
+    (``~/.config/capcalc``). Profiles there are loaded like any user directory."""
+    env = [p for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
+    if env:
+        return Path(env[0]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "capcalc"
+
+
 def shipped_dir(kind: str) -> Path:
     """Where the shipped ``model_profiles`` / ``hardware_profiles`` live: inside the
     installed package (wheel), else at the top of a source checkout."""
@@ -495,8 +506,11 @@ class Registry:
             for path in sorted(directory.glob("*.yaml")):
                 _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
         dirs = []
-        if include_env and os.environ.get(ENV_PROFILES):
-            dirs.extend(p for p in os.environ[ENV_PROFILES].split(os.pathsep) if p)
+        if include_env:
+            if os.environ.get(ENV_PROFILES):
+                dirs.extend(p for p in os.environ[ENV_PROFILES].split(os.pathsep) if p)
+            elif user_profile_dir().is_dir():
+                dirs.append(str(user_profile_dir()))
         dirs.extend(str(d) for d in user_dirs)
         for directory in dirs:
             path = Path(directory).expanduser()

@@ -25,10 +25,17 @@ class Result:
         return json.loads(self.out)
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """cli("kv", "llama-3-8b", "--json") -> Result(code, out, err)."""
+@pytest.fixture(autouse=True)
+def isolated_user_config(tmp_path, monkeypatch):
+    """No test reads or writes the real ~/.config/capcalc or $CAPCALC_PROFILES."""
     monkeypatch.delenv("CAPCALC_PROFILES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    return tmp_path / "xdg-config" / "capcalc"
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli("kv", "llama-3-8b", "--json") -> Result(code, out, err)."""
 
     def run(*args: str) -> Result:
         capsys.readouterr()
