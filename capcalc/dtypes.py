@@ -51,11 +51,17 @@ def dtype_bytes(name: str) -> float:
     return DTYPE_BYTES[canonical_dtype(name)]
 
 
+def serving_dtype(native_dtype: str) -> str:
+    """The activation dtype vLLM serves a checkpoint in with ``--dtype auto``: bf16 and
+    fp16 checkpoints as they are, fp32 checkpoints in fp16, and quantised (fp8,
+    4-bit) checkpoints in bf16."""
+    if native_dtype in ("bf16", "fp16"):
+        return native_dtype
+    return "fp16" if native_dtype == "fp32" else "bf16"
+
+
 def resolve_kv_dtype(kv_dtype: str, native_dtype: str) -> str:
-    """``auto`` stores KV in the model's activation dtype, as vLLM's ``--kv-cache-dtype auto``
-    does: the native dtype when it is a 16/32-bit float, else bf16 (fp8 and 4-bit
-    checkpoints still compute attention in bf16)."""
+    """``auto`` stores KV in the serving activation dtype, as vLLM's
+    ``--kv-cache-dtype auto`` does (see :func:`serving_dtype`)."""
     kv = canonical_dtype(kv_dtype, KV_DTYPES, "KV dtype")
-    if kv != "auto":
-        return kv
-    return native_dtype if native_dtype in ("bf16", "fp16", "fp32") else "bf16"
+    return serving_dtype(native_dtype) if kv == "auto" else kv

@@ -94,6 +94,8 @@ def humanize(key: str, value: Any) -> str:
         return units.format_flops(value)
     if key.endswith("_pct"):
         return f"{units._sig(value)} %"
+    if key.endswith("_per_s"):
+        return f"{units._sig(value, 4)} /s"
     if key.endswith("_s"):
         return units.format_duration(value)
     if key.startswith("params") or key.endswith("_params"):

@@ -44,10 +44,13 @@ def bits_per_weight(dtype: str, group_size: int = 128) -> float:
 
 
 def resolve_weight_dtype(weight_dtype: str, model: ModelProfile) -> str:
-    """``auto`` means the dtype the official checkpoint ships in."""
+    """``auto`` means the dtype the official checkpoint ships in, except that fp32
+    checkpoints are served in fp16 (vLLM's ``--dtype auto``)."""
     dtype = canonical_dtype(weight_dtype, WEIGHT_DTYPES, "weight dtype")
     if dtype == "auto":
         native = model.native_dtype
+        if native == "fp32":
+            return "fp16"
         return native if native in WEIGHT_DTYPES else "bf16"
     return dtype
 

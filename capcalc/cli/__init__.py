@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import CapcalcError
-from . import catalog, kv  # noqa: F401  (each module registers its commands)
+from . import catalog, kv, littles  # noqa: F401  (each module registers its commands)
 from .common import app
 
 __all__ = ["app", "main"]
