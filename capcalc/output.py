@@ -14,8 +14,9 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table

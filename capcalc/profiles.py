@@ -175,7 +175,9 @@ class _Reader:
         self.path = path
         self.prefix = prefix
         if not isinstance(data, dict):
-            raise ProfileError(path, prefix.rstrip(".") or "(top level)", "expected a mapping of keys to values")
+            raise ProfileError(
+                path, prefix.rstrip(".") or "(top level)", "expected a mapping of keys to values"
+            )
         self.data = data
         self.used: set[str] = set()
 
@@ -326,7 +328,9 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
             experts_per_token=moe.integer("experts_per_token"),
             expert_intermediate_size=moe.integer("expert_intermediate_size"),
             num_shared_experts=moe.integer("num_shared_experts", False, 0, minimum=0),
-            shared_expert_intermediate_size=moe.integer("shared_expert_intermediate_size", False, 0, minimum=0),
+            shared_expert_intermediate_size=moe.integer(
+                "shared_expert_intermediate_size", False, 0, minimum=0
+            ),
             first_dense_layers=moe.integer("first_dense_layers", False, 0, minimum=0),
             expert_bias=moe.boolean("expert_bias"),
             router_bias=moe.boolean("router_bias"),
@@ -334,11 +338,15 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
         moe.finish()
         m = values["moe"]
         if m.experts_per_token > m.num_experts:
-            moe.fail("experts_per_token", f"cannot exceed num_experts ({m.num_experts}), got {m.experts_per_token}")
+            moe.fail(
+                "experts_per_token", f"cannot exceed num_experts ({m.num_experts}), got {m.experts_per_token}"
+            )
         if m.first_dense_layers >= values["num_layers"]:
             moe.fail("first_dense_layers", f"must be below num_layers ({values['num_layers']})")
         if m.num_shared_experts and not m.shared_expert_intermediate_size:
-            values["moe"] = MoE(**{**m.__dict__, "shared_expert_intermediate_size": m.expert_intermediate_size})
+            values["moe"] = MoE(
+                **{**m.__dict__, "shared_expert_intermediate_size": m.expert_intermediate_size}
+            )
 
     mla = top.sub("mla")
     if mla is not None:
@@ -421,7 +429,10 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
             top.fail(f"sources.{source_key}", f"missing: every number needs a source ({key} has none)")
     unknown_sources = set(sources) - set(_HW_SOURCED.values()) - {"efficiency", "notes"}
     if unknown_sources:
-        top.fail(f"sources.{sorted(unknown_sources)[0]}", f"unknown key (known: {', '.join(sorted(set(_HW_SOURCED.values())))})")
+        top.fail(
+            f"sources.{sorted(unknown_sources)[0]}",
+            f"unknown key (known: {', '.join(sorted(set(_HW_SOURCED.values())))})",
+        )
 
     efficiency = top.raw("efficiency", False, {}) or {}
     if not isinstance(efficiency, dict):
@@ -442,7 +453,9 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
         bandwidth_bytes_per_s=top.quantity("bandwidth", "bandwidth"),
         peak_flops_per_s=peaks,
         interconnect=top.string("interconnect", False, ""),
-        interconnect_bandwidth_bytes_per_s=top.quantity("interconnect_bandwidth", "bandwidth", required=False),
+        interconnect_bandwidth_bytes_per_s=top.quantity(
+            "interconnect_bandwidth", "bandwidth", required=False
+        ),
         l2_cache_bytes=top.quantity("l2_cache", "bytes", required=False),
         price_per_hour=float(price) if price is not None else None,
         sources=sources,
@@ -458,12 +471,16 @@ def load_profile_file(path: Path):
     """Load one YAML file as a model or GPU profile, deciding by its keys."""
     data = _load_yaml(path)
     if not isinstance(data, dict):
-        raise ProfileError(path, "(top level)", "expected a mapping with 'name' and either 'architecture' or 'bandwidth'")
+        raise ProfileError(
+            path, "(top level)", "expected a mapping with 'name' and either 'architecture' or 'bandwidth'"
+        )
     if "architecture" in data:
         return model_from_dict(data, path)
     if "bandwidth" in data or "peak_flops" in data:
         return hardware_from_dict(data, path)
-    raise ProfileError(path, "(top level)", "neither a model profile ('architecture') nor a GPU profile ('bandwidth')")
+    raise ProfileError(
+        path, "(top level)", "neither a model profile ('architecture') nor a GPU profile ('bandwidth')"
+    )
 
 
 # --------------------------------------------------------------------------- registry
@@ -556,6 +573,8 @@ def _add(profile, models, gpus, shipped, warn):
     previous = table.get(profile.name)
     if previous is not None:
         if shipped:
-            raise ProfileError(profile.path, "name", f"duplicate name {profile.name!r} (also in {previous.path})")
+            raise ProfileError(
+                profile.path, "name", f"duplicate name {profile.name!r} (also in {previous.path})"
+            )
         warn(f"user profile {profile.path} overrides {previous.path} ({profile.name})")
     table[profile.name] = profile

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from .dtypes import PEAK_DTYPES
+from .dtypes import PEAK_DTYPES, resolve_kv_dtype
 from .kv import kv_bytes_per_token_per_layer
-from .dtypes import resolve_kv_dtype
 from .params import count_params
 from .profiles import HardwareProfile, ModelProfile
 from .weights import weight_bytes
@@ -121,7 +120,9 @@ def gpu_details(gpu: HardwareProfile) -> dict:
     for dtype in PEAK_DTYPES:
         if dtype in gpu.peak_flops_per_s:
             rec[f"peak_flops_per_s_{dtype}"] = gpu.peak_flops_per_s[dtype]
-            rec[f"ridge_point_{dtype}_flop_per_byte"] = gpu.peak_flops_per_s[dtype] / gpu.bandwidth_bytes_per_s
+            rec[f"ridge_point_{dtype}_flop_per_byte"] = (
+                gpu.peak_flops_per_s[dtype] / gpu.bandwidth_bytes_per_s
+            )
     for key, source in gpu.sources.items():
         rec[f"source_{key}"] = source
     return rec

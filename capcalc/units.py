@@ -95,9 +95,7 @@ def parse_rate(value, what: str = "rate") -> tuple[float, str]:
     text = str(value).strip()
     match = re.match(rf"^({_NUMBER})\s*(req|requests|tok|tokens)?\s*(/\s*(s|sec|min|h))?$", text)
     if not match:
-        raise CapcalcError(
-            f"cannot read {what} {text!r}: expected e.g. '20/s', '20req/s', '1200tok/s'"
-        )
+        raise CapcalcError(f"cannot read {what} {text!r}: expected e.g. '20/s', '20req/s', '1200tok/s'")
     number = float(match.group(1).replace("_", ""))
     unit = "tok" if (match.group(2) or "").startswith("tok") else "req"
     per = _DURATIONS[match.group(4)] if match.group(4) else 1.0

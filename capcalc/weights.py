@@ -77,10 +77,7 @@ def weight_bytes(
         return WeightBytes(dtype, p.total, 0, p.total * 4.0)
     if dtype in ("bf16", "fp16"):
         return WeightBytes(dtype, p.total, 0, p.total * 2.0)
-    if dtype == "mxfp4":
-        quantized = p.routed_experts
-    else:
-        quantized = p.linear
+    quantized = p.routed_experts if dtype == "mxfp4" else p.linear
     if quantize_embeddings:
         quantized += p.embedding + p.lm_head
     other = p.total - quantized

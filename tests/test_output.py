@@ -27,8 +27,20 @@ def test_kv_formats_agree(cli):
     assert list(record) == list(line_record) == list(rows[0])
     assert record == line_record
     assert record["schema_version"] == SCHEMA_VERSION
-    for key in ("model", "ctx", "batch", "kv_dtype", "tp", "kv_bytes_per_token", "kv_bytes_per_sequence",
-                "kv_bytes_total", "kv_bytes_per_gpu", "full_layers", "sliding_layers", "mla_layers"):
+    for key in (
+        "model",
+        "ctx",
+        "batch",
+        "kv_dtype",
+        "tp",
+        "kv_bytes_per_token",
+        "kv_bytes_per_sequence",
+        "kv_bytes_total",
+        "kv_bytes_per_gpu",
+        "full_layers",
+        "sliding_layers",
+        "mla_layers",
+    ):
         assert key in record
     assert int(rows[0]["kv_bytes_total"]) == record["kv_bytes_total"] == 4 * 2_684_354_560
 

@@ -9,7 +9,9 @@ from capcalc.profiles import Registry
 from capcalc.weights import bits_per_weight, weight_bytes
 
 _REGISTRY = Registry.load(include_env=False)
-EXACT = sorted(n for n, m in _REGISTRY.models.items() if m.params_official and m.params_official_kind == "exact")
+EXACT = sorted(
+    n for n, m in _REGISTRY.models.items() if m.params_official and m.params_official_kind == "exact"
+)
 
 
 def test_gpt2_by_hand(registry):

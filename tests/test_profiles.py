@@ -6,8 +6,6 @@ import textwrap
 
 import pytest
 
-from capcalc.profiles import Registry
-
 GOOD_MODEL = """\
 name: tiny-test
 aliases: [example-org/Tiny-Test]
@@ -51,13 +49,21 @@ def test_good_user_profile_loads(cli, tmp_path):
     "mutate, field, expected",
     [
         (lambda t: t.replace("  num_layers: 2\n", ""), "architecture.num_layers", "missing (required)"),
-        (lambda t: t.replace("hidden_size: 64", "hidden_size: -64"), "architecture.hidden_size", "must be >= 1, got -64"),
+        (
+            lambda t: t.replace("hidden_size: 64", "hidden_size: -64"),
+            "architecture.hidden_size",
+            "must be >= 1, got -64",
+        ),
         (
             lambda t: t.replace("num_kv_heads: 2", "num_kv_heads: 3"),
             "architecture.num_kv_heads",
             "num_attention_heads (4) must be divisible by num_kv_heads (3)",
         ),
-        (lambda t: t.replace("head_dim: 16", "head_dim: 16\n  hiden_size: 3"), "architecture.hiden_size", "unknown key"),
+        (
+            lambda t: t.replace("head_dim: 16", "head_dim: 16\n  hiden_size: 3"),
+            "architecture.hiden_size",
+            "unknown key",
+        ),
         (lambda t: t + "native_dtype: fp7\n", "native_dtype", "unknown dtype 'fp7'"),
         (lambda t: t.replace("source: written for this test\n", ""), "source", "missing (required)"),
     ],
@@ -76,7 +82,9 @@ def test_unknown_key_suggests_the_right_one(cli, tmp_path):
 
 
 def test_python_object_tag_is_refused_by_the_safe_loader(cli, tmp_path):
-    path = write(tmp_path, "evil.yaml", GOOD_MODEL + "notes: !!python/object/apply:os.system ['echo pwned']\n")
+    path = write(
+        tmp_path, "evil.yaml", GOOD_MODEL + "notes: !!python/object/apply:os.system ['echo pwned']\n"
+    )
     line = one_error_line(cli("models", "--profiles", tmp_path))
     assert line.startswith(f"capcalc: error: {path}: ")
     assert "invalid YAML" in line
@@ -95,7 +103,10 @@ def test_gpu_profile_numbers_need_sources(cli, tmp_path):
         """,
     )
     line = one_error_line(cli("gpus", "--profiles", tmp_path))
-    assert line == f"capcalc: error: {path}: sources.bandwidth: missing: every number needs a source (bandwidth has none)"
+    assert (
+        line
+        == f"capcalc: error: {path}: sources.bandwidth: missing: every number needs a source (bandwidth has none)"
+    )
 
 
 def test_gpu_profile_rejects_zero_memory_and_unknown_dtype(cli, tmp_path):
@@ -114,7 +125,9 @@ def test_gpu_profile_rejects_zero_memory_and_unknown_dtype(cli, tmp_path):
 
 
 def test_user_profile_wins_and_says_so(cli, tmp_path, monkeypatch):
-    override = GOOD_MODEL.replace("name: tiny-test", "name: llama-3-8b").replace("num_layers: 2", "num_layers: 3")
+    override = GOOD_MODEL.replace("name: tiny-test", "name: llama-3-8b").replace(
+        "num_layers: 2", "num_layers: 3"
+    )
     write(tmp_path, "mine.yaml", override)
     monkeypatch.setenv("CAPCALC_PROFILES", str(tmp_path))
     r = cli("kv", "llama-3-8b", "--ctx", "1", "--json")
@@ -157,13 +170,76 @@ def test_profile_names_are_lower_case_hyphenated(registry):
 
 
 def test_required_models_and_gpus_are_shipped(registry):
-    models = """llama-2-7b llama-2-13b llama-2-70b llama-3-8b llama-3-70b llama-3.1-8b llama-3.1-70b
-    llama-3.1-405b llama-3.2-1b llama-3.2-3b llama-3.3-70b mistral-7b-v0.1 mistral-7b-v0.3 mistral-nemo-12b
-    mixtral-8x7b mixtral-8x22b qwen2.5-0.5b qwen2.5-1.5b qwen2.5-7b qwen2.5-14b qwen2.5-32b qwen2.5-72b
-    qwen3-8b qwen3-32b qwen3-30b-a3b qwen3-235b-a22b gemma-2-2b gemma-2-9b gemma-2-27b gemma-3-4b gemma-3-12b
-    gemma-3-27b phi-3-mini phi-4 deepseek-v2-lite deepseek-v3 gpt-oss-20b gpt-oss-120b falcon-7b gpt2""".split()
-    gpus = """a10g l4 l40s a100-40gb-pcie a100-40gb-sxm a100-80gb-pcie a100-80gb-sxm h100-pcie h100-sxm h100-nvl
-    h200 h20 gh200 b200 rtx-3090 rtx-4090 rtx-5090 rtx-6000-ada v100 t4 mi250x mi300x mi325x gaudi3 tpu-v5e
-    tpu-v6e a100-seed""".split()
+    models = [
+        "llama-2-7b",
+        "llama-2-13b",
+        "llama-2-70b",
+        "llama-3-8b",
+        "llama-3-70b",
+        "llama-3.1-8b",
+        "llama-3.1-70b",
+        "llama-3.1-405b",
+        "llama-3.2-1b",
+        "llama-3.2-3b",
+        "llama-3.3-70b",
+        "mistral-7b-v0.1",
+        "mistral-7b-v0.3",
+        "mistral-nemo-12b",
+        "mixtral-8x7b",
+        "mixtral-8x22b",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+        "qwen2.5-7b",
+        "qwen2.5-14b",
+        "qwen2.5-32b",
+        "qwen2.5-72b",
+        "qwen3-8b",
+        "qwen3-32b",
+        "qwen3-30b-a3b",
+        "qwen3-235b-a22b",
+        "gemma-2-2b",
+        "gemma-2-9b",
+        "gemma-2-27b",
+        "gemma-3-4b",
+        "gemma-3-12b",
+        "gemma-3-27b",
+        "phi-3-mini",
+        "phi-4",
+        "deepseek-v2-lite",
+        "deepseek-v3",
+        "gpt-oss-20b",
+        "gpt-oss-120b",
+        "falcon-7b",
+        "gpt2",
+    ]
+    gpus = [
+        "a10g",
+        "l4",
+        "l40s",
+        "a100-40gb-pcie",
+        "a100-40gb-sxm",
+        "a100-80gb-pcie",
+        "a100-80gb-sxm",
+        "h100-pcie",
+        "h100-sxm",
+        "h100-nvl",
+        "h200",
+        "h20",
+        "gh200",
+        "b200",
+        "rtx-3090",
+        "rtx-4090",
+        "rtx-5090",
+        "rtx-6000-ada",
+        "v100",
+        "t4",
+        "mi250x",
+        "mi300x",
+        "mi325x",
+        "gaudi3",
+        "tpu-v5e",
+        "tpu-v6e",
+        "a100-seed",
+    ]
     assert sorted(set(models) - set(registry.models)) == []
     assert sorted(set(gpus) - set(registry.gpus)) == []

@@ -11,7 +11,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -19,7 +18,18 @@ from conftest import ROOT
 def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+        ],
         check=True,
         cwd=tmp_path,
     )
@@ -42,6 +52,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert record["kv_bytes_per_sequence"] == 2_684_354_560
     where = subprocess.run(
         [bin_dir / "python", "-c", "import capcalc; print(capcalc.__file__)"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     ).stdout
     assert str(ROOT) not in where and Path(where.strip()).is_relative_to(env_dir)

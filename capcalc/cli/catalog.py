@@ -14,7 +14,9 @@ from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load
 
 
 @app.command()
-def models(json_: JsonFlag = False, jsonl: JsonlFlag = False, csv_: CsvFlag = False, profiles: ProfilesOpt = None):
+def models(
+    json_: JsonFlag = False, jsonl: JsonlFlag = False, csv_: CsvFlag = False, profiles: ProfilesOpt = None
+):
     """List the known models with their headline numbers."""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)
@@ -39,7 +41,9 @@ def models(json_: JsonFlag = False, jsonl: JsonlFlag = False, csv_: CsvFlag = Fa
 
 
 @app.command()
-def gpus(json_: JsonFlag = False, jsonl: JsonlFlag = False, csv_: CsvFlag = False, profiles: ProfilesOpt = None):
+def gpus(
+    json_: JsonFlag = False, jsonl: JsonlFlag = False, csv_: CsvFlag = False, profiles: ProfilesOpt = None
+):
     """List the known GPUs with memory, bandwidth, dense bf16 rate and ridge point."""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)

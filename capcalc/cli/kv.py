@@ -16,7 +16,9 @@ from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load
 @app.command()
 def kv(
     model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
-    ctx: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default: the model's max context).")] = None,
+    ctx: Annotated[
+        Optional[int], typer.Option(help="Tokens per sequence (default: the model's max context).")
+    ] = None,
     batch: Annotated[int, typer.Option(help="Sequences.")] = 1,
     kv_dtype: Annotated[str, typer.Option(help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")] = "auto",
     tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs (KV heads split across them).")] = 1,
