@@ -3,6 +3,7 @@ and the one function that hands records to the renderer."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,7 @@ import typer
 
 from ..errors import CapcalcError
 from ..output import TableSpec, choose_format, emit
-from ..profiles import Registry
+from ..profiles import ENV_PROFILES, Registry, user_profile_dir
 from ..units import parse_quantity
 
 app = typer.Typer(
@@ -45,8 +46,36 @@ class Output:
         emit(records, self.format, spec, single)
 
 
+_REGISTRY_CACHE: dict[tuple, Registry] = {}
+
+
+def _profile_files_state(dirs: list[str]) -> tuple:
+    """(path, mtime, size) of every YAML file capcalc would read from ``dirs``."""
+    state = []
+    for directory in dirs:
+        path = Path(directory).expanduser()
+        if path.is_dir():
+            for file in sorted(path.iterdir()):
+                if file.suffix in (".yaml", ".yml"):
+                    stat = file.stat()
+                    state.append((str(file), stat.st_mtime_ns, stat.st_size))
+        else:
+            state.append((str(path), None, None))
+    return tuple(state)
+
+
 def load_registry(profiles: Optional[list[Path]]) -> Registry:
-    return Registry.load(profiles or ())
+    """The registry for these ``--profiles`` directories, loaded once per process
+    (``sweep`` runs a command thousands of times) and reloaded when any profile
+    file in play changes."""
+    dirs = [str(d) for d in (profiles or ())]
+    env = os.environ.get(ENV_PROFILES, "")
+    watched = [*dirs, *(p for p in env.split(os.pathsep) if p), str(user_profile_dir())]
+    key = (tuple(dirs), env, str(user_profile_dir()), _profile_files_state(watched))
+    if key not in _REGISTRY_CACHE:
+        _REGISTRY_CACHE.clear()
+        _REGISTRY_CACHE[key] = Registry.load(dirs)
+    return _REGISTRY_CACHE[key]
 
 
 def parse_int_list(text: str, what: str) -> list[int]:
