@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -35,9 +36,20 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     )
     wheel = next(dist.glob("capcalc-*.whl"))
     env_dir = tmp_path / "venv"
-    # system site packages provide the dependencies (no network in tests); capcalc comes from the wheel only
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    # The dependencies (typer, rich, pyyaml, huggingface-hub) come from the test's own
+    # environment through a .pth file, since tests have no network; a plain path in a .pth
+    # file does not process that environment's own .pth files, so an editable install of
+    # capcalc there stays invisible and capcalc can only come from the wheel.
+    new_site = subprocess.run(
+        [bin_dir / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    Path(new_site, "test-deps.pth").write_text("\n".join(sorted(ours)) + "\n")
     subprocess.run([bin_dir / "python", "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CAPCALC_PROFILES")}
     out = subprocess.run(
