@@ -175,7 +175,7 @@ def write_csv(records: list[dict], out, header: bool = True) -> list[str]:
 def field_table(rec: dict, title: str = "", hide: set[str] | None = None) -> Table:
     table = Table(title=title or None, show_header=True, header_style="bold")
     table.add_column("field")
-    table.add_column("value", justify="right")
+    table.add_column("value")
     for key, value in rec.items():
         if hide and key in hide:
             continue
