@@ -47,3 +47,23 @@ def kv_replication_factor(model: ModelProfile, tp: int) -> float:
     if model.mla is not None:
         return float(tp)
     return kv_heads_per_gpu(model, tp) * tp / model.num_kv_heads
+
+
+def pp_layer_ranges(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` layer range of each pipeline stage, split as vLLM's
+    ``get_pp_indices`` (vllm/distributed/utils.py) splits them: ``num_layers // pp``
+    layers each, and the remainder one extra layer apiece on the stages just
+    before the last (27 layers on pp=2 -> 14 + 13; a DeepSeek-V2-Lite tp=2 pp=2 log
+    in vLLM PR 20665 shows the 14-layer first stage bounding the KV blocks)."""
+    if pp < 1:
+        raise CapcalcError(f"--pp must be at least 1, got {pp}")
+    if pp > num_layers:
+        raise CapcalcError(f"--pp {pp} exceeds the model's {num_layers} layers")
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    ranges, start = [], 0
+    for n in parts:
+        ranges.append((start, start + n))
+        start += n
+    return ranges

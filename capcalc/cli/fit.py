@@ -1,0 +1,265 @@
+"""`capcalc fit`: does it fit, how many sequences at once, and what vLLM will say."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..dtypes import KV_DTYPES
+from ..errors import CapcalcError
+from ..fit import DEFAULT_BLOCK_SIZE, DEFAULT_UTILIZATION, FitRequest, FitResult, fit, memory_of, search_tp
+from ..output import TableSpec, field_table, record
+from ..units import format_bytes, parse_quantity
+from ..weights import WEIGHT_DTYPES
+from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_bytes_option
+
+BAR_WIDTH = 50
+
+
+def _nonnegative_bytes(text: Optional[str], what: str) -> Optional[float]:
+    if text is None:
+        return None
+    value = parse_quantity(text, "bytes", what)
+    if value < 0:
+        raise CapcalcError(f"{what} must not be negative, got {text!r}")
+    return value
+
+
+def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
+    """'auto' (or no --tp with --n-gpus) -> None: search; no --tp -> 1; else a whole number."""
+    if text is None:
+        return None if n_gpus is not None else 1
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CapcalcError(f"--tp: expected a whole number or 'auto', got {text!r}") from None
+
+
+@app.command("fit")
+def fit_command(
+    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    gpu: Annotated[
+        Optional[str], typer.Option(help="GPU profile (memory: reported if known, else datasheet).")
+    ] = None,
+    gpu_memory: Annotated[
+        Optional[str],
+        typer.Option(help="GPU memory instead of a profile, e.g. 23.58GiB (what torch reports)."),
+    ] = None,
+    tp: Annotated[
+        Optional[str],
+        typer.Option(help="Tensor-parallel GPUs (default 1), or 'auto': the smallest valid tp that fits."),
+    ] = None,
+    pp: Annotated[int, typer.Option(help="Pipeline-parallel stages.")] = 1,
+    n_gpus: Annotated[
+        Optional[int], typer.Option(help="GPUs available: search tp up to this and count replicas.")
+    ] = None,
+    concurrency: Annotated[
+        Optional[float],
+        typer.Option(help="With tp auto/--n-gpus: the smallest tp serving this many sequences."),
+    ] = None,
+    max_model_len: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-model-len", "--ctx", help="Tokens per request (default: the model's max context)."
+        ),
+    ] = None,
+    weight_dtype: Annotated[str, typer.Option(help=f"Weights: {', '.join(WEIGHT_DTYPES)}.")] = "auto",
+    kv_dtype: Annotated[
+        str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")
+    ] = "auto",
+    group_size: Annotated[int, typer.Option(help="Quantisation group size (int4/int8 scales).")] = 128,
+    quantize_embeddings: Annotated[
+        bool, typer.Option(help="Quantise the embedding and LM head too (default: 16-bit).")
+    ] = False,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="Fraction of the GPU's total memory vLLM may use.")
+    ] = DEFAULT_UTILIZATION,
+    block_size: Annotated[int, typer.Option(help="Tokens per KV block.")] = DEFAULT_BLOCK_SIZE,
+    max_num_seqs: Annotated[
+        Optional[int],
+        typer.Option(help="vLLM max_num_seqs (default as vllm serve: 1024 on >=70 GiB, else 256)."),
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        Optional[int], typer.Option(help="vLLM max_num_batched_tokens (default 8192 on >=70 GiB, else 2048).")
+    ] = None,
+    activation_bytes: Annotated[
+        Optional[str], typer.Option(help="Override the activation peak per GPU.")
+    ] = None,
+    overhead_bytes: Annotated[
+        Optional[str], typer.Option(help="Override the non-torch overhead per GPU.")
+    ] = None,
+    cudagraph_bytes: Annotated[
+        Optional[str], typer.Option(help="CUDA-graph memory counted in the budget (default 0).")
+    ] = None,
+    kv_cache_memory: Annotated[
+        Optional[str], typer.Option(help="KV cache memory per GPU, replacing the budget (vLLM's flag).")
+    ] = None,
+    disable_hybrid_kv_cache_manager: Annotated[
+        bool, typer.Option(help="Treat sliding-window layers as full ones, as vLLM's flag does.")
+    ] = False,
+    json_: JsonFlag = False,
+    jsonl: JsonlFlag = False,
+    csv_: CsvFlag = False,
+    profiles: ProfilesOpt = None,
+):
+    """Does it fit on these GPUs, how many sequences at once, and what will vLLM say?"""
+    out = Output(json_, jsonl, csv_)
+    reg = load_registry(profiles)
+    profile = reg.resolve_model(model)
+    if (gpu is None) == (gpu_memory is None):
+        raise CapcalcError("give exactly one of --gpu GPU or --gpu-memory BYTES")
+    if gpu is not None:
+        hw = reg.gpu(gpu)
+        memory, source = memory_of(hw)
+        gpu_name = hw.name
+    else:
+        memory, source = parse_bytes_option(gpu_memory, "--gpu-memory"), "flag"
+        gpu_name = ""
+    tp_value = _tp(tp, n_gpus)
+    if concurrency is not None and concurrency <= 0:
+        raise CapcalcError(f"--concurrency must be positive, got {concurrency:g}")
+    req = FitRequest(
+        memory_bytes=memory,
+        memory_source=source,
+        gpu=gpu_name,
+        tp=tp_value or 1,
+        pp=pp,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        group_size=group_size,
+        quantize_embeddings=quantize_embeddings,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        block_size=block_size,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        activation_bytes=_nonnegative_bytes(activation_bytes, "--activation-bytes"),
+        overhead_bytes=_nonnegative_bytes(overhead_bytes, "--overhead-bytes"),
+        cudagraph_bytes=_nonnegative_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
+        kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
+        hybrid=not disable_hybrid_kv_cache_manager,
+        n_gpus=n_gpus,
+    )
+    notes = []
+    if tp_value is None:
+        result, found = search_tp(profile, req, concurrency)
+        goal = f"serves {concurrency:g} sequences" if concurrency is not None else "fits"
+        if found:
+            notes.append(f"tp search: tp={result.tp} is the smallest valid tp that {goal}.")
+        else:
+            limit = f" within {n_gpus} GPUs" if n_gpus else ""
+            print(
+                f"capcalc: note: no valid tp{limit} {goal}; showing the largest, tp={result.tp}",
+                file=sys.stderr,
+            )
+    else:
+        if concurrency is not None:
+            raise CapcalcError("--concurrency needs --tp auto or --n-gpus to search over")
+        result = fit(profile, req)
+    out.emit([record(result)], TableSpec(render=lambda recs, con: render(result, con, notes)), single=True)
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _segments(r: FitResult) -> list[tuple[str, float, str, str]]:
+    """(label, bytes, bar character, style) from the bottom of memory up."""
+    kv = max(r.kv_cache_bytes_per_gpu, 0.0)
+    parts = [
+        ("weights", r.weights_bytes_per_gpu, "█", "magenta"),
+        ("activation peak", r.activation_bytes_per_gpu, "▓", "yellow"),
+        ("non-torch overhead", r.overhead_bytes_per_gpu, "▒", "red"),
+    ]
+    if r.cudagraph_bytes_per_gpu:
+        parts.append(("CUDA graphs", r.cudagraph_bytes_per_gpu, "▒", "blue"))
+    parts.append((f"KV cache ({r.kv_cache_memory_source})", kv, "░", "green"))
+    used = sum(p[1] for p in parts)
+    parts.append(("not used by vLLM", max(r.memory_bytes - used, 0.0), "·", "dim"))
+    return parts
+
+
+def render(r: FitResult, console: Console, notes: list[str]) -> None:
+    where = r.gpu or "GPU"
+    console.print(
+        Text.assemble(
+            (f"{r.model}", "bold"),
+            f" on {where} ({format_bytes(r.memory_bytes)}, {r.memory_source}) · tp={r.tp} pp={r.pp} · "
+            f"weights {r.weight_dtype} · KV {r.kv_dtype} · max-model-len {r.max_model_len:,} · "
+            f"utilisation {r.gpu_memory_utilization:g}",
+        )
+    )
+    segments = _segments(r)
+    scale = max(r.memory_bytes, sum(s[1] for s in segments))
+    table = Table(title="Memory per GPU", header_style="bold", title_justify="left")
+    table.add_column("part")
+    table.add_column("size", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("stacked bar")
+    offset = 0.0
+    whole = Text()
+    for label, size, char, style in segments:
+        start = round(offset / scale * BAR_WIDTH)
+        offset += size
+        end = round(offset / scale * BAR_WIDTH)
+        bar = Text(" " * start) + Text(char * (end - start), style=style)
+        whole.append(char * (end - start), style=style)
+        table.add_row(label, format_bytes(size), f"{100 * size / r.memory_bytes:.1f} %", bar)
+    table.add_section()
+    table.add_row("stacked", format_bytes(offset), f"{100 * offset / r.memory_bytes:.1f} %", whole)
+    for label, size in (
+        ("GPU memory", r.memory_bytes),
+        (f"vLLM's share (x {r.gpu_memory_utilization:g})", r.usable_bytes_per_gpu),
+    ):
+        end = round(size / scale * BAR_WIDTH)
+        table.add_row(
+            label,
+            format_bytes(size),
+            f"{100 * size / r.memory_bytes:.1f} %",
+            Text("─" * max(end - 1, 0) + "┤"),
+        )
+    console.print(table)
+
+    verdict = (
+        "fits" if r.fits else ("does not fit: weights" if not r.weights_fit else "does not fit: KV cache")
+    )
+    console.print(
+        field_table(
+            {
+                "verdict": verdict,
+                "kv_bytes_per_token_per_gpu": r.kv_bytes_per_token_per_gpu,
+                "kv_heads_per_gpu": f"{r.kv_heads_per_gpu}" + (" (replicated)" if r.kv_replicated else ""),
+                "kv_cache_groups": f"{r.kv_cache_groups} x {r.layers_per_group} layers",
+                "num_blocks": r.num_blocks,
+                "kv_cache_tokens": r.kv_cache_tokens,
+                "blocks_per_request": r.blocks_per_request,
+                "kv_needed_bytes": r.kv_needed_bytes,
+                "max_concurrency": f"{r.max_concurrency:.2f}x at {r.max_model_len:,} tokens",
+                **(
+                    {"total_max_concurrency": f"{r.total_max_concurrency:.2f}x over {r.replicas} replicas"}
+                    if r.replicas
+                    else {}
+                ),
+                "max_model_len_that_fits": r.max_model_len_that_fits,
+                **(
+                    {"weights_shortfall_bytes": r.weights_shortfall_bytes}
+                    if r.weights_shortfall_bytes
+                    else {}
+                ),
+            },
+            title="Capacity (as vLLM logs it)",
+        )
+    )
+    error = r.vllm_error()
+    if error:
+        console.print(f"vLLM would stop: {error}")
+    if r.suggestions:
+        console.print("would fit with: " + " · ".join(r.suggestions))
+    for note in notes:
+        console.print(note)

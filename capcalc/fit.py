@@ -1,0 +1,512 @@
+"""Serving capacity as vLLM computes it: does the model fit, how many sequences at once,
+and the numbers vLLM prints when it does not.
+
+Everything here is per GPU and follows vLLM's V1 engine as read from its source at
+commit 001cabc (2026; ``vllm/v1/core/kv_cache_utils.py``,
+``vllm/v1/kv_cache_interface.py``) and ``vllm/v1/worker/gpu_worker.py``
+``determine_available_memory``.
+
+Memory budget (one GPU of pipeline stage s)::
+
+    usable      = memory x gpu_memory_utilization          (of the total, not of the free memory)
+    kv_budget_s = usable - weights_s - activation - overhead - cudagraph
+
+``memory`` is what the driver reports when the GPU profile records it
+(``memory_reported``: vLLM budgets from ``torch.cuda.mem_get_info()``'s total),
+else the datasheet size. ``--kv-cache-memory`` replaces ``kv_budget`` outright, as
+vLLM's ``kv_cache_memory_bytes`` does. CUDA-graph memory is 0 by default: vLLM up to
+at least 0.11 captures graphs after the KV cache is sized, outside the budget; newer
+versions that profile graph memory first can be matched with ``cudagraph_bytes``.
+
+Activation peak (vLLM profiles one dummy forward of ``max_num_batched_tokens``
+tokens, then one sampler pass over ``min(max_num_seqs, max_num_batched_tokens)``
+sequences; the forward's intermediates are freed before sampling, so the peak is
+the larger of the two)::
+
+    forward    = T x act_bytes x (2 x hidden + max(attention_width, mlp_width))
+    sampler    = min(S, T) x vocab x SAMPLER_BYTES_PER_LOGIT
+    activation = max(forward, sampler)
+
+with T = ``max_num_batched_tokens``, S = ``max_num_seqs``, attention_width the q,
+k, v and attention-output columns one GPU holds for a token, and mlp_width the
+gate/up output plus the activated product (dense: ``3 x intermediate / tp``
+gated, ``2 x`` plain; MoE: the same for each of the ``experts_per_token``
+experts, plus their ``hidden``-wide outputs, plus the shared experts). The
+logits are gathered on every tensor-parallel rank, so ``sampler`` does not shrink
+with tp. ``SAMPLER_BYTES_PER_LOGIT`` is fitted to vLLM 0.11's own profile of
+four models on an H100 with 1024 sequences (see the constant).
+
+Non-torch overhead (CUDA context, NCCL buffers) defaults to the same
+measurements: 0.13 GiB alone, 0.55 GiB with tensor parallelism.
+
+KV cache (``get_kv_cache_groups`` and ``get_kv_cache_config_from_groups``): every
+attention layer's page is ``block_size x 2 x kv_heads_per_gpu x head_dim x
+dtype_bytes`` (MLA: ``block_size x (kv_lora_rank + qk_rope_head_dim) x
+dtype_bytes``, the same latent on every tp rank). A model with one kind of layer
+is one group holding every layer. A model mixing sliding-window and full layers
+is split by the hybrid KV cache manager into groups of equal size ``g`` (the
+smaller kind's layer count, or the larger's when it is under 1.5 times the
+smaller), padding the last group of a kind; each group keeps its own block table
+and the groups share one pool of blocks::
+
+    num_blocks      = kv_budget // page // g
+    kv_cache_tokens = num_blocks // num_groups x block_size      ("GPU KV cache size")
+
+One request at ``max_model_len`` needs, per group, ``cdiv(max_model_len,
+block_size)`` blocks (full attention) or ``cdiv(min(window - 1 +
+max_num_batched_tokens, max_model_len), block_size) + 1`` (sliding window:
+``SlidingWindowSpec.max_memory_usage_bytes``). So a window saves memory only when
+``window - 1 + max_num_batched_tokens < max_model_len``::
+
+    blocks_per_request = sum over groups of the blocks above
+    max_concurrency    = num_blocks / blocks_per_request     ("Maximum concurrency ...: %.2fx")
+    kv_needed          = g x page x blocks_per_request
+
+When ``kv_needed > kv_budget`` vLLM refuses to start with "To serve at least one
+request with the models's max seq len (L), (N GiB KV cache is needed, which is
+larger than the available KV cache memory (A GiB). Based on the available memory,
+the estimated maximum model length is M." -- M is the largest length whose
+``kv_needed`` fits, found by the same binary search. With pipeline parallelism
+each stage sizes its own budget and groups (projected onto its layers) and every
+stage then uses the smallest ``num_blocks``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from .dtypes import DTYPE_BYTES, resolve_kv_dtype
+from .errors import CapcalcError
+from .kv import kv_bytes_per_token_per_layer
+from .parallel import check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
+from .profiles import HardwareProfile, ModelProfile
+from .weights import resolve_weight_dtype, weight_bytes_per_gpu
+
+GIB = 2**30
+
+#: Bytes of sampler working memory per logit (one sequence x one vocabulary entry).
+#: vLLM 0.11 on an H100 (79.18 GiB), max_num_seqs 1024, logged "torch peak memory
+#: increase" of 4.76 GiB (Llama-3.1-8B, vocab 128256), 5.56 GiB (Qwen3-0.6B, vocab
+#: 151936), 5.64 GiB (Qwen3-32B, 151936) and 7.38 GiB (gpt-oss-20b, 201088): 38.9,
+#: 38.4, 38.9 and 38.5 bytes per logit. The forward pass of those runs is smaller.
+#: Source: the "vLLM Empirical Memory Profiling Results" table of the llm-d
+#: capacity planner (measured with vllm/vllm-openai:v0.11.0).
+SAMPLER_BYTES_PER_LOGIT = 38.5
+
+#: Memory outside torch's allocator during the profile run (CUDA context, NCCL):
+#: 0.13 GiB at tp=1 and 0.54-0.55 GiB at tp=2 in the same vLLM 0.11 measurements.
+OVERHEAD_BYTES_SINGLE = 0.13 * GIB
+OVERHEAD_BYTES_TP = 0.55 * GIB
+
+DEFAULT_UTILIZATION = 0.9
+DEFAULT_BLOCK_SIZE = 16
+
+
+def default_batch_limits(memory_bytes: float, gpu_name: str = "") -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) that ``vllm serve`` picks when not told:
+    1024 and 8192 on a GPU of at least 70 GiB that is not an A100, else 256 and 2048
+    (``EngineArgs.get_batch_defaults``, vllm/engine/arg_utils.py)."""
+    if memory_bytes >= 70 * GIB and "a100" not in gpu_name.lower():
+        return 1024, 8192
+    return 256, 2048
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --------------------------------------------------------------------------- KV groups
+
+
+@dataclass(frozen=True)
+class KVGroup:
+    """One KV cache group: layers sharing one block table."""
+
+    kind: str  # 'full' | 'sliding'
+    layers: tuple[int, ...]
+
+
+def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
+    """vLLM's grouping of the attention layers (``_get_kv_cache_groups_uniform_page_size``).
+
+    One kind of layer (or ``hybrid=False``, vLLM's ``--disable-hybrid-kv-cache-manager``,
+    which treats sliding layers as full): one group of every layer. Otherwise the
+    kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
+    ``layers[i::num_groups]``."""
+    kinds: dict[str, list[int]] = {}
+    for i, kind in enumerate(model.layer_types):
+        kinds.setdefault(kind if hybrid else "full", []).append(i)
+    if len(kinds) == 1:
+        ((kind, layers),) = kinds.items()
+        return [KVGroup(kind, tuple(layers))]
+    smallest = min(len(v) for v in kinds.values())
+    largest = max(len(v) for v in kinds.values())
+    size = largest if largest < smallest * 1.5 else smallest
+    groups = []
+    for kind, layers in kinds.items():
+        n = cdiv(len(layers), size)
+        groups.extend(KVGroup(kind, tuple(layers[i::n])) for i in range(n))
+    return groups
+
+
+def group_size(model: ModelProfile, hybrid: bool = True) -> int:
+    """Layers per group (the padded size ``g``)."""
+    return max(len(g.layers) for g in kv_cache_groups(model, hybrid))
+
+
+def request_blocks(
+    model: ModelProfile,
+    groups: list[KVGroup],
+    max_model_len: int,
+    block_size: int,
+    max_num_batched_tokens: int,
+) -> int:
+    """Blocks one request at ``max_model_len`` holds, summed over the groups."""
+    full = cdiv(max_model_len, block_size)
+    total = 0
+    for g in groups:
+        if g.kind == "sliding":
+            tokens = min(model.sliding_window - 1 + max_num_batched_tokens, max_model_len)
+            total += cdiv(tokens, block_size) + 1
+        else:
+            total += full
+    return total
+
+
+# --------------------------------------------------------------------------- activation
+
+
+def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, max_num_seqs: int) -> float:
+    """Peak activation memory of vLLM's profile run on one GPU (module docstring)."""
+    act = DTYPE_BYTES[resolve_kv_dtype("auto", model.native_dtype)]
+    h = model.hidden_size
+    heads = model.num_attention_heads / tp
+    if model.mla is not None:
+        a = model.mla
+        attention = heads * (a.qk_nope_head_dim + a.qk_rope_head_dim) + a.kv_lora_rank + a.qk_rope_head_dim
+        attention += heads * (a.qk_nope_head_dim + 2 * a.v_head_dim)
+    else:
+        attention = (2 * heads + 2 * kv_heads_per_gpu(model, tp)) * model.head_dim
+    per_width = 3 if model.mlp == "gated" else 2
+    mlp = per_width * model.intermediate_size / tp
+    if model.moe is not None:
+        e = model.moe
+        moe = e.experts_per_token * (per_width * e.expert_intermediate_size / tp + h)
+        moe += e.num_shared_experts * per_width * e.shared_expert_intermediate_size / tp
+        mlp = max(mlp, moe) if e.first_dense_layers else moe
+    forward = max_num_batched_tokens * act * (2 * h + max(attention, mlp))
+    sampler = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * SAMPLER_BYTES_PER_LOGIT
+    return max(forward, sampler)
+
+
+def overhead_bytes(tp: int) -> float:
+    return OVERHEAD_BYTES_TP if tp > 1 else OVERHEAD_BYTES_SINGLE
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """Everything `fit` needs besides the model; ``None`` means vLLM's default."""
+
+    memory_bytes: float
+    memory_source: str  # 'reported' | 'datasheet' | 'flag'
+    gpu: str = ""
+    tp: int = 1
+    pp: int = 1
+    weight_dtype: str = "auto"
+    kv_dtype: str = "auto"
+    group_size: int = 128
+    quantize_embeddings: bool = False
+    gpu_memory_utilization: float = DEFAULT_UTILIZATION
+    max_model_len: int | None = None
+    block_size: int = DEFAULT_BLOCK_SIZE
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    activation_bytes: float | None = None
+    overhead_bytes: float | None = None
+    cudagraph_bytes: float = 0.0
+    kv_cache_memory: float | None = None
+    hybrid: bool = True
+    n_gpus: int | None = None
+
+
+@dataclass(frozen=True)
+class FitResult:
+    model: str
+    gpu: str
+    memory_bytes: float
+    memory_source: str
+    tp: int
+    pp: int
+    n_gpus: int | None
+    replicas: int | None
+    weight_dtype: str
+    kv_dtype: str
+    gpu_memory_utilization: float
+    max_model_len: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    hybrid_kv_cache_manager: bool
+    usable_bytes_per_gpu: float
+    weights_bytes_per_gpu: float
+    activation_bytes_per_gpu: float
+    overhead_bytes_per_gpu: float
+    cudagraph_bytes_per_gpu: float
+    kv_cache_bytes_per_gpu: float
+    kv_cache_memory_source: str  # 'budget' | 'flag'
+    kv_bytes_per_token_per_gpu: float
+    kv_heads_per_gpu: int
+    kv_replicated: bool
+    kv_cache_groups: int
+    layers_per_group: int
+    page_bytes: float  # one block of one layer
+    num_blocks: int
+    kv_cache_tokens: int
+    blocks_per_request: int
+    kv_needed_bytes: float  # one request at max_model_len, on the bounding GPU
+    max_concurrency: float
+    total_max_concurrency: float | None
+    fits: bool
+    weights_fit: bool
+    weights_shortfall_bytes: float
+    max_model_len_that_fits: int
+    binding_stage: int
+    suggestions: list[str] = field(default_factory=list)
+
+    def vllm_error(self) -> str | None:
+        """The message vLLM would stop with, or None when it starts."""
+        if self.kv_cache_bytes_per_gpu <= 0:
+            return "No available memory for the cache blocks. Try increasing `gpu_memory_utilization`."
+        if self.kv_needed_bytes <= self.kv_cache_bytes_per_gpu:
+            return None
+        estimate = (
+            f"Based on the available memory, the estimated maximum model length is "
+            f"{self.max_model_len_that_fits}. "
+            if self.max_model_len_that_fits > 0
+            else ""
+        )
+        return (
+            f"To serve at least one request with the models's max seq len ({self.max_model_len}), "
+            f"({self.kv_needed_bytes / GIB:.2f} GiB KV cache is needed, which is larger than the available "
+            f"KV cache memory ({self.kv_cache_bytes_per_gpu / GIB:.2f} GiB). {estimate}"
+        ).rstrip()
+
+
+def memory_of(gpu: HardwareProfile) -> tuple[float, str]:
+    """The memory vLLM budgets from: the driver-reported total when the profile has it."""
+    if gpu.memory_reported_bytes:
+        return gpu.memory_reported_bytes, "reported"
+    return gpu.memory_bytes, "datasheet"
+
+
+def _check(req: FitRequest, model: ModelProfile) -> None:
+    if not req.memory_bytes > 0:
+        raise CapcalcError(f"GPU memory must be positive, got {req.memory_bytes:g} bytes")
+    if not 0 < req.gpu_memory_utilization <= 1:
+        raise CapcalcError(f"--gpu-memory-utilization must be in (0, 1], got {req.gpu_memory_utilization:g}")
+    if req.max_model_len is not None:
+        if req.max_model_len < 1:
+            raise CapcalcError(f"--max-model-len must be at least 1, got {req.max_model_len}")
+        if req.max_model_len > model.max_context:
+            raise CapcalcError(
+                f"--max-model-len {req.max_model_len} exceeds {model.name}'s maximum context of "
+                f"{model.max_context} tokens"
+            )
+    for name, value in (
+        ("--block-size", req.block_size),
+        ("--max-num-seqs", req.max_num_seqs),
+        ("--max-num-batched-tokens", req.max_num_batched_tokens),
+        ("--n-gpus", req.n_gpus),
+    ):
+        if value is not None and value < 1:
+            raise CapcalcError(f"{name} must be at least 1, got {value}")
+    for name, value in (
+        ("--activation-bytes", req.activation_bytes),
+        ("--overhead-bytes", req.overhead_bytes),
+        ("--cudagraph-bytes", req.cudagraph_bytes),
+    ):
+        if value is not None and value < 0:
+            raise CapcalcError(f"{name} must not be negative, got {value:g}")
+    if req.kv_cache_memory is not None and not req.kv_cache_memory > 0:
+        raise CapcalcError(f"--kv-cache-memory must be positive, got {req.kv_cache_memory:g}")
+    check_tp(model, req.tp)
+    if req.n_gpus is not None and req.tp * req.pp > req.n_gpus:
+        raise CapcalcError(
+            f"tp={req.tp} x pp={req.pp} needs {req.tp * req.pp} GPUs, more than --n-gpus {req.n_gpus}"
+        )
+
+
+def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult:
+    """Size vLLM's KV cache for ``model`` on one GPU under ``req`` and give the verdict."""
+    _check(req, model)
+    max_model_len = req.max_model_len or model.max_context
+    default_seqs, default_tokens = default_batch_limits(req.memory_bytes, req.gpu)
+    max_num_batched_tokens = req.max_num_batched_tokens or default_tokens
+    max_num_seqs = req.max_num_seqs or min(default_seqs, max_num_batched_tokens)
+    kv_dtype = resolve_kv_dtype(req.kv_dtype, model.native_dtype)
+    weight_dtype = resolve_weight_dtype(req.weight_dtype, model)
+    bs = req.block_size
+
+    stages = weight_bytes_per_gpu(
+        model, weight_dtype, req.group_size, req.quantize_embeddings, req.tp, req.pp
+    )
+    usable = req.memory_bytes * req.gpu_memory_utilization
+    activation = (
+        req.activation_bytes
+        if req.activation_bytes is not None
+        else activation_bytes(model, req.tp, max_num_batched_tokens, max_num_seqs)
+    )
+    overhead = req.overhead_bytes if req.overhead_bytes is not None else overhead_bytes(req.tp)
+    page = bs * kv_bytes_per_token_per_layer(model, kv_dtype, req.tp)
+    groups = kv_cache_groups(model, req.hybrid)
+
+    def blocks_for(length: int) -> int:
+        return request_blocks(model, groups, length, bs, max_num_batched_tokens)
+
+    per_stage = []  # (stage, budget, g_stage, num_blocks)
+    for st in stages:
+        g_stage = max(sum(1 for i in g.layers if st.first_layer <= i < st.end_layer) for g in groups)
+        budget = (
+            req.kv_cache_memory
+            if req.kv_cache_memory is not None
+            else usable - st.bytes - activation - overhead - req.cudagraph_bytes
+        )
+        num_blocks = max(0, int(budget // page // g_stage))
+        per_stage.append((st, budget, g_stage, num_blocks))
+    num_blocks = min(n for *_, n in per_stage)
+    # the stage that bounds: fewest blocks, and among those the smallest budget
+    st, budget, g_stage, _ = min(per_stage, key=lambda s: (s[3], s[1]))
+    per_request = blocks_for(max_model_len)
+
+    def fits_len(length: int) -> bool:
+        return all(b > 0 and g * page * blocks_for(length) <= b for _, b, g, _ in per_stage)
+
+    if fits_len(max_model_len):
+        longest = _largest(fits_len, max_model_len, model.max_context)
+    else:
+        longest = _largest(fits_len, 0, max_model_len)
+    shortfall = max(0.0, max(-b for _, b, _, _ in per_stage)) if req.kv_cache_memory is None else 0.0
+    weights_fit = all(b > 0 for _, b, _, _ in per_stage)
+    if req.kv_cache_memory is not None:  # the flag bypasses the budget; the card must still hold it all
+        weights_fit = all(
+            s.bytes + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory <= req.memory_bytes
+            for s in stages
+        )
+        shortfall = max(
+            0.0,
+            max(s.bytes + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory for s in stages)
+            - req.memory_bytes,
+        )
+    fits = weights_fit and fits_len(max_model_len)
+    concurrency = num_blocks / per_request
+    replicas = req.n_gpus // (req.tp * req.pp) if req.n_gpus else None
+    result = FitResult(
+        model=model.name,
+        gpu=req.gpu,
+        memory_bytes=req.memory_bytes,
+        memory_source=req.memory_source,
+        tp=req.tp,
+        pp=req.pp,
+        n_gpus=req.n_gpus,
+        replicas=replicas,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        gpu_memory_utilization=req.gpu_memory_utilization,
+        max_model_len=max_model_len,
+        block_size=bs,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        hybrid_kv_cache_manager=req.hybrid,
+        usable_bytes_per_gpu=usable,
+        weights_bytes_per_gpu=st.bytes,
+        activation_bytes_per_gpu=activation,
+        overhead_bytes_per_gpu=overhead,
+        cudagraph_bytes_per_gpu=req.cudagraph_bytes,
+        kv_cache_bytes_per_gpu=budget,
+        kv_cache_memory_source="flag" if req.kv_cache_memory is not None else "budget",
+        kv_bytes_per_token_per_gpu=page / bs * (st.end_layer - st.first_layer),
+        kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
+        kv_replicated=kv_replication_factor(model, req.tp) > 1,
+        kv_cache_groups=len(groups),
+        layers_per_group=g_stage,
+        page_bytes=page,
+        num_blocks=num_blocks,
+        kv_cache_tokens=num_blocks // len(groups) * bs,
+        blocks_per_request=per_request,
+        kv_needed_bytes=g_stage * page * per_request,
+        max_concurrency=concurrency,
+        total_max_concurrency=concurrency * replicas if replicas else None,
+        fits=fits,
+        weights_fit=weights_fit,
+        weights_shortfall_bytes=shortfall,
+        max_model_len_that_fits=longest,
+        binding_stage=st.stage,
+    )
+    if suggest and not fits:
+        result = replace(result, suggestions=_suggestions(model, req, result))
+    return result
+
+
+def _largest(ok, low: int, high: int) -> int:
+    """Largest n in [low+1, high] with ok(n) (ok monotone decreasing), else ``low``;
+    vLLM's ``estimate_max_model_len`` binary search."""
+    lo, hi, best = low + 1, high, low
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str]:
+    """Flags that would make it fit, each checked by fitting again."""
+    out = []
+
+    def works(**changes) -> bool:
+        try:
+            return fit(model, replace(req, **changes), suggest=False).fits
+        except CapcalcError:
+            return False
+
+    if r.weights_fit and 0 < r.max_model_len_that_fits < r.max_model_len:
+        out.append(f"--max-model-len {r.max_model_len_that_fits}")
+    if req.kv_cache_memory is None:
+        non_kv = r.usable_bytes_per_gpu - r.kv_cache_bytes_per_gpu
+        util = math.ceil((non_kv + r.kv_needed_bytes) / r.memory_bytes * 100) / 100
+        if util <= 1 and works(gpu_memory_utilization=util):
+            out.append(f"--gpu-memory-utilization {util:.2f}")
+    if r.kv_dtype != "fp8" and works(kv_dtype="fp8"):
+        out.append("--kv-cache-dtype fp8")
+    for dtype in ("fp8", "int4"):
+        if r.weight_dtype not in ("fp8", "int4", "mxfp4") and works(weight_dtype=dtype):
+            out.append(f"--weight-dtype {dtype}")
+            break
+    for tp in valid_tp_degrees(model):
+        if tp > req.tp and (req.n_gpus is None or tp * req.pp <= req.n_gpus) and works(tp=tp):
+            out.append(f"--tp {tp}")
+            break
+    return out
+
+
+def search_tp(
+    model: ModelProfile, req: FitRequest, concurrency: float | None = None
+) -> tuple[FitResult, bool]:
+    """The smallest valid tp (up to ``req.n_gpus / pp`` GPUs, else 64) that fits, and with
+    ``concurrency`` also serves that many sequences at max_model_len. Returns the
+    result and whether the search succeeded (else the largest tp tried)."""
+    limit = (req.n_gpus // req.pp) if req.n_gpus else 64
+    degrees = [tp for tp in valid_tp_degrees(model) if tp <= limit]
+    if not degrees:
+        raise CapcalcError(f"no valid tp degree for {model.name} fits in {req.n_gpus} GPUs with pp={req.pp}")
+    result = None
+    for tp in degrees:
+        result = fit(model, replace(req, tp=tp), suggest=False)
+        if result.fits and (concurrency is None or result.max_concurrency >= concurrency):
+            return result, True
+    return fit(model, replace(req, tp=degrees[-1])), False
