@@ -498,6 +498,7 @@ class Registry:
         self.gpus = gpus
         self._model_index = self._index(models)
         self._gpu_index = self._index(gpus)
+        self._resolved: dict[str, ModelProfile] = {}  # folders and Hub ids read this run
 
     @staticmethod
     def _index(profiles) -> dict[str, str]:
@@ -543,8 +544,32 @@ class Registry:
         return self._lookup(name, self.models, self._model_index, "model")
 
     def resolve_model(self, name: str) -> ModelProfile:
-        """A model by profile name or alias (later: a local folder or Hub id)."""
-        return self.model(name)
+        """A model by, in this order: profile name or alias; a local folder holding
+        config.json; a Hugging Face repo id ``org/name[@revision]`` read through
+        huggingface-hub's cache (see :mod:`capcalc.hub`). A name that looks like none of
+        these is an unknown model, reported with the closest profile names."""
+        found = self._model_index.get(_key(name))
+        if found is not None:
+            return self.models[found]
+        from . import hub  # lazy: only names that are not profiles import huggingface-hub
+
+        if hub.classify(name) is None:
+            return self.model(name)
+        if name not in self._resolved:
+            imported = hub.load(name)
+            for warning in imported.warnings:
+                print(f"capcalc: note: {warning}", file=sys.stderr)
+            counted = (
+                f"parameter count from {imported.params_source}"
+                if imported.params_checkpoint is not None
+                else "parameter count computed from the architecture"
+            )
+            print(
+                f"capcalc: note: {name}: read {imported.config_path} ({imported.model_type}; {counted})",
+                file=sys.stderr,
+            )
+            self._resolved[name] = imported.profile
+        return self._resolved[name]
 
     def gpu(self, name: str) -> HardwareProfile:
         return self._lookup(name, self.gpus, self._gpu_index, "GPU")

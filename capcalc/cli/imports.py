@@ -1,0 +1,126 @@
+"""`capcalc import SOURCE`: write a validated model profile for a local checkpoint
+folder or a Hugging Face repo id into the user profile directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+from ..errors import CapcalcError
+from ..fileio import write_atomic
+from ..output import TableSpec, record
+from ..profiles import model_from_dict, user_profile_dir
+from ..summary import model_headline
+from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def render_profile(data: dict) -> str:
+    """The YAML text of a profile mapping: deterministic, so re-importing is idempotent."""
+    header = f"# Model profile written by `capcalc import` from {data['source']}\n"
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def check_round_trip(text: str, path: Path):
+    """Validate the YAML exactly as it will be read back; returns the profile."""
+    return model_from_dict(yaml.safe_load(text), path)
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        str, typer.Argument(help="A folder holding config.json, or a Hugging Face repo id (org/name[@rev]).")
+    ],
+    name: Annotated[
+        Optional[str], typer.Option(help="Profile name (default: the repo or folder name).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Directory to write into (default: the user profile directory).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a different profile of the same name.")
+    ] = False,
+    json_: JsonFlag = False,
+    jsonl: JsonlFlag = False,
+    csv_: CsvFlag = False,
+    profiles: ProfilesOpt = None,
+):
+    """Write a model profile from a local checkpoint folder or a Hugging Face repo."""
+    from .. import hub  # imports huggingface-hub: only this command and non-profile names need it
+
+    output = Output(json_, jsonl, csv_)
+    if name is not None and not _NAME.match(name):
+        raise CapcalcError(f"--name must be lower-case letters, digits, '.', '-' or '_', got {name!r}")
+    reg = load_registry(profiles)
+    if hub.classify(source) is None:
+        known = source.strip().lower() in reg._model_index
+        raise CapcalcError(
+            f"{source!r} is neither a folder nor a Hugging Face repo id (org/name)"
+            + ("; it is already a profile (see `capcalc show`)" if known else "")
+        )
+    imported = hub.load(source, profile_name=name)
+    profile_name = imported.profile.name
+    directory = out if out is not None else user_profile_dir()
+    if directory.exists() and not directory.is_dir():
+        raise CapcalcError(f"--out {directory} is a file, not a directory")
+    target = directory / f"{profile_name}.yaml"
+    text = render_profile(imported.data)
+    written = check_round_trip(text, target)
+    if dataclasses.replace(written, path="") != dataclasses.replace(imported.profile, path=""):
+        raise CapcalcError(
+            f"internal error: {target} would not read back as the imported profile", exit_code=1
+        )
+
+    if target.exists():
+        try:
+            current = target.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CapcalcError(f"{target}: cannot read: {exc.strerror}") from None
+        if current == text:
+            action = "unchanged"
+        elif not force:
+            raise CapcalcError(
+                f"{target} already exists and differs; pass --force to overwrite it or --name to choose another name",
+                exit_code=1,
+            )
+        else:
+            action = "overwritten"
+    else:
+        action = "written"
+    if action != "unchanged":
+        write_atomic(target, text)
+
+    for warning in imported.warnings:
+        print(f"capcalc: note: {warning}", file=sys.stderr)
+    shipped = reg.models.get(profile_name)
+    if shipped is not None and Path(shipped.path).resolve() != target.resolve():
+        print(
+            f"capcalc: note: a profile named {profile_name} already exists ({shipped.path}); "
+            f"{target} will override it (use --name to keep both)",
+            file=sys.stderr,
+        )
+    rec = record(
+        model_headline(written),
+        source=imported.data["source"],
+        model_type=imported.model_type,
+        native_dtype=written.native_dtype,
+        params_source=imported.params_source,
+        params_checkpoint=imported.params_checkpoint,
+        profile_path=str(target),
+        action=action,
+    )
+    counted = (
+        f"parameters from {imported.params_source}"
+        if imported.params_checkpoint is not None
+        else "parameters computed from the architecture: no safetensors beside config.json"
+    )
+    use = f"capcalc kv {profile_name}" + (f" --profiles {directory}" if out is not None else "")
+    notes = [f"{action} {target} ({imported.model_type}; {counted}).", f"Use it as: {use}"]
+    output.emit([rec], TableSpec(title=f"Imported {source} as {profile_name}", notes=notes), single=True)

@@ -1,0 +1,930 @@
+"""A Hugging Face ``config.json`` (and, when present, the checkpoint's safetensors
+headers) mapped into capcalc's model profile schema.
+
+Only JSON is read: no ``trust_remote_code``, no import of the repo's modelling
+code, no tensors. Each supported ``model_type`` has a small mapping below that
+names every field it reads; the result is a profile mapping validated by
+:func:`capcalc.profiles.model_from_dict`, the one place profiles are checked.
+
+Rules shared by all architectures:
+
+* ``head_dim`` in the config wins; otherwise head_dim = hidden_size / num_attention_heads.
+* ``num_key_value_heads`` absent means plain multi-head attention (= heads).
+* The layer layout comes from ``layer_types`` when the config lists it
+  ('sliding_attention' / 'full_attention'), else from the architecture's own rule
+  (Gemma 2: every other layer slides; Gemma 3: ``sliding_window_pattern``; Mistral
+  and Phi-3: every layer slides when ``sliding_window`` is set; Qwen2/3: layers from
+  ``max_window_layers`` on when ``use_sliding_window``). A window at least as long
+  as the context has no effect and is dropped.
+* ``quantization_config`` sets the native (default) weight dtype: AWQ / GPTQ by
+  their bits, fp8, bitsandbytes 4- or 8-bit, mxfp4, compressed-tensors by its
+  weight bits; otherwise ``torch_dtype`` (absent: fp32, transformers' default).
+* Fields a config may omit take the default of transformers' config class for
+  that architecture (named beside each mapping).
+
+Parameter counts: the profile's architecture gives the computed count
+(:func:`capcalc.params.count_params`). When the folder holds the safetensors
+files (or an index with ``total_parameters``) the checkpoint's own count is
+recorded as the profile's exact ``params_official``; tensors outside the text
+decoder (a vision tower) become ``extra_params``; multi-token-prediction layers
+beyond ``num_hidden_layers``, quantisation scales, non-parameter buffers and a
+duplicate of a tied LM head are left out and named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dtypes import canonical_dtype
+from .errors import CapcalcError
+from .params import count_params
+from .profiles import ModelProfile, model_from_dict
+from .safetensors_header import Checkpoint, read_checkpoint
+
+#: model_type -> the name users know it by (what `import` accepts)
+SUPPORTED: dict[str, str] = {
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "mixtral": "Mixtral",
+    "qwen2": "Qwen2",
+    "qwen2_moe": "Qwen2-MoE",
+    "qwen3": "Qwen3",
+    "qwen3_moe": "Qwen3-MoE",
+    "gemma2": "Gemma2",
+    "gemma3": "Gemma3",
+    "gemma3_text": "Gemma3 (text)",
+    "phi3": "Phi3",
+    "deepseek_v2": "DeepSeek-V2",
+    "deepseek_v3": "DeepSeek-V3",
+    "gpt2": "GPT-2",
+    "opt": "OPT",
+    "falcon": "Falcon",
+    "gpt_oss": "gpt-oss",
+    "cohere": "Cohere",
+}
+#: older model_type spellings of a supported architecture
+_MODEL_TYPE_ALIASES = {"RefinedWeb": "falcon", "RefinedWebModel": "falcon"}
+
+_MISSING = object()
+
+
+def supported_list() -> str:
+    return ", ".join(SUPPORTED)
+
+
+# --------------------------------------------------------------------------- config reading
+
+
+class _Cfg:
+    """One config mapping of one architecture: typed reads with one-line errors."""
+
+    def __init__(self, data: dict, where: str, family: str):
+        self.data = data
+        self.where = where
+        self.family = family
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def get(self, *keys: str, default: Any = None) -> Any:
+        for key in keys:
+            if self.data.get(key) is not None:
+                return self.data[key]
+        return default
+
+    def int(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
+        value = self.get(*keys, default=default)
+        if value is _MISSING:
+            raise CapcalcError(f"{self.where}: missing {keys[0]!r} (a {self.family} config needs it)")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise CapcalcError(
+                f"{self.where}: {keys[0]!r} must be a whole number >= {minimum}, got {value!r}"
+            )
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key, default=default)
+        if not isinstance(value, bool):
+            raise CapcalcError(f"{self.where}: {key!r} must be true or false, got {value!r}")
+        return value
+
+    def fail(self, problem: str) -> CapcalcError:
+        return CapcalcError(f"{self.where}: {problem}")
+
+
+@dataclass
+class _Mapping:
+    """What one architecture's mapping produced (before checkpoint facts)."""
+
+    architecture: dict
+    moe: dict | None = None
+    mla: dict | None = None
+    window: int | None = None
+    layer_types: list[str] | None = None
+    extra_params: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _head_dim(c: _Cfg, hidden: int, heads: int, default: int | None = None) -> int:
+    if c.get("head_dim") is not None:
+        return c.int("head_dim")
+    if default is not None:
+        return default
+    if hidden % heads:
+        raise c.fail(
+            f"no 'head_dim' and hidden_size {hidden} is not divisible by num_attention_heads {heads}"
+        )
+    return hidden // heads
+
+
+def _shape(
+    c: _Cfg,
+    *,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    layers: int,
+    intermediate: int,
+    max_context: int,
+    tie: bool,
+    head_dim_default: int | None = None,
+) -> dict:
+    """The sizes every architecture block has (head_dim: explicit in the config, else hidden / heads)."""
+    return dict(
+        num_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=_head_dim(c, hidden, heads, head_dim_default),
+        intermediate_size=intermediate,
+        vocab_size=c.int("vocab_size"),
+        max_context=max_context,
+        tie_word_embeddings=c.flag("tie_word_embeddings", tie),
+    )
+
+
+def _decoder(
+    c: _Cfg,
+    *,
+    tie_default: bool,
+    qkv_bias: bool = False,
+    o_bias: bool = False,
+    mlp_bias: bool = False,
+    qk_norm: bool = False,
+    norms_per_layer: int = 2,
+    head_dim_default: int | None = None,
+    max_context_default: Any = _MISSING,
+) -> dict:
+    """The architecture block of a Llama-style decoder (RMSNorm, gated MLP, RoPE)."""
+    heads = c.int("num_attention_heads")
+    sizes = _shape(
+        c,
+        hidden=c.int("hidden_size"),
+        heads=heads,
+        kv_heads=c.int("num_key_value_heads", default=heads),
+        layers=c.int("num_hidden_layers"),
+        intermediate=c.int("intermediate_size"),
+        max_context=c.int("max_position_embeddings", default=max_context_default),
+        tie=tie_default,
+        head_dim_default=head_dim_default,
+    )
+    style = dict(mlp="gated", norm="rmsnorm", position_embedding="rope", qk_norm=qk_norm)
+    biases = dict(attention_bias=qkv_bias, attention_output_bias=o_bias, mlp_bias=mlp_bias)
+    return {**sizes, **style, **biases, "norms_per_layer": norms_per_layer}
+
+
+def _plain_block(
+    c: _Cfg,
+    *,
+    hidden: int,
+    heads: int,
+    layers: int,
+    intermediate: int,
+    max_context: int,
+    bias: bool,
+    kv_heads: int | None = None,
+    norms_per_layer: int = 2,
+    position: str = "learned",
+) -> dict:
+    """The architecture block of a GPT-style decoder: LayerNorm with bias, plain (ungated)
+    MLP, one ``bias`` switch for every linear layer, LM head tied by default."""
+    sizes = _shape(
+        c,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads or heads,
+        layers=layers,
+        intermediate=intermediate,
+        max_context=max_context,
+        tie=True,
+    )
+    style = dict(mlp="plain", norm="layernorm", position_embedding=position, qk_norm=False)
+    biases = dict(attention_bias=bias, attention_output_bias=bias, mlp_bias=bias)
+    return {**sizes, **style, **biases, "norms_per_layer": norms_per_layer}
+
+
+def _window(c: _Cfg, rule: Callable[[int], bool] | None, default: int | None = None):
+    """(window, per-layer types): ``layer_types`` if listed, else ``rule(i)`` says if layer i slides."""
+    layers = c.int("num_hidden_layers")
+    listed = c.get("layer_types")
+    if listed is not None:
+        mapping = {"sliding_attention": "sliding", "full_attention": "full"}
+        if not isinstance(listed, list) or len(listed) != layers or any(t not in mapping for t in listed):
+            raise c.fail(
+                f"layer_types must list {layers} entries of 'sliding_attention' / 'full_attention' "
+                f"(capcalc cannot model {sorted(set(map(str, listed)) - set(mapping)) or listed!r})"
+            )
+        types = [mapping[t] for t in listed]
+    elif rule is not None:
+        types = ["sliding" if rule(i) else "full" for i in range(layers)]
+    else:
+        return None, None
+    if "sliding" not in types:
+        return None, None
+    return c.int("sliding_window", default=default if default is not None else _MISSING), types
+
+
+def _moe_layers(c: _Cfg, is_moe: Callable[[int], bool], what: str) -> int:
+    """first_dense_layers, when the dense (non-MoE) layers are a leading run."""
+    layers = c.int("num_hidden_layers")
+    flags = [is_moe(i) for i in range(layers)]
+    first = flags.index(True) if True in flags else layers
+    if not all(flags[first:]) or first >= layers:
+        dense = [i for i, f in enumerate(flags) if not f]
+        raise c.fail(
+            f"dense layers {dense[:8]}{'...' if len(dense) > 8 else ''} interleaved with MoE layers ({what}): "
+            "capcalc's profile schema only has leading dense layers (first_dense_layers)"
+        )
+    return first
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _llama(c: _Cfg) -> _Mapping:
+    # LlamaConfig: attention_bias (q, k, v and o) and mlp_bias default false; untied
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, o_bias=bias, mlp_bias=c.flag("mlp_bias", False))
+    return _Mapping(arch)
+
+
+def _mistral(c: _Cfg) -> _Mapping:
+    # MistralConfig: no biases, untied, sliding_window default 4096 applied to every layer
+    arch = _decoder(c, tie_default=False)
+    default = 4096 if not c.has("sliding_window") else None
+    window, types = _window(
+        c, (lambda i: True) if c.get("sliding_window", default=default) else None, default
+    )
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+def _mixtral(c: _Cfg) -> _Mapping:
+    # MixtralConfig: every layer a sparse MoE of num_local_experts SwiGLU experts of
+    # width intermediate_size, router without bias; sliding_window default null
+    arch = _decoder(c, tie_default=False)
+    moe = dict(
+        num_experts=c.int("num_local_experts"),
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=arch["intermediate_size"],
+    )
+    window, types = _window(c, (lambda i: True) if c.get("sliding_window") else None)
+    return _Mapping(arch, moe=moe, window=window, layer_types=types)
+
+
+def _qwen_window(c: _Cfg):
+    """Qwen2/Qwen3: layers from max_window_layers on slide, only when use_sliding_window."""
+    if not c.flag("use_sliding_window", False):
+        return _window(c, None)  # layer_types, if listed, still decide
+    start = c.int("max_window_layers", default=28, minimum=0)
+    return _window(c, lambda i: i >= start, default=4096)
+
+
+def _qwen_moe(c: _Cfg, arch: dict, shared_width: int) -> dict:
+    """Qwen2-MoE / Qwen3-MoE: layer i is MoE unless in mlp_only_layers, every decoder_sparse_step."""
+    experts = c.int("num_experts")
+    step = c.int("decoder_sparse_step", default=1)
+    dense_only = set(c.get("mlp_only_layers", default=[]))
+    first = _moe_layers(
+        c, lambda i: i not in dense_only and (i + 1) % step == 0, "mlp_only_layers/decoder_sparse_step"
+    )
+    moe = dict(
+        num_experts=experts,
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=c.int("moe_intermediate_size"),
+        first_dense_layers=first,
+    )
+    if shared_width:
+        moe.update(num_shared_experts=1, shared_expert_intermediate_size=shared_width)
+    return moe
+
+
+def _qwen2(c: _Cfg) -> _Mapping:
+    # Qwen2Attention: q, k, v with bias, o without; untied by default
+    arch = _decoder(c, tie_default=False, qkv_bias=True)
+    window, types = _qwen_window(c)
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+def _qwen2_moe(c: _Cfg) -> _Mapping:
+    arch = _decoder(c, tie_default=False, qkv_bias=c.flag("qkv_bias", True))
+    shared = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+    window, types = _qwen_window(c)
+    notes = []
+    if shared:
+        notes.append(
+            "Not modelled: the shared expert's sigmoid gate (one hidden_size vector per MoE layer, "
+            f"{arch['hidden_size']} parameters each), under 0.01% of the total."
+        )
+    return _Mapping(arch, moe=_qwen_moe(c, arch, shared), window=window, layer_types=types, notes=notes)
+
+
+def _qwen3(c: _Cfg) -> _Mapping:
+    # Qwen3Attention: attention_bias (default false) on q, k, v, o; per-head RMSNorm on q and k
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, o_bias=bias, qk_norm=True, head_dim_default=None)
+    window, types = _qwen_window(c)
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+def _qwen3_moe(c: _Cfg) -> _Mapping:
+    mapping = _qwen3(c)
+    mapping.moe = _qwen_moe(c, mapping.architecture, 0)
+    return mapping
+
+
+def _gemma2(c: _Cfg) -> _Mapping:
+    # Gemma2Config: head_dim 256, tied, 4 RMSNorms per layer, sliding_window 4096 on even layers
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(
+        c,
+        tie_default=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        norms_per_layer=4,
+        head_dim_default=256,
+        max_context_default=8192,
+    )
+    window, types = _window(c, lambda i: i % 2 == 0, default=4096)
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+#: Gemma3TextConfig defaults, for fields a Gemma 3 config.json leaves out
+_GEMMA3_TEXT_DEFAULTS = dict(
+    vocab_size=262_208,
+    hidden_size=2304,
+    intermediate_size=9216,
+    num_hidden_layers=26,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    max_position_embeddings=131_072,
+    tie_word_embeddings=True,
+    attention_bias=False,
+    sliding_window=4096,
+    sliding_window_pattern=6,
+)
+
+
+def _gemma3_text(c: _Cfg) -> _Mapping:
+    # Gemma3TextConfig defaults above; QK-norm; 4 RMSNorms per layer; layer i slides unless
+    # (i + 1) is a multiple of sliding_window_pattern (5 local : 1 global)
+    c = _Cfg(
+        {**_GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in c.data.items() if v is not None}}, c.where, c.family
+    )
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=True, qkv_bias=bias, o_bias=bias, qk_norm=True, norms_per_layer=4)
+    pattern = c.int("sliding_window_pattern", "_sliding_window_pattern")
+    window, types = _window(c, lambda i: (i + 1) % pattern != 0)
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+def siglip_vision_params(vision: dict, text_hidden: int) -> int:
+    """SigLIP vision tower (vision_use_head false) plus the Gemma 3 projector.
+
+    conv patch embedding (channels x patch^2 x d + d) + (image/patch)^2 x d positions
+    + layers x [4 (d^2 + d) attention + (d f + f) + (f d + d) MLP + 2 LayerNorms (4 d)]
+    + post LayerNorm (2 d) + projector (d x text_hidden + RMSNorm d).
+    Defaults are SiglipVisionConfig's (d 768, f 3072, 12 layers, 3 channels, image 224, patch 16)."""
+    v = _Cfg(vision, "vision_config", "siglip_vision_model")
+    d = v.int("hidden_size", default=768)
+    f = v.int("intermediate_size", default=3072)
+    layers = v.int("num_hidden_layers", default=12)
+    channels = v.int("num_channels", default=3)
+    image, patch = v.int("image_size", default=224), v.int("patch_size", default=16)
+    if v.flag("vision_use_head", False):
+        raise v.fail("vision_use_head true: capcalc counts the SigLIP tower without its pooling head only")
+    tower = channels * patch * patch * d + d + (image // patch) ** 2 * d
+    tower += layers * (4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d) + 2 * d
+    return tower + d * text_hidden + d
+
+
+def _gemma3(c: _Cfg) -> _Mapping:
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a multimodal gemma3 config nests the text decoder there)")
+    mapping = _gemma3_text(_Cfg(text, f"{c.where}: text_config", "gemma3_text"))
+    vision = c.get("vision_config")
+    if isinstance(vision, dict) and vision.get("model_type", "siglip_vision_model") == "siglip_vision_model":
+        count = siglip_vision_params(vision, mapping.architecture["hidden_size"])
+        mapping.extra_params = dict(
+            count=count,
+            what="SigLIP vision tower and Gemma 3 multimodal projector",
+            source="computed from config.json vision_config (SiglipVisionModel without head + projector)",
+        )
+    else:
+        mapping.notes.append("No SigLIP vision_config: weights outside the text decoder are not counted.")
+    return mapping
+
+
+def _phi3(c: _Cfg) -> _Mapping:
+    # Phi3: fused qkv_proj and gate_up_proj (same counts as separate), no biases, untied;
+    # sliding_window, when set, applies to every layer
+    arch = _decoder(c, tie_default=False)
+    window, types = _window(c, (lambda i: True) if c.get("sliding_window") else None)
+    return _Mapping(arch, window=window, layer_types=types)
+
+
+def _deepseek(c: _Cfg) -> _Mapping:
+    # DeepseekV2/V3Config: MLA (q through q_lora_rank when set), MoE after first_k_dense_replace
+    # dense layers, n_shared_experts always-on experts of moe_intermediate_size, untied
+    heads = c.int("num_attention_heads")
+    nope, rope = c.int("qk_nope_head_dim"), c.int("qk_rope_head_dim")
+    if c.flag("attention_bias", False):
+        raise c.fail("attention_bias true: capcalc's MLA accounting has no projection biases")
+    arch = _decoder(c, tie_default=False, head_dim_default=nope + rope)
+    # MLA: every query head has its own key/value from the latent; head_dim is q/k's (nope + rope)
+    arch.update(num_kv_heads=heads, head_dim=nope + rope)
+    mla = dict(
+        kv_lora_rank=c.int("kv_lora_rank"),
+        qk_rope_head_dim=rope,
+        qk_nope_head_dim=nope,
+        v_head_dim=c.int("v_head_dim"),
+        q_lora_rank=c.get("q_lora_rank") or None,
+    )
+    if mla["q_lora_rank"] is not None:
+        mla["q_lora_rank"] = c.int("q_lora_rank")
+    moe = None
+    notes = []
+    if c.get("n_routed_experts"):
+        freq = c.int("moe_layer_freq", default=1)
+        first_k = c.int("first_k_dense_replace", default=0, minimum=0)
+        first = _moe_layers(c, lambda i: i >= first_k and i % freq == 0, "moe_layer_freq")
+        moe = dict(
+            num_experts=c.int("n_routed_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            expert_intermediate_size=c.int("moe_intermediate_size"),
+            num_shared_experts=c.int("n_shared_experts", default=0, minimum=0),
+            shared_expert_intermediate_size=c.int("moe_intermediate_size"),
+            first_dense_layers=first,
+            # noaux_tc routing adds e_score_correction_bias, one value per routed expert
+            router_bias=c.get("topk_method") == "noaux_tc",
+        )
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        notes.append(
+            f"The {mtp} multi-token-prediction layer(s) stored after the {arch['num_layers']} main layers "
+            "are not part of the profile (they are not used for ordinary decoding)."
+        )
+    return _Mapping(arch, moe=moe, mla=mla, notes=notes)
+
+
+def _gpt2(c: _Cfg) -> _Mapping:
+    # GPT2Config: learned positions (n_positions), LayerNorm with bias, biases on every
+    # linear layer, plain GELU MLP of n_inner (null: 4 x n_embd), tied LM head
+    hidden = c.int("n_embd", "hidden_size")
+    arch = _plain_block(
+        c,
+        hidden=hidden,
+        heads=c.int("n_head", "num_attention_heads"),
+        layers=c.int("n_layer", "num_hidden_layers"),
+        intermediate=c.int("n_inner", default=4 * hidden),
+        max_context=c.int("n_positions", "max_position_embeddings"),
+        bias=True,
+    )
+    return _Mapping(arch)
+
+
+def _opt(c: _Cfg) -> _Mapping:
+    # OPTConfig: learned positions with 2 extra rows (offset 2), LayerNorm with bias,
+    # enable_bias (default true) on q, k, v, o, fc1, fc2, plain ReLU MLP of ffn_dim, tied
+    hidden = c.int("hidden_size")
+    heads = c.int("num_attention_heads")
+    proj = c.int("word_embed_proj_dim", default=hidden)
+    if proj != hidden:
+        raise c.fail(
+            f"word_embed_proj_dim {proj} != hidden_size {hidden} (OPT-350m's project_in/project_out): "
+            "capcalc's profile schema has no embedding projection; write the profile by hand"
+        )
+    if not c.flag("layer_norm_elementwise_affine", True):
+        raise c.fail(
+            "layer_norm_elementwise_affine false: capcalc's profile schema has no parameter-free norms"
+        )
+    max_ctx = c.int("max_position_embeddings")
+    arch = _plain_block(
+        c,
+        hidden=hidden,
+        heads=heads,
+        layers=c.int("num_hidden_layers"),
+        intermediate=c.int("ffn_dim"),
+        max_context=max_ctx,
+        bias=c.flag("enable_bias", True),
+    )
+    notes = [
+        f"OPT's learned position table has max_position_embeddings + 2 rows ({max_ctx + 2} x {hidden}: "
+        f"positions start at offset 2); the profile counts {max_ctx} rows, {2 * hidden} parameters fewer."
+    ]
+    if not c.flag("do_layer_norm_before", True) or c.flag("_remove_final_layer_norm", False):
+        notes.append(
+            f"This OPT has no final LayerNorm; the profile still counts one ({2 * hidden} parameters)."
+        )
+    return _Mapping(arch, notes=notes)
+
+
+def _falcon(c: _Cfg) -> _Mapping:
+    # FalconConfig: fused query_key_value (heads + 2 kv_heads) x head_dim wide, `bias` on every
+    # linear layer, LayerNorm with bias, plain GELU MLP of ffn_hidden_size (null: 4 x hidden),
+    # rotary unless alibi, tied LM head, max_position_embeddings default 2048.
+    hidden = c.int("hidden_size", "n_embed")
+    heads = c.int("num_attention_heads", "n_head")
+    new_arch = c.flag("new_decoder_architecture", False)
+    parallel = c.flag("parallel_attn", True)
+    if new_arch:
+        kv_heads = c.int("num_kv_heads", "n_head_kv", default=heads)
+    elif c.flag("multi_query", True):
+        kv_heads = 1
+    else:
+        kv_heads = heads
+    if new_arch:
+        # FalconDecoderLayer: ln_attn + ln_mlp when num_ln_in_parallel_attn is 2 (its default
+        # for the new architecture), else one input_layernorm
+        norms = 2 if c.int("num_ln_in_parallel_attn", default=2) == 2 else 1
+    else:
+        norms = 1 if parallel else 2  # parallel: one input_layernorm; else input + post-attention
+    arch = _plain_block(
+        c,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        layers=c.int("num_hidden_layers", "n_layer"),
+        intermediate=c.int("ffn_hidden_size", default=4 * hidden),
+        max_context=c.int("max_position_embeddings", default=2048),
+        bias=c.flag("bias", False),
+        norms_per_layer=norms,
+        position="alibi" if c.flag("alibi", False) else "rope",
+    )
+    notes = [
+        f"Falcon {'parallel' if parallel else 'sequential'} attention/MLP block with {norms} LayerNorm(s) "
+        f"per layer{' (new decoder architecture)' if new_arch else ''}; the fused query_key_value "
+        "projection counts as separate q, k, v. The parallel block changes the data flow, not the "
+        "parameter count. Falcon checkpoints may store a duplicate of the tied LM head, which is not counted."
+    ]
+    return _Mapping(arch, notes=notes)
+
+
+def _gpt_oss(c: _Cfg) -> _Mapping:
+    # GptOssConfig: q, k, v, o with bias (attention_bias default true), every layer a MoE of
+    # num_local_experts experts of width intermediate_size with biases, router with bias,
+    # layer_types alternating sliding (even) / full, untied
+    bias = c.flag("attention_bias", True)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, o_bias=bias)
+    moe = dict(
+        num_experts=c.int("num_local_experts"),
+        experts_per_token=c.int("num_experts_per_tok", "experts_per_token"),
+        expert_intermediate_size=arch["intermediate_size"],
+        expert_bias=True,
+        router_bias=True,
+    )
+    window, types = _window(c, lambda i: i % 2 == 0, default=128)
+    notes = [
+        f"Not modelled: the learned attention sinks ({arch['num_attention_heads']} per layer), negligible."
+    ]
+    return _Mapping(arch, moe=moe, window=window, layer_types=types, notes=notes)
+
+
+def _cohere(c: _Cfg) -> _Mapping:
+    # CohereConfig: parallel attention/MLP block behind one LayerNorm without bias
+    # (weight only), SwiGLU MLP, tied LM head, attention_bias default false, optional
+    # per-head q/k LayerNorms (use_qk_norm), max_position_embeddings default 8192
+    bias = c.flag("attention_bias", False)
+    qk_norm = c.flag("use_qk_norm", False)
+    arch = _decoder(
+        c,
+        tie_default=True,
+        qkv_bias=bias,
+        o_bias=bias,
+        qk_norm=qk_norm,
+        norms_per_layer=1,
+        max_context_default=8192,
+    )
+    notes = [
+        "Cohere's parallel block reads one LayerNorm per layer and its LayerNorms have no bias: the "
+        "profile counts them as weight-only norms (norm rmsnorm, norms_per_layer 1), which is exact for "
+        "the parameter count; the parallel block changes the data flow, not the count."
+    ]
+    if qk_norm:
+        h, kv, d = arch["num_attention_heads"], arch["num_kv_heads"], arch["head_dim"]
+        notes.append(
+            f"use_qk_norm: Cohere's q/k norms hold a weight per head ({h} + {kv} heads x {d}); the "
+            f"profile's qk_norm counts 2 x {d} per layer, {(h + kv - 2) * d} parameters fewer per layer."
+        )
+    return _Mapping(arch, notes=notes)
+
+
+_MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
+    "llama": _llama,
+    "mistral": _mistral,
+    "mixtral": _mixtral,
+    "qwen2": _qwen2,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3": _qwen3,
+    "qwen3_moe": _qwen3_moe,
+    "gemma2": _gemma2,
+    "gemma3": _gemma3,
+    "gemma3_text": _gemma3_text,
+    "phi3": _phi3,
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
+    "gpt2": _gpt2,
+    "opt": _opt,
+    "falcon": _falcon,
+    "gpt_oss": _gpt_oss,
+    "cohere": _cohere,
+}
+
+
+# --------------------------------------------------------------------------- dtype
+
+
+def _quantized_dtype(qc: dict, where: str) -> tuple[str, str]:
+    """(weight dtype, note) of a quantization_config."""
+    method = str(qc.get("quant_method", "")).lower()
+    group = qc.get("group_size") or qc.get("q_group_size")
+    group_note = f", group size {group}" if group else ""
+    if method in ("awq", "gptq", "auto-round", "autoround"):
+        bits = qc.get("bits") or qc.get("w_bit")
+        if bits in (4, 8):
+            return f"int{bits}", f"{method} {bits}-bit weights{group_note}"
+        raise CapcalcError(f"{where}: {method} with {bits!r}-bit weights: capcalc knows 4- and 8-bit")
+    if method in ("fp8", "fbgemm_fp8"):
+        return "fp8", f"{method} weights"
+    if method == "mxfp4":
+        return "mxfp4", "mxfp4 weights (experts; see modules_to_not_convert)"
+    if method == "bitsandbytes":
+        if qc.get("load_in_4bit"):
+            return "int4", f"bitsandbytes 4-bit ({qc.get('bnb_4bit_quant_type', 'nf4')}) weights"
+        if qc.get("load_in_8bit"):
+            return "int8", "bitsandbytes 8-bit weights"
+        raise CapcalcError(f"{where}: bitsandbytes config with neither load_in_4bit nor load_in_8bit")
+    if method == "compressed-tensors":
+        for group_cfg in (qc.get("config_groups") or {}).values():
+            weights = (group_cfg or {}).get("weights") or {}
+            bits, kind = weights.get("num_bits"), weights.get("type")
+            if (bits, kind) == (8, "float"):
+                return "fp8", "compressed-tensors fp8 weights"
+            if kind == "int" and bits in (4, 8):
+                size = weights.get("group_size")
+                return f"int{bits}", f"compressed-tensors int{bits} weights" + (
+                    f", group size {size}" if size else ""
+                )
+        raise CapcalcError(f"{where}: compressed-tensors config with no fp8, int4 or int8 weight group")
+    known = "awq, gptq, fp8, bitsandbytes, mxfp4, compressed-tensors"
+    raise CapcalcError(f"{where}: unknown quantization method {method or '(none)'!r}; capcalc knows {known}")
+
+
+def _torch_dtype(value: Any, where: str) -> str:
+    if value is None:
+        return "fp32"
+    try:
+        return canonical_dtype(str(value).replace("torch.", ""), ("fp32", "bf16", "fp16"), "torch_dtype")
+    except CapcalcError as exc:
+        raise CapcalcError(f"{where}: {exc.message}") from None
+
+
+# --------------------------------------------------------------------------- checkpoint counts
+
+_EXTRA_TENSOR = re.compile(
+    r"(^|\.)(vision_tower|vision_model|visual|vision_embed|multi_modal_projector|mm_projector|"
+    r"audio_tower|embed_vision|embed_audio)(\.|$)"
+)
+_SCALE_TENSOR = re.compile(r"(_scale|_scale_inv|_scale_2|\.scales|\.qzeros|\.g_idx|_zero_point)$")
+_BUFFER_TENSOR = re.compile(r"(rotary_emb\.inv_freq|(^|\.)attn\.(masked_)?bias)$")
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+_SAFETENSORS_DTYPES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+
+@dataclass(frozen=True)
+class CheckpointCount:
+    """A checkpoint's parameters split the way a profile counts them."""
+
+    params: int  # text decoder + extra
+    extra: int  # outside the text decoder
+    left_out: dict[str, int]  # reason -> parameters not counted
+    method: str
+    files: int
+    tensors: int
+    dominant_dtype: str | None
+
+
+def count_checkpoint(ckpt: Checkpoint, num_layers: int, tied: bool) -> CheckpointCount:
+    """Split the checkpoint's tensors into decoder, extra (vision ...) and left-out ones."""
+    if not ckpt.tensors:
+        return CheckpointCount(ckpt.total, 0, {}, ckpt.method, len(ckpt.files), 0, None)
+    kept = extra = 0
+    left_out: Counter = Counter()
+    dtypes: Counter = Counter()
+    for t in ckpt.tensors:
+        layer = _LAYER_INDEX.search(t.name)
+        if _EXTRA_TENSOR.search(t.name):
+            extra += t.numel
+        elif _SCALE_TENSOR.search(t.name):
+            left_out["quantisation scales"] += t.numel
+        elif _BUFFER_TENSOR.search(t.name):
+            left_out["buffers (not parameters)"] += t.numel
+        elif layer and int(layer.group(1)) >= num_layers:
+            left_out[f"layers beyond num_hidden_layers {num_layers} (multi-token prediction)"] += t.numel
+        elif tied and t.name == "lm_head.weight":
+            left_out["a stored copy of the tied LM head"] += t.numel
+        else:
+            kept += t.numel
+            dtypes[t.dtype] += t.numel
+    dominant = _SAFETENSORS_DTYPES.get(dtypes.most_common(1)[0][0]) if dtypes else None
+    return CheckpointCount(
+        kept + extra, extra, dict(left_out), ckpt.method, len(ckpt.files), len(ckpt.tensors), dominant
+    )
+
+
+# --------------------------------------------------------------------------- the whole mapping
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """A profile read from a config.json, with where its numbers came from."""
+
+    profile: ModelProfile
+    data: dict  # the profile mapping (what `capcalc import` writes)
+    model_type: str
+    config_path: Path
+    params_source: str  # 'safetensors headers' | 'safetensors index metadata' | 'architecture'
+    params_checkpoint: int | None
+    warnings: tuple[str, ...] = ()
+
+
+def model_type_of(config: dict, where: str) -> str:
+    """The supported model_type of a config, or a one-line error naming it and the supported ones."""
+    model_type = config.get("model_type")
+    model_type = _MODEL_TYPE_ALIASES.get(model_type, model_type)
+    archs = config.get("architectures") or []
+    label = model_type or (archs[0] if archs else None)
+    if model_type in SUPPORTED:
+        return model_type
+    remote = " (its code lives in the repo: auto_map / trust_remote_code, which capcalc never runs)"
+    hint = remote if config.get("auto_map") else ""
+    if label is None:
+        raise CapcalcError(f"{where}: no model_type or architectures: not a transformers config.json")
+    raise CapcalcError(
+        f"{where}: unsupported architecture {label!r}{hint}; supported model_type: {supported_list()}"
+    )
+
+
+#: the order docs/profiles.md lists the architecture keys in (what `import` writes)
+_ARCH_ORDER = (
+    "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "intermediate_size",
+    "vocab_size", "max_context", "tie_word_embeddings", "mlp", "attention_bias", "attention_output_bias",
+    "mlp_bias", "norm", "norms_per_layer", "qk_norm", "position_embedding",
+)  # fmt: skip
+
+
+def profile_mapping(
+    config: dict, *, name: str, source: str, where: str, display_name: str = "", aliases: tuple[str, ...] = ()
+) -> tuple[dict, str]:
+    """(profile mapping, model_type) for a config.json mapping. Raises CapcalcError."""
+    if not isinstance(config, dict):
+        raise CapcalcError(f"{where}: expected a JSON object")
+    model_type = model_type_of(config, where)
+    c = _Cfg(config, where, model_type)
+    m = _MAPPERS[model_type](c)
+    text = config.get("text_config") if model_type == "gemma3" else config
+    qc = config.get("quantization_config") or (text or {}).get("quantization_config")
+    notes = list(m.notes)
+    if qc:
+        native, quant_note = _quantized_dtype(qc, where)
+        notes.insert(0, f"quantization_config: {quant_note}.")
+    else:
+        native = _torch_dtype(
+            (text or {}).get("torch_dtype")
+            or (text or {}).get("dtype")
+            or config.get("torch_dtype")
+            or config.get("dtype"),
+            where,
+        )
+    data: dict[str, Any] = {
+        "name": name,
+        "display_name": display_name or name,
+        "aliases": list(aliases),
+        "source": source,
+        "native_dtype": native,
+        "architecture": {key: m.architecture[key] for key in _ARCH_ORDER},
+    }
+    if m.moe is not None:
+        data["moe"] = m.moe
+    if m.mla is not None:
+        data["mla"] = m.mla
+    if m.window is not None and m.window < m.architecture["max_context"]:
+        data["sliding_window"] = {"window": m.window, **_layout(m.layer_types)}
+    elif m.window is not None:
+        notes.append(
+            f"sliding_window {m.window} >= max context {m.architecture['max_context']}: no effect, dropped."
+        )
+    if m.extra_params is not None:
+        data["extra_params"] = m.extra_params
+    data["notes"] = " ".join([f"Imported by capcalc from {source} (model_type {model_type})."] + notes)
+    return data, model_type
+
+
+def _layout(types: list[str]) -> dict:
+    """The shortest repeating pattern from layer 0, or the explicit list when none repeats."""
+    n = len(types)
+    for period in range(1, n):
+        if all(types[i] == types[i % period] for i in range(n)):
+            return {"pattern": types[:period]}
+    return {"layer_types": list(types)}
+
+
+def read_config(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CapcalcError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CapcalcError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(config, dict):
+        raise CapcalcError(f"{path}: expected a JSON object")
+    return config
+
+
+def import_folder(
+    folder: str | Path,
+    *,
+    name: str,
+    source: str | None = None,
+    display_name: str = "",
+    aliases: tuple[str, ...] = (),
+) -> ImportedModel:
+    """Map ``folder/config.json`` (plus any safetensors there) into a validated profile."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    config = read_config(config_path)
+    source = source or str(config_path.resolve())
+    data, model_type = profile_mapping(
+        config, name=name, source=source, where=str(config_path), display_name=display_name, aliases=aliases
+    )
+    warnings: list[str] = []
+    params_source, params_checkpoint = "architecture", None
+    quantized = "quantization_config" in config or "quantization_config" in (config.get("text_config") or {})
+    ckpt = read_checkpoint(folder)
+    if ckpt is not None and quantized and data["native_dtype"] != "fp8":
+        warnings.append(
+            f"{folder}: the checkpoint stores packed {data['native_dtype']} weights, so its tensor sizes "
+            "are not parameter counts; parameters computed from the architecture"
+        )
+        ckpt = None
+    if ckpt is not None:
+        arch = data["architecture"]
+        counted = count_checkpoint(ckpt, arch["num_layers"], arch["tie_word_embeddings"])
+        params_source, params_checkpoint = counted.method, counted.params
+        what = (
+            f"{counted.tensors} tensors in {counted.files} file(s)" if counted.tensors else "total_parameters"
+        )
+        left = "; ".join(f"left out {n:,} in {why}" for why, n in sorted(counted.left_out.items()))
+        data["params_official"] = counted.params
+        data["params_official_kind"] = "exact"
+        data["params_official_source"] = f"{counted.method} of {folder.resolve()}: {what}" + (
+            f" ({left})" if left else ""
+        )
+        if counted.extra:
+            data["extra_params"] = dict(
+                count=counted.extra,
+                what="checkpoint tensors outside the text decoder (vision/audio tower, projector)",
+                source=f"{counted.method} of {folder.resolve()}",
+            )
+        if "torch_dtype" not in config and "dtype" not in config and counted.dominant_dtype and not quantized:
+            data["native_dtype"] = counted.dominant_dtype
+    profile = model_from_dict(data, config_path)
+    computed = count_params(profile).total
+    if params_checkpoint and abs(computed - params_checkpoint) > 0.01 * params_checkpoint:
+        warnings.append(
+            f"{profile.name}: computed parameter count {computed:,} differs from the checkpoint's "
+            f"{params_checkpoint:,} by {100 * (computed - params_checkpoint) / params_checkpoint:+.2f}% "
+            "(the mapping may miss part of this architecture)"
+        )
+    return ImportedModel(
+        profile, data, model_type, config_path, params_source, params_checkpoint, tuple(warnings)
+    )

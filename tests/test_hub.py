@@ -1,0 +1,413 @@
+"""A model argument that is a local folder or a Hugging Face repo id (capcalc.hub),
+resolved after profile names. No network: the Hub is a fake cache in tmp_path with
+the layout huggingface-hub itself reads (models--org--name/refs/<ref>,
+snapshots/<commit>/config.json) and HF_HUB_OFFLINE=1; error paths of the Hub client
+are exercised by replacing hf_hub_download."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import errors as hf_errors
+
+from capcalc import hub
+from capcalc.errors import CapcalcError
+from capcalc.profiles import Registry
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf_configs"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+#: a small Llama: 2 layers, 4 query heads, 2 KV heads of dim 16
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+#: KV bytes per token of TINY_LLAMA in bf16: 2 (K and V) x 2 layers x 2 KV heads x 16 dims x 2 bytes
+TINY_LLAMA_KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 16 * 2
+
+
+# --------------------------------------------------------------------------- helpers shared by the hub/import tests
+
+
+def real_config(stem: str) -> dict:
+    """A real config.json saved under tests/fixtures/hf_configs, without its _capcalc_source note."""
+    data = json.loads((FIXTURES / f"{stem}.json").read_text())
+    data.pop("_capcalc_source", None)
+    return data
+
+
+_ST_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "I32": 4, "U8": 1}
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> int:
+    """A valid safetensors file built by hand: 8-byte little-endian header length, the JSON
+    header, then zero-filled data (a sparse file: truncate, nothing written). Returns the
+    number of elements."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = _ST_BYTES[dtype]
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + offset)
+    count = 0
+    for _, shape in tensors.values():
+        n = 1
+        for d in shape:
+            n *= d
+        count += n
+    return count
+
+
+def llama_tensors(cfg: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The tensor names and shapes transformers' LlamaForCausalLM saves for ``cfg``."""
+    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = h // heads
+    t = {"model.embed_tokens.weight": ("BF16", (v, h)), "model.norm.weight": ("BF16", (h,))}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_proj.weight"] = ("BF16", (heads * d, h))
+        t[p + "self_attn.k_proj.weight"] = ("BF16", (kv * d, h))
+        t[p + "self_attn.v_proj.weight"] = ("BF16", (kv * d, h))
+        t[p + "self_attn.o_proj.weight"] = ("BF16", (h, heads * d))
+        t[p + "mlp.gate_proj.weight"] = ("BF16", (f, h))
+        t[p + "mlp.up_proj.weight"] = ("BF16", (f, h))
+        t[p + "mlp.down_proj.weight"] = ("BF16", (h, f))
+        t[p + "input_layernorm.weight"] = ("BF16", (h,))
+        t[p + "post_attention_layernorm.weight"] = ("BF16", (h,))
+    if not cfg.get("tie_word_embeddings"):
+        t["lm_head.weight"] = ("BF16", (v, h))
+    return t
+
+
+def write_folder(path: Path, config: dict, tensors: dict | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    if tensors:
+        write_safetensors(path / "model.safetensors", tensors)
+    return path
+
+
+def make_hub_cache(
+    cache: Path, repo_id: str, config: dict, commit: str = COMMIT, ref: str = "main", extra=None
+):
+    """One snapshot of ``repo_id`` in huggingface-hub's cache layout; returns the snapshot folder."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = write_folder(repo / "snapshots" / commit, config)
+    for name, tensors in (extra or {}).items():
+        write_safetensors(snapshot / name, tensors)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(tmp_path, monkeypatch):
+    """Every test: an empty Hub cache in tmp_path, offline, no token."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    return cache
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def test_hub_id_read_from_the_cache(cli, offline_hub):
+    make_hub_cache(offline_hub, "acme/tiny-llama", TINY_LLAMA)
+    r = cli("kv", "acme/tiny-llama", "--ctx", "100", "--json")
+    assert r.code == 0, r.err
+    rec = r.json()
+    assert rec["model"] == "tiny-llama"
+    assert rec["kv_bytes_per_token"] == TINY_LLAMA_KV_BYTES_PER_TOKEN
+    assert rec["kv_bytes_per_sequence"] == 100 * TINY_LLAMA_KV_BYTES_PER_TOKEN
+    snapshot = offline_hub / "models--acme--tiny-llama" / "snapshots" / COMMIT / "config.json"
+    assert r.err == (
+        f"capcalc: note: acme/tiny-llama: read {snapshot} (llama; parameter count computed from the architecture)\n"
+    )
+
+
+def test_revision_by_branch_and_by_commit(cli, offline_hub):
+    make_hub_cache(offline_hub, "acme/tiny-llama", TINY_LLAMA)
+    wider = {**TINY_LLAMA, "num_key_value_heads": 4}
+    other = "f" * 40
+    make_hub_cache(offline_hub, "acme/tiny-llama", wider, commit=other, ref="v2")
+    by_branch = cli("kv", "acme/tiny-llama@v2", "--ctx", "1", "--json").json()
+    by_commit = cli("kv", f"acme/tiny-llama@{other}", "--ctx", "1", "--json").json()
+    default = cli("kv", "acme/tiny-llama", "--ctx", "1", "--json").json()
+    assert (
+        by_branch["kv_bytes_per_token"]
+        == by_commit["kv_bytes_per_token"]
+        == 2 * TINY_LLAMA_KV_BYTES_PER_TOKEN
+    )
+    assert default["kv_bytes_per_token"] == TINY_LLAMA_KV_BYTES_PER_TOKEN
+
+
+def test_hf_home_locates_the_cache(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    make_hub_cache(tmp_path / "hf-home" / "hub", "acme/tiny-llama", TINY_LLAMA)
+    assert hub.hub_cache_dir() == tmp_path / "hf-home" / "hub"
+    assert cli("kv", "acme/tiny-llama", "--json").json()["kv_heads"] == 2
+
+
+def test_local_folder(cli, tmp_path):
+    folder = write_folder(tmp_path / "My_Model", TINY_LLAMA)
+    r = cli("kv", str(folder), "--ctx", "10", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["model"] == "my-model"
+    assert r.json()["kv_bytes_per_sequence"] == 10 * TINY_LLAMA_KV_BYTES_PER_TOKEN
+    # the config.json itself names the folder too
+    assert cli("kv", str(folder / "config.json"), "--json").code == 0
+
+
+def test_profile_name_and_alias_come_before_folders_and_the_hub(cli, tmp_path, monkeypatch, registry):
+    monkeypatch.chdir(tmp_path)
+    write_folder(tmp_path / "gpt2", TINY_LLAMA)  # a folder named like a shipped profile
+    shipped = registry.model("gpt2")
+    rec = cli("kv", "gpt2", "--ctx", "1", "--json").json()
+    assert rec["full_layers"] == shipped.num_layers == 12
+    # an HF id that is a shipped alias never touches the (empty, offline) cache
+    r = cli("kv", "openai-community/gpt2", "--ctx", "1", "--json")
+    assert r.code == 0 and r.err == ""
+
+
+def test_local_folder_comes_before_the_hub(cli, tmp_path, monkeypatch, offline_hub):
+    monkeypatch.chdir(tmp_path)
+    make_hub_cache(offline_hub, "acme/tiny-llama", {**TINY_LLAMA, "num_key_value_heads": 4})
+    write_folder(tmp_path / "acme" / "tiny-llama", TINY_LLAMA)
+    assert cli("kv", "acme/tiny-llama", "--json").json()["kv_heads"] == 2
+
+
+def test_hub_snapshot_safetensors_give_the_exact_count(offline_hub):
+    tensors = llama_tensors(TINY_LLAMA)
+    make_hub_cache(offline_hub, "acme/tiny-llama", TINY_LLAMA, extra={"model.safetensors": tensors})
+    imported = hub.load("acme/tiny-llama")
+    assert imported.params_source == "safetensors headers"
+    assert imported.params_checkpoint == imported.profile.params_official
+    assert imported.profile.aliases == ("acme/tiny-llama",)
+    assert imported.profile.source == f"https://huggingface.co/acme/tiny-llama/blob/{COMMIT}/config.json"
+
+
+def test_resolved_once_per_registry(monkeypatch, tmp_path):
+    folder = write_folder(tmp_path / "m", TINY_LLAMA)
+    reg = Registry.load(include_env=False)
+    first = reg.resolve_model(str(folder))
+    monkeypatch.setattr(hub, "load", lambda *a, **k: pytest.fail("read twice"))
+    assert reg.resolve_model(str(folder)) is first
+
+
+def test_commands_stay_free_of_huggingface_hub():
+    """Plain profile commands do not import huggingface-hub (it is imported lazily)."""
+    code = (
+        "import sys; from capcalc.cli import main; main(['kv', 'llama-3-8b', '--json']); "
+        "print('huggingface_hub' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("Qwen/Qwen3-8B", "hub"),
+        ("Qwen/Qwen3-8B@main", "hub"),
+        ("org/name@refs/pr/1", "hub"),
+        ("./model", "folder"),
+        ("/abs/model", "folder"),
+        ("~/model", "folder"),
+        ("a/b/c", "folder"),
+        ("config.json", "folder"),
+        ("llama-3-8x", None),
+        ("some model", None),
+    ],
+)
+def test_classify(name, kind):
+    assert hub.classify(name) == kind
+
+
+# --------------------------------------------------------------------------- errors, one line each
+
+
+def test_offline_without_a_cached_copy(cli, offline_hub):
+    r = cli("kv", "Qwen/Qwen3-14B")
+    assert r.code == 2
+    assert r.err == (
+        f"capcalc: error: Qwen/Qwen3-14B: config.json is not in the Hugging Face cache ({offline_hub}) and "
+        "HF_HUB_OFFLINE is set; fetch it once online with `hf download Qwen/Qwen3-14B config.json`, "
+        "or pass a local folder holding config.json\n"
+    )
+
+
+def test_path_that_does_not_exist(cli):
+    r = cli("kv", "./no-such-model")
+    assert r.code == 2
+    assert r.err == (
+        "capcalc: error: no such folder './no-such-model' (give a folder holding config.json, a Hugging Face "
+        "repo id like Qwen/Qwen3-8B, or a profile name from `capcalc models`)\n"
+    )
+
+
+def test_folder_without_config(cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = cli("kv", str(tmp_path / "empty"))
+    assert r.code == 2
+    assert (
+        r.err
+        == f"capcalc: error: {tmp_path / 'empty'}: no config.json here (a model folder holds a transformers config.json)\n"
+    )
+
+
+def test_unknown_name_keeps_closest_profiles(cli):
+    r = cli("kv", "llama-3-8x")
+    assert r.code == 2
+    assert r.err.startswith("capcalc: error: unknown model 'llama-3-8x'; closest: llama-3-8b")
+
+
+def _raiser(exc):
+    def fake(*args, **kwargs):
+        raise exc
+
+    return fake
+
+
+def _hf_error(cls, message="boom"):
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    return exc
+
+
+@pytest.mark.parametrize(
+    "cls, token, expected",
+    [
+        (
+            hf_errors.GatedRepoError,
+            None,
+            "acme/gated is a gated repository: accept the licence on https://huggingface.co/acme/gated "
+            "and set HF_TOKEN (or run `hf auth login`)",
+        ),
+        (
+            hf_errors.GatedRepoError,
+            "hf_x",
+            "acme/gated is a gated repository: your HF_TOKEN has no access: accept the licence on its Hub page",
+        ),
+        (
+            hf_errors.RepositoryNotFoundError,
+            None,
+            "no Hugging Face repository 'acme/gated' (or it is private: set HF_TOKEN); "
+            "see `capcalc models` for the profiles capcalc ships",
+        ),
+        (
+            hf_errors.RemoteEntryNotFoundError,
+            None,
+            "acme/gated has no config.json: not a transformers model repository",
+        ),
+        (
+            hf_errors.HfHubHTTPError,
+            None,
+            "cannot fetch config.json of acme/gated from the Hugging Face Hub: 500 Server Error",
+        ),
+    ],
+)
+def test_hub_errors_are_one_line(cli, monkeypatch, cls, token, expected):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _raiser(_hf_error(cls, "500 Server Error\nmore")))
+    r = cli("kv", "acme/gated")
+    assert (r.code, r.err) == (2, f"capcalc: error: {expected}\n")
+
+
+def test_unreachable_hub_without_cache(cli, monkeypatch, offline_hub):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", _raiser(_hf_error(hf_errors.LocalEntryNotFoundError))
+    )
+    r = cli("kv", "acme/tiny@v1")
+    assert (
+        "the Hub cannot be reached; fetch it once online with `hf download acme/tiny config.json --revision v1`"
+        in r.err
+    )
+
+
+def test_token_and_cache_reach_the_download(monkeypatch, offline_hub):
+    seen = {}
+
+    def fake(repo_id, filename, **kwargs):
+        seen.update(kwargs, repo_id=repo_id, filename=filename)
+        raise _hf_error(hf_errors.RevisionNotFoundError)
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    with pytest.raises(CapcalcError, match=r"^acme/x has no revision 'nope' \(a branch, tag or commit\)$"):
+        hub.fetch_config("acme/x", "nope")
+    assert seen == dict(
+        repo_id="acme/x",
+        filename="config.json",
+        revision="nope",
+        cache_dir=str(offline_hub),
+        local_files_only=True,
+        token="hf_secret",
+    )
+
+
+def test_unsupported_architecture_names_it_and_lists_supported(cli, tmp_path):
+    folder = write_folder(tmp_path / "m", {"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
+    r = cli("kv", str(folder))
+    assert r.code == 2
+    assert r.err.startswith(f"capcalc: error: {folder / 'config.json'}: unsupported architecture 'mamba'; ")
+    assert "supported model_type: llama, mistral, mixtral, qwen2, qwen2_moe, qwen3" in r.err
+    assert r.err.count("\n") == 1
+
+
+def test_remote_code_architecture_is_refused_not_run(cli, tmp_path):
+    config = {"model_type": "my_arch", "auto_map": {"AutoModelForCausalLM": "modeling_my.MyModel"}}
+    folder = write_folder(tmp_path / "m", config)
+    (folder / "modeling_my.py").write_text("raise SystemExit('repo code ran')\n")
+    r = cli("kv", str(folder))
+    assert r.code == 2
+    assert "auto_map / trust_remote_code, which capcalc never runs" in r.err
+
+
+def test_missing_field(cli, tmp_path):
+    config = {k: v for k, v in TINY_LLAMA.items() if k != "hidden_size"}
+    folder = write_folder(tmp_path / "m", config)
+    r = cli("kv", str(folder))
+    assert (
+        r.err
+        == f"capcalc: error: {folder / 'config.json'}: missing 'hidden_size' (a llama config needs it)\n"
+    )
+
+
+def test_broken_json(cli, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    r = cli("kv", str(folder))
+    assert r.code == 2
+    assert r.err.startswith(f"capcalc: error: {folder / 'config.json'}: not valid JSON (line 1")
