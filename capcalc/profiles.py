@@ -265,7 +265,8 @@ def _load_yaml(path: Path):
     except OSError as exc:
         raise ProfileError(path, "", f"cannot read file: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        # the C loader is the same safe loader, ~10x faster (shipped profiles are read on every run)
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"

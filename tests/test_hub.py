@@ -411,3 +411,13 @@ def test_broken_json(cli, tmp_path):
     r = cli("kv", str(folder))
     assert r.code == 2
     assert r.err.startswith(f"capcalc: error: {folder / 'config.json'}: not valid JSON (line 1")
+
+
+def test_show_takes_a_folder_like_every_model_command(cli, tmp_path, registry):
+    folder = write_folder(tmp_path / "llama", real_config("pandyamarut__Meta-Llama-3-8B"))
+    shown = cli("show", folder, "--json")
+    assert shown.code == 0, shown.err
+    record = shown.json()
+    shipped = registry.model("llama-3-8b")
+    assert record["kv_bytes_per_token"] == 131_072
+    assert record["num_layers"] == shipped.num_layers

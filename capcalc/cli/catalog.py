@@ -65,12 +65,17 @@ def gpus(
 
 
 def find_profile(reg: Registry, name: str):
-    """A model or GPU by name or alias; unknown names list the closest of both kinds."""
+    """A GPU or model by name or alias, else a model from a local folder or the Hub;
+    unknown names list the closest of both kinds."""
     for lookup in (reg.model, reg.gpu):
         try:
             return lookup(name)
         except CapcalcError:
             pass
+    from ..hub import classify
+
+    if classify(name) is not None:
+        return reg.resolve_model(name)
     index = {**reg._gpu_index, **reg._model_index}
     raise CapcalcError(f"unknown model or GPU {name!r}; closest: {', '.join(Registry.closest(name, index))}")
 
