@@ -1,0 +1,269 @@
+"""FLOPs and bytes moved by one forward step, itemised by component (per GPU).
+
+A step runs ``batch`` sequences through the model, ``new_tokens`` each: 1 in decode
+(each sequence attends to ``ctx`` cached tokens, its own included), the whole prompt
+in prefill. With T = batch x new_tokens tokens in the step, L layers:
+
+* matrix products cost 2 FLOP per weight per token: QKV and output projections,
+  the dense MLP, and in MoE layers the router, the shared experts and the k routed
+  experts each token is sent to (never the other experts);
+* attention costs, per query token, per attended token, per layer:
+  2 x heads x d_qk (scores) + 2 x heads x d_v (values); d = head_dim for MHA/GQA/MQA.
+  MLA decodes in latent space (weights absorbed, as vLLM does):
+  d_qk = kv_lora_rank + qk_rope_head_dim, d_v = kv_lora_rank; MLA prefill attends in
+  full head space: d_qk = qk_nope + qk_rope, d_v = v_head_dim. A sliding-window layer
+  attends to at most ``window`` tokens; prefill is causal (token i attends to i tokens);
+* the LM head multiplies every decode token, but only the last prompt token of each
+  sequence in prefill (engines compute logits for the sampled position only).
+
+Bytes moved from memory:
+
+* every weight the step uses is read once (the whole point of batching): projections,
+  MLPs, router, shared experts, LM head, norms and biases;
+* routed experts: under uniform routing each of the T tokens picks k of E experts, so a
+  layer reads the experts any token touched, E x (1 - (1 - k/E)^T) of them -- at T=1
+  just k, at large T all E;
+* the input embedding is gathered (T rows), not streamed -- unless it is tied to the LM
+  head, which reads the whole table anyway;
+* KV read: every sequence's cache at ``ctx`` (decode), the prompt's own KV once (prefill;
+  FlashAttention keeps the tiles on chip); KV write: one token per layer per new token.
+  Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.kv`.
+* activations are not counted (they stay in cache at these sizes).
+
+Weight bytes follow :mod:`capcalc.weights`: quantised dtypes shrink the decoder's matrix
+weights (mxfp4: only routed experts) and keep embeddings, LM head, norms and biases
+16-bit. Tensor parallelism divides FLOPs and weight bytes by tp; KV per GPU comes from
+:func:`capcalc.kv.kv_bytes_per_sequence`, which keeps replicated KV heads whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dtypes import resolve_kv_dtype
+from .errors import CapcalcError
+from .kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
+from .parallel import check_tp
+from .params import count_params, layer_shapes
+from .profiles import ModelProfile
+from .weights import bits_per_weight, resolve_weight_dtype
+
+#: component names, in the order tables print them
+COMPONENTS = (
+    "embedding",
+    "qkv_proj",
+    "o_proj",
+    "attention_scores",
+    "attention_values",
+    "mlp",
+    "router",
+    "shared_experts",
+    "routed_experts",
+    "norms_biases",
+    "lm_head",
+    "kv_read",
+    "kv_write",
+)
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    flops: float
+    bytes: float
+    #: 'matmul' (weights x activations), 'attention', or 'memory' (no FLOPs)
+    kind: str
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """FLOPs and bytes of one step on one GPU, itemised."""
+
+    phase: str  # decode | prefill
+    model: str
+    batch: int
+    new_tokens: int  # per sequence: 1 in decode, the prompt length in prefill
+    ctx: int  # decode: tokens each sequence attends to; prefill: the prompt length
+    tp: int
+    weight_dtype: str
+    kv_dtype: str
+    components: tuple[Component, ...]
+    experts_touched_per_layer: float | None  # routed experts read per MoE layer (None: dense)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.new_tokens
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    @property
+    def flops(self) -> float:
+        return sum(c.flops for c in self.components)
+
+    @property
+    def matmul_flops(self) -> float:
+        return sum(c.flops for c in self.components if c.kind == "matmul")
+
+    @property
+    def attention_flops(self) -> float:
+        return sum(c.flops for c in self.components if c.kind == "attention")
+
+    @property
+    def bytes(self) -> float:
+        return sum(c.bytes for c in self.components)
+
+    @property
+    def kv_bytes(self) -> float:
+        return self.component("kv_read").bytes + self.component("kv_write").bytes
+
+    @property
+    def weight_bytes(self) -> float:
+        """Everything but the KV cache: weights, gathered embedding rows."""
+        return self.bytes - self.kv_bytes
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity, FLOP per byte moved."""
+        return self.flops / self.bytes
+
+
+def experts_touched(num_experts: int, experts_per_token: int, tokens: float) -> float:
+    """Expected distinct experts that ``tokens`` tokens route to, each picking
+    ``experts_per_token`` of ``num_experts`` uniformly: E x (1 - (1 - k/E)^T)."""
+    return num_experts * (1.0 - (1.0 - experts_per_token / num_experts) ** tokens)
+
+
+def attended_pairs(model: ModelProfile, phase: str, ctx: int) -> float:
+    """(query token, attended token) pairs of one sequence summed over layers."""
+    window = model.sliding_window
+    if phase == "decode":
+        full, sliding = cached_tokens(model, ctx)
+        return model.num_full_layers * full + model.num_sliding_layers * sliding
+
+    def causal(p: int, w: int | None) -> float:
+        if w is None or p <= w:
+            return p * (p + 1) / 2
+        return w * (w + 1) / 2 + (p - w) * w
+
+    return model.num_full_layers * causal(ctx, None) + model.num_sliding_layers * causal(ctx, window)
+
+
+def attention_dims(model: ModelProfile, phase: str) -> tuple[int, int]:
+    """(d_qk, d_v) per head of the attention products (see module docstring for MLA)."""
+    if model.mla is None:
+        return model.head_dim, model.head_dim
+    a = model.mla
+    if phase == "decode":
+        return a.kv_lora_rank + a.qk_rope_head_dim, a.kv_lora_rank
+    return a.qk_nope_head_dim + a.qk_rope_head_dim, a.v_head_dim
+
+
+def step_cost(
+    model: ModelProfile,
+    phase: str,
+    batch: int,
+    ctx: int,
+    weight_dtype: str = "auto",
+    kv_dtype: str = "auto",
+    tp: int = 1,
+    group_size: int = 128,
+) -> StepCost:
+    """Itemised FLOPs and bytes of a decode step (``ctx``: tokens attended) or of the
+    prefill of ``batch`` prompts of ``ctx`` tokens, on one of ``tp`` GPUs."""
+    if phase not in ("decode", "prefill"):
+        raise ValueError(phase)
+    if batch < 1:
+        raise CapcalcError(f"--batch must be at least 1, got {batch}")
+    if ctx < 1:
+        what = "--ctx" if phase == "decode" else "--prompt"
+        raise CapcalcError(f"{what} must be at least 1, got {ctx}")
+    check_tp(model, tp)
+    wdtype = resolve_weight_dtype(weight_dtype, model)
+    kdtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
+    shapes = layer_shapes(model)
+    params = count_params(model)
+    new_tokens = 1 if phase == "decode" else ctx
+    tokens = batch * new_tokens
+    logit_tokens = batch  # decode: every token; prefill: the last of each prompt
+
+    high = 4.0 if wdtype == "fp32" else 2.0  # bytes per unquantised weight
+    quant = high if wdtype in ("fp32", "bf16", "fp16") else bits_per_weight(wdtype, group_size) / 8
+    linear = high if wdtype == "mxfp4" else quant  # mxfp4 quantises routed experts only
+    layers = model.num_layers
+    h = model.hidden_size
+
+    # attention projections: split out the output projection
+    if model.mla is not None:
+        o_params = model.num_attention_heads * model.mla.v_head_dim * h
+    else:
+        o_params = model.num_attention_heads * model.head_dim * h
+    qkv_params = shapes.attention - o_params
+
+    def matmul(name: str, weights: float, weight_bytes_each: float, uses: float) -> Component:
+        """``weights`` parameters read once, each used by ``uses`` tokens (2 FLOP per use)."""
+        return Component(name, 2.0 * weights * uses / tp, weights * weight_bytes_each / tp, "matmul")
+
+    d_qk, d_v = attention_dims(model, phase)
+    pairs = batch * attended_pairs(model, phase, ctx)
+    heads = model.num_attention_heads
+    embedding_rows = tokens * h * high * (2 if model.position_embedding == "learned" else 1)
+
+    moe_layers = model.num_moe_layers
+    touched = None
+    routed = shared = router = Component("routed_experts", 0.0, 0.0, "matmul")
+    if model.moe is not None:
+        m = model.moe
+        touched = experts_touched(m.num_experts, m.experts_per_token, tokens)
+        per_expert = shapes.expert + shapes.expert_bias
+        routed = Component(
+            "routed_experts",
+            2.0 * moe_layers * per_expert * m.experts_per_token * tokens / tp,
+            moe_layers * per_expert * touched * quant / tp,
+            "matmul",
+        )
+        shared = matmul("shared_experts", moe_layers * shapes.shared_experts, linear, tokens)
+        router = matmul("router", moe_layers * shapes.router, linear, tokens)
+    else:
+        shared = Component("shared_experts", 0.0, 0.0, "matmul")
+        router = Component("router", 0.0, 0.0, "matmul")
+
+    kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * layers
+    kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp)
+    components = (
+        Component("embedding", 0.0, embedding_rows / tp, "memory"),
+        matmul("qkv_proj", layers * qkv_params, linear, tokens),
+        matmul("o_proj", layers * o_params, linear, tokens),
+        Component("attention_scores", 2.0 * heads * d_qk * pairs / tp, 0.0, "attention"),
+        Component("attention_values", 2.0 * heads * d_v * pairs / tp, 0.0, "attention"),
+        matmul("mlp", params.dense_mlp, linear, tokens),
+        router,
+        shared,
+        routed,
+        Component("norms_biases", 0.0, (params.norms + params.attention_bias) * high / tp, "memory"),
+        matmul("lm_head", model.vocab_size * h, high, logit_tokens),
+        Component("kv_read", 0.0, kv_read, "memory"),
+        Component("kv_write", 0.0, kv_write, "memory"),
+    )
+    return StepCost(
+        phase=phase,
+        model=model.name,
+        batch=batch,
+        new_tokens=new_tokens,
+        ctx=ctx,
+        tp=tp,
+        weight_dtype=wdtype,
+        kv_dtype=kdtype,
+        components=components,
+        experts_touched_per_layer=touched,
+    )
+
+
+def decode_cost(model: ModelProfile, batch: int, ctx: int, **kw) -> StepCost:
+    """One decode step: ``batch`` sequences, each attending to ``ctx`` tokens."""
+    return step_cost(model, "decode", batch, ctx, **kw)
+
+
+def prefill_cost(model: ModelProfile, batch: int, prompt_tokens: int, **kw) -> StepCost:
+    """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens, as one step."""
+    return step_cost(model, "prefill", batch, prompt_tokens, **kw)

@@ -1,0 +1,294 @@
+"""Predicted step times, TTFT, inter-token latency and throughput.
+
+One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
+
+    memory_s  = weight_bytes / (B x weight_bandwidth_efficiency) + kv_bytes / (B x kv_bandwidth_efficiency)
+    compute_s = matmul_flops / (P_c x e) + attention_flops / (P_a x e)
+        e = eff(n) in prefill, its asymptote prefill_flops_efficiency in decode
+    comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x 2 B / I + allreduce_latency_s)    (tp > 1)
+    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s + step_overhead_s + comm_s
+
+with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
+the activation dtype (attention runs in bf16/fp16 whatever the weights), n the tokens
+in the step, eff(n) the FLOP/s efficiency curve of :class:`capcalc.efficiency.Efficiency`,
+and I the interconnect bandwidth per direction (ring all-reduce of the bf16 hidden
+states, two per layer: after attention and after the MLP). The bound is whichever of
+compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is the datasheet
+roofline (:mod:`capcalc.roofline`).
+
+A request of P prompt tokens and O output tokens, B at once:
+
+    ttft_s  = prefill of B prompts of P tokens (it produces the first output token)
+    itl_s   = mean decode step over the O - 1 later tokens, context P+1 ... P+O-1
+    e2e_s   = ttft_s + (O - 1) x itl_s
+    output_tokens_per_s = B x O / e2e_s        output_tokens_per_s_per_user = 1 / itl_s
+    total_tokens_per_s  = B x (P + O) / e2e_s
+
+The whole batch is prefilled, then decoded in lock step (static batching); continuous
+batching overlaps them, which `plan` accounts for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dtypes import canonical_dtype
+from .efficiency import Efficiency, ResolvedEfficiency
+from .errors import CapcalcError
+from .flops import StepCost, decode_cost, prefill_cost
+from .profiles import HardwareProfile, ModelProfile
+from .weights import resolve_weight_dtype
+
+COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
+#: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts
+ITL_SAMPLES = 33
+
+
+def activation_dtype(model: ModelProfile) -> str:
+    """The dtype activations and attention run in: the model's 16-bit dtype, else bf16."""
+    return model.native_dtype if model.native_dtype in ("bf16", "fp16") else "bf16"
+
+
+def resolve_compute_dtype(
+    compute_dtype: str, weight_dtype: str, model: ModelProfile, gpu: HardwareProfile
+) -> str:
+    """The dtype whose peak FLOP/s bounds the matrix products.
+
+    ``auto``: 16-bit weights compute in their dtype; fp8 weights in fp8 where the GPU has
+    an fp8 rate (W8A8, as vLLM runs fp8 checkpoints on Hopper and later), else 16-bit;
+    integer and 4-bit weights are dequantised and multiplied in the activation dtype
+    (weight-only W8A16 / W4A16 kernels, e.g. Marlin); fp32 weights use fp32.
+    """
+    dtype = canonical_dtype(compute_dtype, COMPUTE_DTYPES, "compute dtype")
+    if dtype != "auto":
+        gpu.peak(dtype)  # raises a clear error when the GPU has no such rate
+        return dtype
+    weights = resolve_weight_dtype(weight_dtype, model)
+    if weights in ("bf16", "fp16", "fp32"):
+        return weights
+    if weights == "fp8" and "fp8" in gpu.peak_flops_per_s:
+        return "fp8"
+    return activation_dtype(model)
+
+
+@dataclass(frozen=True)
+class StepPrediction:
+    """Time of one step on one GPU and how it splits."""
+
+    time_s: float
+    compute_s: float
+    memory_s: float
+    weight_memory_s: float
+    kv_memory_s: float
+    overhead_s: float  # layers x layer_overhead_s + step_overhead_s
+    comm_s: float  # tensor-parallel all-reduces
+    bound: str  # compute | memory
+    flops: float  # per GPU
+    bytes: float  # per GPU
+    flops_efficiency: float  # eff(n) used for this step
+    compute_dtype: str
+    peak_flops_per_s: float
+    cost: StepCost
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes
+
+    @property
+    def utilization(self) -> float:
+        """Achieved FLOP/s over the compute dtype's dense peak (0..1)."""
+        return self.flops / (self.time_s * self.peak_flops_per_s)
+
+
+def allreduce_s(model: ModelProfile, gpu: HardwareProfile, tokens: int, tp: int, eff: Efficiency) -> float:
+    """Two ring all-reduces per layer of the tokens' bf16 hidden states."""
+    if tp == 1:
+        return 0.0
+    link = gpu.interconnect_bandwidth_bytes_per_s
+    if not link:
+        raise CapcalcError(
+            f"{gpu.name} has no interconnect_bandwidth in its profile: tp={tp} needs it for the all-reduces"
+        )
+    message = tokens * model.hidden_size * 2.0
+    per_call = 2.0 * (tp - 1) / tp * message / link + eff.allreduce_latency_s
+    return 2 * model.num_layers * per_call
+
+
+def predict_step(
+    model: ModelProfile, gpu: HardwareProfile, cost: StepCost, compute_dtype: str, efficiency: Efficiency
+) -> StepPrediction:
+    """Time ``cost`` on ``gpu`` at ``efficiency`` (see the module docstring).
+
+    Prefill uses the FLOP/s curve eff(n); decode uses its asymptote, because the
+    memory term already prices what makes small matrix products slow (reading weights)."""
+    eff = efficiency
+    bandwidth = gpu.bandwidth_bytes_per_s
+    weight_s = cost.weight_bytes / (bandwidth * eff.weight_bandwidth_efficiency)
+    kv_s = cost.kv_bytes / (bandwidth * eff.kv_bandwidth_efficiency)
+    flops_eff = eff.flops_efficiency(cost.tokens) if cost.phase == "prefill" else eff.prefill_flops_efficiency
+    peak = gpu.peak(compute_dtype)
+    compute_s = cost.matmul_flops / (peak * flops_eff) + cost.attention_flops / (
+        gpu.peak(activation_dtype(model)) * flops_eff
+    )
+    memory_s = weight_s + kv_s
+    overhead = model.num_layers * eff.layer_overhead_s + eff.step_overhead_s
+    comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff)
+    return StepPrediction(
+        time_s=max(compute_s, memory_s) + overhead + comm,
+        compute_s=compute_s,
+        memory_s=memory_s,
+        weight_memory_s=weight_s,
+        kv_memory_s=kv_s,
+        overhead_s=overhead,
+        comm_s=comm,
+        bound="compute" if compute_s >= memory_s else "memory",
+        flops=cost.flops,
+        bytes=cost.bytes,
+        flops_efficiency=flops_eff,
+        compute_dtype=compute_dtype,
+        peak_flops_per_s=peak,
+        cost=cost,
+    )
+
+
+def predict_decode_step(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    batch: int,
+    ctx: int,
+    weight_dtype: str = "auto",
+    kv_dtype: str = "auto",
+    tp: int = 1,
+    efficiency: Efficiency | None = None,
+    compute_dtype: str = "auto",
+) -> StepPrediction:
+    """One decode step of ``batch`` sequences each attending to ``ctx`` tokens.
+    ``efficiency`` None means the datasheet roofline (:meth:`Efficiency.ideal`)."""
+    cost = decode_cost(model, batch, ctx, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
+    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+    return predict_step(model, gpu, cost, dtype, efficiency or Efficiency.ideal())
+
+
+def predict_prefill(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    batch: int,
+    prompt_tokens: int,
+    weight_dtype: str = "auto",
+    kv_dtype: str = "auto",
+    tp: int = 1,
+    efficiency: Efficiency | None = None,
+    compute_dtype: str = "auto",
+) -> StepPrediction:
+    """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens as one step."""
+    cost = prefill_cost(model, batch, prompt_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
+    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+    return predict_step(model, gpu, cost, dtype, efficiency or Efficiency.ideal())
+
+
+def decode_contexts(prompt_tokens: int, output_tokens: int, samples: int = ITL_SAMPLES) -> list[int]:
+    """Contexts of the decode steps (P+1 ... P+O-1), every one when there are at most
+    ``samples``, else ``samples`` evenly spaced ones including both ends. O=1 has no
+    decode step: the next one (P+1) stands in."""
+    first, last = prompt_tokens + 1, prompt_tokens + max(output_tokens - 1, 1)
+    steps = last - first + 1
+    if steps <= samples:
+        return list(range(first, last + 1))
+    return [first + round(i * (steps - 1) / (samples - 1)) for i in range(samples)]
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    model: str
+    gpu: str
+    batch: int
+    prompt_tokens: int
+    output_tokens: int
+    tp: int
+    weight_dtype: str
+    kv_dtype: str
+    compute_dtype: str
+    ttft_s: float
+    itl_s: float
+    itl_first_s: float
+    itl_last_s: float
+    e2e_s: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_user: float
+    total_tokens_per_s: float
+    prefill_bound: str
+    decode_bound: str  # at the mean decode context
+    prefill_compute_s: float
+    prefill_memory_s: float
+    prefill_step_flops_efficiency: float  # eff(n) at the prefill's token count
+    decode_weight_memory_s: float  # at the mean decode context
+    decode_kv_memory_s: float
+    decode_compute_s: float
+    step_overhead_total_s: float  # layers x layer_overhead + step_overhead, per step
+    allreduce_s_per_decode_step: float
+    ttft_roofline_s: float  # datasheet lower bounds, for comparison
+    itl_roofline_s: float
+    weight_bytes_per_step: float  # per GPU, first decode step
+    kv_bytes_per_gpu_last_step: float
+
+
+def predict_latency(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    prompt_tokens: int,
+    output_tokens: int,
+    batch: int = 1,
+    weight_dtype: str = "auto",
+    kv_dtype: str = "auto",
+    tp: int = 1,
+    efficiency: Efficiency | ResolvedEfficiency | None = None,
+    compute_dtype: str = "auto",
+) -> LatencyResult:
+    """TTFT, inter-token latency and throughput of ``batch`` requests run together."""
+    if output_tokens < 1:
+        raise CapcalcError(f"--output must be at least 1, got {output_tokens}")
+    if isinstance(efficiency, ResolvedEfficiency):
+        efficiency = efficiency.efficiency
+    eff = efficiency or Efficiency.ideal()
+    kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, compute_dtype=compute_dtype)
+    prefill = predict_prefill(model, gpu, batch, prompt_tokens, efficiency=eff, **kw)
+    contexts = decode_contexts(prompt_tokens, output_tokens)
+    steps = [predict_decode_step(model, gpu, batch, c, efficiency=eff, **kw) for c in contexts]
+    itl = sum(s.time_s for s in steps) / len(steps)
+    middle = predict_decode_step(model, gpu, batch, (contexts[0] + contexts[-1]) // 2, efficiency=eff, **kw)
+    ideal_prefill = predict_prefill(model, gpu, batch, prompt_tokens, **kw)
+    ideal_itl = sum(predict_decode_step(model, gpu, batch, c, **kw).time_s for c in contexts) / len(contexts)
+    e2e = prefill.time_s + (output_tokens - 1) * itl
+    return LatencyResult(
+        model=model.name,
+        gpu=gpu.name,
+        batch=batch,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        tp=tp,
+        weight_dtype=prefill.cost.weight_dtype,
+        kv_dtype=prefill.cost.kv_dtype,
+        compute_dtype=prefill.compute_dtype,
+        ttft_s=prefill.time_s,
+        itl_s=itl,
+        itl_first_s=steps[0].time_s,
+        itl_last_s=steps[-1].time_s,
+        e2e_s=e2e,
+        output_tokens_per_s=batch * output_tokens / e2e,
+        output_tokens_per_s_per_user=1.0 / itl,
+        total_tokens_per_s=batch * (prompt_tokens + output_tokens) / e2e,
+        prefill_bound=prefill.bound,
+        decode_bound=middle.bound,
+        prefill_compute_s=prefill.compute_s,
+        prefill_memory_s=prefill.memory_s,
+        prefill_step_flops_efficiency=prefill.flops_efficiency,
+        decode_weight_memory_s=middle.weight_memory_s,
+        decode_kv_memory_s=middle.kv_memory_s,
+        decode_compute_s=middle.compute_s,
+        step_overhead_total_s=middle.overhead_s,
+        allreduce_s_per_decode_step=middle.comm_s,
+        ttft_roofline_s=ideal_prefill.time_s,
+        itl_roofline_s=ideal_itl,
+        weight_bytes_per_step=steps[0].cost.weight_bytes,
+        kv_bytes_per_gpu_last_step=steps[-1].cost.component("kv_read").bytes,
+    )

@@ -1,0 +1,478 @@
+"""Latency: the step formula recomputed by hand, efficiency resolution (flag > calibration >
+profile > default), the calibration file, tensor parallelism, errors, and monotonicity."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capcalc.calibration import CALIBRATION_FILE, load_calibration, save_calibration
+from capcalc.efficiency import PARAMETERS, Efficiency, default_efficiency, resolve_efficiency
+from capcalc.errors import CapcalcError
+from capcalc.flops import decode_cost, prefill_cost
+from capcalc.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
+
+EFF = Efficiency(
+    weight_bandwidth_efficiency=0.5,
+    kv_bandwidth_efficiency=0.25,
+    prefill_flops_efficiency=0.6,
+    prefill_tokens_half_efficiency=200,
+    layer_overhead_s=20e-6,
+    step_overhead_s=1e-3,
+    allreduce_latency_s=5e-6,
+)
+
+
+@pytest.fixture(scope="module")
+def llama(registry):
+    return registry.model("llama-3-8b")
+
+
+@pytest.fixture(scope="module")
+def seed_gpu(registry):
+    return registry.gpu("a100-seed")  # 2 TB/s, 312 TFLOP/s bf16
+
+
+def test_decode_step_by_hand(llama, seed_gpu):
+    cost = decode_cost(llama, 4, 1000)
+    step = predict_decode_step(llama, seed_gpu, 4, 1000, efficiency=EFF)
+    kv = 4 * 1000 * 131_072 + 4 * 131_072  # read 4 caches of 1000 tokens, write one token each
+    assert cost.kv_bytes == kv
+    memory = (cost.bytes - kv) / (2e12 * 0.5) + kv / (2e12 * 0.25)
+    assert step.memory_s == pytest.approx(memory)
+    assert step.compute_s == pytest.approx(cost.flops / (312e12 * 0.6))  # decode: the asymptote
+    assert step.time_s == pytest.approx(memory + 32 * 20e-6 + 1e-3)
+    assert step.bound == "memory"
+
+
+def test_prefill_by_hand(llama, seed_gpu):
+    cost = prefill_cost(llama, 2, 1500)
+    step = predict_prefill(llama, seed_gpu, 2, 1500, efficiency=EFF)
+    eff = 0.6 * 3000 / (3000 + 200)  # eff(n) = eff_max x n / (n + n_half), n = 2 x 1500 tokens
+    assert step.flops_efficiency == pytest.approx(eff)
+    assert step.time_s == pytest.approx(cost.flops / (312e12 * eff) + 32 * 20e-6 + 1e-3)
+    assert step.bound == "compute"
+
+
+def test_request_arithmetic(llama, seed_gpu):
+    r = predict_latency(llama, seed_gpu, prompt_tokens=500, output_tokens=11, batch=3, efficiency=EFF)
+    steps = [predict_decode_step(llama, seed_gpu, 3, c, efficiency=EFF).time_s for c in range(501, 511)]
+    assert r.itl_s == pytest.approx(sum(steps) / 10)
+    assert (r.itl_first_s, r.itl_last_s) == (steps[0], steps[-1])
+    assert r.ttft_s == predict_prefill(llama, seed_gpu, 3, 500, efficiency=EFF).time_s
+    assert r.e2e_s == pytest.approx(r.ttft_s + 10 * r.itl_s)
+    assert r.output_tokens_per_s == pytest.approx(3 * 11 / r.e2e_s)
+    assert r.output_tokens_per_s_per_user == pytest.approx(1 / r.itl_s)
+    assert r.total_tokens_per_s == pytest.approx(3 * 511 / r.e2e_s)
+    assert (r.prefill_bound, r.decode_bound) == ("compute", "memory")
+    # the datasheet roofline is a lower bound
+    assert r.ttft_roofline_s < r.ttft_s and r.itl_roofline_s < r.itl_s
+
+
+def test_long_outputs_sample_evenly_spaced_contexts():
+    assert decode_contexts(100, 5) == [101, 102, 103, 104]
+    assert decode_contexts(100, 1) == [101]
+    many = decode_contexts(0, 1001)
+    assert len(many) == 33 and many[0] == 1 and many[-1] == 1000
+    assert all(b > a for a, b in zip(many, many[1:], strict=False))
+
+
+def test_tensor_parallel_adds_two_ring_allreduces_per_layer(registry):
+    m, h100 = registry.model("llama-3-70b"), registry.gpu("h100-sxm")
+    step = predict_decode_step(m, h100, 16, 1024, tp=4, efficiency=EFF)
+    ring = 2 * 3 / 4 * 16 * 8192 * 2 / 450e9  # 2(tp-1)/tp x message / link bandwidth
+    assert step.comm_s == pytest.approx(2 * 80 * (ring + 5e-6))
+    cost = decode_cost(m, 16, 1024, tp=4)
+    assert step.memory_s == pytest.approx(
+        (cost.bytes - cost.kv_bytes) / (3.35e12 * 0.5) + cost.kv_bytes / (3.35e12 * 0.25)
+    )
+
+
+def test_tp_without_interconnect_is_one_line(cli, tmp_path):
+    (tmp_path / "lonely.yaml").write_text(
+        "name: lonely\nbandwidth: 1 TB/s\nmemory: 80 GB\npeak_flops: {bf16: 100 TFLOP/s}\n"
+        "sources: {memory: test, bandwidth: test, peak_flops: test}\n"
+    )
+    r = cli(
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "lonely",
+        "--prompt",
+        "10",
+        "--output",
+        "10",
+        "--tp",
+        "2",
+        "--profiles",
+        tmp_path,
+    )
+    assert r.code == 2 and r.out == ""
+    assert r.err.strip() == (
+        "capcalc: error: lonely has no interconnect_bandwidth in its profile: tp=2 needs it for the all-reduces"
+    )
+
+
+# ---------------------------------------------------------------- efficiency resolution
+
+
+def test_defaults_come_from_the_vendor(registry):
+    assert default_efficiency(registry.gpu("mi300x")).weight_bandwidth_efficiency == 0.65
+    assert default_efficiency(registry.gpu("l4")).weight_bandwidth_efficiency == 0.80
+    assert Efficiency.ideal().flops_efficiency(1) == 1.0
+
+
+GPU_WITH_BLOCK = """\
+name: test-gpu
+vendor: nvidia
+memory: 80 GB
+bandwidth: 2 TB/s
+peak_flops: {bf16: 300 TFLOP/s}
+interconnect_bandwidth: 100 GB/s
+efficiency:
+  weight_bandwidth_efficiency: 0.9
+  kv_bandwidth_efficiency: 0.7
+  layer_overhead_s: 5 us
+sources:
+  memory: test
+  bandwidth: test
+  peak_flops: test
+  interconnect: test
+  efficiency: written for this test
+"""
+
+
+def test_resolution_order_flag_calibration_profile_default(cli, tmp_path):
+    (tmp_path / "test-gpu.yaml").write_text(GPU_WITH_BLOCK)
+    args = (
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "test-gpu",
+        "--prompt",
+        "100",
+        "--output",
+        "10",
+        "--json",
+        "--profiles",
+        tmp_path,
+    )
+    rec = cli(*args).json()
+    assert rec["efficiency_source"] == "profile"
+    assert rec["assume_weight_bandwidth_efficiency"] == 0.9
+    assert rec["assume_layer_overhead_s"] == pytest.approx(5e-6)
+    assert rec["assume_step_overhead_s"] == 0.3e-3  # not in the block: the vendor default
+    save_calibration(
+        "test-gpu",
+        {
+            "device_name": "Test GPU",
+            "measured_at": "2026-11-26",
+            "efficiency": {"kv_bandwidth_efficiency": 0.6, "weight_bandwidth_efficiency": 0.85},
+        },
+        tmp_path,
+    )
+    r = cli(*args)
+    rec = r.json()
+    assert rec["efficiency_source"] == "calibration"
+    assert (rec["assume_weight_bandwidth_efficiency"], rec["assume_kv_bandwidth_efficiency"]) == (0.85, 0.6)
+    assert rec["assume_layer_overhead_s"] == pytest.approx(
+        5e-6
+    )  # the profile still fills what calibration lacks
+    assert "note: using the calibration of test-gpu measured 2026-11-26" in r.err
+    r = cli(*args, "--weight-bandwidth-efficiency", "0.5", "--layer-overhead", "2us")
+    rec = r.json()
+    assert rec["efficiency_source"] == "flag"
+    assert rec["assume_weight_bandwidth_efficiency"] == 0.5
+    assert rec["assume_layer_overhead_s"] == pytest.approx(2e-6)
+    assert rec["assume_kv_bandwidth_efficiency"] == 0.6
+    rec = cli(*args, "--no-calibration").json()
+    assert rec["efficiency_source"] == "profile"
+
+
+def test_every_parameter_has_a_flag(cli):
+    flags = {
+        "weight_bandwidth_efficiency": ("--weight-bandwidth-efficiency", "0.5", 0.5),
+        "kv_bandwidth_efficiency": ("--kv-bandwidth-efficiency", "0.4", 0.4),
+        "prefill_flops_efficiency": ("--prefill-flops-efficiency", "0.3", 0.3),
+        "prefill_tokens_half_efficiency": ("--prefill-tokens-half-efficiency", "50", 50),
+        "layer_overhead_s": ("--layer-overhead", "7us", 7e-6),
+        "step_overhead_s": ("--step-overhead", "2ms", 2e-3),
+        "allreduce_latency_s": ("--allreduce-latency", "0.00002", 2e-5),
+    }
+    assert set(flags) == set(PARAMETERS)
+    args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]
+    for flag, text, _ in flags.values():
+        args += [flag, text]
+    rec = cli(*args).json()
+    for name, (_, _, value) in flags.items():
+        assert rec[f"assume_{name}"] == pytest.approx(value), name
+
+
+def test_latency_record_echoes_inputs_and_prints_assumptions(cli):
+    r = cli(
+        "latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "1024", "--output", "256", "--batch", "32"
+    )
+    assert r.code == 0, r.err
+    assert "Assumptions (flag > calibration > GPU profile > built-in default" in r.out
+    assert "weight_bandwidth_efficiency = 0.8" in r.out
+    rec = cli(
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "h100-sxm",
+        "--prompt",
+        "1024",
+        "--output",
+        "256",
+        "--batch",
+        "32",
+        "--json",
+    ).json()
+    for key in (
+        "model",
+        "gpu",
+        "batch",
+        "prompt_tokens",
+        "output_tokens",
+        "tp",
+        "weight_dtype",
+        "kv_dtype",
+        "compute_dtype",
+        "ttft_s",
+        "itl_s",
+        "itl_first_s",
+        "itl_last_s",
+        "e2e_s",
+        "output_tokens_per_s",
+        "output_tokens_per_s_per_user",
+        "total_tokens_per_s",
+        "prefill_bound",
+        "decode_bound",
+        "efficiency_source",
+        *(f"assume_{p}" for p in PARAMETERS),
+    ):
+        assert key in rec, key
+    assert rec["schema_version"] == 1
+
+
+def test_bad_efficiency_values_are_one_line(cli, tmp_path):
+    base = ("latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "10", "--output", "10")
+    r = cli(*base, "--weight-bandwidth-efficiency", "1.5")
+    assert r.code == 2 and r.out == ""
+    assert r.err.strip() == (
+        "capcalc: error: --weight-bandwidth-efficiency: weight_bandwidth_efficiency must be a fraction in (0, 1], got 1.5"
+    )
+    r = cli(*base, "--layer-overhead", "5 parsecs")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "unknown time unit" in r.err
+    bad = GPU_WITH_BLOCK.replace("layer_overhead_s: 5 us", "layer_overhead: 5 us")
+    (tmp_path / "test-gpu.yaml").write_text(bad)
+    r = cli(
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "test-gpu",
+        "--prompt",
+        "10",
+        "--output",
+        "10",
+        "--profiles",
+        tmp_path,
+    )
+    assert r.code == 2
+    assert r.err.strip().endswith(
+        "efficiency: unknown efficiency parameter 'layer_overhead' (did you mean 'layer_overhead_s'?)"
+    )
+    r = cli(*base[:-2], "--output", "0")
+    assert r.err.strip() == "capcalc: error: --output must be at least 1, got 0"
+
+
+def test_not_fitting_is_a_note_not_an_error(cli):
+    r = cli("latency", "llama-3-70b", "--gpu", "l4", "--prompt", "100", "--output", "10", "--json")
+    assert r.code == 0
+    assert "does not fit (see `capcalc fit`)" in r.err
+
+
+# ---------------------------------------------------------------- calibration file
+
+
+def test_calibration_round_trip_and_merge(tmp_path):
+    first = {
+        "device_name": "NVIDIA H100 80GB HBM3",
+        "measured_at": "2026-11-26",
+        "command": "capcalc measure llama-3-8b --save",
+        "torch_version": "2.5.1",
+        "measured": {"bandwidth_bytes_per_s": 2.9e12, "peak_flops_per_s": {"bf16": 7.6e14}},
+        "efficiency": {"weight_bandwidth_efficiency": 0.86, "layer_overhead_s": 8e-6},
+    }
+    path = save_calibration("h100-sxm", first, tmp_path)
+    assert path == tmp_path / CALIBRATION_FILE
+    save_calibration("a100-80gb-sxm", {"efficiency": {"weight_bandwidth_efficiency": 0.7}}, tmp_path)
+    data = yaml.safe_load(path.read_text())
+    assert data["schema_version"] == 1
+    assert set(data["gpus"]) == {"h100-sxm", "a100-80gb-sxm"}  # merged, not replaced
+    assert data["gpus"]["h100-sxm"]["measured"]["peak_flops_per_s"]["bf16"] == 7.6e14
+    save_calibration("h100-sxm", {"efficiency": {"weight_bandwidth_efficiency": 0.9}}, tmp_path)
+    loaded = load_calibration([tmp_path])
+    assert loaded["gpus"]["h100-sxm"]["efficiency"] == {"weight_bandwidth_efficiency": 0.9}
+    assert loaded["gpus"]["a100-80gb-sxm"]["path"] == str(path)
+
+
+def test_calibration_defaults_to_the_user_profile_dir(isolated_user_config, registry):
+    path = save_calibration("h100-sxm", {"efficiency": {"step_overhead_s": 1e-4}})
+    assert path == isolated_user_config / CALIBRATION_FILE
+    resolved = resolve_efficiency(registry.gpu("h100-sxm"), {}, load_calibration())
+    assert resolved.calibrated and resolved.source == "calibration"
+    assert resolved.efficiency.step_overhead_s == 1e-4
+    assert resolved.sources["weight_bandwidth_efficiency"] == "profile"  # h100-sxm carries a block
+    assert resolved.sources["allreduce_latency_s"] == "default"
+
+
+def test_calibration_write_is_atomic(tmp_path, monkeypatch):
+    path = save_calibration("h100-sxm", {"efficiency": {"weight_bandwidth_efficiency": 0.8}}, tmp_path)
+    before = path.read_text()
+
+    def broken_replace(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken_replace)
+    with pytest.raises(OSError):
+        save_calibration("a100-80gb-sxm", {"efficiency": {"weight_bandwidth_efficiency": 0.7}}, tmp_path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [CALIBRATION_FILE]  # no temporary file left
+
+
+def test_bad_calibration_file_is_one_line(cli, isolated_user_config):
+    isolated_user_config.mkdir(parents=True)
+    (isolated_user_config / CALIBRATION_FILE).write_text(
+        textwrap.dedent("""\
+        schema_version: 1
+        gpus:
+          h100-sxm:
+            efficiency: {weight_bandwidth_efficiency: 2}
+        """)
+    )
+    r = cli("latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "10", "--output", "10")
+    assert r.code == 2 and r.out == ""
+    assert (
+        "gpus.h100-sxm.efficiency: weight_bandwidth_efficiency must be a fraction in (0, 1], got 2" in r.err
+    )
+    with pytest.raises(CapcalcError, match="unknown key 'colour'"):
+        save_calibration("h100-sxm", {"colour": "green"}, isolated_user_config)
+
+
+# ---------------------------------------------------------------- monotonicity (hypothesis)
+
+FACTOR = st.floats(min_value=1.0, max_value=8.0)
+PROMPT = st.integers(min_value=1, max_value=20_000)
+OUTPUT = st.integers(min_value=1, max_value=2_000)
+BATCH = st.integers(min_value=1, max_value=512)
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _faster(gpu, bandwidth=1.0, flops=1.0):
+    return dataclasses.replace(
+        gpu,
+        bandwidth_bytes_per_s=gpu.bandwidth_bytes_per_s * bandwidth,
+        peak_flops_per_s={k: v * flops for k, v in gpu.peak_flops_per_s.items()},
+    )
+
+
+def _latencies(r):
+    return (r.ttft_s, r.itl_s, r.itl_first_s, r.itl_last_s, r.e2e_s)
+
+
+def _no_faster(a, b):
+    """Every latency of b is at most that of a (tiny float slack)."""
+    return all(y <= x * (1 + 1e-12) for x, y in zip(_latencies(a), _latencies(b), strict=False))
+
+
+@pytest.fixture(scope="module")
+def cases(registry):
+    return [
+        (registry.model("llama-3-8b"), registry.gpu("h100-sxm"), 1),
+        (registry.model("mixtral-8x7b"), registry.gpu("a100-80gb-sxm"), 2),
+        (registry.model("gemma-2-9b"), registry.gpu("l40s"), 1),
+    ]
+
+
+@SETTINGS
+@given(st.integers(0, 2), FACTOR, FACTOR, PROMPT, OUTPUT, BATCH)
+def test_latency_never_rises_with_bandwidth_or_flops(cases, i, bw, fl, prompt, output, batch):
+    model, gpu, tp = cases[i]
+    eff = default_efficiency(gpu)
+    base = predict_latency(model, gpu, prompt, output, batch, tp=tp, efficiency=eff)
+    assert _no_faster(
+        base, predict_latency(model, _faster(gpu, bandwidth=bw), prompt, output, batch, tp=tp, efficiency=eff)
+    )
+    assert _no_faster(
+        base, predict_latency(model, _faster(gpu, flops=fl), prompt, output, batch, tp=tp, efficiency=eff)
+    )
+
+
+@SETTINGS
+@given(st.integers(0, 2), PROMPT, st.integers(1, 20_000), OUTPUT, BATCH)
+def test_latency_never_falls_with_context(cases, i, prompt, more, output, batch):
+    model, gpu, tp = cases[i]
+    eff = default_efficiency(gpu)
+    short = predict_latency(model, gpu, prompt, output, batch, tp=tp, efficiency=eff)
+    long = predict_latency(model, gpu, prompt + more, output, batch, tp=tp, efficiency=eff)
+    assert _no_faster(long, short)
+
+
+@SETTINGS
+@given(st.integers(0, 2), PROMPT, OUTPUT, BATCH, st.integers(1, 512))
+def test_latency_never_falls_and_per_user_throughput_never_rises_with_batch(
+    cases, i, prompt, output, batch, more
+):
+    model, gpu, tp = cases[i]
+    eff = default_efficiency(gpu)
+    small = predict_latency(model, gpu, prompt, output, batch, tp=tp, efficiency=eff)
+    big = predict_latency(model, gpu, prompt, output, batch + more, tp=tp, efficiency=eff)
+    assert _no_faster(big, small)
+    assert big.output_tokens_per_s_per_user <= small.output_tokens_per_s_per_user * (1 + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def h100(registry):
+    return registry.gpu("h100-sxm")
+
+
+@SETTINGS
+@given(st.integers(1, 64), st.integers(1, 64), st.integers(1, 4), PROMPT, OUTPUT, BATCH)
+def test_latency_never_falls_with_model_size(llama, h100, layers, more_layers, width, prompt, output, batch):
+    """A model with more layers or a wider MLP (everything else equal) is never faster."""
+
+    def sized(n_layers, mlp_scale):
+        return dataclasses.replace(
+            llama,
+            num_layers=n_layers,
+            layer_types=("full",) * n_layers,
+            intermediate_size=llama.intermediate_size * mlp_scale,
+        )
+
+    eff = default_efficiency(h100)
+    base = predict_latency(sized(layers, 1), h100, prompt, output, batch, efficiency=eff)
+    deeper = predict_latency(sized(layers + more_layers, 1), h100, prompt, output, batch, efficiency=eff)
+    wider = predict_latency(sized(layers, width), h100, prompt, output, batch, efficiency=eff)
+    assert _no_faster(deeper, base)
+    assert _no_faster(wider, base)
+
+
+def test_calibration_in_capcalc_profiles_is_used_and_noted(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPCALC_PROFILES", str(tmp_path))
+    path = save_calibration(
+        "h100-sxm", {"measured_at": "2026-11-20", "efficiency": {"step_overhead_s": 2e-3}}
+    )
+    assert path == tmp_path / CALIBRATION_FILE  # the first $CAPCALC_PROFILES directory
+    r = cli("latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "100", "--output", "10", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["assume_step_overhead_s"] == 2e-3
+    assert r.json()["efficiency_source"] == "calibration"
+    assert (
+        r.err.strip() == f"capcalc: note: using the calibration of h100-sxm measured 2026-11-20 from {path}"
+    )
