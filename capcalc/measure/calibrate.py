@@ -1,0 +1,220 @@
+"""Measured against predicted: the device's profile, the latency model's predictions for
+each measured point, and the fit of its efficiency parameters (no torch here).
+
+The profile of the device is the hardware profile whose name or alias is the name the
+driver reports ("NVIDIA H100 80GB HBM3"); a device with none (and every CPU) gets a
+profile drafted from what it measured: copy bandwidth as ``bandwidth``, the measured
+matmul rates as ``peak_flops``, the device's memory as ``memory``. Predictions are those
+of :mod:`capcalc.latency` (the same functions ``capcalc latency`` uses), so the fitted
+parameters calibrate exactly the model later predictions run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..calibration import load_calibration, save_calibration
+from ..efficiency import Efficiency, resolve_efficiency
+from ..errors import CapcalcError
+from ..latency import StepPrediction, predict_decode_step, predict_prefill
+from ..profiles import HardwareProfile, ModelProfile, Registry, hardware_from_dict, shipped_dir
+from .device import slug
+from .fit import least_squares, median_abs_pct
+
+#: the parameters `measure` fits (all-reduce latency needs several GPUs)
+FITTED = (
+    "weight_bandwidth_efficiency",
+    "kv_bandwidth_efficiency",
+    "prefill_flops_efficiency",
+    "prefill_tokens_half_efficiency",
+    "layer_overhead_s",
+    "step_overhead_s",
+)
+_BOUNDS = {
+    "weight_bandwidth_efficiency": (1e-3, 1.0),
+    "kv_bandwidth_efficiency": (1e-3, 1.0),
+    "prefill_flops_efficiency": (1e-3, 1.0),
+    "prefill_tokens_half_efficiency": (1e-3, 1e7),
+    "layer_overhead_s": (1e-9, 1.0),
+    "step_overhead_s": (1e-9, 10.0),
+}
+
+
+def find_profile(registry: Registry, device_name: str) -> HardwareProfile | None:
+    """The hardware profile whose name or alias matches the driver's device name."""
+    for label in (device_name, slug(device_name)):
+        try:
+            return registry.gpu(label)
+        except CapcalcError:
+            continue
+    return None
+
+
+def profile_origin(profile: HardwareProfile, drafted: bool = False) -> str:
+    if drafted:
+        return "drafted"
+    try:
+        shipped = shipped_dir("hardware_profiles").resolve()
+        return "shipped" if Path(profile.path).resolve().parent == shipped else "user"
+    except CapcalcError:
+        return "user"
+
+
+def draft_profile_dict(
+    device_name: str,
+    is_cuda: bool,
+    memory_bytes: float,
+    bandwidth_bytes_per_s: float,
+    peak_flops_per_s: dict[str, float],
+    l2_cache_bytes: float | None,
+    torch_version: str,
+) -> dict[str, Any]:
+    """A hardware-profile mapping (the YAML format) built from measured figures."""
+    name = slug(device_name) if is_cuda else "cpu-" + slug(device_name)
+    when = _dt.date.today().isoformat()
+    how = f"measured by `capcalc measure --gpu` on {when} (torch {torch_version})"
+    data: dict[str, Any] = {
+        "name": name[:60].strip("-"),
+        "display_name": device_name,
+        "aliases": [device_name],
+        "vendor": ("nvidia" if "nvidia" in device_name.lower() else "") if is_cuda else "cpu",
+        "memory": float(memory_bytes),
+        "bandwidth": float(bandwidth_bytes_per_s),
+        "peak_flops": {k: float(v) for k, v in peak_flops_per_s.items()},
+        "sources": {
+            "memory": f"total memory reported by torch; {how}",
+            "bandwidth": f"device-to-device copy, bytes read + written; {how}",
+            "peak_flops": f"best dense square matmul, not a datasheet peak; {how}",
+        },
+        "notes": "Drafted from measurements: the figures are achieved, not datasheet, rates.",
+    }
+    if "bf16" not in data["peak_flops"] and "fp16" not in data["peak_flops"]:
+        # a profile needs a 16-bit rate; the fp32 rate is a conservative stand-in
+        data["peak_flops"]["bf16"] = data["peak_flops"].get("fp32", 1.0)
+    if l2_cache_bytes:
+        data["l2_cache"] = float(l2_cache_bytes)
+        data["sources"]["l2_cache"] = "L2 cache size reported by torch.cuda.get_device_properties"
+    return data
+
+
+def draft_profile(data: dict[str, Any]) -> HardwareProfile:
+    return hardware_from_dict(data, f"<drafted from measurements: {data['display_name']}>")
+
+
+def shipped_efficiency(gpu: HardwareProfile) -> Efficiency:
+    """The efficiencies a prediction uses before calibration: the GPU profile's block,
+    else the built-in vendor default (no calibration file, no flags)."""
+    return resolve_efficiency(gpu).efficiency
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured point as the fit sees it."""
+
+    model: ModelProfile
+    phase: str  # decode | prefill
+    batch: int
+    tokens: int  # decode: tokens attended (median over the timed steps); prefill: prompt length
+    measured_s: float
+
+
+def predict(gpu: HardwareProfile, point: Point, dtype: str, eff: Efficiency) -> StepPrediction:
+    """The latency model's time for ``point`` (weights, activations and KV all in ``dtype``)."""
+    kw = dict(weight_dtype=dtype, kv_dtype=dtype, efficiency=eff)
+    if point.phase == "decode":
+        return predict_decode_step(point.model, gpu, point.batch, point.tokens, **kw)
+    return predict_prefill(point.model, gpu, point.batch, point.tokens, **kw)
+
+
+def error_pct(predicted: float, measured: float) -> float:
+    """(predicted - measured) / measured in percent: positive when the prediction is slow."""
+    return 100.0 * (predicted - measured) / measured
+
+
+@dataclass(frozen=True)
+class Calibration:
+    before: Efficiency
+    after: Efficiency
+    errors_before_pct: list[float]
+    errors_after_pct: list[float]
+    iterations: int
+
+    def median(self, points: list[Point], phase: str, after: bool, model: str | None = None) -> float | None:
+        """Median |error| in percent over the points of ``phase`` (and ``model``, if given)."""
+        errors = self.errors_after_pct if after else self.errors_before_pct
+        return median_abs_pct(
+            [
+                e
+                for e, p in zip(errors, points, strict=True)
+                if p.phase == phase and (model is None or p.model.name == model)
+            ]
+        )
+
+
+def calibrate(gpu: HardwareProfile, points: list[Point], dtype: str, start: Efficiency) -> Calibration:
+    """Least-squares fit of :data:`FITTED` to ``points`` (relative errors), from ``start``.
+
+    Points of several models fit one set of parameters for the GPU; with a single model
+    the split between weight-streaming efficiency and the fixed per-layer and per-step
+    costs is not determined (all three are a constant per step), only their sum is."""
+    if not points:
+        raise CapcalcError("no measured points to calibrate on", exit_code=1)
+    names = [
+        n
+        for n in FITTED
+        if n != "prefill_tokens_half_efficiency" or any(p.phase == "prefill" for p in points)
+    ]
+
+    def efficiency(values) -> Efficiency:
+        return replace(start, **dict(zip(names, values, strict=True)))
+
+    def residuals(values):
+        eff = efficiency(values)
+        return [(predict(gpu, p, dtype, eff).time_s - p.measured_s) / p.measured_s for p in points]
+
+    fit = least_squares(
+        residuals,
+        [getattr(start, n) for n in names],
+        [_BOUNDS[n][0] for n in names],
+        [_BOUNDS[n][1] for n in names],
+    )
+    after = efficiency(fit.values)
+    if fit.cost_after > fit.cost_before:  # never worse than where it started
+        after = start
+    before_err = [error_pct(predict(gpu, p, dtype, start).time_s, p.measured_s) for p in points]
+    after_err = [error_pct(predict(gpu, p, dtype, after).time_s, p.measured_s) for p in points]
+    return Calibration(start, after, before_err, after_err, fit.iterations)
+
+
+def save_entry(
+    gpu_name: str,
+    device_name: str,
+    command: str,
+    torch_version: str,
+    measured: dict[str, Any] | None = None,
+    efficiency: Efficiency | None = None,
+    directory: str | Path | None = None,
+) -> Path:
+    """Merge measured device figures and/or fitted efficiencies into ``gpu_name``'s
+    calibration entry (what was there and is not replaced is kept)."""
+    dirs = [directory] if directory is not None else []
+    existing = dict(load_calibration(dirs).get("gpus", {}).get(gpu_name) or {})
+    existing.pop("path", None)
+    entry: dict[str, Any] = {
+        **existing,
+        "device_name": device_name,
+        "measured_at": _dt.date.today().isoformat(),
+        "command": command,
+        "torch_version": torch_version,
+    }
+    if measured is not None:
+        entry["measured"] = {**(existing.get("measured") or {}), **measured}
+    if efficiency is not None:
+        entry["efficiency"] = {
+            **(existing.get("efficiency") or {}),
+            **{n: getattr(efficiency, n) for n in FITTED},
+        }
+    return save_calibration(gpu_name, entry, directory)

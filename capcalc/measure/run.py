@@ -1,0 +1,173 @@
+"""Timing real prefill and decode steps of a random-weight model at each batch and context.
+
+Decode point (batch B, context c): a cache of c + (warm-up + repeats) slots per
+sequence is allocated once and filled with random keys and values (the prompt stands
+in as random data). The step embeds the B current tokens at position ``pos`` (a device
+tensor), runs every layer writing K and V in place at ``pos``, attends over slots
+<= pos, computes the logits, writes argmax back into the token buffer and advances
+``pos`` -- all on the device, so the whole step is captured once as a CUDA graph and
+replayed (launch overhead would otherwise dominate small batches). Each repeat is one
+replay timed with CUDA events; the first replay attends to c + 1 tokens. On the CPU
+the same step runs eagerly, timed with ``time.perf_counter``.
+
+Prefill point (batch B, prompt P): one forward pass over [B, P] tokens from position
+0, writing the cache, logits for the last position; timed with events, not graphed.
+
+Every figure is the median over repeats after warm-up.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import CapcalcError
+from ..profiles import ModelProfile
+from . import require_torch
+from .device import DeviceInfo, median, synchronize, time_calls
+from .memory import MemoryEstimate, check_point
+from .model import DecoderModel, KVCache, check_supported
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    phase: str  # decode | prefill
+    batch: int
+    tokens: int  # decode: context already cached; prefill: prompt length
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    spec: PointSpec
+    time_s: float  # median seconds per step (decode) or per prefill pass
+    times_s: tuple[float, ...]
+    cuda_graph: bool
+    memory: MemoryEstimate  # predicted before allocating
+    memory_measured_bytes: float | None  # peak allocated on a GPU; None on the CPU
+    cache_bytes: float
+
+
+def _round_up(n: int, multiple: int = 16) -> int:
+    return -(-n // multiple) * multiple
+
+
+def default_repeats(info: DeviceInfo, phase: str) -> tuple[int, int]:
+    """(warm-up, timed repeats) per point."""
+    if info.is_cuda:
+        return (3, 20) if phase == "decode" else (2, 5)
+    return (2, 5) if phase == "decode" else (1, 3)
+
+
+def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+    warmup, timed = default_repeats(info, spec.phase)
+    if spec.phase == "prefill":
+        return _round_up(spec.tokens)
+    # each step writes one slot past the context: 3 steps before the graph capture (then the
+    # position is reset), then the warm-up and timed steps; rounded up to a multiple of 16
+    return _round_up(spec.tokens + max(3, warmup + (repeats or timed)))
+
+
+def plan_points(
+    model: ModelProfile, dtype: str, info: DeviceInfo, specs: list[PointSpec], repeats: int | None = None
+) -> tuple[list[tuple[PointSpec, MemoryEstimate]], list[tuple[PointSpec, str]]]:
+    """Split ``specs`` into those that fit (with their estimate) and those refused (with why)."""
+    check_supported(model, dtype)
+    fitting, refused = [], []
+    for spec in specs:
+        if spec.phase == "decode" and spec.tokens < 1:
+            raise CapcalcError(f"--ctx must be at least 1, got {spec.tokens}")
+        try:
+            estimate = check_point(
+                model,
+                dtype,
+                spec.phase,
+                spec.batch,
+                spec.tokens,
+                cache_tokens(spec, info, repeats),
+                info.memory_free_bytes,
+                info.is_cuda,
+                info.device,
+            )
+            fitting.append((spec, estimate))
+        except CapcalcError as exc:
+            refused.append((spec, exc.message))
+    return fitting, refused
+
+
+class Runner:
+    """Builds the model once and measures points on it."""
+
+    def __init__(self, model: ModelProfile, dtype: str, info: DeviceInfo, max_positions: int, seed: int = 0):
+        self.torch = require_torch()
+        self.info = info
+        with self.torch.inference_mode():
+            self.model = DecoderModel(model, dtype, info.device, seed=seed, max_positions=max_positions)
+        synchronize(info.device)
+
+    def release(self) -> None:
+        """Free the model's weights (before the next model is built)."""
+        self.model = None
+        if self.info.is_cuda:
+            gc.collect()
+            self.torch.cuda.empty_cache()
+
+    def measure(self, spec: PointSpec, estimate: MemoryEstimate, repeats: int | None = None) -> MeasuredPoint:
+        torch = self.torch
+        info = self.info
+        if info.is_cuda:  # free the last point's cache and graph pool before measuring the peak
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(info.device)
+        with torch.inference_mode():
+            if spec.phase == "decode":
+                times, graphed, cache_b = self._decode(spec, repeats)
+            else:
+                times, graphed, cache_b = self._prefill(spec, repeats)
+        peak = float(torch.cuda.max_memory_allocated(info.device)) if info.is_cuda else None
+        if info.is_cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+        return MeasuredPoint(spec, median(times), tuple(times), graphed, estimate, peak, cache_b)
+
+    def _decode(self, spec: PointSpec, repeats: int | None):
+        torch, info, model = self.torch, self.info, self.model
+        warmup, timed = default_repeats(info, "decode")
+        timed = repeats or timed
+        length = cache_tokens(spec, info, repeats)
+        cache = KVCache(model, spec.batch, length)
+        tokens = torch.randint(0, model.profile.vocab_size, (spec.batch, 1), device=info.device)
+        pos = torch.tensor(spec.tokens, device=info.device, dtype=torch.long)
+
+        def step():
+            logits = model.decode(tokens, cache, pos)
+            tokens.copy_(logits.argmax(dim=-1, keepdim=True))
+            pos.add_(1)
+
+        graphed = info.is_cuda and (model.profile.moe is None or model.grouped_mm)
+        run: Callable[[], object] = step
+        if graphed:
+            try:
+                side = torch.cuda.Stream(info.device)
+                side.wait_stream(torch.cuda.current_stream(info.device))
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        step()
+                torch.cuda.current_stream(info.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    step()
+                run = graph.replay
+            except RuntimeError:
+                graphed, run = False, step
+        pos.fill_(spec.tokens)
+        times = time_calls(run, info.device, timed, warmup=warmup)
+        return times, graphed, cache.bytes
+
+    def _prefill(self, spec: PointSpec, repeats: int | None):
+        torch, info, model = self.torch, self.info, self.model
+        warmup, timed = default_repeats(info, "prefill")
+        cache = KVCache(model, spec.batch, cache_tokens(spec, info, repeats), random_fill=False)
+        tokens = torch.randint(0, model.profile.vocab_size, (spec.batch, spec.tokens), device=info.device)
+        times = time_calls(lambda: model.prefill(tokens, cache), info.device, repeats or timed, warmup=warmup)
+        return times, False, cache.bytes
