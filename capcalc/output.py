@@ -191,3 +191,41 @@ def rows_table(records: list[dict], spec: TableSpec) -> Table:
     for rec in records:
         table.add_row(*(humanize(key, rec.get(key)) for key, _ in columns))
     return table
+
+
+class RecordStream:
+    """Write records one at a time, as they are produced (``sweep``): a JSON array
+    written incrementally, one JSONL line each, or CSV rows under a header written
+    once. ``columns`` fixes the CSV header (default: the first record's keys); a
+    key outside it is an error rather than a silently dropped value."""
+
+    def __init__(self, fmt: str, out=None, columns: list[str] | None = None):
+        if fmt not in ("json", "jsonl", "csv"):
+            raise ValueError(f"RecordStream writes json, jsonl or csv, not {fmt!r}")
+        self.format = fmt
+        self.out = out if out is not None else sys.stdout
+        self.columns = list(columns) if columns is not None else None
+        self.count = 0
+        self._csv: csv.DictWriter | None = None
+
+    def write(self, rec: dict) -> None:
+        out = self.out
+        if self.format == "jsonl":
+            out.write(json.dumps(_plain(rec)) + "\n")
+        elif self.format == "json":
+            text = json.dumps(_plain(rec), indent=2).replace("\n", "\n  ")
+            out.write(("[\n  " if self.count == 0 else ",\n  ") + text)
+        else:
+            if self._csv is None:
+                self._csv = csv.DictWriter(out, fieldnames=self.columns or list(rec), lineterminator="\n")
+                self._csv.writeheader()
+            self._csv.writerow({k: _csv_cell(v) for k, v in rec.items()})
+        self.count += 1
+
+    def close(self) -> None:
+        """End the JSON array (``[]`` when nothing was written) and flush."""
+        if self.format == "json":
+            self.out.write("\n]\n" if self.count else "[]\n")
+        elif self.format == "csv" and self._csv is None and self.columns:
+            csv.DictWriter(self.out, fieldnames=self.columns, lineterminator="\n").writeheader()
+        self.out.flush()

@@ -13,10 +13,30 @@ import sys
 import typer
 
 from ..errors import CapcalcError
-from . import catalog, kv, littles  # noqa: F401  (each module registers its commands)
+from . import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
 from .common import app
 
 __all__ = ["app", "main"]
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes Click raises for usage errors. typer >= 0.29 vendors
+    Click (its errors derive from ``typer.TyperException``); older typer uses the
+    ``click`` package. Both are caught so the CLI also runs on machines with an
+    older typer (such as the GPU machine used for validation)."""
+    types: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        types.append(typer.TyperException)
+    try:
+        import click
+
+        types.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+_USAGE_ERRORS = _usage_error_types()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except CapcalcError as exc:
         _error(exc.message)
         return exc.exit_code
-    except typer.TyperException as exc:
-        # typer vendors click: usage errors (bad flag value, missing argument) land here
+    except _USAGE_ERRORS as exc:
+        # bad flag value, missing argument, unknown option
         if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
             print(exc.ctx.get_help(), file=sys.stderr)
             return 2

@@ -4,6 +4,9 @@ and the one function that hands records to the renderer."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -36,6 +39,27 @@ ProfilesOpt = Annotated[
 ]
 
 
+#: Where ``Output.emit`` hands records instead of printing them, while set (see
+#: :func:`collect_records`).
+_RECORD_SINK: ContextVar[Optional[Callable[[list[dict]], None]]] = ContextVar(
+    "capcalc_record_sink", default=None
+)
+
+
+@contextmanager
+def collect_records(sink: Callable[[list[dict]], None]) -> Iterator[None]:
+    """While inside, every ``Output.emit`` calls ``sink(records)`` and prints nothing.
+
+    ``sweep`` runs a command's own Click command once per combination inside this, so
+    it gets exactly the records the command would print, without formatting them or
+    reading them back from JSON."""
+    token = _RECORD_SINK.set(sink)
+    try:
+        yield
+    finally:
+        _RECORD_SINK.reset(token)
+
+
 class Output:
     """The output options of one invocation, parsed once."""
 
@@ -43,6 +67,10 @@ class Output:
         self.format = choose_format(json_, jsonl, csv_)
 
     def emit(self, records, spec: TableSpec | None = None, single: bool = False) -> None:
+        sink = _RECORD_SINK.get()
+        if sink is not None:
+            sink(list(records))
+            return
         emit(records, self.format, spec, single)
 
 
@@ -70,8 +98,10 @@ def load_registry(profiles: Optional[list[Path]]) -> Registry:
     file in play changes."""
     dirs = [str(d) for d in (profiles or ())]
     env = os.environ.get(ENV_PROFILES, "")
-    watched = [*dirs, *(p for p in env.split(os.pathsep) if p), str(user_profile_dir())]
-    key = (tuple(dirs), env, str(user_profile_dir()), _profile_files_state(watched))
+    user_dir = user_profile_dir()
+    default_dir = str(user_dir) if not env and user_dir.is_dir() else ""
+    watched = [*dirs, *(p for p in env.split(os.pathsep) if p), *([default_dir] if default_dir else [])]
+    key = (tuple(dirs), env, default_dir, _profile_files_state(watched))
     if key not in _REGISTRY_CACHE:
         _REGISTRY_CACHE.clear()
         _REGISTRY_CACHE[key] = Registry.load(dirs)

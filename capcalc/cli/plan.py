@@ -1,0 +1,213 @@
+"""`capcalc plan`: how many GPUs for this traffic and these SLOs, and at what cost."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..calibration import load_calibration
+from ..efficiency import resolve_efficiency
+from ..errors import CapcalcError
+from ..fit import DEFAULT_UTILIZATION
+from ..output import TableSpec, humanize, record
+from ..parallel import check_tp, valid_tp_degrees
+from ..plan import Candidate as PlanCandidate
+from ..plan import SLOs, Traffic, plan
+from ..units import format_duration, parse_duration, parse_rate
+from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_int_list
+
+#: tensor-parallel degrees tried when --tp is not given (those valid for the model)
+DEFAULT_TPS = (1, 2, 4, 8)
+#: feasible candidates the table shows (the machine formats carry all of them)
+TABLE_ROWS = 15
+
+SIMPLIFICATION = (
+    "Simplification: prefill and decode share each GPU; the prefill time each second of traffic brings "
+    "(requests/s per replica x one prompt's prefill) is counted as decode time lost, stretching every decode "
+    "step by 1/(1 - that share). No queueing or bursts: compare with p95 SLOs with headroom (docs/plan.md)."
+)
+
+
+def _names(text: Optional[str]) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else []
+
+
+def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str]]:
+    """'--price h100-sxm=2.49' (repeatable, or comma-separated) -> {gpu name: (USD per GPU-hour, 'flag')}."""
+    prices: dict[str, tuple[float, str]] = {}
+    for value in values or ():
+        for item in _names(value):
+            name, eq, amount = item.partition("=")
+            if not eq:
+                raise CapcalcError(f"--price: expected GPU=USD_PER_HOUR (e.g. h100-sxm=2.49), got {item!r}")
+            try:
+                usd = float(amount.strip().lstrip("$").removesuffix("/h"))
+            except ValueError:
+                raise CapcalcError(f"--price {item!r}: expected a number of USD per GPU-hour") from None
+            if not usd > 0:
+                raise CapcalcError(f"--price {item!r}: the price must be positive")
+            prices[reg.gpu(name.strip()).name] = (usd, "flag")
+    return prices
+
+
+@app.command(name="plan")
+def plan_command(
+    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    rps: Annotated[str, typer.Option("--rps", help="Requests per second to carry, e.g. 200 or 12000/min.")],
+    prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")],
+    output: Annotated[int, typer.Option(help="Output tokens per request.")],
+    gpu: Annotated[
+        Optional[str],
+        typer.Option(help="GPU profiles to consider, comma-separated (default: every known GPU)."),
+    ] = None,
+    tp: Annotated[
+        Optional[str],
+        typer.Option(help="Tensor-parallel degrees to try, comma-separated (default: valid of 1,2,4,8)."),
+    ] = None,
+    weight_dtype: Annotated[str, typer.Option(help="Weight dtypes to try, comma-separated.")] = "auto",
+    kv_dtype: Annotated[str, typer.Option(help="KV cache dtypes to try, comma-separated.")] = "auto",
+    ttft_slo: Annotated[Optional[str], typer.Option(help="Time to first token target, e.g. 1s.")] = None,
+    itl_slo: Annotated[Optional[str], typer.Option(help="Inter-token latency target, e.g. 50ms.")] = None,
+    e2e_slo: Annotated[Optional[str], typer.Option(help="End-to-end latency target, e.g. 30s.")] = None,
+    price: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="USD per GPU-hour, GPU=PRICE (repeatable); overrides the profile's price_per_hour."
+        ),
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`).")
+    ] = DEFAULT_UTILIZATION,
+    max_num_seqs: Annotated[
+        Optional[int], typer.Option(help="vLLM max_num_seqs: the largest batch (default as vllm serve).")
+    ] = None,
+    no_calibration: Annotated[
+        bool,
+        typer.Option("--no-calibration", help="Ignore calibration.yaml (use profile and built-in defaults)."),
+    ] = False,
+    json_: JsonFlag = False,
+    jsonl: JsonlFlag = False,
+    csv_: CsvFlag = False,
+    profiles: ProfilesOpt = None,
+):
+    """How many GPUs for this traffic and these SLOs, and what does a million tokens cost?"""
+    out = Output(json_, jsonl, csv_)
+    reg = load_registry(profiles)
+    profile = reg.resolve_model(model)
+    rate, unit = parse_rate(rps, "--rps")
+    if unit != "req":
+        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
+    traffic = Traffic(rate, prompt, output)
+    slos = SLOs(
+        ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
+        itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
+        e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
+    )
+    if max_num_seqs is not None and max_num_seqs < 1:
+        raise CapcalcError(f"--max-num-seqs must be at least 1, got {max_num_seqs}")
+    gpus = [reg.gpu(name) for name in _names(gpu)] if gpu else [reg.gpus[n] for n in sorted(reg.gpus)]
+    if tp is not None:
+        tps = [check_tp(profile, t) for t in parse_int_list(tp, "--tp")]
+    else:
+        tps = [t for t in DEFAULT_TPS if t in valid_tp_degrees(profile, max(DEFAULT_TPS))]
+    weight_dtypes = _names(weight_dtype) or ["auto"]
+    kv_dtypes = _names(kv_dtype) or ["auto"]
+    candidates = [
+        PlanCandidate(g, t, w, k) for g in gpus for t in tps for w in weight_dtypes for k in kv_dtypes
+    ]
+    prices = {g.name: (g.price_per_hour, g.sources.get("price", "profile")) for g in gpus if g.price_per_hour}
+    prices.update(parse_prices(price, reg))
+    calibration = None if no_calibration else load_calibration(profiles or ())
+    results = plan(
+        profile,
+        candidates,
+        traffic,
+        slos,
+        lambda g: resolve_efficiency(g, None, calibration),
+        prices,
+        gpu_memory_utilization,
+        max_num_seqs,
+    )
+    records = [record(r) for r in results]
+    title = (
+        f"Plan: {profile.name}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"
+        + "".join(
+            f", {name} ≤ {format_duration(v)}"
+            for name, v in (("TTFT", slos.ttft_s), ("ITL", slos.itl_s), ("E2E", slos.e2e_s))
+            if v is not None
+        )
+    )
+    out.emit(records, TableSpec(render=lambda recs, console: render(recs, console, title)))
+    if not any(r.feasible for r in results):
+        print(
+            f"capcalc: error: no candidate carries {rate:g} requests/s within the SLOs "
+            f"({len(results)} rejected; see rejected_because)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def render(records: list[dict], console, title: str) -> None:
+    console.print(title, style="bold")
+    feasible = [r for r in records if r["feasible"]]
+    rejected = [r for r in records if not r["feasible"]]
+    if feasible:
+        table = Table(header_style="bold", title="Candidates, best first", title_justify="left")
+        columns = [
+            ("gpu", "GPU"),
+            ("tp", "tp"),
+            ("weight_dtype", "weights"),
+            ("kv_dtype", "KV"),
+            ("replicas", "replicas"),
+            ("gpus", "GPUs"),
+            ("batch_per_replica", "batch"),
+            ("ttft_s", "TTFT"),
+            ("itl_s", "ITL"),
+            ("e2e_s", "E2E"),
+            ("kv_bytes_used_per_gpu", "KV/GPU"),
+            ("output_tokens_per_s_per_gpu", "tok/s/GPU"),
+            ("binding_constraint", "binding"),
+            ("cost_usd_per_hour", "$/hour"),
+            ("cost_usd_per_million_output_tokens", "$/M out tok"),
+        ]
+        for i, (_, header) in enumerate(columns):
+            table.add_column(header, justify="left" if i < 4 else "right", no_wrap=True)
+        for r in feasible[:TABLE_ROWS]:
+            table.add_row(*(_cell(key, r.get(key)) for key, _ in columns))
+        console.print(table)
+        if len(feasible) > TABLE_ROWS:
+            console.print(
+                f"... and {len(feasible) - TABLE_ROWS} more feasible candidates (all of them in --json/--csv)."
+            )
+        best = feasible[0]
+        console.print(
+            f"Best: {best['replicas']} x {best['gpu']} tp={best['tp']} = {best['gpus']} GPUs; each replica carries "
+            f"{best['requests_per_s_per_replica']:.4g} of at most {best['max_requests_per_s_per_replica']:.4g} "
+            f"requests/s at batch {best['batch_per_replica']} (Little's law: {best['concurrency_per_replica']:.4g} "
+            f"in flight = {best['requests_per_s_per_replica']:.4g}/s x {format_duration(best['e2e_s'])}); "
+            f"prefill takes {100 * best['prefill_share']:.3g} % of its time; bound by {best['binding_constraint']}."
+        )
+    if rejected:
+        table = Table(header_style="bold", title="Rejected", title_justify="left")
+        for header in ("GPU", "tp", "weights", "KV", "why"):
+            table.add_column(header)
+        for r in rejected:
+            table.add_row(r["gpu"], str(r["tp"]), r["weight_dtype"], r["kv_dtype"], r["rejected_because"])
+        console.print(table)
+    console.print(SIMPLIFICATION)
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "—"
+    if key.startswith("cost_usd"):
+        return f"${value:,.2f}" if key.endswith("hour") else f"${value:,.3f}"
+    if key == "output_tokens_per_s_per_gpu":
+        return f"{value:,.0f}"
+    if key == "kv_bytes_used_per_gpu":
+        return f"{value / 2**30:,.2f} GiB"
+    return humanize(key, value)

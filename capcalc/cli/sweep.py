@@ -1,0 +1,249 @@
+"""`capcalc sweep`: a grid of any of kv, fit, roofline, latency, plan, for a spreadsheet.
+
+Each combination runs the target command's own Click command in this process with
+:func:`capcalc.cli.common.collect_records` set, so its records arrive as Python
+dicts (no JSON round trip) and the command's parsing, validation and keys are used
+unchanged. The Click command is built once; the profile registry is loaded once
+(:func:`capcalc.cli.common.load_registry` caches it). Rows stream to stdout as they
+are produced; a failed combination is a row with an ``error`` field.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CapcalcError
+from ..output import RecordStream, TableSpec, choose_format, emit
+from ..sweep import (
+    ERROR_KEY,
+    INDEX_KEY,
+    SWEEPABLE,
+    Combination,
+    Param,
+    SweepPlan,
+    csv_columns,
+    error_row,
+    fill_inputs,
+    parse_sweep_args,
+    record_rows,
+    sweep_exit_code,
+)
+from .common import CsvFlag, JsonFlag, JsonlFlag, app, collect_records
+
+#: sweeps smaller than this run in this process: starting workers costs more than it saves
+PARALLEL_THRESHOLD = 1000
+#: combinations handed to a worker at a time
+CHUNK = 64
+
+#: the outputs the table view shows for each command (the machine formats show every key)
+HEADLINES = {
+    "kv": ["kv_bytes_per_sequence", "kv_bytes_per_gpu", "sequences_fit"],
+    "fit": ["fits", "weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "kv_cache_tokens", "max_concurrency"],
+    "roofline": ["decode_bound", "decode_tokens_per_s", "prefill_bound", "critical_batch"],
+    "latency": ["ttft_s", "itl_s", "e2e_s", "output_tokens_per_s", "decode_bound"],
+    "plan": [
+        "gpu",
+        "tp",
+        "feasible",
+        "gpus",
+        "batch_per_replica",
+        "binding_constraint",
+        "cost_usd_per_million_output_tokens",
+    ],
+}
+
+
+def click_params(command) -> list[Param]:
+    """The target command's parameters, as :func:`capcalc.sweep.parse_sweep_args` reads them."""
+    params = []
+    for p in command.params:
+        is_argument = type(p).__name__.endswith("Argument")
+        params.append(
+            Param(
+                name=p.name,
+                opts=() if is_argument else tuple(p.opts),
+                secondary_opts=() if is_argument else tuple(p.secondary_opts),
+                is_flag=bool(getattr(p, "is_flag", False)),
+                multiple=bool(getattr(p, "multiple", False)),
+            )
+        )
+    return params
+
+
+def run_one(command, name: str, combination: Combination) -> tuple[list[dict], str | None, int]:
+    """Run ``capcalc NAME ARGV`` in-process: (records, error message or None, exit code)."""
+    collected: list[dict] = []
+    try:
+        with (
+            collect_records(collected.extend),
+            command.make_context(f"capcalc {name}", list(combination.argv)) as sub,
+        ):
+            result = command.invoke(sub)
+    except CapcalcError as exc:
+        return [], exc.message, exc.exit_code
+    except typer.Exit as exc:
+        if exc.exit_code:
+            return [], f"exited with code {exc.exit_code}", exc.exit_code
+        result = 0
+    except typer.TyperException as exc:  # Click usage errors: bad value, missing option
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        return [], message, getattr(exc, "exit_code", 2)
+    except Exception as exc:
+        if os.environ.get("CAPCALC_DEBUG"):
+            raise
+        return [], f"internal error: {type(exc).__name__}: {exc}", 1
+    if not collected and isinstance(result, int) and result:
+        return [], f"exited with code {result}", result
+    return collected, None, 0
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(size: int) -> int:
+    """Worker processes for a sweep of ``size`` combinations: 1 (in this process) below
+    :data:`PARALLEL_THRESHOLD`, else one per available CPU, at most one per chunk."""
+    if size < PARALLEL_THRESHOLD:
+        return 1
+    return max(1, min(available_cpus(), -(-size // CHUNK)))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(name: str) -> None:
+    from . import app as cli_app  # the full app, with every command registered
+
+    _WORKER["command"] = typer.main.get_command(cli_app).commands[name]
+    _WORKER["name"] = name
+
+
+def _work(combination: Combination) -> tuple[list[dict], str | None, int]:
+    return run_one(_WORKER["command"], _WORKER["name"], combination)
+
+
+def results(
+    command, plan: SweepPlan, jobs: int
+) -> Iterator[tuple[Combination, tuple[list[dict], str | None, int]]]:
+    """(combination, run_one's result) for every combination, in order. With ``jobs`` > 1
+    the runs are spread over worker processes (each builds the command and loads the
+    profiles once) and come back in order as they finish, chunk by chunk."""
+    if jobs <= 1:
+        for combo in plan.combinations():
+            yield combo, run_one(command, plan.command, combo)
+        return
+    # fork shares the loaded profiles with the workers; elsewhere (macOS, Windows) fork is
+    # unsafe or absent, and each spawned worker loads them itself
+    mp = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with mp.Pool(jobs, initializer=_init_worker, initargs=(plan.command,)) as pool:
+        yield from zip(
+            plan.combinations(), pool.imap(_work, plan.combinations(), chunksize=CHUNK), strict=True
+        )
+
+
+def run_sweep(command, plan: SweepPlan, fmt: str, jobs: int = 1) -> int:
+    """Run every combination, writing rows as they come. Returns the exit code."""
+    ok = 0
+    failed: list[int] = []
+    table_rows: list[dict] = []
+    stream = RecordStream(fmt) if fmt in ("json", "jsonl") else None
+    pending: list[tuple[dict, Combination]] = []  # CSV rows held until the header is known
+    columns: list[str] | None = None
+    for combo, (records, error, code) in results(command, plan, jobs):
+        if error is not None:
+            failed.append(code)
+            rows = [error_row(combo, error)]
+        else:
+            ok += 1
+            rows = record_rows(combo.index, records)
+        if fmt == "table":
+            table_rows.extend(fill_inputs(row, combo, plan.input_names) for row in rows)
+        elif stream is not None:
+            for row in rows:
+                stream.write(row)
+        elif columns is None and error is not None:
+            pending.append((rows[0], combo))
+        else:
+            if columns is None:
+                columns = csv_columns(rows[0] if rows else None, plan.input_names)
+                stream = RecordStream("csv", columns=columns)
+                for row, held in pending:
+                    stream.write(fill_inputs(row, held, columns))
+                pending = []
+            for row in rows:
+                stream.write(fill_inputs(row, combo, columns))
+    if fmt == "csv" and stream is None:  # nothing succeeded (or no records at all)
+        columns = csv_columns(None, plan.input_names)
+        stream = RecordStream("csv", columns=columns)
+        for row, held in pending:
+            stream.write(fill_inputs(row, held, columns))
+    if stream is not None:
+        stream.close()
+    if fmt == "table":
+        _render_table(plan, table_rows)
+    if failed:
+        print(
+            f"capcalc: sweep: {len(failed)} of {plan.size} combinations failed (see the {ERROR_KEY!r} field)",
+            file=sys.stderr,
+        )
+    return sweep_exit_code(ok, failed)
+
+
+def _render_table(plan: SweepPlan, rows: list[dict]) -> None:
+    shown = [INDEX_KEY, *plan.varying]
+    shown += [k for k in HEADLINES.get(plan.command, []) if any(k in r for r in rows) and k not in shown]
+    if any(ERROR_KEY in r for r in rows):
+        shown.append(ERROR_KEY)
+    title = f"sweep {plan.command}: {plan.size} combinations"
+    emit(rows, "table", TableSpec(title=title, columns=[(k, k) for k in shown]))
+
+
+@app.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    help="Run kv, fit, roofline, latency or plan over every combination of comma-separated "
+    "option values, one row each: capcalc sweep latency llama-3-8b,qwen3-8b --gpu h100-sxm,a100-80gb-sxm "
+    "--batch 1,8,64 --csv. Any option of the command can be swept; a flag is swept with "
+    "--flag=true,false; options given several times (--profiles, --price) go to every run. "
+    "A failed combination gives a row with an 'error' field; the exit code is non-zero only "
+    "if every combination failed. plan gives one row per candidate of each combination.",
+)
+def sweep(
+    ctx: typer.Context,
+    command: Annotated[
+        str,
+        typer.Argument(
+            metavar="COMMAND MODEL[,MODEL...] [--OPTION V1,V2,...]...",
+            help=f"The command to run: {', '.join(SWEEPABLE)}; then its model(s) and options.",
+        ),
+    ],
+    json_: JsonFlag = False,
+    jsonl: JsonlFlag = False,
+    csv_: CsvFlag = False,
+    jobs: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"Worker processes (default: 1 below {PARALLEL_THRESHOLD} combinations, else one per CPU)."
+        ),
+    ] = None,
+):
+    fmt = choose_format(json_, jsonl, csv_)
+    if jobs is not None and jobs < 1:
+        raise CapcalcError(f"--jobs must be at least 1, got {jobs}")
+    if command not in SWEEPABLE:
+        raise CapcalcError(f"sweep runs one of {', '.join(SWEEPABLE)}, not {command!r}")
+    group = ctx.find_root().command
+    target = group.commands.get(command) if hasattr(group, "commands") else None
+    if target is None:
+        raise CapcalcError(f"`capcalc {command}` is not available in this build")
+    plan = parse_sweep_args(command, ctx.args, click_params(target))
+    return run_sweep(target, plan, fmt, jobs if jobs is not None else default_jobs(plan.size))
