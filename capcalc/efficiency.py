@@ -6,7 +6,8 @@ do not reach. ``capcalc latency`` predicts a step as
     memory_s  = weight_bytes / (bandwidth x weight_bandwidth_efficiency)
               + kv_bytes     / (bandwidth x kv_bandwidth_efficiency)
     compute_s = flops / (peak x eff(n)),  eff(n) = prefill_flops_efficiency x n / (n + prefill_tokens_half_efficiency)
-    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s + step_overhead_s (+ all-reduces)
+    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
+              + moe_layers x moe_layer_overhead_s + step_overhead_s (+ all-reduces)
 
 where ``n`` is the number of tokens the step multiplies through the weights (the
 batch in decode, batch x prompt in prefill). A datasheet roofline is the same
@@ -53,6 +54,10 @@ class Efficiency:
     step_overhead_s: float = 0.0
     #: fixed cost of each tensor-parallel all-reduce call (on top of ring transfer time)
     allreduce_latency_s: float = 0.0
+    #: fixed cost per MoE layer per step, on top of layer_overhead_s: routing (router
+    #: softmax/top-k, token permutation, expert dispatch); 0 for models without MoE layers
+    moe_layer_overhead_s: float = 0.0
+    # (last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -71,7 +76,7 @@ class Efficiency:
 
 PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(Efficiency))
 _FRACTIONS = ("weight_bandwidth_efficiency", "kv_bandwidth_efficiency", "prefill_flops_efficiency")
-_DURATIONS = ("layer_overhead_s", "step_overhead_s", "allreduce_latency_s")
+_DURATIONS = ("layer_overhead_s", "step_overhead_s", "allreduce_latency_s", "moe_layer_overhead_s")
 
 #: what each parameter means, for help text and docs
 DESCRIPTIONS = {
@@ -82,6 +87,7 @@ DESCRIPTIONS = {
     "layer_overhead_s": "fixed cost per layer per step (launches, tails)",
     "step_overhead_s": "fixed cost per step (sampling, scheduling)",
     "allreduce_latency_s": "fixed cost per tensor-parallel all-reduce call",
+    "moe_layer_overhead_s": "fixed cost per MoE layer per step (routing, token permutation)",
 }
 
 
@@ -115,6 +121,16 @@ DESCRIPTIONS = {
 # * layer_overhead_s 10 us, step_overhead_s 0.3 ms -- not separable from bandwidth in
 #   the batch-1 figures above; chosen with them so that all three are met within 10%.
 #   They dominate small models (a 1B model's 16 layers cost 0.46 ms of fixed time).
+# * moe_layer_overhead_s 0 -- production fused-MoE paths fold routing into a few small
+#   kernels (vLLM/SGLang: topk_softmax, moe_align_block_size, then the fused expert GEMMs),
+#   and no published figure gives their cost per layer in a CUDA-graphed decode step. The
+#   one routing kernel that is benchmarked, moe_align_block_size, was timed in isolation at
+#   24 us on H100 at batch 1 (sglang PR #2767, Jan 2025) and 8-9 us at 16 tokens after
+#   later rewrites (sglang PR #14133): a factor of 3 between releases, timed in isolation
+#   with its launch, and only one of the routing kernels -- so not a default.
+#   The default assumes no extra cost; `capcalc measure` on an MoE model fits it
+#   (docs/latency.md). Plain PyTorch routing costs far more (~115 us per layer at batch 1
+#   on an H100, docs/measure.md).
 # * allreduce_latency_s 10 us -- the per-call floor of an NVLink all-reduce of a few
 #   hundred KB; the TP4 first-token figure above is met with it.
 #
@@ -131,6 +147,7 @@ _NVIDIA = Efficiency(
     layer_overhead_s=10e-6,
     step_overhead_s=0.3e-3,
     allreduce_latency_s=10e-6,
+    moe_layer_overhead_s=0.0,
 )
 _AMD = replace(
     _NVIDIA,
@@ -178,6 +195,11 @@ def check_value(name: str, value: Any, where: str) -> float:
     return number
 
 
+def flag_name(name: str) -> str:
+    """The command-line flag of a parameter: ``layer_overhead_s`` -> ``--layer-overhead``."""
+    return "--" + name.removesuffix("_s").replace("_", "-")
+
+
 def check_mapping(mapping: Any, where: str) -> dict[str, float]:
     """Validate an ``efficiency:`` mapping (profile block, calibration entry)."""
     if mapping is None:
@@ -218,9 +240,7 @@ def resolve_efficiency(
     entry for ``gpu.name`` is used) > ``gpu.efficiency`` > vendor default."""
     layers: list[tuple[str, dict[str, float]]] = []
     flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
-    layers.append(
-        ("flag", {k: check_value(k, v, "--" + k.replace("_", "-")) for k, v in flag_values.items()})
-    )
+    layers.append(("flag", {k: check_value(k, v, flag_name(k)) for k, v in flag_values.items()}))
     entry = calibration_entry(calibration, gpu.name)
     calibrated = entry is not None
     if entry is not None:

@@ -28,7 +28,24 @@ Bytes moved from memory:
 * KV read: every sequence's cache at ``ctx`` (decode), the prompt's own KV once (prefill;
   FlashAttention keeps the tiles on chip); KV write: one token per layer per new token.
   Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.kv`.
-* activations are not counted (they stay in cache at these sizes).
+* activations, in prefill only: every activation tensor passed between kernels is written
+  once and read once, in the 16-bit activation dtype (4 bytes for fp32 models). Per token
+  and layer (see :func:`activation_elements_per_token`), with h the hidden size, q/k/v/o
+  the widths of the queries, keys, values and attention output, I the MLP width:
+    - residual stream: each of the norms_per_layer norms writes its output and the
+      residual it adds to (2h), and the attention and MLP outputs are written before the
+      add (2h): (2 x norms_per_layer + 2) x h, not divided by tp (replicated);
+    - attention: the q/k/v projection's output (q + k + v), RoPE rewriting q and k (q + k),
+      the attention output (o); the K/V cache write is priced as ``kv_write``;
+    - MLP: the gate and up outputs (2I; I for a plain MLP) and the activation's output
+      (I); an MoE layer has that for each of its k routed experts (I = the expert width)
+      plus the token copied to and gathered from each of them (2kh), and the same for its
+      shared experts.
+  Each element is moved twice (write + read). Llama-3.2-1B: 12 x 2048 + 2 (2048 + 512 +
+  512) + 2 (2048 + 512) + 2 x 2048 + 6 x 8192 = 89,088 element writes and reads, 178 KB
+  per token per layer in bf16 -- at 512 tokens 1.46 GB for 16 layers beside 2.47 GB of weights. In
+  decode (batch x width, a few MB) they stay in the L2 cache and are not counted.
+  They are streamed at the weight efficiency (``weight_bytes`` includes them).
 
 Weight bytes follow :mod:`capcalc.weights`: quantised dtypes shrink the decoder's matrix
 weights (mxfp4: only routed experts) and keep embeddings, LM head, norms and biases
@@ -60,6 +77,7 @@ COMPONENTS = (
     "shared_experts",
     "routed_experts",
     "norms_biases",
+    "activations",
     "lm_head",
     "kv_read",
     "kv_write",
@@ -119,7 +137,7 @@ class StepCost:
 
     @property
     def weight_bytes(self) -> float:
-        """Everything but the KV cache: weights, gathered embedding rows."""
+        """Everything but the KV cache: weights, gathered embedding rows, prefill activations."""
         return self.bytes - self.kv_bytes
 
     @property
@@ -132,6 +150,30 @@ def experts_touched(num_experts: int, experts_per_token: int, tokens: float) -> 
     """Expected distinct experts that ``tokens`` tokens route to, each picking
     ``experts_per_token`` of ``num_experts`` uniformly: E x (1 - (1 - k/E)^T)."""
     return num_experts * (1.0 - (1.0 - experts_per_token / num_experts) ** tokens)
+
+
+def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
+    """Activation elements one prefill token writes and reads between kernels, summed over
+    the layers, on one of ``tp`` GPUs (the count is in the module docstring)."""
+    h = model.hidden_size
+    d_qk, d_v = attention_dims(model, "prefill")
+    heads = model.num_attention_heads
+    kv_heads = heads if model.mla is not None else model.num_kv_heads  # MLA expands per head
+    q, k, v, o = heads * d_qk, kv_heads * d_qk, kv_heads * d_v, heads * d_v
+    stream = (2 * model.norms_per_layer + 2) * h
+    attention = (q + k + v) + (q + k) + o
+
+    def mlp(width: int) -> int:
+        return (2 * width if model.mlp == "gated" else width) + width
+
+    per_moe_layer = 0.0
+    if model.moe is not None:
+        e = model.moe
+        routed = e.experts_per_token * (mlp(e.expert_intermediate_size) + 2 * h)
+        shared = e.num_shared_experts * mlp(e.shared_expert_intermediate_size)
+        per_moe_layer = stream + (attention + routed + shared) / tp
+    per_dense_layer = stream + (attention + mlp(model.intermediate_size)) / tp
+    return 2.0 * (model.num_dense_layers * per_dense_layer + model.num_moe_layers * per_moe_layer)
 
 
 def attended_pairs(model: ModelProfile, phase: str, ctx: int) -> float:
@@ -229,6 +271,7 @@ def step_cost(
         router = Component("router", 0.0, 0.0, "matmul")
 
     kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * layers
+    activations = tokens * activation_elements_per_token(model, tp) * high if phase == "prefill" else 0.0
     kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp)
     components = (
         Component("embedding", 0.0, embedding_rows / tp, "memory"),
@@ -241,6 +284,7 @@ def step_cost(
         shared,
         routed,
         Component("norms_biases", 0.0, (params.norms + params.attention_bias) * high / tp, "memory"),
+        Component("activations", 0.0, activations, "memory"),
         matmul("lm_head", model.vocab_size * h, high, logit_tokens),
         Component("kv_read", 0.0, kv_read, "memory"),
         Component("kv_write", 0.0, kv_write, "memory"),

@@ -6,13 +6,15 @@ One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
     compute_s = matmul_flops / (P_c x e) + attention_flops / (P_a x e)
         e = eff(n) in prefill, its asymptote prefill_flops_efficiency in decode
     comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x 2 B / I + allreduce_latency_s)    (tp > 1)
-    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s + step_overhead_s + comm_s
+    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
+              + moe_layers x moe_layer_overhead_s + step_overhead_s + comm_s
 
 with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
 the activation dtype (attention runs in bf16/fp16 whatever the weights), n the tokens
 in the step, eff(n) the FLOP/s efficiency curve of :class:`capcalc.efficiency.Efficiency`,
-and I the interconnect bandwidth per direction (ring all-reduce of the bf16 hidden
-states, two per layer: after attention and after the MLP). The bound is whichever of
+moe_layers the layers with routed experts (0 for a dense model), and I the interconnect
+bandwidth per direction (ring all-reduce of the bf16 hidden states, two per layer: after
+attention and after the MLP). The bound is whichever of
 compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is the datasheet
 roofline (:mod:`capcalc.roofline`).
 
@@ -80,7 +82,7 @@ class StepPrediction:
     memory_s: float
     weight_memory_s: float
     kv_memory_s: float
-    overhead_s: float  # layers x layer_overhead_s + step_overhead_s
+    overhead_s: float  # layers x layer_overhead_s + moe_layers x moe_layer_overhead_s + step_overhead_s
     comm_s: float  # tensor-parallel all-reduces
     bound: str  # compute | memory
     flops: float  # per GPU
@@ -131,7 +133,11 @@ def predict_step(
         gpu.peak(activation_dtype(model)) * flops_eff
     )
     memory_s = weight_s + kv_s
-    overhead = model.num_layers * eff.layer_overhead_s + eff.step_overhead_s
+    overhead = (
+        model.num_layers * eff.layer_overhead_s
+        + model.num_moe_layers * eff.moe_layer_overhead_s
+        + eff.step_overhead_s
+    )
     comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff)
     return StepPrediction(
         time_s=max(compute_s, memory_s) + overhead + comm,
@@ -224,7 +230,7 @@ class LatencyResult:
     decode_weight_memory_s: float  # at the mean decode context
     decode_kv_memory_s: float
     decode_compute_s: float
-    step_overhead_total_s: float  # layers x layer_overhead + step_overhead, per step
+    step_overhead_total_s: float  # layers x layer_overhead + moe_layers x moe_layer_overhead + step_overhead
     allreduce_s_per_decode_step: float
     ttft_roofline_s: float  # datasheet lower bounds, for comparison
     itl_roofline_s: float

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import yaml
+from conftest import TEST_PROFILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from capcalc.efficiency import PARAMETERS, Efficiency, default_efficiency, resol
 from capcalc.errors import CapcalcError
 from capcalc.flops import decode_cost, prefill_cost
 from capcalc.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
+from capcalc.profiles import load_profile_file
 
 EFF = Efficiency(
     weight_bandwidth_efficiency=0.5,
@@ -48,6 +50,57 @@ def test_decode_step_by_hand(llama, seed_gpu):
     assert step.compute_s == pytest.approx(cost.flops / (312e12 * 0.6))  # decode: the asymptote
     assert step.time_s == pytest.approx(memory + 32 * 20e-6 + 1e-3)
     assert step.bound == "memory"
+
+
+def test_moe_layers_add_their_routing_cost(registry, llama, seed_gpu):
+    """moe_layer_overhead_s is paid once per MoE layer per step: DeepSeek-V3 has 61 layers,
+    the first 3 dense (first_k_dense_replace), so 58 pay it; a dense model pays nothing."""
+    eff = dataclasses.replace(EFF, moe_layer_overhead_s=40e-6)
+    dsv3 = registry.model("deepseek-v3")
+    assert (dsv3.num_layers, dsv3.num_moe_layers) == (61, 58)
+    with_moe = predict_decode_step(dsv3, seed_gpu, 1, 1000, efficiency=eff, weight_dtype="fp8")
+    without = predict_decode_step(dsv3, seed_gpu, 1, 1000, efficiency=EFF, weight_dtype="fp8")
+    assert with_moe.overhead_s == pytest.approx(61 * 20e-6 + 58 * 40e-6 + 1e-3)
+    assert with_moe.time_s - without.time_s == pytest.approx(58 * 40e-6)
+    # prefill pays it once per layer too (one step)
+    p_with = predict_prefill(dsv3, seed_gpu, 1, 512, efficiency=eff, weight_dtype="fp8")
+    p_without = predict_prefill(dsv3, seed_gpu, 1, 512, efficiency=EFF, weight_dtype="fp8")
+    assert p_with.time_s - p_without.time_s == pytest.approx(58 * 40e-6)
+    # a dense model is unaffected
+    dense = predict_decode_step(llama, seed_gpu, 4, 1000, efficiency=eff)
+    assert dense.time_s == predict_decode_step(llama, seed_gpu, 4, 1000, efficiency=EFF).time_s
+
+
+def test_prefill_activation_bytes_by_hand(registry):
+    """Llama-3.2-1B (hidden 2048, 32 query / 8 KV heads of 64, gated MLP 8192, 2 norms, 16
+    layers): every activation tensor between kernels is written once and read once.
+    Per token per layer: residual stream (2 x 2 norms + 2) x 2048 x 2, q/k/v output
+    (2048 + 512 + 512) x 2, RoPE on q and k (2048 + 512) x 2, attention output 2048 x 2,
+    MLP gate+up 2 x 8192 x 2 and activation output 8192 x 2 = 89,088 element accesses,
+    x 2 B x 16 layers x 512 tokens = 1,459,617,792 B. Decode counts none (cache-resident)."""
+    m = registry.model("llama-3.2-1b")
+    per_token_layer = 12 * 2048 + 2 * (2048 + 512 + 512) + 2 * (2048 + 512) + 2 * 2048 + 6 * 8192
+    assert per_token_layer == 89_088
+    cost = prefill_cost(m, 1, 512)
+    assert cost.component("activations").bytes == per_token_layer * 2 * 16 * 512 == 1_459_617_792
+    assert decode_cost(m, 8, 512).component("activations").bytes == 0
+    # tp=2 halves the sharded widths; the residual stream (12 x 2048) is on every GPU
+    sharded = per_token_layer - 12 * 2048
+    assert (
+        prefill_cost(m, 1, 512, tp=2).component("activations").bytes
+        == (12 * 2048 + sharded / 2) * 2 * 16 * 512
+    )
+
+
+def test_moe_prefill_activation_bytes_by_hand():
+    """tiny-moe-test (hidden 64, 4 query heads and 1 KV head of 16, gated MLP 128; layers 2-3
+    MoE with 2 of 8 experts of 32 and one shared expert of 32), fp32 activations:
+    stream 6 x 64 = 384, attention (64 + 16 + 16) + (64 + 16) + 64 = 240, dense MLP 3 x 128 =
+    384; an MoE layer's MLP 2 x (3 x 32 + 2 x 64) routed + 3 x 32 shared = 544. Written and
+    read: 2 x (1008 + 2 x 1168) = 6688 accesses per token, x 4 B x 2 x 10 tokens."""
+    tiny_moe = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
+    cost = prefill_cost(tiny_moe, 2, 10, weight_dtype="fp32")
+    assert cost.component("activations").bytes == 2 * (1008 + 2 * 1168) * 4 * 20 == 535_040
 
 
 def test_prefill_by_hand(llama, seed_gpu):
@@ -203,6 +256,7 @@ def test_every_parameter_has_a_flag(cli):
         "layer_overhead_s": ("--layer-overhead", "7us", 7e-6),
         "step_overhead_s": ("--step-overhead", "2ms", 2e-3),
         "allreduce_latency_s": ("--allreduce-latency", "0.00002", 2e-5),
+        "moe_layer_overhead_s": ("--moe-layer-overhead", "15 us", 15e-6),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]
@@ -289,6 +343,32 @@ def test_bad_efficiency_values_are_one_line(cli, tmp_path):
     )
     r = cli(*base[:-2], "--output", "0")
     assert r.err.strip() == "capcalc: error: --output must be at least 1, got 0"
+
+
+def test_moe_layer_overhead_from_profile_calibration_and_flag(cli, tmp_path):
+    """The routing cost resolves like every parameter (profile block < calibration < flag),
+    takes units, and moves an MoE model's inter-token latency by moe_layers x the value:
+    qwen3-30b-a3b has 48 MoE layers, so 20 us more per layer is 0.96 ms more per step."""
+    gpu = GPU_WITH_BLOCK.replace(
+        "  layer_overhead_s: 5 us\n", "  layer_overhead_s: 5 us\n  moe_layer_overhead_s: 30 us\n"
+    )
+    (tmp_path / "test-gpu.yaml").write_text(gpu)
+    base = ("latency", "qwen3-30b-a3b", "--gpu", "test-gpu", "--prompt", "128", "--output", "8")
+    base += ("--profiles", tmp_path, "--json")
+    profile = cli(*base).json()
+    assert profile["assume_moe_layer_overhead_s"] == pytest.approx(30e-6)
+    save_calibration("test-gpu", {"efficiency": {"moe_layer_overhead_s": "50 us"}}, tmp_path)
+    calibrated = cli(*base)
+    assert calibrated.code == 0, calibrated.err
+    assert calibrated.json()["assume_moe_layer_overhead_s"] == pytest.approx(50e-6)
+    assert calibrated.json()["efficiency_source"] == "calibration"
+    flagged = cli(*base, "--moe-layer-overhead", "0.07 ms").json()
+    assert flagged["assume_moe_layer_overhead_s"] == pytest.approx(70e-6)
+    assert flagged["itl_s"] - calibrated.json()["itl_s"] == pytest.approx(48 * 20e-6, rel=1e-9)
+    bad = cli(*base, "--moe-layer-overhead", "-3us")
+    assert bad.code == 2 and bad.out == ""
+    assert bad.err.strip().startswith("capcalc: error: --moe-layer-overhead:")
+    assert len(bad.err.strip().splitlines()) == 1
 
 
 def test_not_fitting_is_a_note_not_an_error(cli):

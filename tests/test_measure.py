@@ -251,6 +251,8 @@ def test_measure_model_save_writes_the_calibration(cli, small_bench, isolated_us
     resolved = resolve_efficiency(profile, calibration=load_calibration())
     assert resolved.source == "calibration"
     assert resolved.efficiency.layer_overhead_s == pytest.approx(summary["fitted_layer_overhead_s"])
+    # no MoE model was measured: the routing cost is not fitted and keeps its default (0)
+    assert summary["fitted_moe_layer_overhead_s"] == summary["default_moe_layer_overhead_s"] == 0.0
 
 
 @needs_torch

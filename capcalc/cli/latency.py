@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..calibration import load_calibration
-from ..efficiency import DESCRIPTIONS, ResolvedEfficiency, resolve_efficiency
+from ..efficiency import DESCRIPTIONS, ResolvedEfficiency, flag_name, resolve_efficiency
 from ..kv import kv_bytes_per_sequence
 from ..latency import predict_latency
 from ..output import TableSpec, humanize, record
@@ -19,7 +19,7 @@ from .roofline import ComputeDtypeOpt, GpuOpt, KvDtypeOpt, TpOpt, WeightDtypeOpt
 
 
 def _opt(name: str, kind: str):
-    flag = "--" + name.removesuffix("_s").replace("_", "-")
+    flag = flag_name(name)
     unit = " (e.g. 10us, 0.3ms, or seconds)" if kind == "duration" else ""
     return typer.Option(flag, help=f"Assume {DESCRIPTIONS[name]}{unit}.")
 
@@ -73,6 +73,7 @@ def latency_command(
         Optional[float], _opt("prefill_tokens_half_efficiency", "")
     ] = None,
     layer_overhead: Annotated[Optional[str], _opt("layer_overhead_s", "duration")] = None,
+    moe_layer_overhead: Annotated[Optional[str], _opt("moe_layer_overhead_s", "duration")] = None,
     step_overhead: Annotated[Optional[str], _opt("step_overhead_s", "duration")] = None,
     allreduce_latency: Annotated[Optional[str], _opt("allreduce_latency_s", "duration")] = None,
     no_calibration: Annotated[
@@ -95,6 +96,7 @@ def latency_command(
         prefill_flops_efficiency=prefill_flops_efficiency,
         prefill_tokens_half_efficiency=prefill_tokens_half_efficiency,
         layer_overhead_s=layer_overhead,
+        moe_layer_overhead_s=moe_layer_overhead,
         step_overhead_s=step_overhead,
         allreduce_latency_s=allreduce_latency,
     )

@@ -2,7 +2,7 @@
 
 The unknowns are the named parameters of :class:`capcalc.efficiency.Efficiency`
 (weight and KV bandwidth efficiency, prefill FLOP efficiency and its half-efficiency
-token count, per-layer and per-step overhead). For measured times t_i and the
+token count, per-layer, per-MoE-layer and per-step overhead). For measured times t_i and the
 latency model's predictions p_i(theta) the fit minimises the sum of squared
 *relative* errors
 
@@ -13,7 +13,7 @@ black box (the latency module's own functions), so the fit always calibrates the
 model that later predictions use. Method: Levenberg-Marquardt in log-parameter space
 (keeps every parameter positive), forward-difference Jacobian, the damped normal
 equations (J^T J + lambda diag(J^T J)) delta = -J^T r solved by Gaussian elimination
-(a 6 x 6 system: no numpy needed). Each parameter is clamped to its bounds (fractions
+(at most a 7 x 7 system: no numpy needed). Each parameter is clamped to its bounds (fractions
 to (0, 1]). A parameter the points do not constrain (no prefill points: the prefill
 efficiency) keeps its starting value.
 """
