@@ -39,6 +39,8 @@ PEAK_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "in
 
 def canonical_dtype(name: str, allowed=None, what: str = "dtype") -> str:
     """Normalise a dtype name ('bfloat16' -> 'bf16') and check it is allowed."""
+    if allowed is None and name in DTYPE_BYTES:  # already canonical: the hot path
+        return name
     key = str(name).strip().lower()
     key = _SYNONYMS.get(key, key)
     choices = tuple(allowed) if allowed is not None else tuple(DTYPE_BYTES)

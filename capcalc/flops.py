@@ -55,7 +55,8 @@ weights (mxfp4: only routed experts) and keep embeddings, LM head, norms and bia
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 from .dtypes import resolve_kv_dtype
 from .errors import CapcalcError
@@ -95,7 +96,8 @@ class Component:
 
 @dataclass(frozen=True)
 class StepCost:
-    """FLOPs and bytes of one step on one GPU, itemised."""
+    """FLOPs and bytes of one step on one GPU, itemised. (Totals are computed once:
+    the object is immutable and latency averaging reads them many times.)"""
 
     phase: str  # decode | prefill
     model: str
@@ -115,23 +117,23 @@ class StepCost:
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
-    @property
+    @cached_property
     def flops(self) -> float:
         return sum(c.flops for c in self.components)
 
-    @property
+    @cached_property
     def matmul_flops(self) -> float:
         return sum(c.flops for c in self.components if c.kind == "matmul")
 
-    @property
+    @cached_property
     def attention_flops(self) -> float:
         return sum(c.flops for c in self.components if c.kind == "attention")
 
-    @property
+    @cached_property
     def bytes(self) -> float:
         return sum(c.bytes for c in self.components)
 
-    @property
+    @cached_property
     def kv_bytes(self) -> float:
         return self.component("kv_read").bytes + self.component("kv_write").bytes
 
@@ -311,3 +313,41 @@ def decode_cost(model: ModelProfile, batch: int, ctx: int, **kw) -> StepCost:
 def prefill_cost(model: ModelProfile, batch: int, prompt_tokens: int, **kw) -> StepCost:
     """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens, as one step."""
     return step_cost(model, "prefill", batch, prompt_tokens, **kw)
+
+
+def decode_costs(model: ModelProfile, batch: int, contexts: list[int], **kw) -> dict[int, StepCost]:
+    """Decode steps at many contexts, computed exactly from a few.
+
+    Every component of a decode step is affine in the context between kinks: KV
+    reads and attention FLOPs grow with ``ctx`` in full layers and with
+    ``min(ctx, window)`` in sliding ones; nothing else depends on it. So the steps at
+    the smallest and largest context (and at the window, when it lies between) are
+    computed with :func:`decode_cost`, and the others by linear interpolation between
+    the two anchors around them — the same numbers, at a fraction of the cost
+    (latency averages a decode over up to 33 contexts, and sweeps do that thousands
+    of times).
+    """
+    wanted = sorted(set(contexts))
+    lo, hi = wanted[0], wanted[-1]
+    anchors = {lo, hi}
+    if model.sliding_window is not None and lo < model.sliding_window < hi:
+        anchors.add(model.sliding_window)
+    computed = {c: decode_cost(model, batch, c, **kw) for c in sorted(anchors)}
+    points = sorted(computed)
+    out: dict[int, StepCost] = {}
+    for ctx in wanted:
+        if ctx in computed:
+            out[ctx] = computed[ctx]
+            continue
+        right = next(p for p in points if p > ctx)
+        left = max(p for p in points if p < ctx)
+        a, b = computed[left], computed[right]
+        t = (ctx - left) / (right - left)
+        components = tuple(
+            Component(
+                ca.name, ca.flops + (cb.flops - ca.flops) * t, ca.bytes + (cb.bytes - ca.bytes) * t, ca.kind
+            )
+            for ca, cb in zip(a.components, b.components, strict=True)
+        )
+        out[ctx] = replace(a, ctx=ctx, components=components)
+    return out

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from .dtypes import canonical_dtype
 from .efficiency import Efficiency, ResolvedEfficiency
 from .errors import CapcalcError
-from .flops import StepCost, decode_cost, prefill_cost
+from .flops import StepCost, decode_cost, decode_costs, prefill_cost
 from .profiles import HardwareProfile, ModelProfile
 from .weights import resolve_weight_dtype
 
@@ -256,14 +256,21 @@ def predict_latency(
     if isinstance(efficiency, ResolvedEfficiency):
         efficiency = efficiency.efficiency
     eff = efficiency or Efficiency.ideal()
-    kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, compute_dtype=compute_dtype)
-    prefill = predict_prefill(model, gpu, batch, prompt_tokens, efficiency=eff, **kw)
+    # Each step's FLOPs and bytes are computed once and timed twice: at the achievable
+    # rates and at the datasheet roofline (sweeps run this thousands of times).
+    ideal = Efficiency.ideal()
+    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+    cost_kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
+    prefill_step = prefill_cost(model, batch, prompt_tokens, **cost_kw)
+    prefill = predict_step(model, gpu, prefill_step, dtype, eff)
+    ideal_prefill = predict_step(model, gpu, prefill_step, dtype, ideal)
     contexts = decode_contexts(prompt_tokens, output_tokens)
-    steps = [predict_decode_step(model, gpu, batch, c, efficiency=eff, **kw) for c in contexts]
+    costs = decode_costs(model, batch, contexts, **cost_kw)
+    steps = [predict_step(model, gpu, costs[c], dtype, eff) for c in contexts]
     itl = sum(s.time_s for s in steps) / len(steps)
-    middle = predict_decode_step(model, gpu, batch, (contexts[0] + contexts[-1]) // 2, efficiency=eff, **kw)
-    ideal_prefill = predict_prefill(model, gpu, batch, prompt_tokens, **kw)
-    ideal_itl = sum(predict_decode_step(model, gpu, batch, c, **kw).time_s for c in contexts) / len(contexts)
+    mid = (contexts[0] + contexts[-1]) // 2
+    middle = predict_step(model, gpu, costs.get(mid) or decode_cost(model, batch, mid, **cost_kw), dtype, eff)
+    ideal_itl = sum(predict_step(model, gpu, costs[c], dtype, ideal).time_s for c in contexts) / len(contexts)
     e2e = prefill.time_s + (output_tokens - 1) * itl
     return LatencyResult(
         model=model.name,

@@ -42,7 +42,23 @@ class LayerShapes:
     norms: int  # all norm parameters of one layer (incl. qk-norm)
 
 
+_MEMO: dict[tuple[str, int], tuple[ModelProfile, object]] = {}
+
+
+def _memoized(kind: str, model: ModelProfile, compute):
+    """``compute(model)``, remembered per profile object: profiles are immutable, and
+    sweeps and latency averaging ask for the same model's counts thousands of times."""
+    entry = _MEMO.get((kind, id(model)))
+    if entry is None or entry[0] is not model:
+        entry = _MEMO[(kind, id(model))] = (model, compute(model))
+    return entry[1]
+
+
 def layer_shapes(m: ModelProfile) -> LayerShapes:
+    return _memoized("layer_shapes", m, _layer_shapes)
+
+
+def _layer_shapes(m: ModelProfile) -> LayerShapes:
     h = m.hidden_size
     if m.mla is not None:
         a = m.mla
@@ -148,6 +164,10 @@ class ParamCount:
 
 
 def count_params(m: ModelProfile) -> ParamCount:
+    return _memoized("count_params", m, _count_params)
+
+
+def _count_params(m: ModelProfile) -> ParamCount:
     s = layer_shapes(m)
     dense_layers = m.num_dense_layers
     moe_layers = m.num_moe_layers

@@ -11,6 +11,7 @@ import difflib
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class ModelProfile:
     notes: str = ""
     path: str = ""
 
-    @property
+    @cached_property  # immutable profile; asked for on every step of a latency average
     def num_sliding_layers(self) -> int:
         return sum(1 for t in self.layer_types if t == "sliding")
 
@@ -150,6 +151,8 @@ class HardwareProfile:
 
     def peak(self, dtype: str) -> float:
         """Dense peak rate for ``dtype``; fp16 and bf16 stand in for each other."""
+        if dtype in self.peak_flops_per_s:  # the hot path of latency averaging
+            return self.peak_flops_per_s[dtype]
         dtype = canonical_dtype(dtype)
         for candidate in (dtype, {"bf16": "fp16", "fp16": "bf16"}.get(dtype)):
             if candidate and candidate in self.peak_flops_per_s:

@@ -269,3 +269,23 @@ def test_json_numbers_are_finite(cli):
         if isinstance(value, float):
             assert math.isfinite(value), key
     assert rec["decode_experts_touched_per_layer"] == pytest.approx(256 * (1 - (1 - 8 / 256) ** 64))
+
+
+@pytest.mark.parametrize(
+    "name", ["llama-3-8b", "gemma-2-9b", "gemma-3-27b", "mistral-7b-v0.1", "qwen3-30b-a3b", "deepseek-v3"]
+)
+def test_decode_costs_interpolate_exactly(registry, name):
+    """decode_costs computes a few anchor contexts and interpolates the rest: every decode
+    component is affine in the context between the window's kink and the ends, so the
+    interpolated steps must equal the directly computed ones."""
+    from capcalc.flops import decode_cost, decode_costs
+
+    model = registry.model(name)
+    contexts = list(range(100, 9000, 397))
+    many = decode_costs(model, 8, contexts)
+    for ctx in contexts:
+        direct = decode_cost(model, 8, ctx)
+        for a, b in zip(direct.components, many[ctx].components, strict=True):
+            assert b.flops == pytest.approx(a.flops, rel=1e-12, abs=1e-9)
+            assert b.bytes == pytest.approx(a.bytes, rel=1e-12, abs=1e-9)
+        assert many[ctx].ctx == ctx
