@@ -81,6 +81,7 @@ from .errors import CapcalcError
 from .kv import kv_bytes_per_token_per_layer
 from .parallel import check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from .profiles import HardwareProfile, ModelProfile
+from .search import largest_true
 from .weights import resolve_weight_dtype, weight_bytes_per_gpu
 
 GIB = 2**30
@@ -385,10 +386,11 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
     def fits_len(length: int) -> bool:
         return all(b > 0 and g * page * blocks_for(length) <= b for _, b, g, _ in per_stage)
 
+    # vLLM's estimate_max_model_len: a binary search for the longest length that fits
     if fits_len(max_model_len):
-        longest = _largest(fits_len, max_model_len, model.max_context)
+        longest = largest_true(fits_len, max_model_len + 1, model.max_context)
     else:
-        longest = _largest(fits_len, 0, max_model_len)
+        longest = largest_true(fits_len, 1, max_model_len)
     shortfall = max(0.0, max(-b for _, b, _, _ in per_stage)) if req.kv_cache_memory is None else 0.0
     weights_fit = all(b > 0 for _, b, _, _ in per_stage)
     if req.kv_cache_memory is not None:  # the flag bypasses the budget; the card must still hold it all
@@ -449,19 +451,6 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
     if suggest and not fits:
         result = replace(result, suggestions=_suggestions(model, req, result))
     return result
-
-
-def _largest(ok, low: int, high: int) -> int:
-    """Largest n in [low+1, high] with ok(n) (ok monotone decreasing), else ``low``;
-    vLLM's ``estimate_max_model_len`` binary search."""
-    lo, hi, best = low + 1, high, low
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    return best
 
 
 def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str]:

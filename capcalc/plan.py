@@ -69,6 +69,7 @@ from .errors import CapcalcError
 from .fit import FitRequest, fit, memory_of
 from .latency import LatencyResult, predict_latency
 from .profiles import HardwareProfile, ModelProfile
+from .search import largest_true, smallest_true
 from .units import format_bytes, format_duration
 
 #: GPU arithmetic busy at least this share of the time at the batch limit: "compute" binds
@@ -232,14 +233,7 @@ class Replica:
 
     def operating_batch(self, lam: float, limit: int) -> int:
         """b* = the smallest batch whose lam(b) reaches ``lam`` (bisection; lam(b) grows with b)."""
-        lo, hi = 1, limit
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.rate(mid) >= lam * (1 - 1e-12):
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        return smallest_true(lambda b: self.rate(b) >= lam * (1 - 1e-12), 1, limit)
 
 
 @dataclass(frozen=True)
@@ -258,17 +252,7 @@ def replica_capacity(replica: Replica, kv_requests: int, max_num_seqs: int) -> C
     def ok(b: int) -> bool:
         return not replica.violations(b, replica.rate(b))
 
-    if ok(limit):
-        best = limit
-    else:  # largest b in [0, limit) with ok(b); ok(0) is vacuous
-        lo, hi = 0, limit - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if ok(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        best = lo
+    best = largest_true(ok, 1, limit)  # 0 when not even batch 1 meets the SLOs
     if best == limit:
         binding = "memory" if kv_requests <= max_num_seqs else "max_num_seqs"
         return Capacity(replica.rate(limit), limit, limit, binding)

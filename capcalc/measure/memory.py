@@ -29,6 +29,7 @@ from ..errors import CapcalcError
 from ..kv import kv_bytes_per_sequence
 from ..params import count_params
 from ..profiles import ModelProfile
+from ..search import largest_true
 
 GPU_WORKSPACE_BYTES = 512 * 2**20
 CPU_WORKSPACE_BYTES = 32 * 2**20
@@ -92,20 +93,6 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.3g} GB"
 
 
-def _largest(fits, upper: int) -> int:
-    """Largest n in [1, upper] with fits(n) (fits is monotone decreasing); 0 if none."""
-    if not fits(1):
-        return 0
-    lo, hi = 1, upper
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 def check_point(
     model: ModelProfile,
     dtype: str,
@@ -137,8 +124,8 @@ def check_point(
         new_tokens = 1 if phase == "decode" else t
         return estimate_memory(model, dtype, b, t + extra, new_tokens, is_cuda).total_bytes <= budget
 
-    best_batch = _largest(lambda b: fits(b, tokens), batch)
-    best_tokens = _largest(lambda t: fits(batch, t), tokens)
+    best_batch = largest_true(lambda b: fits(b, tokens), 1, batch)
+    best_tokens = largest_true(lambda t: fits(batch, t), 1, tokens)
     if not fits(1, 1):
         raise CapcalcError(
             f"{head}; the {dtype} weights alone do not fit: measure a smaller model or use a larger device",
