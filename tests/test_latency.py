@@ -556,3 +556,13 @@ def test_calibration_in_capcalc_profiles_is_used_and_noted(cli, tmp_path, monkey
     assert (
         r.err.strip() == f"capcalc: note: using the calibration of h100-sxm measured 2026-11-20 from {path}"
     )
+
+
+def test_prompt_and_output_default_to_1024_in_256_out(cli):
+    """DESIGN's sweep example names no prompt or output: the defaults are echoed in the record."""
+    default = cli("latency", "llama-3-8b", "--gpu", "h100-sxm", "--json").json()
+    explicit = cli(
+        "latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "1024", "--output", "256", "--json"
+    ).json()
+    assert (default["prompt_tokens"], default["output_tokens"]) == (1024, 256)
+    assert default == explicit

@@ -57,8 +57,8 @@ def render(title: str):
 def latency_command(
     model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
     gpu: GpuOpt,
-    prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")],
-    output: Annotated[int, typer.Option(help="Output tokens per request.")],
+    prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 1024,
+    output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,
     batch: Annotated[
         int, typer.Option(help="Requests run together (prefilled together, decoded in lock step).")
     ] = 1,
