@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -273,6 +274,11 @@ def _load_yaml(path: Path):
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(parse)"
+        if mark is not None:  # name the key on that line too, when there is one
+            line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+            key = re.match(r"\s*-?\s*([A-Za-z_][\w.-]*)\s*:", line)
+            if key:
+                where = f"{key.group(1)} (line {mark.line + 1})"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ProfileError(path, where, f"invalid YAML: {problem}") from None
 

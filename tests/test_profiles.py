@@ -86,8 +86,8 @@ def test_python_object_tag_is_refused_by_the_safe_loader(cli, tmp_path):
         tmp_path, "evil.yaml", GOOD_MODEL + "notes: !!python/object/apply:os.system ['echo pwned']\n"
     )
     line = one_error_line(cli("models", "--profiles", tmp_path))
-    assert line.startswith(f"capcalc: error: {path}: ")
-    assert "invalid YAML" in line
+    assert line.startswith(f"capcalc: error: {path}: notes (line 13): invalid YAML: ")
+    assert "python/object/apply:os.system" in line
 
 
 def test_gpu_profile_numbers_need_sources(cli, tmp_path):
