@@ -11,7 +11,9 @@ replay timed with CUDA events; the first replay attends to c + 1 tokens. On the 
 the same step runs eagerly, timed with ``time.perf_counter``.
 
 Prefill point (batch B, prompt P): one forward pass over [B, P] tokens from position
-0, writing the cache, logits for the last position; timed with events, not graphed.
+0, writing the cache, logits for the last position; also captured as a CUDA graph on
+GPUs (its shapes are fixed), so short prompts of small models time the GPU's work
+rather than the host's kernel launches, as a production engine's graphs would.
 
 Every figure is the median over repeats after warm-up.
 """
@@ -144,22 +146,7 @@ class Runner:
             tokens.copy_(logits.argmax(dim=-1, keepdim=True))
             pos.add_(1)
 
-        graphed = info.is_cuda and (model.profile.moe is None or model.grouped_mm)
-        run: Callable[[], object] = step
-        if graphed:
-            try:
-                side = torch.cuda.Stream(info.device)
-                side.wait_stream(torch.cuda.current_stream(info.device))
-                with torch.cuda.stream(side):
-                    for _ in range(3):
-                        step()
-                torch.cuda.current_stream(info.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    step()
-                run = graph.replay
-            except RuntimeError:
-                graphed, run = False, step
+        run, graphed = self._capture(step)
         pos.fill_(spec.tokens)
         times = time_calls(run, info.device, timed, warmup=warmup)
         return times, graphed, cache.bytes
@@ -169,5 +156,28 @@ class Runner:
         warmup, timed = default_repeats(info, "prefill")
         cache = KVCache(model, spec.batch, cache_tokens(spec, info, repeats), random_fill=False)
         tokens = torch.randint(0, model.profile.vocab_size, (spec.batch, spec.tokens), device=info.device)
-        times = time_calls(lambda: model.prefill(tokens, cache), info.device, repeats or timed, warmup=warmup)
-        return times, False, cache.bytes
+        run, graphed = self._capture(lambda: model.prefill(tokens, cache))
+        times = time_calls(run, info.device, repeats or timed, warmup=warmup)
+        return times, graphed, cache.bytes
+
+    def _capture(self, step: Callable[[], object]) -> tuple[Callable[[], object], bool]:
+        """``step`` captured as a CUDA graph (its shapes are fixed), so that timing sees the
+        GPU's work and not the host's kernel launches; returns (what to run, graphed).
+        Warm-up runs on a side stream first, as CUDA graph capture requires. On the CPU, or
+        where capture fails (an operation that syncs with the host), the step runs eagerly."""
+        torch, info, model = self.torch, self.info, self.model
+        if not info.is_cuda or (model.profile.moe is not None and not model.grouped_mm):
+            return step, False
+        try:
+            side = torch.cuda.Stream(info.device)
+            side.wait_stream(torch.cuda.current_stream(info.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream(info.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            return graph.replay, True
+        except RuntimeError:
+            return step, False
