@@ -3,8 +3,11 @@
 One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
 
     memory_s  = weight_bytes / (B x weight_bandwidth_efficiency) + kv_bytes / (B x kv_bandwidth_efficiency)
-    compute_s = matmul_flops / (P_c x e) + attention_flops / (P_a x e)
+    compute_s = dense_matmul_flops / (P_c x e) + routed_expert_flops / (P_c x e_x)
+              + attention_flops / (P_a x e)
         e = eff(n) in prefill, its asymptote prefill_flops_efficiency in decode
+        e_x = eff(n x k / E_t) in prefill (the tokens each of the E_t touched experts
+              multiplies, k routed per token), the asymptote in decode
     comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x 2 B / I + allreduce_latency_s)    (tp > 1)
     step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
               + moe_layers x moe_layer_overhead_s + step_overhead_s + comm_s
@@ -116,6 +119,17 @@ def allreduce_s(model: ModelProfile, gpu: HardwareProfile, tokens: int, tp: int,
     return 2 * model.num_layers * per_call
 
 
+def tokens_per_expert(model: ModelProfile, cost: StepCost) -> float:
+    """Tokens each touched routed expert multiplies in a step: tokens x k / experts touched
+    (uniform routing). The expert matmuls' FLOP/s efficiency follows eff() of this, not of
+    the step's tokens: 2,048 prompt tokens over 128 experts, 8 each, is 128 tokens per
+    expert, a much smaller matrix product than the dense layers'."""
+    touched = cost.experts_touched_per_layer
+    if model.moe is None or not touched:
+        return float(cost.tokens)
+    return cost.tokens * model.moe.experts_per_token / touched
+
+
 def predict_step(
     model: ModelProfile, gpu: HardwareProfile, cost: StepCost, compute_dtype: str, efficiency: Efficiency
 ) -> StepPrediction:
@@ -127,10 +141,18 @@ def predict_step(
     bandwidth = gpu.bandwidth_bytes_per_s
     weight_s = cost.weight_bytes / (bandwidth * eff.weight_bandwidth_efficiency)
     kv_s = cost.kv_bytes / (bandwidth * eff.kv_bandwidth_efficiency)
-    flops_eff = eff.flops_efficiency(cost.tokens) if cost.phase == "prefill" else eff.prefill_flops_efficiency
+    routed_flops = cost.component("routed_experts").flops
+    if cost.phase == "prefill":
+        flops_eff = eff.flops_efficiency(cost.tokens)
+        # each routed expert multiplies only the tokens routed to it
+        expert_eff = eff.flops_efficiency(tokens_per_expert(model, cost)) if routed_flops else flops_eff
+    else:
+        flops_eff = expert_eff = eff.prefill_flops_efficiency
     peak = gpu.peak(compute_dtype)
-    compute_s = cost.matmul_flops / (peak * flops_eff) + cost.attention_flops / (
-        gpu.peak(activation_dtype(model)) * flops_eff
+    compute_s = (
+        (cost.matmul_flops - routed_flops) / (peak * flops_eff)
+        + routed_flops / (peak * expert_eff)
+        + cost.attention_flops / (gpu.peak(activation_dtype(model)) * flops_eff)
     )
     memory_s = weight_s + kv_s
     overhead = (

@@ -566,3 +566,32 @@ def test_prompt_and_output_default_to_1024_in_256_out(cli):
     ).json()
     assert (default["prompt_tokens"], default["output_tokens"]) == (1024, 256)
     assert default == explicit
+
+
+def test_routed_experts_prefill_at_the_efficiency_of_their_own_token_count(registry):
+    """Each routed expert multiplies only the tokens routed to it: qwen3-30b-a3b prefilling
+    2,048 tokens routes 2,048 x 8 = 16,384 (token, expert) pairs over the 128 experts
+    (all touched), 128 tokens per expert, so its expert matmuls run at eff(128), not eff(2048)."""
+    from capcalc.efficiency import Efficiency
+    from capcalc.flops import prefill_cost
+    from capcalc.latency import predict_step, tokens_per_expert
+
+    model, gpu = registry.model("qwen3-30b-a3b"), registry.gpu("h100-sxm")
+    cost = prefill_cost(model, 1, 2048)
+    assert tokens_per_expert(model, cost) == pytest.approx(2048 * 8 / 128, rel=1e-6)
+    eff = Efficiency(prefill_flops_efficiency=0.6, prefill_tokens_half_efficiency=100)
+    step = predict_step(model, gpu, cost, "bf16", eff)
+    routed = cost.component("routed_experts").flops
+    peak = gpu.peak("bf16")
+    by_hand = (
+        (cost.matmul_flops - routed) / (peak * 0.6 * 2048 / 2148)
+        + routed / (peak * 0.6 * 128 / 228)
+        + cost.attention_flops / (peak * 0.6 * 2048 / 2148)
+    )
+    assert step.compute_s == pytest.approx(by_hand, rel=1e-9)
+    # a dense model is unaffected: every matmul at eff(n) of the step's tokens
+    dense = prefill_cost(registry.model("llama-3-8b"), 1, 2048)
+    dense_step = predict_step(registry.model("llama-3-8b"), gpu, dense, "bf16", eff)
+    assert dense_step.compute_s == pytest.approx(
+        (dense.matmul_flops + dense.attention_flops) / (peak * 0.6 * 2048 / 2148), rel=1e-9
+    )
