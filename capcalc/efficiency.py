@@ -7,7 +7,8 @@ do not reach. ``capcalc latency`` predicts a step as
               + kv_bytes     / (bandwidth x kv_bandwidth_efficiency)
     compute_s = flops / (peak x eff(n)),  eff(n) = prefill_flops_efficiency x n / (n + prefill_tokens_half_efficiency)
     step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
-              + moe_layers x moe_layer_overhead_s + step_overhead_s (+ all-reduces)
+              + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
+              + step_overhead_s (+ all-reduces)
 
 where ``n`` is the number of tokens the step multiplies through the weights (the
 batch in decode, batch x prompt in prefill). A datasheet roofline is the same
@@ -57,7 +58,11 @@ class Efficiency:
     #: fixed cost per MoE layer per step, on top of layer_overhead_s: routing (router
     #: softmax/top-k, token permutation, expert dispatch); 0 for models without MoE layers
     moe_layer_overhead_s: float = 0.0
-    # (last, so that positional construction of the earlier fields keeps its meaning)
+    #: cost per routed token per MoE layer: gathering each (token, expert) pair's hidden
+    #: state to its expert and scattering the result back, where the engine's kernels do
+    #: not fuse it into the expert GEMMs; 0 for models without MoE layers
+    moe_token_overhead_s: float = 0.0
+    # (the last two come last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -76,7 +81,13 @@ class Efficiency:
 
 PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(Efficiency))
 _FRACTIONS = ("weight_bandwidth_efficiency", "kv_bandwidth_efficiency", "prefill_flops_efficiency")
-_DURATIONS = ("layer_overhead_s", "step_overhead_s", "allreduce_latency_s", "moe_layer_overhead_s")
+_DURATIONS = (
+    "layer_overhead_s",
+    "step_overhead_s",
+    "allreduce_latency_s",
+    "moe_layer_overhead_s",
+    "moe_token_overhead_s",
+)
 
 #: what each parameter means, for help text and docs
 DESCRIPTIONS = {
@@ -88,6 +99,7 @@ DESCRIPTIONS = {
     "step_overhead_s": "fixed cost per step (sampling, scheduling)",
     "allreduce_latency_s": "fixed cost per tensor-parallel all-reduce call",
     "moe_layer_overhead_s": "fixed cost per MoE layer per step (routing, token permutation)",
+    "moe_token_overhead_s": "cost per token per MoE layer (dispatch to and from the experts)",
 }
 
 
@@ -131,6 +143,10 @@ DESCRIPTIONS = {
 #   The default assumes no extra cost; `capcalc measure` on an MoE model fits it
 #   (docs/latency.md). Plain PyTorch routing costs far more (~115 us per layer at batch 1
 #   on an H100, docs/measure.md).
+# * moe_token_overhead_s 0 -- likewise: fused-MoE kernels gather each token's hidden state
+#   inside the expert GEMM (vLLM's fused_moe reads rows through sorted_token_ids), so the
+#   dispatch costs no separate pass. A loop that permutes tokens with separate gather and
+#   scatter kernels pays per token; `capcalc measure` fits it (docs/validation.md).
 # * allreduce_latency_s 10 us -- the per-call floor of an NVLink all-reduce of a few
 #   hundred KB; the TP4 first-token figure above is met with it.
 #
@@ -148,6 +164,7 @@ _NVIDIA = Efficiency(
     step_overhead_s=0.3e-3,
     allreduce_latency_s=10e-6,
     moe_layer_overhead_s=0.0,
+    moe_token_overhead_s=0.0,
 )
 _AMD = replace(
     _NVIDIA,

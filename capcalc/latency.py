@@ -10,7 +10,8 @@ One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
               multiplies, k routed per token), the asymptote in decode
     comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x 2 B / I + allreduce_latency_s)    (tp > 1)
     step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
-              + moe_layers x moe_layer_overhead_s + step_overhead_s + comm_s
+              + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
+              + step_overhead_s + comm_s
 
 with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
 the activation dtype (attention runs in bf16/fp16 whatever the weights), n the tokens
@@ -157,7 +158,7 @@ def predict_step(
     memory_s = weight_s + kv_s
     overhead = (
         model.num_layers * eff.layer_overhead_s
-        + model.num_moe_layers * eff.moe_layer_overhead_s
+        + model.num_moe_layers * (eff.moe_layer_overhead_s + cost.tokens * eff.moe_token_overhead_s)
         + eff.step_overhead_s
     )
     comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff)

@@ -71,6 +71,20 @@ def test_moe_layers_add_their_routing_cost(registry, llama, seed_gpu):
     assert dense.time_s == predict_decode_step(llama, seed_gpu, 4, 1000, efficiency=EFF).time_s
 
 
+def test_moe_layers_add_their_per_token_dispatch_cost(registry, seed_gpu):
+    """moe_token_overhead_s is paid per token per MoE layer: a DeepSeek-V3 decode step of
+    batch 8 pays 58 x 8 of it, the prefill of 2 x 512 tokens 58 x 1,024."""
+    eff = dataclasses.replace(EFF, moe_token_overhead_s=200e-9)
+    dsv3 = registry.model("deepseek-v3")
+    kw = dict(weight_dtype="fp8")
+    decode_with = predict_decode_step(dsv3, seed_gpu, 8, 1000, efficiency=eff, **kw)
+    decode_without = predict_decode_step(dsv3, seed_gpu, 8, 1000, efficiency=EFF, **kw)
+    assert decode_with.time_s - decode_without.time_s == pytest.approx(58 * 8 * 200e-9)
+    prefill_with = predict_prefill(dsv3, seed_gpu, 2, 512, efficiency=eff, **kw)
+    prefill_without = predict_prefill(dsv3, seed_gpu, 2, 512, efficiency=EFF, **kw)
+    assert prefill_with.time_s - prefill_without.time_s == pytest.approx(58 * 1024 * 200e-9)
+
+
 def test_prefill_activation_bytes_by_hand(registry):
     """Llama-3.2-1B (hidden 2048, 32 query / 8 KV heads of 64, gated MLP 8192, 2 norms, 16
     layers): every activation tensor between kernels is written once and read once.
@@ -257,6 +271,7 @@ def test_every_parameter_has_a_flag(cli):
         "step_overhead_s": ("--step-overhead", "2ms", 2e-3),
         "allreduce_latency_s": ("--allreduce-latency", "0.00002", 2e-5),
         "moe_layer_overhead_s": ("--moe-layer-overhead", "15 us", 15e-6),
+        "moe_token_overhead_s": ("--moe-token-overhead", "200ns", 200e-9),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]

@@ -124,11 +124,12 @@ def test_calibration_never_makes_the_fit_worse(registry, weight, kv, overhead, n
     ]
     cal = calibrate(gpu, points, "bf16", shipped_efficiency(gpu))
     assert sum(e * e for e in cal.errors_after_pct) <= sum(e * e for e in cal.errors_before_pct) + 1e-9
-    # no MoE model among the points: its routing cost is unconstrained and keeps its start
+    # no MoE model among the points: its routing costs are unconstrained and keep their start
     assert cal.after.moe_layer_overhead_s == cal.before.moe_layer_overhead_s == 0.0
+    assert cal.after.moe_token_overhead_s == cal.before.moe_token_overhead_s == 0.0
     for name in FITTED:
         value = getattr(cal.after, name)
-        if name == "moe_layer_overhead_s":
+        if name in ("moe_layer_overhead_s", "moe_token_overhead_s"):
             continue
         assert value > 0 and math.isfinite(value)
         if name.endswith("_efficiency") and "tokens" not in name:
@@ -254,6 +255,21 @@ def test_one_dense_depth_fits_but_cannot_split_the_fixed_costs():
     a, m, s = cal.after.layer_overhead_s, cal.after.moe_layer_overhead_s, cal.after.step_overhead_s
     assert 2 * a + s == pytest.approx(2 * 20e-6 + 0.5e-3, rel=1e-3)
     assert 3 * a + 2 * m + s == pytest.approx(3 * 20e-6 + 2 * 115e-6 + 0.5e-3, rel=1e-3)
+
+
+def test_the_per_token_dispatch_cost_is_recovered_beside_the_per_layer_one(registry):
+    """With a per-token dispatch cost in the truth as well (150 ns per token per MoE layer),
+    the H100 mix of models, batches and prompt lengths tells it apart from the per-layer
+    routing cost: decode steps of one batch and prefills of thousands of tokens pay them in
+    very different proportions."""
+    gpu = registry.gpu("h100-sxm")
+    true = dataclasses.replace(_moe_truth(), moe_token_overhead_s=150e-9)
+    models = [registry.model(n) for n in ("llama-3.2-1b", "llama-3-8b", "qwen3-30b-a3b")]
+    points = [p for m in models for p in _synthetic(m, gpu, true)]
+    cal = calibrate(gpu, points, "bf16", shipped_efficiency(gpu))
+    assert cal.after.moe_token_overhead_s == pytest.approx(150e-9, rel=5e-2)
+    assert cal.after.moe_layer_overhead_s == pytest.approx(115e-6, rel=5e-2)
+    assert max(abs(e) for e in cal.errors_after_pct) < 0.5
 
 
 def test_joint_fit_of_dense_and_moe_models_as_on_the_h100(registry):

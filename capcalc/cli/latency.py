@@ -74,6 +74,7 @@ def latency_command(
     ] = None,
     layer_overhead: Annotated[Optional[str], _opt("layer_overhead_s", "duration")] = None,
     moe_layer_overhead: Annotated[Optional[str], _opt("moe_layer_overhead_s", "duration")] = None,
+    moe_token_overhead: Annotated[Optional[str], _opt("moe_token_overhead_s", "duration")] = None,
     step_overhead: Annotated[Optional[str], _opt("step_overhead_s", "duration")] = None,
     allreduce_latency: Annotated[Optional[str], _opt("allreduce_latency_s", "duration")] = None,
     no_calibration: Annotated[
@@ -97,6 +98,7 @@ def latency_command(
         prefill_tokens_half_efficiency=prefill_tokens_half_efficiency,
         layer_overhead_s=layer_overhead,
         moe_layer_overhead_s=moe_layer_overhead,
+        moe_token_overhead_s=moe_token_overhead,
         step_overhead_s=step_overhead,
         allreduce_latency_s=allreduce_latency,
     )

@@ -33,6 +33,7 @@ FITTED = (
     "layer_overhead_s",
     "step_overhead_s",
     "moe_layer_overhead_s",
+    "moe_token_overhead_s",
 )
 _BOUNDS = {
     "weight_bandwidth_efficiency": (1e-3, 1.0),
@@ -41,6 +42,7 @@ _BOUNDS = {
     "prefill_tokens_half_efficiency": (1e-3, 1e7),
     "layer_overhead_s": (1e-9, 1.0),
     "moe_layer_overhead_s": (1e-9, 1.0),
+    "moe_token_overhead_s": (1e-12, 1e-3),
     "step_overhead_s": (1e-9, 10.0),
 }
 
@@ -163,7 +165,7 @@ def calibrate(gpu: HardwareProfile, points: list[Point], dtype: str, start: Effi
     the split between weight-streaming efficiency and the fixed per-layer and per-step
     costs is not determined (all three are a constant per step), only their sum is.
     A parameter no point constrains keeps its value in ``start``: the half-efficiency
-    token count without prefill points, ``moe_layer_overhead_s`` without an MoE model.
+    token count without prefill points, the two MoE costs without an MoE model.
     The MoE overhead is told apart from the per-layer and per-step costs by dense models'
     points (which have none of it): dense models of two depths pin those two, an MoE
     model then its routing cost; with one dense depth only their sums are pinned."""
@@ -172,6 +174,7 @@ def calibrate(gpu: HardwareProfile, points: list[Point], dtype: str, start: Effi
     constrained = {
         "prefill_tokens_half_efficiency": any(p.phase == "prefill" for p in points),
         "moe_layer_overhead_s": any(p.model.num_moe_layers for p in points),
+        "moe_token_overhead_s": any(p.model.num_moe_layers for p in points),
     }
     names = [n for n in FITTED if constrained.get(n, True)]
 
