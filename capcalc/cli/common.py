@@ -29,6 +29,10 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (base units: bytes, seconds, FLOP).")]
 JsonlFlag = Annotated[bool, typer.Option("--jsonl", help="Print one JSON record per line.")]
 CsvFlag = Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")]
+NoCalibrationFlag = Annotated[
+    bool,
+    typer.Option("--no-calibration", help="Ignore calibration.yaml (use profile and built-in defaults)."),
+]
 ProfilesOpt = Annotated[
     Optional[list[Path]],
     typer.Option(

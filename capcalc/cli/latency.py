@@ -14,7 +14,7 @@ from ..kv import kv_bytes_per_sequence
 from ..latency import predict_latency
 from ..output import TableSpec, humanize, record
 from ..weights import weight_bytes
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
+from .common import CsvFlag, JsonFlag, JsonlFlag, NoCalibrationFlag, Output, ProfilesOpt, app, load_registry
 from .roofline import ComputeDtypeOpt, GpuOpt, KvDtypeOpt, TpOpt, WeightDtypeOpt
 
 
@@ -77,10 +77,7 @@ def latency_command(
     moe_token_overhead: Annotated[Optional[str], _opt("moe_token_overhead_s", "duration")] = None,
     step_overhead: Annotated[Optional[str], _opt("step_overhead_s", "duration")] = None,
     allreduce_latency: Annotated[Optional[str], _opt("allreduce_latency_s", "duration")] = None,
-    no_calibration: Annotated[
-        bool,
-        typer.Option("--no-calibration", help="Ignore calibration.yaml (use profile and built-in defaults)."),
-    ] = False,
+    no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,

@@ -17,7 +17,17 @@ from ..parallel import check_tp, valid_tp_degrees
 from ..plan import Candidate as PlanCandidate
 from ..plan import SLOs, Traffic, plan
 from ..units import format_duration, parse_duration, parse_rate
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_int_list
+from .common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    NoCalibrationFlag,
+    Output,
+    ProfilesOpt,
+    app,
+    load_registry,
+    parse_int_list,
+)
 
 #: tensor-parallel degrees tried when --tp is not given (those valid for the model)
 DEFAULT_TPS = (1, 2, 4, 8)
@@ -84,10 +94,7 @@ def plan_command(
     max_num_seqs: Annotated[
         Optional[int], typer.Option(help="vLLM max_num_seqs: the largest batch (default as vllm serve).")
     ] = None,
-    no_calibration: Annotated[
-        bool,
-        typer.Option("--no-calibration", help="Ignore calibration.yaml (use profile and built-in defaults)."),
-    ] = False,
+    no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
