@@ -83,6 +83,8 @@ def humanize(key: str, value: Any) -> str:
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "—" if math.isnan(value) else "∞"
+    if key.endswith("_efficiency"):  # a fraction, whatever the key says it is a fraction of
+        return units._sig(value, 4)
     if re.search(r"bytes_per_s(_|$)", key):
         return units.format_bandwidth(value)
     if re.search(r"flops?_per_s(_|$)", key):

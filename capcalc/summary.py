@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from .dtypes import PEAK_DTYPES, resolve_kv_dtype
+from .efficiency import resolve_efficiency
 from .kv import kv_bytes_per_token_per_layer
 from .params import count_params
 from .profiles import HardwareProfile, ModelProfile
@@ -123,6 +126,11 @@ def gpu_details(gpu: HardwareProfile) -> dict:
             rec[f"ridge_point_{dtype}_flop_per_byte"] = (
                 gpu.peak_flops_per_s[dtype] / gpu.bandwidth_bytes_per_s
             )
+    # the latency model's efficiencies for this GPU, before any flag or calibration
+    resolved = resolve_efficiency(gpu)
+    for name, value in asdict(resolved.efficiency).items():
+        rec[f"efficiency_{name}"] = value
+        rec[f"efficiency_{name}_from"] = resolved.sources[name]
     for key, source in gpu.sources.items():
         rec[f"source_{key}"] = source
     return rec

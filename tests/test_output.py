@@ -83,3 +83,20 @@ def test_table_labels_units(cli):
     r = cli("kv", "llama-3-70b", "--ctx", "8192")
     assert r.code == 0
     assert "2.68 GB (2.50 GiB)" in r.out
+
+
+def test_fractions_are_not_formatted_as_their_unit():
+    from capcalc.output import humanize
+
+    # "efficiency_prefill_flops_efficiency" names FLOPs but is a fraction of them
+    assert humanize("efficiency_prefill_flops_efficiency", 0.65) == "0.6500"
+    assert humanize("prefill_flops", 2e12) == "2.00 TFLOP"
+
+
+def test_show_gpu_lists_its_latency_efficiencies(cli):
+    rec = cli("show", "h100-sxm", "--json").json()
+    # the h100-sxm profile's efficiency block, and the vendor default where it is silent
+    assert rec["efficiency_weight_bandwidth_efficiency"] == 0.8
+    assert rec["efficiency_weight_bandwidth_efficiency_from"] == "profile"
+    assert rec["efficiency_moe_token_overhead_s"] == 0
+    assert rec["efficiency_moe_token_overhead_s_from"] == "default"
