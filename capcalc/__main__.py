@@ -1,5 +1,5 @@
 import sys
 
-from capcalc.cli import main
+from capcalc.entry import main
 
 sys.exit(main())
