@@ -28,6 +28,11 @@ _SYNONYMS = {
     "fp8_e4m3": "fp8",
     "fp8_e5m2": "fp8",
     "float8_e4m3fn": "fp8",
+    # safetensors header names
+    "f32": "fp32",
+    "f16": "fp16",
+    "f8_e4m3": "fp8",
+    "f8_e5m2": "fp8",
 }
 
 #: dtypes a KV cache may be stored in (``auto`` resolves to the model's dtype)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-#: import name -> the package that provides it (runtime dependencies of pyproject.toml)
-DEPENDENCIES = {"typer": "typer", "rich": "rich", "yaml": "pyyaml", "huggingface_hub": "huggingface-hub"}
+#: import name -> the package that provides it: the runtime dependencies of pyproject.toml
+#: that the CLI imports at start-up (huggingface-hub is imported only when a name needs it)
+DEPENDENCIES = {"typer": "typer", "rich": "rich", "yaml": "pyyaml"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,27 +47,6 @@ from .params import count_params
 from .profiles import ModelProfile, model_from_dict
 from .safetensors_header import Checkpoint, read_checkpoint
 
-#: model_type -> the name users know it by (what `import` accepts)
-SUPPORTED: dict[str, str] = {
-    "llama": "Llama",
-    "mistral": "Mistral",
-    "mixtral": "Mixtral",
-    "qwen2": "Qwen2",
-    "qwen2_moe": "Qwen2-MoE",
-    "qwen3": "Qwen3",
-    "qwen3_moe": "Qwen3-MoE",
-    "gemma2": "Gemma2",
-    "gemma3": "Gemma3",
-    "gemma3_text": "Gemma3 (text)",
-    "phi3": "Phi3",
-    "deepseek_v2": "DeepSeek-V2",
-    "deepseek_v3": "DeepSeek-V3",
-    "gpt2": "GPT-2",
-    "opt": "OPT",
-    "falcon": "Falcon",
-    "gpt_oss": "gpt-oss",
-    "cohere": "Cohere",
-}
 #: older model_type spellings of a supported architecture
 _MODEL_TYPE_ALIASES = {"RefinedWeb": "falcon", "RefinedWebModel": "falcon"}
 
@@ -656,6 +635,8 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "gpt_oss": _gpt_oss,
     "cohere": _cohere,
 }
+#: the config.json model_type values capcalc maps (what `import` accepts)
+SUPPORTED: tuple[str, ...] = tuple(_MAPPERS)
 
 
 # --------------------------------------------------------------------------- dtype
@@ -715,7 +696,15 @@ _EXTRA_TENSOR = re.compile(
 _SCALE_TENSOR = re.compile(r"(_scale|_scale_inv|_scale_2|\.scales|\.qzeros|\.g_idx|_zero_point)$")
 _BUFFER_TENSOR = re.compile(r"(rotary_emb\.inv_freq|(^|\.)attn\.(masked_)?bias)$")
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
-_SAFETENSORS_DTYPES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+
+def _checkpoint_dtype(name: str) -> str | None:
+    """A safetensors dtype ('BF16', 'F8_E4M3') as capcalc names it, or None for integer
+    and other storage types that name no weight dtype."""
+    try:
+        return canonical_dtype(name)
+    except CapcalcError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -753,7 +742,7 @@ def count_checkpoint(ckpt: Checkpoint, num_layers: int, tied: bool) -> Checkpoin
         else:
             kept += t.numel
             dtypes[t.dtype] += t.numel
-    dominant = _SAFETENSORS_DTYPES.get(dtypes.most_common(1)[0][0]) if dtypes else None
+    dominant = _checkpoint_dtype(dtypes.most_common(1)[0][0]) if dtypes else None
     return CheckpointCount(
         kept + extra, extra, dict(left_out), ckpt.method, len(ckpt.files), len(ckpt.tensors), dominant
     )
@@ -781,7 +770,7 @@ def model_type_of(config: dict, where: str) -> str:
     model_type = _MODEL_TYPE_ALIASES.get(model_type, model_type)
     archs = config.get("architectures") or []
     label = model_type or (archs[0] if archs else None)
-    if model_type in SUPPORTED:
+    if model_type in _MAPPERS:
         return model_type
     remote = " (its code lives in the repo: auto_map / trust_remote_code, which capcalc never runs)"
     hint = remote if config.get("auto_map") else ""

@@ -32,8 +32,6 @@ _TRUE = {"1", "on", "yes", "true"}
 class Located:
     """Where a model argument's config.json is."""
 
-    kind: str  # 'folder' | 'hub'
-    argument: str  # as the user wrote it
     folder: Path
     source: str  # recorded in the profile
     repo_id: str | None = None
@@ -145,13 +143,13 @@ def locate(name: str) -> Located:
             raise CapcalcError(
                 f"{path}: no config.json here (a model folder holds a transformers config.json)"
             )
-        return Located("folder", name, path, str((path / "config.json").resolve()))
+        return Located(path, str((path / "config.json").resolve()))
     if kind == "hub":
         repo_id, revision = split_revision(name)
         config = fetch_config(repo_id, revision)
         commit = config.parent.name if _COMMIT.match(config.parent.name) else (revision or "main")
         source = f"https://huggingface.co/{repo_id}/blob/{commit}/config.json"
-        return Located("hub", name, config.parent, source, repo_id, revision)
+        return Located(config.parent, source, repo_id, revision)
     raise CapcalcError(f"{name!r} is neither a folder nor a Hugging Face repo id (org/name)")
 
 

@@ -34,6 +34,12 @@ def kv_bytes_per_token_per_layer(model: ModelProfile, kv_dtype: str, tp: int = 1
     return 2 * kv_heads_per_gpu(model, tp) * model.head_dim * width
 
 
+def kv_bytes_per_token(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:
+    """Bytes one token adds to the whole model's cache on one GPU (every layer; the
+    rate while the context is within any sliding window)."""
+    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * model.num_layers
+
+
 def cached_tokens(model: ModelProfile, ctx: int) -> tuple[int, int]:
     """Tokens of a ``ctx``-token sequence held by (each full layer, each sliding layer)."""
     window = model.sliding_window or ctx
@@ -98,8 +104,8 @@ def kv_cache(
         batch=batch,
         kv_dtype=dtype,
         tp=tp,
-        kv_bytes_per_token=kv_bytes_per_token_per_layer(model, dtype) * model.num_layers,
-        kv_bytes_per_token_per_gpu=kv_bytes_per_token_per_layer(model, dtype, tp) * model.num_layers,
+        kv_bytes_per_token=kv_bytes_per_token(model, dtype),
+        kv_bytes_per_token_per_gpu=kv_bytes_per_token(model, dtype, tp),
         kv_bytes_per_sequence=per_sequence,
         kv_bytes_total=per_sequence * batch,
         kv_bytes_per_gpu=per_sequence_gpu * batch,

@@ -10,9 +10,11 @@ ridge (shaded) are memory-bound. matplotlib is imported only inside
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from .errors import CapcalcError
+from .fileio import write_atomic
 
 #: figure size in inches and resolution: PNG files are 1000 x 600 pixels
 FIGSIZE = (10.0, 6.0)
@@ -126,17 +128,7 @@ def save_roofline_chart(path: str | Path, result, points) -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    """Write through a temporary file in the same directory and rename (whole or nothing)."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=path.suffix.lower().lstrip("."), dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Render into memory, then write the file whole or not at all."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lower().lstrip("."), dpi=DPI)
+    return write_atomic(path, buffer.getvalue())

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from .dtypes import PEAK_DTYPES, resolve_kv_dtype
 from .efficiency import resolve_efficiency
-from .kv import kv_bytes_per_token_per_layer
+from .kv import kv_bytes_per_token
 from .params import count_params
 from .profiles import HardwareProfile, ModelProfile
 from .weights import weight_bytes
@@ -47,7 +47,7 @@ def model_headline(model: ModelProfile) -> dict:
         "num_kv_heads": model.num_kv_heads,
         "head_dim": model.head_dim,
         "kv_dtype": kv_dtype,
-        "kv_bytes_per_token": kv_bytes_per_token_per_layer(model, kv_dtype) * model.num_layers,
+        "kv_bytes_per_token": kv_bytes_per_token(model, kv_dtype),
         "max_context": model.max_context,
         "layout": layer_layout(model),
     }
@@ -89,7 +89,7 @@ def model_details(model: ModelProfile) -> dict:
     for dtype in SHOW_WEIGHT_DTYPES:
         rec[f"weight_bytes_{dtype}"] = weight_bytes(model, dtype, params=params).bytes
     for dtype in SHOW_KV_DTYPES:
-        rec[f"kv_bytes_per_token_{dtype}"] = kv_bytes_per_token_per_layer(model, dtype) * model.num_layers
+        rec[f"kv_bytes_per_token_{dtype}"] = kv_bytes_per_token(model, dtype)
     return rec
 
 

@@ -20,7 +20,6 @@ _UNITS = {
     "bytes": ("B", ""),
     "bandwidth": ("B/s", "Bps"),
     "flops": ("FLOP/s", "FLOPS", "OP/s", "OPS", "FLOPs/s"),
-    "count": ("",),
 }
 _DURATIONS = {
     "ns": 1e-9,
@@ -48,7 +47,7 @@ def parse_quantity(value, kind: str, what: str = "value") -> float:
     """Parse ``value`` (a number in base units, or a string such as '80 GiB',
     '3.35 TB/s', '989.4 TFLOP/s') into base units of ``kind``.
 
-    kind is one of 'bytes', 'bandwidth', 'flops', 'count', 'duration'.
+    kind is one of 'bytes', 'bandwidth', 'flops', 'duration'.
     """
     if isinstance(value, bool):
         raise CapcalcError(f"{what}: expected a number, got {value!r}")
@@ -61,13 +60,13 @@ def parse_quantity(value, kind: str, what: str = "value") -> float:
         if unit == "":
             return number
         if unit in _DURATIONS:
-            return number * _DURATIONS[unit]
+            return _scale(number, _DURATIONS[unit])
         raise CapcalcError(f"{what}: unknown time unit {unit!r} in {value!r} (use ns, us, ms, s, min, h)")
     accepted = _UNITS[kind]
     for prefix_table in (_BINARY, _SI):
         for prefix, factor in prefix_table.items():
             for base in accepted:
-                if unit == prefix + base and (prefix or base or kind == "count"):
+                if unit == prefix + base and (prefix or base):
                     return number * factor
     if unit == "":
         return number
@@ -75,9 +74,14 @@ def parse_quantity(value, kind: str, what: str = "value") -> float:
         "bytes": "B, GB, GiB",
         "bandwidth": "GB/s, TB/s",
         "flops": "TFLOP/s, TOP/s",
-        "count": "k, M, G",
     }[kind]
     raise CapcalcError(f"{what}: unknown unit {unit!r} in {value!r} (use {examples})")
+
+
+def _scale(number: float, factor: float) -> float:
+    """number x factor, dividing by the inverse for sub-unit factors so that '10 us'
+    is exactly 1e-05 rather than 9.999999999999999e-06."""
+    return number / round(1 / factor) if factor < 1 else number * factor
 
 
 def parse_duration(value, what: str = "duration") -> float:

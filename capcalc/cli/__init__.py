@@ -15,28 +15,9 @@ import typer
 from ..errors import CapcalcError
 from . import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
 from .common import app
+from .usage import USAGE_ERRORS
 
 __all__ = ["app", "main"]
-
-
-def _usage_error_types() -> tuple[type[BaseException], ...]:
-    """The exception classes Click raises for usage errors. typer >= 0.29 vendors
-    Click (its errors derive from ``typer.TyperException``); older typer uses the
-    ``click`` package. Both are caught so the CLI also runs on machines with an
-    older typer (such as the GPU machine used for validation)."""
-    types: list[type[BaseException]] = []
-    if hasattr(typer, "TyperException"):
-        types.append(typer.TyperException)
-    try:
-        import click
-
-        types.append(click.exceptions.ClickException)
-    except ImportError:
-        pass
-    return tuple(types)
-
-
-_USAGE_ERRORS = _usage_error_types()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except CapcalcError as exc:
         _error(exc.message)
         return exc.exit_code
-    except _USAGE_ERRORS as exc:
+    except USAGE_ERRORS as exc:
         # bad flag value, missing argument, unknown option
         if type(exc).__name__ == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
             print(exc.ctx.get_help(), file=sys.stderr)

@@ -35,6 +35,7 @@ from ..sweep import (
     sweep_exit_code,
 )
 from .common import CsvFlag, JsonFlag, JsonlFlag, app, collect_records
+from .usage import USAGE_ERRORS
 
 #: sweeps smaller than this run in this process: starting workers costs more than it saves
 PARALLEL_THRESHOLD = 1000
@@ -91,7 +92,7 @@ def run_one(command, name: str, combination: Combination) -> tuple[list[dict], s
         if exc.exit_code:
             return [], f"exited with code {exc.exit_code}", exc.exit_code
         result = 0
-    except typer.TyperException as exc:  # Click usage errors: bad value, missing option
+    except USAGE_ERRORS as exc:  # Click usage errors: bad value, missing option
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         return [], message, getattr(exc, "exit_code", 2)
     except Exception as exc:
