@@ -210,6 +210,9 @@ def test_hub_snapshot_safetensors_give_the_exact_count(offline_hub):
     imported = hub.load("acme/tiny-llama")
     assert imported.params_source == "safetensors headers"
     assert imported.params_checkpoint == imported.profile.params_official
+    # the elements the test wrote into the header, counted independently of the reader
+    written = write_safetensors(offline_hub.parent / "count-check.safetensors", tensors)
+    assert imported.params_checkpoint == written
     assert imported.profile.aliases == ("acme/tiny-llama",)
     assert imported.profile.source == f"https://huggingface.co/acme/tiny-llama/blob/{COMMIT}/config.json"
 

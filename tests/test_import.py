@@ -33,6 +33,9 @@ def test_import_folder_writes_a_profile_the_registry_loads(cli, tmp_path, isolat
     assert rec["source"] == str((folder / "config.json").resolve())
     profile = load_profile_file(target)
     assert rec["params_total"] == count_params(profile).total
+    # by hand: embedding and untied head 2 x 256 x 64; per layer q and o 64 x 64, k and v
+    # 64 x 32 each, gated MLP 3 x 64 x 128, two RMSNorms of 64; a final norm of 64
+    assert rec["params_total"] == 2 * 256 * 64 + 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64) + 64
     # the profile is now a name like any other
     kv = cli("kv", "tiny-llama", "--ctx", "8", "--json").json()
     assert kv["kv_bytes_per_sequence"] == 8 * TINY_LLAMA_KV_BYTES_PER_TOKEN
