@@ -141,14 +141,13 @@ def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, singl
     records = list(records)
     spec = spec or TableSpec()
     out = sys.stdout
-    if fmt == "json":
-        payload = _plain(records[0]) if single and len(records) == 1 else _plain(records)
-        out.write(json.dumps(payload, indent=2) + "\n")
-    elif fmt == "jsonl":
+    if fmt == "json" and single and len(records) == 1:
+        out.write(json.dumps(_plain(records[0]), indent=2) + "\n")
+    elif fmt in ("json", "jsonl", "csv"):
+        stream = RecordStream(fmt, out, columns=all_keys(records) if fmt == "csv" else None)
         for rec in records:
-            out.write(json.dumps(_plain(rec)) + "\n")
-    elif fmt == "csv":
-        write_csv(records, out)
+            stream.write(rec)
+        stream.close()
     else:
         console = stdout_console()
         if spec.render is not None:
@@ -162,16 +161,21 @@ def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, singl
     out.flush()
 
 
-def write_csv(records: list[dict], out, header: bool = True) -> list[str]:
-    keys: list[str] = []
+def all_keys(records: list[dict]) -> list[str]:
+    """Every key of ``records`` in order of first appearance (one CSV header for records
+    of different kinds, e.g. measure's device, decode and calibration records)."""
+    keys: dict[str, None] = {}
     for rec in records:
-        keys.extend(k for k in rec if k not in keys)
-    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
-    if header:
-        writer.writeheader()
+        keys.update(dict.fromkeys(rec))
+    return list(keys)
+
+
+def write_csv(records: list[dict], out) -> None:
+    """All ``records`` as CSV under one header of every key."""
+    stream = RecordStream("csv", out, columns=all_keys(records))
     for rec in records:
-        writer.writerow({k: _csv_cell(rec.get(k)) for k in keys})
-    return keys
+        stream.write(rec)
+    stream.close()
 
 
 def field_table(rec: dict, title: str = "", hide: set[str] | None = None) -> Table:
