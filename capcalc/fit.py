@@ -76,10 +76,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .dtypes import DTYPE_BYTES, resolve_kv_dtype
+from .dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
 from .errors import CapcalcError
 from .kv import kv_bytes_per_token_per_layer
-from .parallel import check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
+from .parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from .profiles import HardwareProfile, ModelProfile
 from .search import largest_true
 from .weights import resolve_weight_dtype, weight_bytes_per_gpu
@@ -151,11 +151,6 @@ def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
     return groups
 
 
-def group_size(model: ModelProfile, hybrid: bool = True) -> int:
-    """Layers per group (the padded size ``g``)."""
-    return max(len(g.layers) for g in kv_cache_groups(model, hybrid))
-
-
 def request_blocks(
     model: ModelProfile,
     groups: list[KVGroup],
@@ -180,7 +175,7 @@ def request_blocks(
 
 def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, max_num_seqs: int) -> float:
     """Peak activation memory of vLLM's profile run on one GPU (module docstring)."""
-    act = DTYPE_BYTES[resolve_kv_dtype("auto", model.native_dtype)]
+    act = DTYPE_BYTES[serving_dtype(model.native_dtype)]
     h = model.hidden_size
     heads = model.num_attention_heads / tp
     if model.mla is not None:
@@ -304,7 +299,10 @@ def memory_of(gpu: HardwareProfile) -> tuple[float, str]:
     return gpu.memory_bytes, "datasheet"
 
 
-def _check(req: FitRequest, model: ModelProfile) -> None:
+def check_request(req: FitRequest, model: ModelProfile) -> None:
+    """Raise a usage error for a setting no GPU or tp could make valid: the flags'
+    ranges and the dtypes. The tensor-parallel degree is checked by :func:`fit`
+    (``plan`` rejects an invalid tp per candidate)."""
     if not req.memory_bytes > 0:
         raise CapcalcError(f"GPU memory must be positive, got {req.memory_bytes:g} bytes")
     if not 0 < req.gpu_memory_utilization <= 1:
@@ -334,6 +332,12 @@ def _check(req: FitRequest, model: ModelProfile) -> None:
             raise CapcalcError(f"{name} must not be negative, got {value:g}")
     if req.kv_cache_memory is not None and not req.kv_cache_memory > 0:
         raise CapcalcError(f"--kv-cache-memory must be positive, got {req.kv_cache_memory:g}")
+    resolve_kv_dtype(req.kv_dtype, model.native_dtype)
+    resolve_weight_dtype(req.weight_dtype, model)
+
+
+def _check(req: FitRequest, model: ModelProfile) -> None:
+    check_request(req, model)
     check_tp(model, req.tp)
     if req.n_gpus is not None and req.tp * req.pp > req.n_gpus:
         raise CapcalcError(
@@ -391,18 +395,15 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         longest = largest_true(fits_len, max_model_len + 1, model.max_context)
     else:
         longest = largest_true(fits_len, 1, max_model_len)
-    shortfall = max(0.0, max(-b for _, b, _, _ in per_stage)) if req.kv_cache_memory is None else 0.0
-    weights_fit = all(b > 0 for _, b, _, _ in per_stage)
-    if req.kv_cache_memory is not None:  # the flag bypasses the budget; the card must still hold it all
-        weights_fit = all(
-            s.bytes + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory <= req.memory_bytes
-            for s in stages
+    if req.kv_cache_memory is None:
+        weights_fit = all(b > 0 for _, b, _, _ in per_stage)
+        shortfall = max(0.0, max(-b for _, b, _, _ in per_stage))
+    else:  # the flag bypasses the budget; the card must still hold it all
+        peak = (
+            max(s.bytes for s in stages) + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory
         )
-        shortfall = max(
-            0.0,
-            max(s.bytes + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory for s in stages)
-            - req.memory_bytes,
-        )
+        weights_fit = peak <= req.memory_bytes
+        shortfall = max(0.0, peak - req.memory_bytes)
     fits = weights_fit and fits_len(max_model_len)
     concurrency = num_blocks / per_request
     replicas = req.n_gpus // (req.tp * req.pp) if req.n_gpus else None
@@ -486,16 +487,17 @@ def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str
 def search_tp(
     model: ModelProfile, req: FitRequest, concurrency: float | None = None
 ) -> tuple[FitResult, bool]:
-    """The smallest valid tp (up to ``req.n_gpus / pp`` GPUs, else 64) that fits, and with
-    ``concurrency`` also serves that many sequences at max_model_len. Returns the
-    result and whether the search succeeded (else the largest tp tried)."""
-    limit = (req.n_gpus // req.pp) if req.n_gpus else 64
+    """The smallest valid tp (up to ``req.n_gpus / pp`` GPUs, else ``MAX_TP``) that fits, and
+    with ``concurrency`` also serves that many sequences at max_model_len. Returns the
+    result and whether the search succeeded (else the largest tp tried, with suggestions)."""
+    limit = (req.n_gpus // req.pp) if req.n_gpus else MAX_TP
     degrees = [tp for tp in valid_tp_degrees(model) if tp <= limit]
     if not degrees:
         raise CapcalcError(f"no valid tp degree for {model.name} fits in {req.n_gpus} GPUs with pp={req.pp}")
-    result = None
     for tp in degrees:
         result = fit(model, replace(req, tp=tp), suggest=False)
         if result.fits and (concurrency is None or result.max_concurrency >= concurrency):
             return result, True
-    return fit(model, replace(req, tp=degrees[-1])), False
+    if not result.fits:  # as fit(..., suggest=True) of the largest degree would give it
+        result = replace(result, suggestions=_suggestions(model, replace(req, tp=degrees[-1]), result))
+    return result, False

@@ -10,6 +10,9 @@ from __future__ import annotations
 from .errors import CapcalcError
 from .profiles import ModelProfile
 
+#: the largest tensor-parallel degree considered (``valid_tp_degrees``, ``fit --tp auto``)
+MAX_TP = 64
+
 
 def tp_is_valid(model: ModelProfile, tp: int) -> bool:
     if tp < 1 or model.num_attention_heads % tp:
@@ -20,7 +23,7 @@ def tp_is_valid(model: ModelProfile, tp: int) -> bool:
     return kv % tp == 0 or tp % kv == 0
 
 
-def valid_tp_degrees(model: ModelProfile, limit: int = 64) -> list[int]:
+def valid_tp_degrees(model: ModelProfile, limit: int = MAX_TP) -> list[int]:
     return [tp for tp in range(1, limit + 1) if tp_is_valid(model, tp)]
 
 

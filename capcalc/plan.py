@@ -64,18 +64,25 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .dtypes import resolve_kv_dtype
 from .efficiency import Efficiency
 from .errors import CapcalcError
-from .fit import FitRequest, fit, memory_of
+from .fit import DEFAULT_UTILIZATION, FitRequest, check_request, fit, memory_of
 from .latency import LatencyResult, predict_latency
+from .parallel import check_tp
 from .profiles import HardwareProfile, ModelProfile
 from .search import largest_true, smallest_true
 from .units import format_bytes, format_duration
+from .weights import resolve_weight_dtype
 
-#: GPU arithmetic busy at least this share of the time at the batch limit: "compute" binds
+#: GPU arithmetic busy at least this share of the time at the batch limit: "compute" binds.
+#: A replica's arithmetic caps its throughput at (work per second) / (compute rate): when
+#: the arithmetic is busy a share ``u`` of the time at the batch limit, no larger batch
+#: (more memory, a higher max_num_seqs) can carry more than ``1 / u`` times as much. At
+#: 0.9 that ceiling is 1 / 0.9 - 1 = 11 % more: a chosen tolerance (not a measurement)
+#: below which "add memory" is not worth naming as the fix. It only names the binding
+#: constraint: replicas, GPUs and cost do not depend on it.
 COMPUTE_SATURATION = 0.9
-#: the constraints, in the order a tie is reported
-CONSTRAINTS = ("memory", "max_num_seqs", "TTFT", "ITL", "E2E", "compute")
 
 
 @dataclass(frozen=True)
@@ -286,6 +293,27 @@ def _latency_fn(model: ModelProfile, cand: Candidate, traffic: Traffic, efficien
     return run
 
 
+def fit_request(
+    cand: Candidate,
+    traffic: Traffic,
+    gpu_memory_utilization: float = DEFAULT_UTILIZATION,
+    max_num_seqs: int | None = None,
+) -> FitRequest:
+    """What ``fit`` is asked for one candidate: every request at its full P + O tokens."""
+    memory, source = memory_of(cand.gpu)
+    return FitRequest(
+        memory_bytes=memory,
+        memory_source=source,
+        gpu=cand.gpu.name,
+        tp=cand.tp,
+        weight_dtype=cand.weight_dtype,
+        kv_dtype=cand.kv_dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=traffic.prompt_tokens + traffic.output_tokens,
+        max_num_seqs=max_num_seqs,
+    )
+
+
 def plan_candidate(
     model: ModelProfile,
     cand: Candidate,
@@ -293,12 +321,13 @@ def plan_candidate(
     slos: SLOs,
     efficiency: Efficiency,
     price: tuple[float, str] | None = None,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
 ) -> PlanResult:
-    """The fewest replicas of ``cand`` that carry ``traffic`` within ``slos``, or why none do."""
+    """The fewest replicas of ``cand`` that carry ``traffic`` within ``slos``, or why none do.
+    Usage errors (the settings, the dtypes: :func:`capcalc.fit.check_request`) are raised,
+    not turned into a rejection; :func:`plan` checks them once before any candidate."""
     context = traffic.prompt_tokens + traffic.output_tokens
-    memory, source = memory_of(cand.gpu)
     rate_price, price_source = price if price else (None, None)
     base = PlanResult(
         model=model.name,
@@ -316,24 +345,11 @@ def plan_candidate(
         price_per_gpu_hour_usd=rate_price,
         price_source=price_source,
     )
-    try:
-        capacity = fit(
-            model,
-            FitRequest(
-                memory_bytes=memory,
-                memory_source=source,
-                gpu=cand.gpu.name,
-                tp=cand.tp,
-                weight_dtype=cand.weight_dtype,
-                kv_dtype=cand.kv_dtype,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=context,
-                max_num_seqs=max_num_seqs,
-            ),
-            suggest=False,
-        )
+    try:  # the one per-candidate error: a tp the model's heads do not divide into
+        check_tp(model, cand.tp)
     except CapcalcError as exc:
         return replace(base, rejected_because=exc.message)
+    capacity = fit(model, fit_request(cand, traffic, gpu_memory_utilization, max_num_seqs), suggest=False)
     base = replace(
         base,
         weight_dtype=capacity.weight_dtype,
@@ -359,7 +375,6 @@ def plan_candidate(
         )
     try:
         replica = Replica(_latency_fn(model, cand, traffic, efficiency), traffic, slos)
-        one = replica.at(1)
     except CapcalcError as exc:
         return replace(base, rejected_because=exc.message)
     ttft1, itl1, e2e1 = replica.latencies(1, 0.0)
@@ -388,8 +403,7 @@ def plan_candidate(
     lam = traffic.requests_per_s / replicas
     batch = replica.operating_batch(lam, cap.batch)  # lam <= lam_max <= lam(cap.batch)
     ttft, itl, e2e = replica.latencies(batch, lam)
-    at_limit = replica.at(cap.batch_limit) if cap.binding in ("memory", "max_num_seqs") else None
-    busy = _compute_busy(replica, one, cap) if at_limit is not None else None
+    busy = _compute_busy(replica, cap) if cap.binding in ("memory", "max_num_seqs") else None
     binding = "compute" if busy is not None and busy >= COMPUTE_SATURATION else cap.binding
     gpus = replicas * cand.tp
     cost = rate_price * gpus if rate_price is not None else None
@@ -412,17 +426,19 @@ def plan_candidate(
         prefill_share=lam * replica.prefill_s,
         binding_constraint=binding,
         compute_busy_fraction=busy,
-        kv_bytes_used_per_gpu=batch * context * capacity.kv_bytes_per_token_per_gpu,
+        # each request holds the blocks fit counts for one at P + O tokens (sliding windows, block rounding)
+        kv_bytes_used_per_gpu=batch * capacity.kv_needed_bytes,
         output_tokens_per_s_per_gpu=traffic.requests_per_s * traffic.output_tokens / gpus,
         cost_usd_per_hour=cost,
         cost_usd_per_million_output_tokens=cost / tokens_per_hour * 1e6 if cost is not None else None,
     )
 
 
-def _compute_busy(replica: Replica, one: LatencyResult, cap: Capacity) -> float:
+def _compute_busy(replica: Replica, cap: Capacity) -> float:
     """Share of time the GPU's arithmetic is busy at the batch limit: the prefill share
     at its compute rate plus the decode steps' compute time."""
     share = cap.max_load * replica.prefill_s
+    one = replica.at(1)
     at = replica.at(cap.batch_limit)
     prefill_busy = min(one.prefill_compute_s / one.ttft_s, 1.0)
     decode_busy = min(at.decode_compute_s / at.itl_s, 1.0)
@@ -447,11 +463,18 @@ def plan(
     slos: SLOs,
     efficiency: Callable[[HardwareProfile], Efficiency],
     prices: dict[str, tuple[float, str]] | None = None,
-    gpu_memory_utilization: float = 0.9,
+    gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
 ) -> list[PlanResult]:
-    """Every candidate planned, best first; rejected ones last, in the order given."""
+    """Every candidate planned, best first; rejected ones last, in the order given.
+    A setting or dtype no candidate could use is a usage error, raised before any."""
     check_traffic(model, traffic, slos)
+    for weight_dtype in dict.fromkeys(c.weight_dtype for c in candidates):
+        resolve_weight_dtype(weight_dtype, model)
+    for kv_dtype in dict.fromkeys(c.kv_dtype for c in candidates):
+        resolve_kv_dtype(kv_dtype, model.native_dtype)
+    if candidates:  # the settings are the same in every candidate's request
+        check_request(fit_request(candidates[0], traffic, gpu_memory_utilization, max_num_seqs), model)
     prices = prices or {}
     results = [
         plan_candidate(

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.fit import GIB, FitRequest, fit, kv_cache_groups, search_tp
-from capcalc.parallel import pp_layer_ranges, valid_tp_degrees
+from capcalc.errors import CapcalcError
+from capcalc.fit import GIB, FitRequest, check_request, fit, kv_cache_groups, search_tp
+from capcalc.parallel import MAX_TP, pp_layer_ranges, valid_tp_degrees
 from capcalc.params import count_params
 from capcalc.profiles import model_from_dict
 from capcalc.weights import weight_bytes, weight_bytes_per_gpu
@@ -263,6 +264,49 @@ def test_search_tp_returns_the_smallest_fitting_degree(registry):
     assert all(not fit(model, req(max_model_len=32768, tp=t)).fits for t in smaller)
 
 
+def test_search_tp_that_fails_gives_the_largest_degree_as_fit_gives_it(registry):
+    # qwen2.5-72b's weights (~145 GB in bf16) cannot fit one 80 GiB GPU: with --n-gpus 1 only tp=1
+    # is tried, and the failure carries the same suggestions a plain `fit --tp 1` would
+    model = registry.model("qwen2.5-72b")
+    found, ok = search_tp(model, req(max_model_len=32768, n_gpus=1))
+    assert not ok and found.tp == 1 and not found.fits
+    assert found == fit(model, req(max_model_len=32768, n_gpus=1, tp=1))
+    assert found.suggestions  # e.g. --weight-dtype int4 / --tp 2, each checked by fitting again
+
+
+def test_search_tp_without_n_gpus_stops_at_max_tp(registry):
+    model = registry.model("llama-3.1-8b")
+    # a 1 GiB GPU fits no tp: the search ends at the largest valid degree up to MAX_TP
+    found, ok = search_tp(model, req(memory_bytes=1 * GIB))
+    assert not ok and found.tp == max(valid_tp_degrees(model)) <= MAX_TP
+
+
+def test_check_request_is_the_usage_check_and_leaves_tp_to_fit(registry):
+    model = registry.model("llama-3.1-8b")
+    check_request(req(tp=3), model)  # an invalid tp is a per-candidate matter (plan rejects it)
+    with pytest.raises(CapcalcError, match=r"^--gpu-memory-utilization must be in \(0, 1\], got 1.5$"):
+        check_request(req(gpu_memory_utilization=1.5), model)
+    with pytest.raises(CapcalcError, match="^unknown KV dtype 'fp9'"):
+        check_request(req(kv_dtype="fp9"), model)
+    with pytest.raises(CapcalcError, match="^unknown weight dtype 'fp9'"):
+        check_request(req(weight_dtype="fp9"), model)
+    with pytest.raises(CapcalcError, match="^tp=3 is not valid for llama-3.1-8b"):
+        fit(model, req(tp=3))
+
+
+def test_kv_cache_memory_flag_weights_fit_when_the_card_holds_it_all(registry):
+    # with --kv-cache-memory the budget is bypassed: it fits when weights + activation + overhead
+    # + the flag's KV cache are within the card, and the shortfall is the excess
+    model = registry.model("llama-3.1-8b")
+    base = fit(model, req(max_model_len=8192, kv_cache_memory=1 * GIB), suggest=False)
+    others = base.weights_bytes_per_gpu + base.activation_bytes_per_gpu + base.overhead_bytes_per_gpu
+    room = 80 * GIB - others
+    ok = fit(model, req(max_model_len=8192, kv_cache_memory=room), suggest=False)
+    assert ok.weights_fit and ok.weights_shortfall_bytes == 0
+    over = fit(model, req(max_model_len=8192, kv_cache_memory=room + GIB), suggest=False)
+    assert not over.weights_fit and over.weights_shortfall_bytes == pytest.approx(GIB)
+
+
 # --------------------------------------------------------------------------- CLI and errors
 
 
@@ -306,6 +350,20 @@ def test_json_has_every_required_key_and_table_shows_the_stack(cli):
             "--concurrency needs --tp auto or --n-gpus to search over",
         ),
         (["--gpu", "h100-sxm", "--pp", "40"], "--pp 40 exceeds the model's 32 layers"),
+        # the byte overrides are parsed by the CLI and range-checked by fit.check_request
+        (
+            ["--gpu", "h100-sxm", "--activation-bytes", "-1GB"],
+            "--activation-bytes must not be negative, got -1e+09",
+        ),
+        (["--gpu", "h100-sxm", "--overhead-bytes", "-5"], "--overhead-bytes must not be negative, got -5"),
+        (
+            ["--gpu", "h100-sxm", "--cudagraph-bytes", "-2KiB"],
+            "--cudagraph-bytes must not be negative, got -2048",
+        ),
+        (
+            ["--gpu", "h100-sxm", "--activation-bytes", "lots"],
+            "cannot read --activation-bytes 'lots': expected a number with an optional unit",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(cli, args, message):

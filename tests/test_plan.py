@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.plan import Replica, SLOs, Traffic, littles_rate, replica_capacity
+from capcalc.efficiency import resolve_efficiency
+from capcalc.plan import Candidate, Replica, SLOs, Traffic, littles_rate, plan, replica_capacity
 
 BASE = ("plan", "llama-3-8b", "--gpu", "h100-sxm", "--tp", "1", "--prompt", "1000", "--output", "200")
 
@@ -59,6 +60,7 @@ def assert_operating_point(rec: dict) -> None:
     assert rec["concurrency_per_replica"] == pytest.approx(lam * rec["e2e_s"])  # N = X x L
     assert rec["concurrency_per_replica"] <= rec["batch_per_replica"] + 1e-9
     assert rec["batch_per_replica"] <= min(rec["kv_capacity_requests"], rec["max_num_seqs"])
+    assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"]
     assert rec["replicas"] == math.ceil(rec["requests_per_s"] / rec["max_requests_per_s_per_replica"] - 1e-9)
     assert rec["gpus"] == rec["replicas"] * rec["tp"]
     for slo in ("ttft", "itl", "e2e"):
@@ -93,6 +95,10 @@ def test_memory_bound_plan_by_hand(cli):
     # each replica then carries 20 req/s: f = 20 x 0.0258306 = 0.5166 of its time prefilling
     assert rec["prefill_share"] == pytest.approx(20 * t_p)
     assert rec["compute_busy_fraction"] < 0.9  # not "compute"
+    # KV in use at the operating batch (20 req/s per replica: batch 94), each request 75 blocks x 16 tokens
+    # x 131,072 B/token (32 layers x 2 x 8 KV heads x 128 x 2 B): 94 x 157,286,400 = 14,784,921,600 B
+    assert rec["batch_per_replica"] == 94
+    assert rec["kv_bytes_used_per_gpu"] == 94 * 75 * 16 * 131072 == 14_784_921_600
     assert_operating_point(rec)
 
 
@@ -153,6 +159,47 @@ def test_weights_that_do_not_fit_are_rejected_with_the_numbers(cli):
     assert rejected["rejected_because"].startswith("weights do not fit: 141 GB (131 GiB) per GPU")
 
 
+def test_kv_used_counts_sliding_windows_and_blocks_as_fit_does(cli):
+    # gemma-3-27b: 62 layers (52 sliding, window 1024; 10 full), 16 KV heads x 128, bf16; tp=2 -> 8 heads.
+    # fit at P + O = 30,200 tokens: page = 16 x 2 x 8 x 128 x 2 B = 65,536 B; groups of g = 10 layers
+    # (1 full + cdiv(52, 10) = 6 sliding). One request holds cdiv(30200, 16) = 1888 full blocks and,
+    # per sliding group, cdiv(min(1024 - 1 + 8192, 30200), 16) + 1 = 577: 1888 + 6 x 577 = 5350 blocks,
+    # kv_needed = 10 x 65,536 x 5350 = 3,506,176,000 B. At batch 9: 31,555,584,000 B (31.6 GB),
+    # within the 38.2 GB KV cache -- not 9 x 30,200 x 253,952 B/token = 69.0 GB, which ignored the windows.
+    r = cli("plan", "gemma-3-27b", "--gpu", "h100-sxm", "--rps", "10", "--prompt", "30000", "--output", "200",
+            "--tp", "2", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    (rec,) = r.json()
+    assert rec["feasible"] and rec["batch_per_replica"] == 9
+    assert rec["kv_bytes_used_per_gpu"] == 9 * 3_506_176_000 == 31_555_584_000
+    assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"] == pytest.approx(38.154e9, rel=1e-4)
+    fitted = cli("fit", "gemma-3-27b", "--gpu", "h100-sxm", "--tp", "2", "--ctx", "30200", "--json").json()
+    assert fitted["blocks_per_request"] == 5350 and fitted["kv_needed_bytes"] == 3_506_176_000
+    # at every load up to the KV limit, the requests in flight fit in the cache
+    for rps in ("0.1", "1", "5", "20"):
+        r = cli("plan", "gemma-3-27b", "--gpu", "h100-sxm", "--rps", rps, "--prompt", "30000", "--output", "200",
+                "--tp", "2", "--json")  # fmt: skip
+        (rec,) = r.json()
+        assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"]
+        assert rec["kv_bytes_used_per_gpu"] == rec["batch_per_replica"] * 3_506_176_000
+
+
+def test_an_invalid_tp_is_rejected_per_candidate_in_the_api(registry):
+    # the CLI checks --tp up front; through the API a tp the heads do not divide into only rejects its candidate
+    model, gpu = registry.model("llama-3-8b"), registry.gpu("h100-sxm")
+    results = plan(
+        model,
+        [Candidate(gpu, 3), Candidate(gpu, 1)],
+        Traffic(1.0, 1000, 200),
+        SLOs(),
+        lambda g: resolve_efficiency(g, None, None),
+    )
+    assert [(r.tp, r.feasible) for r in results] == [(1, True), (3, False)]
+    assert results[1].rejected_because == (
+        "tp=3 is not valid for llama-3-8b (32 attention heads, 8 KV heads): valid tp degrees are 1, 2, 4, 8, 16, 32"
+    )
+
+
 # --------------------------------------------------------------------------- at low load
 
 
@@ -199,6 +246,9 @@ def test_table_view(cli):
     assert "Simplification: prefill and decode share each GPU" in r.out
 
 
+UNKNOWN_KV_FP9 = "unknown KV dtype 'fp9': expected one of auto, bf16, fp16, fp8, int8, fp32"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -216,6 +266,18 @@ def test_table_view(cli):
             ["--rps", "1", "--tp", "3"],
             "tp=3 is not valid for llama-3-8b (32 attention heads, 8 KV heads): valid tp degrees are 1, 2, 4, 8, 16, 32",
         ),
+        # usage errors are the same for every candidate: one line and exit 2, not a row per candidate
+        (
+            ["--rps", "1", "--gpu-memory-utilization", "1.5"],
+            "--gpu-memory-utilization must be in (0, 1], got 1.5",
+        ),
+        (["--rps", "1", "--kv-dtype", "fp9"], UNKNOWN_KV_FP9),
+        (["--rps", "1", "--kv-dtype", "fp8,fp9"], UNKNOWN_KV_FP9),  # one bad dtype among several
+        (
+            ["--rps", "1", "--weight-dtype", "fp9"],
+            "unknown weight dtype 'fp9': expected one of auto, fp32, bf16, fp16, fp8, int8, int4, mxfp4",
+        ),
+        (["--rps", "1", "--max-num-seqs", "0"], "--max-num-seqs must be at least 1, got 0"),
     ],
 )
 def test_errors(cli, args, message):

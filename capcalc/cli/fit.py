@@ -21,13 +21,9 @@ from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load
 BAR_WIDTH = 50
 
 
-def _nonnegative_bytes(text: Optional[str], what: str) -> Optional[float]:
-    if text is None:
-        return None
-    value = parse_quantity(text, "bytes", what)
-    if value < 0:
-        raise CapcalcError(f"{what} must not be negative, got {text!r}")
-    return value
+def _bytes(text: Optional[str], what: str) -> Optional[float]:
+    """'8GB', '7.5 GiB' or a number of bytes; the ranges are fit's to check (check_request)."""
+    return parse_quantity(text, "bytes", what) if text is not None else None
 
 
 def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
@@ -140,9 +136,9 @@ def fit_command(
         block_size=block_size,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
-        activation_bytes=_nonnegative_bytes(activation_bytes, "--activation-bytes"),
-        overhead_bytes=_nonnegative_bytes(overhead_bytes, "--overhead-bytes"),
-        cudagraph_bytes=_nonnegative_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
+        activation_bytes=_bytes(activation_bytes, "--activation-bytes"),
+        overhead_bytes=_bytes(overhead_bytes, "--overhead-bytes"),
+        cudagraph_bytes=_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
         kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
         hybrid=not disable_hybrid_kv_cache_manager,
         n_gpus=n_gpus,

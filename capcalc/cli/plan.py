@@ -113,8 +113,6 @@ def plan_command(
         itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
         e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
     )
-    if max_num_seqs is not None and max_num_seqs < 1:
-        raise CapcalcError(f"--max-num-seqs must be at least 1, got {max_num_seqs}")
     gpus = [reg.gpu(name) for name in _names(gpu)] if gpu else [reg.gpus[n] for n in sorted(reg.gpus)]
     if tp is not None:
         tps = [check_tp(profile, t) for t in parse_int_list(tp, "--tp")]
