@@ -93,7 +93,7 @@ def humanize(key: str, value: Any) -> str:
         return f"{units._sig(value)} FLOP/B"
     if "bytes" in key:
         return units.format_bytes(value)
-    if key.endswith("_flops") or "_flops_" in key:
+    if re.search(r"(^|_)flops(_|$)", key):
         return units.format_flops(value)
     if key.endswith("_pct"):
         return f"{units._sig(value)} %"

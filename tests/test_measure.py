@@ -5,6 +5,7 @@ on a shared machine are noise; what is checked is what the command computes from
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 
@@ -151,7 +152,7 @@ def test_memory_pre_check_refuses_a_model_too_large_for_ram(cli):
 POINT_KEYS = [
     "schema_version", "record", "model", "device", "device_name", "gpu", "gpu_profile", "weight_dtype",
     "kv_dtype", "batch", "ctx", "ctx_attended", "prompt_tokens", "measured_time_s", "predicted_time_s",
-    "error_pct", "calibrated_time_s", "calibrated_error_pct", "predicted_bound", "bytes", "flops",
+    "error_pct", "calibrated_time_s", "calibrated_error_pct", "predicted_bound", "predicted_bytes_per_step", "predicted_flops_per_step",
     "achieved_bandwidth_bytes_per_s", "achieved_flops_per_s", "achieved_bandwidth_over_copy", "tokens_per_s",
     "cuda_graph", "repeats", "memory_predicted_bytes", "memory_measured_bytes", "memory_error_pct",
     "kv_cache_bytes", "copy_bandwidth_bytes_per_s", "torch_version",
@@ -178,7 +179,7 @@ def test_measure_model_on_the_cpu(cli, small_bench):
         assert p["measured_time_s"] > 0 and p["repeats"] == 2 and p["cuda_graph"] is False
         # the record's own arithmetic
         assert p["error_pct"] == pytest.approx(100 * (p["predicted_time_s"] / p["measured_time_s"] - 1))
-        assert p["achieved_bandwidth_bytes_per_s"] == pytest.approx(p["bytes"] / p["measured_time_s"])
+        assert p["achieved_bandwidth_bytes_per_s"] == pytest.approx(p["predicted_bytes_per_step"] / p["measured_time_s"])
         expected_tokens = p["batch"] if p["record"] == "decode" else p["batch"] * p["prompt_tokens"]
         assert p["tokens_per_s"] == pytest.approx(expected_tokens / p["measured_time_s"])
         # the cache allocated: sliding layers (0, 2) hold the 16-token window, fp32, 1 KV head of 16
@@ -256,7 +257,17 @@ def test_measure_model_save_writes_the_calibration(cli, small_bench, isolated_us
 
 
 @needs_torch
-def test_several_models_share_one_fit(cli, small_bench):
+def test_several_models_share_one_fit(cli, small_bench, monkeypatch):
+    from capcalc.measure import calibrate as calibrate_module
+
+    fits = []  # every Calibration `measure` computes: the joint fit, then each model's alone
+
+    def recording(*args, **kwargs):
+        fits.append(real_calibrate(*args, **kwargs))
+        return fits[-1]
+
+    real_calibrate = calibrate_module.calibrate
+    monkeypatch.setattr(calibrate_module, "calibrate", recording)
     r = cli(
         "measure", "tiny-test,tiny-moe-test", *P, "--device", "cpu", "--batch", "1", "--ctx", "16,32",
         "--prompt", "16", "--repeats", "1", "--json",
@@ -276,13 +287,24 @@ def test_several_models_share_one_fit(cli, small_bench):
     # and, per model, what a fit on its points alone reaches (never worse in sum of squares)
     for s in summaries:
         assert s["decode_median_abs_error_calibrated_alone_pct"] is not None
+    assert len(fits) == 3  # the joint fit, then tiny-test alone and tiny-moe-test alone
+    for fit in fits:
+        assert sum(e * e for e in fit.errors_after_pct) <= sum(e * e for e in fit.errors_before_pct)
+    points = records[:6]
+    joint_before = sum(p["error_pct"] ** 2 for p in points)
+    assert sum(p["calibrated_error_pct"] ** 2 for p in points) <= joint_before
+    for s, fit in zip(summaries[:2], fits[1:], strict=True):
+        # the summary's "alone" figure is that fit's, on that model's points
+        mine = [p for p in points if p["model"] == s["model"]]
+        decode = [abs(e) for e, p in zip(fit.errors_after_pct, mine, strict=True) if p["record"] == "decode"]
+        assert s["decode_median_abs_error_calibrated_alone_pct"] == pytest.approx(statistics.median(decode))
 
 
 # --------------------------------------------------------------------------- measure --gpu
 
 DEVICE_KEYS = [
     "schema_version", "record", "device", "device_name", "gpu", "gpu_profile", "benchmark", "dtype", "shape",
-    "bytes", "flops", "time_s", "repeats", "measured_bandwidth_bytes_per_s", "measured_flops_per_s",
+    "bytes_per_call", "flops_per_call", "time_s", "repeats", "measured_bandwidth_bytes_per_s", "measured_flops_per_s",
     "datasheet_bandwidth_bytes_per_s", "datasheet_flops_per_s", "measured_over_datasheet", "measured_over_copy",
     "memory_total_bytes", "l2_cache_bytes", "torch_version",
 ]  # fmt: skip
@@ -300,9 +322,9 @@ def test_measure_device_on_the_cpu(cli, small_bench, isolated_user_config):
         assert list(x) == DEVICE_KEYS
         assert x["gpu_profile"] == "drafted" and x["datasheet_bandwidth_bytes_per_s"] is None
     copy, matmul, _, matvec = records
-    assert copy["bytes"] == 2 * 4 * 2**20  # read + written
-    assert copy["measured_bandwidth_bytes_per_s"] == pytest.approx(copy["bytes"] / copy["time_s"])
-    assert matmul["flops"] == 2 * 128**3
+    assert copy["bytes_per_call"] == 2 * 4 * 2**20  # read + written
+    assert copy["measured_bandwidth_bytes_per_s"] == pytest.approx(copy["bytes_per_call"] / copy["time_s"])
+    assert matmul["flops_per_call"] == 2 * 128**3
     # on the CPU each dimension is divided by 4: 4 MiB of fp32 64x64 matrices (16 KiB each)
     assert matvec["shape"] == "tiny: 256 x 64x64"
     assert matvec["measured_over_copy"] == pytest.approx(
