@@ -47,10 +47,17 @@ Bytes moved from memory:
   decode (batch x width, a few MB) they stay in the L2 cache and are not counted.
   They are streamed at the weight efficiency (``weight_bytes`` includes them).
 
-Weight bytes follow :mod:`capcalc.weights`: quantised dtypes shrink the decoder's matrix
-weights (mxfp4: only routed experts) and keep embeddings, LM head, norms and biases
-16-bit. Tensor parallelism divides FLOPs and weight bytes by tp; KV per GPU comes from
-:func:`capcalc.kv.kv_bytes_per_sequence`, which keeps replicated KV heads whole.
+Weights, per GPU, are those :func:`capcalc.weights.gpu_weights` lays out -- the same
+layout ``fit`` holds in memory (:func:`capcalc.weights.weight_bytes_per_gpu`), at the
+same widths (:func:`capcalc.weights.weight_widths`: quantised dtypes shrink the
+decoder's matrix weights, mxfp4 only the routed experts, and keep embeddings, LM head,
+norms and biases 16-bit). Tensor parallelism splits the projections, MLPs, experts,
+embedding and LM head by tp, but every GPU holds, reads and multiplies whole the
+replicated pieces: K/V projections once tp exceeds the KV heads, MLA's
+down-projections, the router, norms and biases. So a step touching every expert
+streams exactly the weights one GPU holds, less the untied embedding table (gathered)
+and the weights outside the decoder. Attention FLOPs split by heads; KV per GPU comes
+from :func:`capcalc.kv.kv_bytes_per_sequence`, which keeps replicated KV heads whole.
 """
 
 from __future__ import annotations
@@ -61,10 +68,8 @@ from functools import cached_property
 from .dtypes import resolve_kv_dtype
 from .errors import CapcalcError
 from .kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
-from .parallel import check_tp
-from .params import count_params, layer_shapes
 from .profiles import ModelProfile
-from .weights import bits_per_weight, resolve_weight_dtype
+from .weights import gpu_weights
 
 #: component names, in the order tables print them
 COMPONENTS = (
@@ -212,6 +217,7 @@ def step_cost(
     kv_dtype: str = "auto",
     tp: int = 1,
     group_size: int = 128,
+    quantize_embeddings: bool = False,
 ) -> StepCost:
     """Itemised FLOPs and bytes of a decode step (``ctx``: tokens attended) or of the
     prefill of ``batch`` prompts of ``ctx`` tokens, on one of ``tp`` GPUs."""
@@ -222,72 +228,53 @@ def step_cost(
     if ctx < 1:
         what = "--ctx" if phase == "decode" else "--prompt"
         raise CapcalcError(f"{what} must be at least 1, got {ctx}")
-    check_tp(model, tp)
-    wdtype = resolve_weight_dtype(weight_dtype, model)
+    g = gpu_weights(model, weight_dtype, group_size, quantize_embeddings, tp)  # checks tp
+    w = g.widths
     kdtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
-    shapes = layer_shapes(model)
-    params = count_params(model)
     new_tokens = 1 if phase == "decode" else ctx
     tokens = batch * new_tokens
     logit_tokens = batch  # decode: every token; prefill: the last of each prompt
-
-    high = 4.0 if wdtype == "fp32" else 2.0  # bytes per unquantised weight
-    quant = high if wdtype in ("fp32", "bf16", "fp16") else bits_per_weight(wdtype, group_size) / 8
-    linear = high if wdtype == "mxfp4" else quant  # mxfp4 quantises routed experts only
-    layers = model.num_layers
-    h = model.hidden_size
-
-    # attention projections: split out the output projection
-    if model.mla is not None:
-        o_params = model.num_attention_heads * model.mla.v_head_dim * h
-    else:
-        o_params = model.num_attention_heads * model.head_dim * h
-    qkv_params = shapes.attention - o_params
+    layers, moe_layers = model.num_layers, model.num_moe_layers
 
     def matmul(name: str, weights: float, weight_bytes_each: float, uses: float) -> Component:
-        """``weights`` parameters read once, each used by ``uses`` tokens (2 FLOP per use)."""
-        return Component(name, 2.0 * weights * uses / tp, weights * weight_bytes_each / tp, "matmul")
+        """``weights`` parameters (on this GPU) read once, each used by ``uses`` tokens (2 FLOP per use)."""
+        return Component(name, 2.0 * weights * uses, weights * weight_bytes_each, "matmul")
 
     d_qk, d_v = attention_dims(model, phase)
     pairs = batch * attended_pairs(model, phase, ctx)
     heads = model.num_attention_heads
-    embedding_rows = tokens * h * high * (2 if model.position_embedding == "learned" else 1)
+    # vocabulary-parallel table: a GPU gathers the rows it holds; learned positions are replicated
+    position_width = w.high if model.position_embedding == "learned" else 0.0
+    embedding_rows = tokens * model.hidden_size * (w.embedding / tp + position_width)
 
-    moe_layers = model.num_moe_layers
     touched = None
-    routed = shared = router = Component("routed_experts", 0.0, 0.0, "matmul")
+    routed = Component("routed_experts", 0.0, 0.0, "matmul")
     if model.moe is not None:
         m = model.moe
         touched = experts_touched(m.num_experts, m.experts_per_token, tokens)
-        per_expert = shapes.expert + shapes.expert_bias
         routed = Component(
             "routed_experts",
-            2.0 * moe_layers * per_expert * m.experts_per_token * tokens / tp,
-            moe_layers * per_expert * touched * quant / tp,
+            2.0 * moe_layers * g.expert * m.experts_per_token * tokens,
+            moe_layers * g.expert * touched * w.expert,
             "matmul",
         )
-        shared = matmul("shared_experts", moe_layers * shapes.shared_experts, linear, tokens)
-        router = matmul("router", moe_layers * shapes.router, linear, tokens)
-    else:
-        shared = Component("shared_experts", 0.0, 0.0, "matmul")
-        router = Component("router", 0.0, 0.0, "matmul")
 
     kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * layers
-    activations = tokens * activation_elements_per_token(model, tp) * high if phase == "prefill" else 0.0
+    activations = tokens * activation_elements_per_token(model, tp) * w.high if phase == "prefill" else 0.0
     kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp)
     components = (
-        Component("embedding", 0.0, embedding_rows / tp, "memory"),
-        matmul("qkv_proj", layers * qkv_params, linear, tokens),
-        matmul("o_proj", layers * o_params, linear, tokens),
+        Component("embedding", 0.0, embedding_rows, "memory"),
+        matmul("qkv_proj", layers * g.qkv, w.linear, tokens),
+        matmul("o_proj", layers * g.o, w.linear, tokens),
         Component("attention_scores", 2.0 * heads * d_qk * pairs / tp, 0.0, "attention"),
         Component("attention_values", 2.0 * heads * d_v * pairs / tp, 0.0, "attention"),
-        matmul("mlp", params.dense_mlp, linear, tokens),
-        router,
-        shared,
+        matmul("mlp", model.num_dense_layers * g.dense_mlp, w.linear, tokens),
+        matmul("router", moe_layers * g.router, w.linear, tokens),
+        matmul("shared_experts", moe_layers * g.shared_experts, w.linear, tokens),
         routed,
-        Component("norms_biases", 0.0, (params.norms + params.attention_bias) * high / tp, "memory"),
+        Component("norms_biases", 0.0, (layers * g.norms_biases + g.final_norm) * w.high, "memory"),
         Component("activations", 0.0, activations, "memory"),
-        matmul("lm_head", model.vocab_size * h, high, logit_tokens),
+        matmul("lm_head", g.embedding if model.tie_word_embeddings else g.lm_head, w.embedding, logit_tokens),
         Component("kv_read", 0.0, kv_read, "memory"),
         Component("kv_write", 0.0, kv_write, "memory"),
     )
@@ -298,7 +285,7 @@ def step_cost(
         new_tokens=new_tokens,
         ctx=ctx,
         tp=tp,
-        weight_dtype=wdtype,
+        weight_dtype=g.dtype,
         kv_dtype=kdtype,
         components=components,
         experts_touched_per_layer=touched,

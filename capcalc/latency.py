@@ -14,13 +14,13 @@ One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
               + step_overhead_s + comm_s
 
 with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
-the activation dtype (attention runs in bf16/fp16 whatever the weights), n the tokens
-in the step, eff(n) the FLOP/s efficiency curve of :class:`capcalc.efficiency.Efficiency`,
-moe_layers the layers with routed experts (0 for a dense model), and I the interconnect
-bandwidth per direction (ring all-reduce of the bf16 hidden states, two per layer: after
-attention and after the MLP). The bound is whichever of
-compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is the datasheet
-roofline (:mod:`capcalc.roofline`).
+the serving dtype (:func:`capcalc.dtypes.serving_dtype`: attention runs in bf16/fp16
+whatever the weights), n the tokens in the step, eff(n) the FLOP/s efficiency curve of
+:class:`capcalc.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
+a dense model), and I the interconnect bandwidth per direction (ring all-reduce of the
+bf16 hidden states, two per layer: after attention and after the MLP). The bound is
+whichever of compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is
+the datasheet roofline (:mod:`capcalc.roofline`).
 
 A request of P prompt tokens and O output tokens, B at once:
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dtypes import canonical_dtype
+from .dtypes import canonical_dtype, serving_dtype
 from .efficiency import Efficiency, ResolvedEfficiency
 from .errors import CapcalcError
 from .flops import StepCost, decode_cost, decode_costs, prefill_cost
@@ -50,11 +50,6 @@ COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", 
 ITL_SAMPLES = 33
 
 
-def activation_dtype(model: ModelProfile) -> str:
-    """The dtype activations and attention run in: the model's 16-bit dtype, else bf16."""
-    return model.native_dtype if model.native_dtype in ("bf16", "fp16") else "bf16"
-
-
 def resolve_compute_dtype(
     compute_dtype: str, weight_dtype: str, model: ModelProfile, gpu: HardwareProfile
 ) -> str:
@@ -62,8 +57,9 @@ def resolve_compute_dtype(
 
     ``auto``: 16-bit weights compute in their dtype; fp8 weights in fp8 where the GPU has
     an fp8 rate (W8A8, as vLLM runs fp8 checkpoints on Hopper and later), else 16-bit;
-    integer and 4-bit weights are dequantised and multiplied in the activation dtype
-    (weight-only W8A16 / W4A16 kernels, e.g. Marlin); fp32 weights use fp32.
+    integer and 4-bit weights are dequantised and multiplied in the serving dtype
+    (:func:`capcalc.dtypes.serving_dtype`; weight-only W8A16 / W4A16 kernels, e.g.
+    Marlin); fp32 weights use fp32.
     """
     dtype = canonical_dtype(compute_dtype, COMPUTE_DTYPES, "compute dtype")
     if dtype != "auto":
@@ -74,7 +70,7 @@ def resolve_compute_dtype(
         return weights
     if weights == "fp8" and "fp8" in gpu.peak_flops_per_s:
         return "fp8"
-    return activation_dtype(model)
+    return serving_dtype(model.native_dtype)
 
 
 @dataclass(frozen=True)
@@ -153,7 +149,7 @@ def predict_step(
     compute_s = (
         (cost.matmul_flops - routed_flops) / (peak * flops_eff)
         + routed_flops / (peak * expert_eff)
-        + cost.attention_flops / (gpu.peak(activation_dtype(model)) * flops_eff)
+        + cost.attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)
     )
     memory_s = weight_s + kv_s
     overhead = (
@@ -194,8 +190,7 @@ def predict_decode_step(
     """One decode step of ``batch`` sequences each attending to ``ctx`` tokens.
     ``efficiency`` None means the datasheet roofline (:meth:`Efficiency.ideal`)."""
     cost = decode_cost(model, batch, ctx, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
-    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
-    return predict_step(model, gpu, cost, dtype, efficiency or Efficiency.ideal())
+    return _predict(model, gpu, cost, weight_dtype, compute_dtype, efficiency)
 
 
 def predict_prefill(
@@ -211,6 +206,10 @@ def predict_prefill(
 ) -> StepPrediction:
     """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens as one step."""
     cost = prefill_cost(model, batch, prompt_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
+    return _predict(model, gpu, cost, weight_dtype, compute_dtype, efficiency)
+
+
+def _predict(model, gpu, cost: StepCost, weight_dtype, compute_dtype, efficiency) -> StepPrediction:
     dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
     return predict_step(model, gpu, cost, dtype, efficiency or Efficiency.ideal())
 
@@ -288,11 +287,11 @@ def predict_latency(
     prefill = predict_step(model, gpu, prefill_step, dtype, eff)
     ideal_prefill = predict_step(model, gpu, prefill_step, dtype, ideal)
     contexts = decode_contexts(prompt_tokens, output_tokens)
-    costs = decode_costs(model, batch, contexts, **cost_kw)
+    mid = (contexts[0] + contexts[-1]) // 2  # the mean decode context, for the itemised split
+    costs = decode_costs(model, batch, [*contexts, mid], **cost_kw)
     steps = [predict_step(model, gpu, costs[c], dtype, eff) for c in contexts]
     itl = sum(s.time_s for s in steps) / len(steps)
-    mid = (contexts[0] + contexts[-1]) // 2
-    middle = predict_step(model, gpu, costs.get(mid) or decode_cost(model, batch, mid, **cost_kw), dtype, eff)
+    middle = predict_step(model, gpu, costs[mid], dtype, eff)
     ideal_itl = sum(predict_step(model, gpu, costs[c], dtype, ideal).time_s for c in contexts) / len(contexts)
     e2e = prefill.time_s + (output_tokens - 1) * itl
     return LatencyResult(

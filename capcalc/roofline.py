@@ -30,7 +30,8 @@ from typing import Any
 
 from .efficiency import Efficiency
 from .flops import COMPONENTS
-from .latency import StepPrediction, predict_decode_step, predict_prefill, resolve_compute_dtype
+from .kv import kv_bytes_per_sequence
+from .latency import StepPrediction, predict_decode_step, predict_prefill
 from .profiles import HardwareProfile, ModelProfile
 
 #: searched up to this batch (and context) for the critical batch
@@ -115,10 +116,6 @@ def phase_record(phase: str, step: StepPrediction) -> dict[str, Any]:
     return rec
 
 
-def _ratio(step: StepPrediction) -> float:
-    return step.compute_s / step.memory_s
-
-
 def critical_batch(
     model: ModelProfile, gpu: HardwareProfile, ctx: int, limit: int = SEARCH_LIMIT, **kw
 ) -> int | None:
@@ -126,7 +123,7 @@ def critical_batch(
     roofline, or None when none up to ``limit`` is (compute/memory grows with batch)."""
 
     def compute_bound(b: int) -> bool:
-        return _ratio(predict_decode_step(model, gpu, b, ctx, **kw)) >= 1.0
+        return predict_decode_step(model, gpu, b, ctx, **kw).bound == "compute"
 
     if not compute_bound(limit):
         return None
@@ -144,7 +141,7 @@ def critical_ctx_limit(model: ModelProfile, gpu: HardwareProfile, **kw) -> int |
     at context 1; None: any context does, e.g. every layer slides over a small window)."""
 
     def reachable(c: int) -> bool:
-        return _ratio(predict_decode_step(model, gpu, SEARCH_LIMIT, c, **kw)) >= 1.0
+        return predict_decode_step(model, gpu, SEARCH_LIMIT, c, **kw).bound == "compute"
 
     if not reachable(1):
         return 0
@@ -177,11 +174,9 @@ def roofline(
     decode = predict_decode_step(model, gpu, batch, ctx, efficiency=ideal, **kw)
     prefill = predict_prefill(model, gpu, batch, prompt_tokens, efficiency=ideal, **kw)
     single = decode if batch == 1 else predict_decode_step(model, gpu, 1, ctx, efficiency=ideal, **kw)
-    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+    dtype = decode.compute_dtype
     crit = critical_batch(model, gpu, ctx, **kw)
-    crit_kv = None
-    if crit is not None:
-        crit_kv = predict_decode_step(model, gpu, crit, ctx, **kw).cost.component("kv_read").bytes
+    crit_kv = None if crit is None else crit * kv_bytes_per_sequence(model, ctx, decode.cost.kv_dtype, tp)
     return RooflineResult(
         model=model.name,
         gpu=gpu.name,

@@ -18,14 +18,15 @@ routed experts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from .dtypes import canonical_dtype
+from .dtypes import canonical_dtype, serving_dtype
 from .errors import CapcalcError
+from .parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
 from .params import ParamCount, count_params, layer_shapes
 from .profiles import ModelProfile
 
 WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4")
-_HIGH_PRECISION = 2.0  # bytes per parameter of everything that is not quantised
 
 
 def bits_per_weight(dtype: str, group_size: int = 128) -> float:
@@ -45,14 +46,39 @@ def bits_per_weight(dtype: str, group_size: int = 128) -> float:
 
 def resolve_weight_dtype(weight_dtype: str, model: ModelProfile) -> str:
     """``auto`` means the dtype the official checkpoint ships in, except that fp32
-    checkpoints are served in fp16 (vLLM's ``--dtype auto``)."""
+    checkpoints are served in their serving dtype (:func:`capcalc.dtypes.serving_dtype`,
+    fp16, as vLLM's ``--dtype auto`` does)."""
     dtype = canonical_dtype(weight_dtype, WEIGHT_DTYPES, "weight dtype")
     if dtype == "auto":
         native = model.native_dtype
         if native == "fp32":
-            return "fp16"
+            return serving_dtype(native)
         return native if native in WEIGHT_DTYPES else "bf16"
     return dtype
+
+
+class WeightWidths(NamedTuple):
+    """Bytes per weight of each kind under one (resolved) weight dtype."""
+
+    linear: float  # decoder matmul weights but the routed experts: attention, MLPs, shared experts, router
+    high: float  # unquantised weights: norms, biases, learned positions, extra (vision) weights
+    expert: float  # routed-expert weights (the only ones mxfp4 quantises)
+    embedding: float  # embedding table and LM head (quantised only with quantize_embeddings)
+
+
+def weight_widths(dtype: str, group_size: int = 128, quantize_embeddings: bool = False) -> WeightWidths:
+    """Bytes per weight of each kind for a resolved weight ``dtype`` (module docstring):
+    fp32 and 16-bit weights all cost their width; a quantised dtype shrinks the decoder's
+    matmul weights (mxfp4: only the routed experts) and, with ``quantize_embeddings``,
+    the embedding and LM head; everything else stays 16-bit."""
+    high = 4.0 if dtype == "fp32" else 2.0
+    quant = high if dtype in ("fp32", "bf16", "fp16") else bits_per_weight(dtype, group_size) / 8
+    return WeightWidths(
+        linear=high if dtype == "mxfp4" else quant,
+        high=high,
+        expert=quant,
+        embedding=quant if quantize_embeddings else high,
+    )
 
 
 @dataclass(frozen=True)
@@ -73,16 +99,112 @@ def weight_bytes(
     """Bytes of all the model's weights stored as ``weight_dtype``."""
     dtype = resolve_weight_dtype(weight_dtype, model)
     p = params or count_params(model)
-    if dtype == "fp32":
-        return WeightBytes(dtype, p.total, 0, p.total * 4.0)
-    if dtype in ("bf16", "fp16"):
-        return WeightBytes(dtype, p.total, 0, p.total * 2.0)
+    w = weight_widths(dtype, group_size, quantize_embeddings)
+    tables = p.embedding + p.lm_head
+    other_linear = p.linear - p.routed_experts
+    total = (
+        p.routed_experts * w.expert
+        + other_linear * w.linear
+        + tables * w.embedding
+        + (p.total - p.linear - tables) * w.high
+    )
+    if dtype in ("fp32", "bf16", "fp16"):
+        return WeightBytes(dtype, p.total, 0, total)
     quantized = p.routed_experts if dtype == "mxfp4" else p.linear
     if quantize_embeddings:
-        quantized += p.embedding + p.lm_head
-    other = p.total - quantized
-    total = quantized * bits_per_weight(dtype, group_size) / 8 + other * _HIGH_PRECISION
-    return WeightBytes(dtype, quantized, other, total)
+        quantized += tables
+    return WeightBytes(dtype, quantized, p.total - quantized, total)
+
+
+@dataclass(frozen=True)
+class GpuWeights:
+    """The parameters one GPU holds under tensor parallelism ``tp``, by kind (the layout
+    of :func:`weight_bytes_per_gpu`), and the bytes each kind costs (``widths``).
+
+    Per-layer fields count one layer: ``dense_mlp`` sits in each dense layer,
+    ``expert`` (one routed expert, ``num_experts`` of them), ``shared_experts`` and
+    ``router`` in each MoE layer; ``qkv``, ``o`` and ``norms_biases`` in every layer.
+    The model-level fields are held once (by the first or last pipeline stage).
+    Counts are per GPU, so fractional where a split does not divide evenly."""
+
+    dtype: str  # the resolved weight dtype
+    widths: WeightWidths
+    qkv: float  # q, k, v projections; MLA: q and kv down- and up-projections
+    o: float
+    dense_mlp: float  # incl. its biases
+    expert: float  # incl. its biases
+    num_experts: int
+    shared_experts: float
+    router: float  # weights + bias, replicated
+    norms_biases: float  # norms and attention biases, replicated
+    embedding: float  # the token table (vocabulary-parallel)
+    lm_head: float  # 0 when tied to the embedding
+    final_norm: float  # replicated
+    position_embedding: float  # learned positions, replicated
+    extra: float  # outside the text decoder (vision tower)
+
+    def dense_layer_bytes(self) -> float:
+        w = self.widths
+        return w.linear * (self.qkv + self.o + self.dense_mlp) + w.high * self.norms_biases
+
+    def moe_layer_bytes(self) -> float:
+        w = self.widths
+        return (
+            w.linear * (self.qkv + self.o + self.shared_experts + self.router)
+            + w.expert * self.num_experts * self.expert
+            + w.high * self.norms_biases
+        )
+
+
+def gpu_weights(
+    model: ModelProfile,
+    weight_dtype: str = "auto",
+    group_size: int = 128,
+    quantize_embeddings: bool = False,
+    tp: int = 1,
+) -> GpuWeights:
+    """The weights one GPU holds under tensor parallelism ``tp``, by kind.
+
+    Tensor parallelism (Megatron-style, as vLLM shards): the q and o projections,
+    the MLP, every expert and the shared experts are divided by ``tp``; the k and v
+    projections hold ``max(1, kv_heads / tp)`` heads per GPU, so they stop shrinking
+    once tp exceeds the KV heads (replication). MLA's down-projections to the latent
+    (kv_a, and q_a when q is low-rank) are replicated; its up-projections and o are
+    split. The embedding and LM head are vocabulary-parallel (divided by ``tp``);
+    the router, norms and biases (MLP and expert biases included) are replicated,
+    and so are learned positions. The extra (vision) weights are assumed split by
+    ``tp`` like the decoder.
+    """
+    check_tp(model, tp)
+    dtype = resolve_weight_dtype(weight_dtype, model)
+    s = layer_shapes(model)
+    p = count_params(model)
+    h = model.hidden_size
+    if model.mla is not None:
+        a = model.mla
+        o = model.num_attention_heads * a.v_head_dim * h
+        down = (h * a.q_lora_rank if a.q_lora_rank else 0) + h * (a.kv_lora_rank + a.qk_rope_head_dim)
+        qkv = down + (s.attention - o - down) / tp  # q_b and kv_b split
+    else:
+        o = model.num_attention_heads * model.head_dim * h
+        qkv = o / tp + 2 * h * kv_heads_per_gpu(model, tp) * model.head_dim  # q split, k and v per head
+    return GpuWeights(
+        dtype=dtype,
+        widths=weight_widths(dtype, group_size, quantize_embeddings),
+        qkv=qkv,
+        o=o / tp,
+        dense_mlp=s.dense_mlp / tp + s.dense_mlp_bias,
+        expert=s.expert / tp + s.expert_bias,
+        num_experts=model.moe.num_experts if model.moe is not None else 0,
+        shared_experts=s.shared_experts / tp,
+        router=s.router,
+        norms_biases=s.norms + s.attention_bias,
+        embedding=p.embedding / tp,
+        lm_head=p.lm_head / tp,
+        final_norm=h * (2 if model.norm == "layernorm" else 1),
+        position_embedding=p.position_embedding,
+        extra=p.extra / tp,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,16 +227,8 @@ def weight_bytes_per_gpu(
     tp: int = 1,
     pp: int = 1,
 ) -> list[StageWeights]:
-    """Weight bytes on one GPU of each pipeline stage under tensor parallelism ``tp``.
-
-    Tensor parallelism (Megatron-style, as vLLM shards): the q and o projections,
-    the MLP, every expert and the shared experts are divided by ``tp``; the k and v
-    projections hold ``max(1, kv_heads / tp)`` heads per GPU, so they stop shrinking
-    once tp exceeds the KV heads (replication). MLA's down-projections to the latent
-    (kv_a, and q_a when q is low-rank) are replicated; its up-projections and o are
-    split. The embedding and LM head are vocabulary-parallel (divided by ``tp``);
-    the router, norms and biases are replicated. The extra (vision) weights are
-    assumed split by ``tp`` like the decoder and held by the first stage.
+    """Weight bytes on one GPU of each pipeline stage under tensor parallelism ``tp``
+    (the layout of :func:`gpu_weights`).
 
     Pipeline parallelism: each stage holds the layers of
     :func:`capcalc.parallel.pp_layer_ranges`; the first stage also holds the
@@ -125,43 +239,11 @@ def weight_bytes_per_gpu(
     Quantised widths follow :func:`weight_bytes` (the same parameters are quantised),
     so at tp=1, pp=1 the one stage holds exactly ``weight_bytes(...).bytes``.
     """
-    from .parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
-
-    check_tp(model, tp)
-    dtype = resolve_weight_dtype(weight_dtype, model)
-    s = layer_shapes(model)
-    if dtype == "fp32":
-        q_width = other = 4.0
-    elif dtype in ("bf16", "fp16"):
-        q_width = other = 2.0
-    else:
-        q_width, other = bits_per_weight(dtype, group_size) / 8, _HIGH_PRECISION
-    # mxfp4 (gpt-oss) quantises only the routed experts; the other formats every linear layer
-    linear = other if dtype == "mxfp4" else q_width
-    embed = q_width if quantize_embeddings else other
-
-    h = model.hidden_size
-    if model.mla is not None:
-        a = model.mla
-        q_down = h * a.q_lora_rank if a.q_lora_rank else 0
-        kv_down = h * (a.kv_lora_rank + a.qk_rope_head_dim)
-        attention = q_down + kv_down + (s.attention - q_down - kv_down) / tp  # q_b, kv_b, o split
-    else:
-        q_and_o = 2 * h * model.num_attention_heads * model.head_dim
-        attention = q_and_o / tp + 2 * h * kv_heads_per_gpu(model, tp) * model.head_dim
-    replicated = s.attention_bias + s.norms
-    dense = linear * (attention + s.dense_mlp / tp + s.dense_mlp_bias) + other * replicated
-    moe_layer = dense
-    if model.moe is not None:
-        e = model.moe
-        experts = e.num_experts * (s.expert / tp + s.expert_bias)
-        moe_layer = (
-            linear * (attention + s.shared_experts / tp + s.router) + q_width * experts + other * replicated
-        )
+    g = gpu_weights(model, weight_dtype, group_size, quantize_embeddings, tp)
+    w = g.widths
+    dense, moe_layer = g.dense_layer_bytes(), g.moe_layer_bytes()
     first_moe = model.moe.first_dense_layers if model.moe is not None else model.num_layers
-
-    p = count_params(model)
-    table = (p.embedding / tp) * embed
+    table = g.embedding * w.embedding
     stages = []
     ranges = pp_layer_ranges(model.num_layers, pp)
     for i, (start, end) in enumerate(ranges):
@@ -169,11 +251,11 @@ def weight_bytes_per_gpu(
         n_dense = max(0, min(end, first_moe) - start)
         total = n_dense * dense + (end - start - n_dense) * moe_layer
         if first:
-            total += table + (p.position_embedding + p.extra / tp) * other
+            total += table + (g.position_embedding + g.extra) * w.high
         if last:
-            total += other * h * (2 if model.norm == "layernorm" else 1)  # final norm
+            total += g.final_norm * w.high
             if not model.tie_word_embeddings:
-                total += (p.lm_head / tp) * embed
+                total += g.lm_head * w.embedding
             elif not first:
                 total += table  # the tied head's own copy on the last stage
         stages.append(StageWeights(i, start, end, first, last, total))

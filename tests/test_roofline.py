@@ -63,6 +63,16 @@ def test_seed_critical_batch_is_about_the_ridge(seed):
     assert seed.critical_batch_ctx_limit_tokens > 1
 
 
+def test_critical_batch_kv_bytes_are_its_decode_steps_kv_reads(registry, seed):
+    m, a100 = registry.model("llama-3-8b"), registry.gpu("a100-seed")
+    crit = predict_decode_step(m, a100, seed.critical_batch, 1)
+    assert seed.critical_batch_kv_bytes_per_gpu == crit.cost.component("kv_read").bytes
+    assert seed.critical_batch_kv_bytes_per_gpu == seed.critical_batch * 131_072  # 128 KiB per token
+    assert crit.bound == "compute"
+    assert predict_decode_step(m, a100, seed.critical_batch - 1, 1).bound == "memory"
+    assert seed.compute_dtype == seed.decode.compute_dtype == "bf16"
+
+
 def test_seed_record_and_table(cli):
     r = cli("roofline", "llama-3-8b", "--gpu", "a100-seed", "--ctx", "1", "--json")
     assert r.code == 0, r.err
@@ -238,7 +248,15 @@ def test_tensor_parallel_divides_flops_and_weight_bytes(registry):
     one = decode_cost(m, 8, 2048)
     four = decode_cost(m, 8, 2048, tp=4)
     assert four.flops == pytest.approx(one.flops / 4)
-    assert four.weight_bytes == pytest.approx(one.weight_bytes / 4)
+    # Weights split by tp, except the norms, which every GPU holds and reads whole (as fit
+    # holds them; llama has no biases, and its 8 KV heads split 2 per GPU at tp=4):
+    # norms = 80 layers x 2 x 8192 + 8192 final = 1,318,912 params x 2 B = 2,637,824 B on
+    # every GPU, so tp=4 reads one.weight_bytes / 4 + 3/4 x 2,637,824 = + 1,978,368 B.
+    # (This used to pin one.weight_bytes / 4: flops divided the norms too, unlike fit.)
+    norms = 2 * (80 * 2 * 8192 + 8192)
+    assert one.component("norms_biases").bytes == four.component("norms_biases").bytes == norms == 2_637_824
+    assert four.weight_bytes == pytest.approx((one.weight_bytes - norms) / 4 + norms, rel=1e-12)
+    assert four.weight_bytes - one.weight_bytes / 4 == pytest.approx(1_978_368, abs=1)
     assert four.component("kv_read").bytes == pytest.approx(one.component("kv_read").bytes / 4)
     sixteen = decode_cost(m, 8, 2048, tp=16)  # 8 KV heads < 16 GPUs: replicated, KV stops shrinking
     assert sixteen.component("kv_read").bytes == four.component("kv_read").bytes / 2
