@@ -95,8 +95,11 @@ def test_fractions_are_not_formatted_as_their_unit():
 
 def test_show_gpu_lists_its_latency_efficiencies(cli):
     rec = cli("show", "h100-sxm", "--json").json()
-    # the h100-sxm profile's efficiency block, and the vendor default where it is silent
+    # the h100-sxm profile's efficiency block (only its prefill fraction differs from the
+    # NVIDIA default), and the vendor default where it is silent
     assert rec["efficiency_weight_bandwidth_efficiency"] == 0.8
-    assert rec["efficiency_weight_bandwidth_efficiency_from"] == "profile"
+    assert rec["efficiency_prefill_flops_efficiency"] == 0.65
+    assert rec["efficiency_prefill_flops_efficiency_from"] == "profile"
+    assert rec["efficiency_weight_bandwidth_efficiency_from"] == "default"
     assert rec["efficiency_moe_token_overhead_s"] == 0
     assert rec["efficiency_moe_token_overhead_s_from"] == "default"

@@ -1,0 +1,145 @@
+"""The shipped GPU profiles: what memory_reported means, that every source names a
+document, and that efficiency blocks only hold what differs from the vendor defaults."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from capcalc.efficiency import PARAMETERS, check_mapping, default_efficiency, resolve_efficiency
+from capcalc.profiles import HardwareProfile, load_profile_file
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU_FILES = sorted((ROOT / "hardware_profiles").glob("*.yaml"))
+GIB = 2**30
+
+
+def _gpus() -> list[HardwareProfile]:
+    return [load_profile_file(path) for path in GPU_FILES]
+
+
+GPUS = {gpu.name: gpu for gpu in _gpus()}
+WITH_REPORTED = sorted(name for name, gpu in GPUS.items() if gpu.memory_reported_bytes)
+
+
+def test_the_shipped_gpu_profiles_are_found():
+    assert len(GPUS) >= 20 and "h100-sxm" in GPUS and "rtx-3090" in GPUS
+
+
+# ---------------------------------------------------------------- memory_reported
+
+
+@pytest.mark.parametrize("name", WITH_REPORTED)
+def test_memory_reported_is_below_the_datasheet_capacity(name):
+    # torch's total never exceeds the board's memory; nvidia-smi's memory.total equals it
+    # (a binary 24576 MiB on a "24 GB" card), so a memory_reported equal to memory is a
+    # copied nvidia-smi figure
+    gpu = GPUS[name]
+    assert gpu.memory_reported_bytes < gpu.memory_bytes
+
+
+@pytest.mark.parametrize("name", WITH_REPORTED)
+def test_memory_reported_is_close_to_the_capacity(name):
+    # ECC on GDDR6 parts (T4, L40S) hides ~1/16 of the board; never more than a tenth goes
+    gpu = GPUS[name]
+    assert gpu.memory_reported_bytes > 0.9 * gpu.memory_bytes
+
+
+@pytest.mark.parametrize(
+    "name, total_gib, where",
+    [
+        # vLLM log "total_gpu_memory (23.58GiB)" (vLLM issue 10517, PR 14447)
+        ("rtx-3090", 23.58, "vllm-project/vllm/issues/10517"),
+        # PyTorch OOM "GPU 0 has a total capacity of 79.15 GiB" (vLLM issue 4408)
+        ("a100-80gb-sxm", 79.15, "vllm-project/vllm/issues/4408"),
+        ("t4", 14.58, "datawhalechina/self-llm/issues/162"),
+        ("l40s", 44.53, "Wan-Video/Wan2.1/issues/205"),
+        ("rtx-4090", 23.64, "ali-vilab/VGen/issues/104"),
+        ("v100", 31.74, "liucongg/ChatGLM-Finetuning/issues/73"),
+        # CUDA deviceQuery "Total Global Memory: 178.35 GB" (binary units)
+        ("b200", 178.35, "pytorch/ao/pull/4002"),
+    ],
+)
+def test_memory_reported_reproduces_its_source(name, total_gib, where):
+    gpu = GPUS[name]
+    assert round(gpu.memory_reported_bytes / GIB, 2) == total_gib
+    assert where in gpu.sources["memory_reported"]
+
+
+def test_h100_memory_reported_is_the_measured_torch_total():
+    # docs/validation/h100-2026-11-26/run.log: "device NVIDIA H100 80GB HBM3 ... memory 85017493504"
+    assert GPUS["h100-sxm"].memory_reported_bytes == 85_017_493_504
+    run_log = (ROOT / "docs/validation/h100-2026-11-26/run.log").read_text()
+    assert "memory 85017493504" in run_log
+
+
+def test_the_a100_40gb_totals_are_cuda_totals_not_nvidia_smi():
+    # deviceQuery 42298834944 bytes (40339 MiB) vs nvidia-smi 40960 MiB
+    assert GPUS["a100-40gb-sxm"].memory_reported_bytes == 42_298_834_944
+    assert GPUS["a100-40gb-pcie"].memory_reported_bytes == pytest.approx(40339.3125 * 2**20)
+
+
+@pytest.mark.parametrize("name", WITH_REPORTED)
+def test_memory_reported_is_not_an_nvidia_smi_figure(name):
+    source = GPUS[name].sources["memory_reported"]
+    head = source.split("nvidia-smi")[0]  # nvidia-smi may be mentioned, as the figure it is not
+    assert re.search(r"torch|vLLM|PyTorch|CUDA|deviceQuery", head), source
+
+
+# ---------------------------------------------------------------- sources
+
+NAMES_A_DOCUMENT = re.compile(r"https?://|arXiv|/work/shared|docs/|datasheet|whitepaper|white paper", re.I)
+VAGUE = re.compile(
+    r"search-library|code search result|same table|same sources|same datasheet|table above|page above"
+    r"|README above|json above|cited above|cited for|as above|quoted in the notes",
+    re.I,
+)
+SOURCES = [(gpu.name, key, text) for gpu in GPUS.values() for key, text in gpu.sources.items()]
+
+
+@pytest.mark.parametrize("name, key, text", SOURCES, ids=[f"{n}.{k}" for n, k, _ in SOURCES])
+def test_every_gpu_source_names_a_document(name, key, text):
+    assert NAMES_A_DOCUMENT.search(text), f"{name}: sources.{key} names no document: {text!r}"
+
+
+@pytest.mark.parametrize("name, key, text", SOURCES, ids=[f"{n}.{k}" for n, k, _ in SOURCES])
+def test_no_gpu_source_is_an_internal_id_or_points_at_another_field(name, key, text):
+    assert not VAGUE.search(text), f"{name}: sources.{key}: {VAGUE.search(text).group(0)!r}"
+
+
+# ---------------------------------------------------------------- efficiency blocks
+
+
+@pytest.mark.parametrize("name", sorted(n for n, g in GPUS.items() if g.efficiency))
+def test_efficiency_blocks_only_hold_what_differs_from_the_defaults(name):
+    gpu = GPUS[name]
+    values = check_mapping(gpu.efficiency, name)
+    base = default_efficiency(gpu)
+    repeats = [k for k, v in values.items() if getattr(base, k) == pytest.approx(v)]
+    assert not repeats, f"{name}: efficiency repeats the vendor defaults for {repeats}"
+    assert "efficiency" in gpu.sources
+
+
+@pytest.mark.parametrize("name", ["a100-40gb-sxm", "a100-80gb-sxm"])
+def test_the_a100_profiles_use_the_defaults(name):
+    gpu = GPUS[name]
+    assert not gpu.efficiency and "efficiency" not in gpu.sources
+    resolved = resolve_efficiency(gpu)
+    assert set(resolved.sources.values()) == {"default"}
+    assert resolved.efficiency == default_efficiency(gpu)
+
+
+def test_h100_keeps_only_its_prefill_efficiency():
+    gpu = GPUS["h100-sxm"]
+    assert gpu.efficiency == {"prefill_flops_efficiency": 0.65}
+    resolved = resolve_efficiency(gpu)
+    assert resolved.sources["prefill_flops_efficiency"] == "profile"
+    assert resolved.efficiency.prefill_flops_efficiency == 0.65
+    others = [p for p in PARAMETERS if p != "prefill_flops_efficiency"]
+    assert {resolved.sources[p] for p in others} == {"default"}
+    # the values are what the removed block held
+    assert resolved.efficiency.weight_bandwidth_efficiency == 0.80
+    assert resolved.efficiency.layer_overhead_s == pytest.approx(10e-6)
+    assert resolved.efficiency.step_overhead_s == pytest.approx(0.3e-3)
