@@ -1,8 +1,9 @@
 """The calibration file: efficiency parameters measured on the user's own GPU.
 
 ``capcalc measure --save`` writes ``calibration.yaml`` into the user profile directory
-(:func:`capcalc.profiles.user_profile_dir`); ``latency`` reads it from there and from
-any ``--profiles`` directory (a later directory's entry for a GPU wins). Format::
+(:func:`capcalc.profiles.user_profile_dir`); ``latency`` and ``plan`` read one from each
+directory profiles are read from (:func:`capcalc.profiles.profile_dirs`; a later
+directory's entry for a GPU wins). Format::
 
     schema_version: 1
     gpus:
@@ -18,14 +19,14 @@ any ``--profiles`` directory (a later directory's entry for a GPU wins). Format:
           weight_bandwidth_efficiency: 0.86
           layer_overhead_s: 8.0e-6
 
-Saving merges the entry into the existing file (other GPUs are kept) and writes the
-file atomically. Reading is strict: a malformed file is one error line naming it.
+Saving merges the entry into the target file alone (other GPUs are kept; no other
+directory's file is read) and writes it atomically. Reading is strict: a malformed file
+is one error line naming it.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,21 @@ import yaml
 from .efficiency import check_mapping
 from .errors import CapcalcError
 from .fileio import write_atomic
-from .profiles import ENV_PROFILES, user_profile_dir
+from .profiles import profile_dirs, user_profile_dir
 
 CALIBRATION_FILE = "calibration.yaml"
 SCHEMA_VERSION = 1
 _ENTRY_KEYS = ("device_name", "measured_at", "command", "torch_version", "measured", "efficiency", "notes")
+
+
+def _check_entry(entry: Any, where: str) -> None:
+    """Validate one GPU's entry; ``where`` names it (``FILE: gpus.NAME``)."""
+    if not isinstance(entry, dict):
+        raise CapcalcError(f"{where}: expected a mapping")
+    unknown = [k for k in entry if k not in _ENTRY_KEYS]
+    if unknown:
+        raise CapcalcError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(_ENTRY_KEYS)})")
+    check_mapping(entry.get("efficiency"), f"{where}.efficiency")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -56,34 +67,17 @@ def _read(path: Path) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise CapcalcError(f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
     for name, entry in (data.get("gpus") or {}).items():
-        if not isinstance(entry, dict):
-            raise CapcalcError(f"{path}: gpus.{name}: expected a mapping")
-        unknown = [k for k in entry if k not in _ENTRY_KEYS]
-        if unknown:
-            raise CapcalcError(
-                f"{path}: gpus.{name}.{unknown[0]}: unknown key (known: {', '.join(_ENTRY_KEYS)})"
-            )
-        check_mapping(entry.get("efficiency"), f"{path}: gpus.{name}.efficiency")
+        _check_entry(entry, f"{path}: gpus.{name}")
     return {"schema_version": SCHEMA_VERSION, "gpus": dict(data.get("gpus") or {})}
 
 
-def calibration_dirs(profile_dirs: Iterable[str | Path] = ()) -> list[Path]:
-    """Where calibration files are looked for: the user profile directory, every
-    ``$CAPCALC_PROFILES`` directory, then each ``--profiles`` directory (later wins)."""
-    dirs = [user_profile_dir()]
-    env = [p for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
-    for d in [*env, *profile_dirs]:
-        path = Path(d).expanduser()
-        if path not in dirs:
-            dirs.append(path)
-    return dirs
-
-
-def load_calibration(profile_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """Merge every ``calibration.yaml`` found (see :func:`calibration_dirs`) into one
-    ``{schema_version, gpus: {name: entry}}`` mapping; each entry records its ``path``."""
+def load_calibration(user_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Merge the ``calibration.yaml`` of every profile directory (see
+    :func:`capcalc.profiles.profile_dirs`; ``user_dirs`` are the ``--profiles``
+    directories) into one ``{schema_version, gpus: {name: entry}}`` mapping; each entry
+    records its file as ``path``."""
     merged: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "gpus": {}}
-    for directory in calibration_dirs(profile_dirs):
+    for directory in profile_dirs(user_dirs):
         path = directory / CALIBRATION_FILE
         if path.is_file():
             for name, entry in _read(path)["gpus"].items():
@@ -92,17 +86,25 @@ def load_calibration(profile_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
 
 
 def save_calibration(gpu_name: str, entry: dict[str, Any], directory: str | Path | None = None) -> Path:
-    """Merge ``entry`` for ``gpu_name`` into ``directory/calibration.yaml`` (default: the
+    """Write ``entry`` for ``gpu_name`` into ``directory/calibration.yaml`` (default: the
     user profile directory), replacing that GPU's previous entry; written atomically."""
-    if not isinstance(entry, dict):
-        raise CapcalcError(f"calibration entry for {gpu_name} must be a mapping")
-    unknown = [k for k in entry if k not in _ENTRY_KEYS]
-    if unknown:
-        raise CapcalcError(f"calibration entry for {gpu_name}: unknown key {unknown[0]!r}")
-    check_mapping(entry.get("efficiency"), f"calibration entry for {gpu_name}")
+    _check_entry(entry, f"calibration entry gpus.{gpu_name}")  # before the file is read
+    return update_calibration(gpu_name, lambda _previous: entry, directory)
+
+
+def update_calibration(
+    gpu_name: str,
+    update: Callable[[dict[str, Any] | None], dict[str, Any]],
+    directory: str | Path | None = None,
+) -> Path:
+    """Replace ``gpu_name``'s entry in ``directory/calibration.yaml`` (default: the user
+    profile directory) by ``update(its entry there, None when it has none)``. That file
+    alone is read, once; the other GPUs' entries are kept; written atomically."""
     path = Path(directory).expanduser() if directory is not None else user_profile_dir()
     path = path / CALIBRATION_FILE
     data = _read(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "gpus": {}}
+    entry = update(data["gpus"].get(gpu_name))
+    _check_entry(entry, f"{path}: gpus.{gpu_name}")
     data["gpus"][gpu_name] = _plain(entry)
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return write_atomic(path, text)

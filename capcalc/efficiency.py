@@ -173,11 +173,6 @@ _AMD = replace(
     prefill_flops_efficiency=0.50,
 )
 VENDOR_DEFAULTS: dict[str, Efficiency] = {"nvidia": _NVIDIA, "amd": _AMD}
-DEFAULT_CITATION = {
-    "nvidia": "gpt-fast README (A100, batch 1); vLLM A100-40GB and H100 batch-1 runs; "
-    "TensorRT-LLM performance.md (A100 first-token latency, static-batch throughput)",
-    "amd": "gpt-fast README (MI250X GCD, batch 1); ml-engineering MAMF table (MI300X)",
-}
 
 
 def default_efficiency(gpu: HardwareProfile) -> Efficiency:
@@ -235,8 +230,14 @@ class ResolvedEfficiency:
 
     efficiency: Efficiency
     sources: dict[str, str]  # parameter -> flag | calibration | profile | default
-    calibrated: bool  # the calibration file had an entry for this GPU
-    calibration_date: str | None = None
+    calibration_date: str | None = None  # the entry's measured_at, when calibrated
+    calibration_path: str | None = None  # the calibration file of that entry, when calibrated
+
+    @property
+    def calibrated(self) -> bool:
+        """Some parameter came from a calibration entry (one holding only ``measured:``
+        device figures calibrates nothing)."""
+        return "calibration" in self.sources.values()
 
     @property
     def source(self) -> str:
@@ -259,7 +260,6 @@ def resolve_efficiency(
     flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
     layers.append(("flag", {k: check_value(k, v, flag_name(k)) for k, v in flag_values.items()}))
     entry = calibration_entry(calibration, gpu.name)
-    calibrated = entry is not None
     if entry is not None:
         layers.append(("calibration", check_mapping(entry.get("efficiency"), f"calibration for {gpu.name}")))
     layers.append(("profile", check_mapping(gpu.efficiency, f"{gpu.path or gpu.name}: efficiency")))
@@ -273,16 +273,20 @@ def resolve_efficiency(
                 break
         else:
             values[name], sources[name] = getattr(base, name), "default"
-    return ResolvedEfficiency(
-        efficiency=Efficiency(**values),
-        sources=sources,
-        calibrated=calibrated,
-        calibration_date=str(entry.get("measured_at")) if entry and entry.get("measured_at") else None,
+    resolved = ResolvedEfficiency(efficiency=Efficiency(**values), sources=sources)
+    if entry is None or not resolved.calibrated:
+        return resolved
+    when = entry.get("measured_at")
+    return replace(
+        resolved,
+        calibration_date=str(when) if when else None,
+        calibration_path=str(entry["path"]) if entry.get("path") else None,
     )
 
 
 def calibration_entry(calibration: dict[str, Any] | None, gpu_name: str) -> dict[str, Any] | None:
-    """The calibration file's entry for ``gpu_name`` (None when absent)."""
+    """The calibration file's entry for ``gpu_name`` (None when absent); an entry read by
+    :func:`capcalc.calibration.load_calibration` carries its file as ``path``."""
     if not calibration:
         return None
     entry = (calibration.get("gpus") or {}).get(gpu_name)

@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,27 @@ def user_profile_dir() -> Path:
         return Path(env[0]).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
     return Path(base) / "capcalc"
+
+
+def profile_dirs(user_dirs: Iterable[str | Path] = (), include_env: bool = True) -> list[Path]:
+    """The directories of user profiles and calibration files, in reading order (a later
+    one wins). This is the one statement of the rule; ``docs/profiles.md`` describes it:
+
+    * every ``$CAPCALC_PROFILES`` directory (``os.pathsep``-separated), or, when it is
+      unset or empty, the user profile directory if it exists;
+    * then each ``--profiles`` directory (``user_dirs``).
+
+    ``include_env=False`` leaves out the first item (tests use the shipped profiles
+    only). A directory named twice is read once, at its last place."""
+    dirs: list[Path] = []
+    if include_env:
+        env = [p for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
+        if env:
+            dirs.extend(Path(p).expanduser() for p in env)
+        elif user_profile_dir().is_dir():
+            dirs.append(user_profile_dir())
+    dirs.extend(Path(d).expanduser() for d in user_dirs)
+    return [d for i, d in enumerate(dirs) if d not in dirs[i + 1 :]]
 
 
 def shipped_dir(kind: str) -> Path:
@@ -522,28 +544,17 @@ class Registry:
 
     @classmethod
     def load(cls, user_dirs=(), warn=None, include_env: bool = True) -> Registry:
-        """Load shipped profiles, then each user directory in order (later wins).
-
-        ``user_dirs`` come from ``--profiles``; the ``CAPCALC_PROFILES`` environment
-        variable (``os.pathsep``-separated) adds directories before them.
-        """
+        """Load shipped profiles, then each user directory in order (later wins):
+        :func:`profile_dirs` of ``user_dirs`` (the ``--profiles`` directories)."""
         warn = warn or (lambda message: print(f"capcalc: note: {message}", file=sys.stderr))
         models: dict[str, ModelProfile] = {}
         gpus: dict[str, HardwareProfile] = {}
         for directory in (shipped_dir("model_profiles"), shipped_dir("hardware_profiles")):
             for path in sorted(directory.glob("*.yaml")):
                 _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
-        dirs = []
-        if include_env:
-            if os.environ.get(ENV_PROFILES):
-                dirs.extend(p for p in os.environ[ENV_PROFILES].split(os.pathsep) if p)
-            elif user_profile_dir().is_dir():
-                dirs.append(str(user_profile_dir()))
-        dirs.extend(str(d) for d in user_dirs)
-        for directory in dirs:
-            path = Path(directory).expanduser()
+        for path in profile_dirs(user_dirs, include_env):
             if not path.is_dir():
-                raise CapcalcError(f"profile directory {directory!r} does not exist or is not a directory")
+                raise CapcalcError(f"profile directory {str(path)!r} does not exist or is not a directory")
             for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
                 if file.name.startswith("calibration"):
                     continue

@@ -17,7 +17,7 @@ from capcalc.efficiency import PARAMETERS, Efficiency, default_efficiency, resol
 from capcalc.errors import CapcalcError
 from capcalc.flops import decode_cost, prefill_cost
 from capcalc.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
-from capcalc.profiles import load_profile_file
+from capcalc.profiles import Registry, load_profile_file
 
 EFF = Efficiency(
     weight_bandwidth_efficiency=0.5,
@@ -139,6 +139,30 @@ def test_request_arithmetic(llama, seed_gpu):
     assert (r.prefill_bound, r.decode_bound) == ("compute", "memory")
     # the datasheet roofline is a lower bound
     assert r.ttft_roofline_s < r.ttft_s and r.itl_roofline_s < r.itl_s
+
+
+def test_decode_split_is_the_step_at_the_middle_context(llama, seed_gpu):
+    """decode_bound and the decode_* split describe the step at the middle context
+    (P+1 + P+O-1) // 2, which decode_costs interpolates exactly with the others."""
+    r = predict_latency(llama, seed_gpu, prompt_tokens=500, output_tokens=100, batch=3, efficiency=EFF)
+    middle = predict_decode_step(llama, seed_gpu, 3, (501 + 599) // 2, efficiency=EFF)
+    assert r.decode_weight_memory_s == pytest.approx(middle.weight_memory_s, rel=1e-12)
+    assert r.decode_kv_memory_s == pytest.approx(middle.kv_memory_s, rel=1e-12)
+    assert r.decode_compute_s == pytest.approx(middle.compute_s, rel=1e-12)
+    assert r.decode_bound == middle.bound
+
+
+def test_dequantised_weights_compute_in_the_serving_dtype(registry):
+    """int4 and mxfp4 weights multiply in the serving dtype of dtypes.serving_dtype, the
+    rule KV and fit use too: an fp32 checkpoint (gpt2) serves in fp16, not bf16."""
+    from capcalc.latency import resolve_compute_dtype
+
+    h100 = registry.gpu("h100-sxm")
+    assert resolve_compute_dtype("auto", "int4", registry.model("gpt2"), h100) == "fp16"
+    assert resolve_compute_dtype("auto", "auto", registry.model("gpt2"), h100) == "fp16"
+    assert resolve_compute_dtype("auto", "int4", registry.model("llama-3-8b"), h100) == "bf16"
+    deepseek = registry.model("deepseek-v3")  # an fp8 checkpoint: activations in bf16
+    assert resolve_compute_dtype("auto", "int4", deepseek, h100) == "bf16"
 
 
 def test_long_outputs_sample_evenly_spaced_contexts():
@@ -392,6 +416,41 @@ def test_not_fitting_is_a_note_not_an_error(cli):
     assert "does not fit (see `capcalc fit`)" in r.err
 
 
+def test_a_batch_beyond_vllms_kv_capacity_is_a_note(cli):
+    """The note is fit's own verdict: the same max_concurrency `capcalc fit` reports."""
+    capacity = cli("fit", "llama-3-8b", "--gpu", "rtx-4090", "--max-model-len", "5000", "--json").json()
+    assert capacity["max_concurrency"] < 64
+    r = cli(
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "rtx-4090",
+        "--batch",
+        "64",
+        "--prompt",
+        "4000",
+        "--output",
+        "1000",
+        "--json",
+    )
+    assert r.code == 0
+    assert f"holds {capacity['max_concurrency']:.2f} requests of 5,000 tokens, fewer than --batch 64" in r.err
+    fits = cli(
+        "latency",
+        "llama-3-8b",
+        "--gpu",
+        "rtx-4090",
+        "--batch",
+        "4",
+        "--prompt",
+        "4000",
+        "--output",
+        "1000",
+        "--json",
+    )
+    assert "note:" not in fits.err
+
+
 # ---------------------------------------------------------------- calibration file
 
 
@@ -423,7 +482,8 @@ def test_calibration_defaults_to_the_user_profile_dir(isolated_user_config, regi
     resolved = resolve_efficiency(registry.gpu("h100-sxm"), {}, load_calibration())
     assert resolved.calibrated and resolved.source == "calibration"
     assert resolved.efficiency.step_overhead_s == 1e-4
-    assert resolved.sources["weight_bandwidth_efficiency"] == "profile"  # h100-sxm carries a block
+    assert resolved.sources["prefill_flops_efficiency"] == "profile"  # h100-sxm's block keeps only this
+    assert resolved.sources["weight_bandwidth_efficiency"] == "default"
     assert resolved.sources["allreduce_latency_s"] == "default"
 
 
@@ -571,6 +631,49 @@ def test_calibration_in_capcalc_profiles_is_used_and_noted(cli, tmp_path, monkey
     assert (
         r.err.strip() == f"capcalc: note: using the calibration of h100-sxm measured 2026-11-20 from {path}"
     )
+
+
+def test_a_measured_only_calibration_entry_calibrates_nothing(cli, tmp_path, monkeypatch):
+    """`measure --gpu --save` writes device figures only: no parameter comes from them,
+    so there is no note and the record says where the parameters did come from."""
+    (tmp_path / "test-gpu.yaml").write_text(GPU_WITH_BLOCK)
+    monkeypatch.setenv("CAPCALC_PROFILES", str(tmp_path))
+    save_calibration(
+        "test-gpu",
+        {"device_name": "Test GPU", "measured_at": "2026-11-20", "measured": {"bandwidth_bytes_per_s": 3e12}},
+    )
+    r = cli("latency", "llama-3-8b", "--gpu", "test-gpu", "--prompt", "100", "--output", "10", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["efficiency_source"] == "profile"
+    assert "calibration" not in r.err
+    resolved = resolve_efficiency(Registry.load().gpu("test-gpu"), {}, load_calibration())
+    assert not resolved.calibrated and "calibration" not in resolved.sources.values()
+    assert resolved.calibration_path is None and resolved.calibration_date is None
+
+
+def test_calibration_is_read_and_noted_once_per_process(cli, tmp_path, monkeypatch):
+    """A sweep runs `latency` once per combination: the file is parsed once (again when it
+    changes) and the note printed once per entry."""
+    from capcalc.cli import common
+
+    path = save_calibration(
+        "h100-sxm", {"measured_at": "2026-11-21", "efficiency": {"step_overhead_s": 1e-3}}, tmp_path
+    )
+    reads = []
+    monkeypatch.setattr(common, "load_calibration", lambda dirs: reads.append(dirs) or load_calibration(dirs))
+    args = ("latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", 100, "--output", 10, "--json", "--profiles", tmp_path)  # fmt: skip
+    first, second = cli(*args), cli(*args, "--batch", "2")
+    assert first.code == second.code == 0, first.err + second.err
+    note = f"capcalc: note: using the calibration of h100-sxm measured 2026-11-21 from {path}"
+    assert first.err.strip() == note and second.err == ""
+    assert second.json()["assume_step_overhead_s"] == 1e-3
+    assert len(reads) == 1
+    save_calibration(
+        "h100-sxm", {"measured_at": "2026-11-22", "efficiency": {"step_overhead_s": 2.5e-3}}, tmp_path
+    )
+    third = cli(*args)
+    assert len(reads) == 2 and third.json()["assume_step_overhead_s"] == 2.5e-3
+    assert "measured 2026-11-22" in third.err  # a new entry is noted
 
 
 def test_prompt_and_output_default_to_1024_in_256_out(cli):

@@ -179,7 +179,9 @@ def test_measure_model_on_the_cpu(cli, small_bench):
         assert p["measured_time_s"] > 0 and p["repeats"] == 2 and p["cuda_graph"] is False
         # the record's own arithmetic
         assert p["error_pct"] == pytest.approx(100 * (p["predicted_time_s"] / p["measured_time_s"] - 1))
-        assert p["achieved_bandwidth_bytes_per_s"] == pytest.approx(p["predicted_bytes_per_step"] / p["measured_time_s"])
+        assert p["achieved_bandwidth_bytes_per_s"] == pytest.approx(
+            p["predicted_bytes_per_step"] / p["measured_time_s"]
+        )
         expected_tokens = p["batch"] if p["record"] == "decode" else p["batch"] * p["prompt_tokens"]
         assert p["tokens_per_s"] == pytest.approx(expected_tokens / p["measured_time_s"])
         # the cache allocated: sliding layers (0, 2) hold the 16-token window, fp32, 1 KV head of 16

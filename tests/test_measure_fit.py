@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
+import yaml
 from conftest import TEST_PROFILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capcalc import calibration
 from capcalc.efficiency import Efficiency
 from capcalc.errors import CapcalcError
 from capcalc.kv import kv_bytes_per_sequence
@@ -21,6 +24,7 @@ from capcalc.measure.calibrate import (
     draft_profile,
     draft_profile_dict,
     predict,
+    save_entry,
     shipped_efficiency,
 )
 from capcalc.measure.fit import least_squares, median_abs_pct, solve
@@ -286,3 +290,49 @@ def test_joint_fit_of_dense_and_moe_models_as_on_the_h100(registry):
     for m in models:
         assert cal.median(points, "decode", after=True, model=m.name) < 0.1
         assert cal.median(points, "prefill", after=True, model=m.name) < 0.1
+
+
+# --------------------------------------------------------------------------- saving the calibration
+
+
+def test_save_entry_reads_only_its_target_file_once(tmp_path, monkeypatch, isolated_user_config):
+    """`measure --save` merges into the user directory's own entry, never copying in an
+    entry that another profile directory holds for the same GPU."""
+    other = tmp_path / "other"
+    calibration.save_calibration(
+        "h100-sxm", {"notes": "theirs", "efficiency": {"step_overhead_s": 1e-3}}, other
+    )
+    monkeypatch.setenv("CAPCALC_PROFILES", os.pathsep.join([str(isolated_user_config), str(other)]))
+    mine = {"efficiency": {"layer_overhead_s": 2e-5}}
+    calibration.save_calibration("h100-sxm", mine, isolated_user_config)
+    calibration.save_calibration("a100-80gb-sxm", mine, isolated_user_config)
+    reads = []
+    real_read = calibration._read
+    monkeypatch.setattr(calibration, "_read", lambda path: reads.append(path) or real_read(path))
+    path = save_entry(
+        "h100-sxm",
+        "NVIDIA H100 80GB HBM3",
+        "capcalc measure --gpu --save",
+        "2.5.1",
+        {"bandwidth_bytes_per_s": 3e12},
+    )
+    assert path == isolated_user_config / calibration.CALIBRATION_FILE
+    assert reads == [path]  # the target alone, once
+    saved = yaml.safe_load(path.read_text())["gpus"]
+    assert saved["a100-80gb-sxm"] == mine  # other GPUs kept
+    entry = saved["h100-sxm"]
+    assert entry["efficiency"] == {"layer_overhead_s": 2e-5}  # its own kept, the other directory's not merged
+    assert "notes" not in entry and "path" not in entry
+    assert entry["measured"] == {"bandwidth_bytes_per_s": 3e12}
+    assert entry["device_name"] == "NVIDIA H100 80GB HBM3" and entry["torch_version"] == "2.5.1"
+    # fitted efficiencies are merged over what the entry held
+    save_entry(
+        "h100-sxm",
+        "NVIDIA H100 80GB HBM3",
+        "capcalc measure x --save",
+        "2.5.1",
+        efficiency=Efficiency(layer_overhead_s=3e-5),
+    )
+    entry = yaml.safe_load(path.read_text())["gpus"]["h100-sxm"]
+    assert entry["efficiency"]["layer_overhead_s"] == 3e-5 and set(entry["efficiency"]) == set(FITTED)
+    assert entry["measured"] == {"bandwidth_bytes_per_s": 3e12}

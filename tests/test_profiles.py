@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 import pytest
@@ -152,6 +153,31 @@ def test_unknown_model_lists_three_closest(cli):
 def test_missing_profile_directory(cli, tmp_path):
     line = one_error_line(cli("models", "--profiles", tmp_path / "nope"))
     assert "does not exist" in line
+
+
+def test_profile_dirs_one_rule_for_profiles_and_calibration(tmp_path, monkeypatch, isolated_user_config):
+    """$CAPCALC_PROFILES directories, else the user directory if it exists; then --profiles."""
+    from capcalc.calibration import load_calibration, save_calibration
+    from capcalc.profiles import Registry, profile_dirs
+
+    extra, env_a, env_b = tmp_path / "extra", tmp_path / "env-a", tmp_path / "env-b"
+    for d in (extra, env_a, env_b):
+        d.mkdir()
+    assert profile_dirs([extra]) == [extra]  # no user directory yet
+    isolated_user_config.mkdir(parents=True)
+    assert profile_dirs([extra]) == [isolated_user_config, extra]
+    assert profile_dirs([extra], include_env=False) == [extra]
+    monkeypatch.setenv("CAPCALC_PROFILES", os.pathsep.join([str(env_a), str(env_b)]))
+    assert profile_dirs([extra]) == [env_a, env_b, extra]  # the user directory is not read
+    assert profile_dirs([env_a]) == [env_b, env_a]  # named twice: read once, at its last place
+    # profiles and calibration follow it: the user directory's files are both left out
+    write(isolated_user_config, "mine.yaml", GOOD_MODEL)
+    save_calibration("h100-sxm", {"efficiency": {"step_overhead_s": 1e-3}}, isolated_user_config)
+    assert "tiny-test" not in Registry.load().models
+    assert load_calibration()["gpus"] == {}
+    monkeypatch.delenv("CAPCALC_PROFILES")
+    assert "tiny-test" in Registry.load().models
+    assert load_calibration()["gpus"]["h100-sxm"]["efficiency"] == {"step_overhead_s": 1e-3}
 
 
 def test_every_shipped_profile_cites_sources(registry):

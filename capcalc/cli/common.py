@@ -3,7 +3,7 @@ and the one function that hands records to the renderer."""
 
 from __future__ import annotations
 
-import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -12,9 +12,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..calibration import load_calibration
+from ..efficiency import ResolvedEfficiency
 from ..errors import CapcalcError
 from ..output import TableSpec, choose_format, emit
-from ..profiles import ENV_PROFILES, Registry, user_profile_dir
+from ..profiles import Registry, profile_dirs
 from ..units import parse_quantity
 
 app = typer.Typer(
@@ -79,37 +81,66 @@ class Output:
 
 
 _REGISTRY_CACHE: dict[tuple, Registry] = {}
+_CALIBRATION_CACHE: dict[tuple, dict] = {}
+_CALIBRATION_NOTED: set[tuple] = set()
 
 
-def _profile_files_state(dirs: list[str]) -> tuple:
-    """(path, mtime, size) of every YAML file capcalc would read from ``dirs``."""
+def _profile_files_state(dirs: list[Path]) -> tuple:
+    """(path, inode, mtime, size) of every YAML file capcalc would read from ``dirs`` (the
+    inode: an atomic rewrite within the clock's granularity may keep mtime and size)."""
     state = []
-    for directory in dirs:
-        path = Path(directory).expanduser()
+    for path in dirs:
         if path.is_dir():
             for file in sorted(path.iterdir()):
                 if file.suffix in (".yaml", ".yml"):
                     stat = file.stat()
-                    state.append((str(file), stat.st_mtime_ns, stat.st_size))
+                    state.append((str(file), stat.st_ino, stat.st_mtime_ns, stat.st_size))
         else:
-            state.append((str(path), None, None))
+            state.append((str(path), None, None, None))
     return tuple(state)
+
+
+def _files_key(profiles: Optional[list[Path]]) -> tuple:
+    """What a registry or calibration read for these ``--profiles`` depends on: the
+    directories read (:func:`capcalc.profiles.profile_dirs`) and their files' state."""
+    dirs = profile_dirs(profiles or ())
+    return (tuple(str(d) for d in dirs), _profile_files_state(dirs))
 
 
 def load_registry(profiles: Optional[list[Path]]) -> Registry:
     """The registry for these ``--profiles`` directories, loaded once per process
     (``sweep`` runs a command thousands of times) and reloaded when any profile
     file in play changes."""
-    dirs = [str(d) for d in (profiles or ())]
-    env = os.environ.get(ENV_PROFILES, "")
-    user_dir = user_profile_dir()
-    default_dir = str(user_dir) if not env and user_dir.is_dir() else ""
-    watched = [*dirs, *(p for p in env.split(os.pathsep) if p), *([default_dir] if default_dir else [])]
-    key = (tuple(dirs), env, default_dir, _profile_files_state(watched))
+    key = _files_key(profiles)
     if key not in _REGISTRY_CACHE:
         _REGISTRY_CACHE.clear()
-        _REGISTRY_CACHE[key] = Registry.load(dirs)
+        _REGISTRY_CACHE[key] = Registry.load([str(d) for d in (profiles or ())])
     return _REGISTRY_CACHE[key]
+
+
+def load_calibration_cached(profiles: Optional[list[Path]]) -> dict:
+    """:func:`capcalc.calibration.load_calibration` for these ``--profiles``, read once
+    per process like :func:`load_registry` and reread when a file in play changes.
+    The mapping is shared between calls: do not modify it."""
+    key = _files_key(profiles)
+    if key not in _CALIBRATION_CACHE:
+        _CALIBRATION_CACHE.clear()
+        _CALIBRATION_CACHE[key] = load_calibration(profiles or ())
+    return _CALIBRATION_CACHE[key]
+
+
+def note_calibration(gpu_name: str, resolved: ResolvedEfficiency) -> None:
+    """Say on stderr that ``gpu_name``'s calibration is used: once per process for each
+    entry (``sweep`` resolves the same one for every combination)."""
+    if not resolved.calibrated:
+        return
+    key = (gpu_name, resolved.calibration_path, resolved.calibration_date)
+    if key in _CALIBRATION_NOTED:
+        return
+    _CALIBRATION_NOTED.add(key)
+    when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
+    where = resolved.calibration_path or "calibration.yaml"
+    print(f"capcalc: note: using the calibration of {gpu_name}{when} from {where}", file=sys.stderr)
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

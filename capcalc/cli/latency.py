@@ -8,13 +8,22 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..calibration import load_calibration
 from ..efficiency import DESCRIPTIONS, ResolvedEfficiency, flag_name, resolve_efficiency
-from ..kv import kv_bytes_per_sequence
+from ..fit import FitRequest, fit, memory_of
 from ..latency import predict_latency
 from ..output import TableSpec, humanize, record
-from ..weights import weight_bytes
-from .common import CsvFlag, JsonFlag, JsonlFlag, NoCalibrationFlag, Output, ProfilesOpt, app, load_registry
+from .common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    NoCalibrationFlag,
+    Output,
+    ProfilesOpt,
+    app,
+    load_calibration_cached,
+    load_registry,
+    note_calibration,
+)
 from .roofline import ComputeDtypeOpt, GpuOpt, KvDtypeOpt, TpOpt, WeightDtypeOpt
 
 
@@ -51,6 +60,36 @@ def render(title: str):
         console.print(table)
 
     return draw
+
+
+def serving_warning(profile, device, result, batch: int, context: int) -> str | None:
+    """What `capcalc fit` would say against this prediction, when it is not served as
+    asked: the weights or one request do not fit, or vLLM's KV cache holds fewer
+    requests of ``context`` tokens than the batch."""
+    if context > profile.max_context:
+        return f"{context:,} tokens exceed {profile.name}'s max context ({profile.max_context:,})"
+    memory, source = memory_of(device)
+    request = FitRequest(
+        memory,
+        source,
+        gpu=device.name,
+        tp=result.tp,
+        weight_dtype=result.weight_dtype,
+        kv_dtype=result.kv_dtype,
+        max_model_len=context,
+    )
+    capacity = fit(profile, request, suggest=False)
+    if not capacity.fits:
+        return (
+            f"{profile.name} at tp={result.tp} on {device.name} with {context:,}-token requests: "
+            "does not fit (see `capcalc fit`)"
+        )
+    if capacity.max_concurrency < batch:
+        return (
+            f"vLLM's KV cache on {device.name} holds {capacity.max_concurrency:.2f} requests of {context:,} "
+            f"tokens, fewer than --batch {batch} (see `capcalc fit`)"
+        )
+    return None
 
 
 @app.command(name="latency")
@@ -99,15 +138,9 @@ def latency_command(
         step_overhead_s=step_overhead,
         allreduce_latency_s=allreduce_latency,
     )
-    calibration = None if no_calibration else load_calibration(profiles or ())
+    calibration = None if no_calibration else load_calibration_cached(profiles)
     resolved = resolve_efficiency(device, flags, calibration)
-    if resolved.calibrated:
-        entry = calibration["gpus"][device.name]
-        when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
-        print(
-            f"capcalc: note: using the calibration of {device.name}{when} from {entry.get('path', 'calibration.yaml')}",
-            file=sys.stderr,
-        )
+    note_calibration(device.name, resolved)
     result = predict_latency(
         profile,
         device,
@@ -120,15 +153,9 @@ def latency_command(
         efficiency=resolved,
         compute_dtype=compute_dtype,
     )
-    needed = weight_bytes(profile, result.weight_dtype).bytes / tp + batch * kv_bytes_per_sequence(
-        profile, prompt + output, result.kv_dtype, tp
-    )
-    if needed > device.memory_bytes:
-        print(
-            f"capcalc: note: weights + KV need {humanize('bytes', needed)} per GPU, more than {device.name}'s "
-            f"{humanize('bytes', device.memory_bytes)}: this configuration does not fit (see `capcalc fit`)",
-            file=sys.stderr,
-        )
+    warning = serving_warning(profile, device, result, batch, prompt + output)
+    if warning:
+        print(f"capcalc: note: {warning}", file=sys.stderr)
     rec = record(result, **resolved.as_record())
     title = f"Latency: {result.model} on {result.gpu}, {batch} x ({prompt:,} in, {output:,} out), tp={tp}"
     out.emit([rec], TableSpec(render=render(title), notes=assumption_notes(resolved)), single=True)

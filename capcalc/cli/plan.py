@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..calibration import load_calibration
 from ..efficiency import resolve_efficiency
 from ..errors import CapcalcError
 from ..fit import DEFAULT_UTILIZATION
@@ -25,6 +24,7 @@ from .common import (
     Output,
     ProfilesOpt,
     app,
+    load_calibration_cached,
     load_registry,
     parse_int_list,
 )
@@ -125,7 +125,7 @@ def plan_command(
     ]
     prices = {g.name: (g.price_per_hour, g.sources.get("price", "profile")) for g in gpus if g.price_per_hour}
     prices.update(parse_prices(price, reg))
-    calibration = None if no_calibration else load_calibration(profiles or ())
+    calibration = None if no_calibration else load_calibration_cached(profiles)
     results = plan(
         profile,
         candidates,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..calibration import load_calibration, save_calibration
+from ..calibration import update_calibration
 from ..efficiency import Efficiency, resolve_efficiency
 from ..errors import CapcalcError
 from ..latency import StepPrediction, predict_decode_step, predict_prefill
@@ -35,14 +35,27 @@ FITTED = (
     "moe_layer_overhead_s",
     "moe_token_overhead_s",
 )
+#: Search bounds of the fit, not claims about hardware. The fit works on log(value), so
+#: every lower bound is a positive floor that stands for "none"; every upper bound only
+#: keeps the search finite and sits far outside anything a measured step can mean.
 _BOUNDS = {
+    # fractions of the datasheet (check_value's (0, 1]); 0.1% is below any device, CPUs included
     "weight_bandwidth_efficiency": (1e-3, 1.0),
     "kv_bandwidth_efficiency": (1e-3, 1.0),
     "prefill_flops_efficiency": (1e-3, 1.0),
+    # tokens; 1e-3 is "at the asymptote from the first token"; 1e7 is 100x the largest
+    # step `measure` times by default (batch 64 x 2048-token prompts is 1.3e5 tokens):
+    # beyond it eff(n) is n / n_half at every measured n and the points cannot move it
     "prefill_tokens_half_efficiency": (1e-3, 1e7),
+    # seconds per layer / per MoE layer; 1 ns is 1e-4 of the smallest fitted or default
+    # cost (10 us), so "none"; 1 s is ~1e4x the largest seen (115 us, docs/measure.md)
     "layer_overhead_s": (1e-9, 1.0),
     "moe_layer_overhead_s": (1e-9, 1.0),
+    # seconds per token per MoE layer; 1e-12 x 1e5 tokens x 100 layers is 10 us, i.e.
+    # "none"; 1 ms is ~4000x the 238 ns fitted on an H100 (docs/validation.md)
     "moe_token_overhead_s": (1e-12, 1e-3),
+    # seconds per step; 1 ns is "none"; 10 s is ~10x a whole decode step of an 8B model in
+    # fp32 on a CPU (32 GB at tens of GB/s), the slowest step a measure run would time
     "step_overhead_s": (1e-9, 10.0),
 }
 
@@ -57,9 +70,8 @@ def find_profile(registry: Registry, device_name: str) -> HardwareProfile | None
     return None
 
 
-def profile_origin(profile: HardwareProfile, drafted: bool = False) -> str:
-    if drafted:
-        return "drafted"
+def profile_origin(profile: HardwareProfile) -> str:
+    """Where a found profile came from: ``shipped`` or ``user``."""
     try:
         shipped = shipped_dir("hardware_profiles").resolve()
         return "shipped" if Path(profile.path).resolve().parent == shipped else "user"
@@ -144,7 +156,6 @@ class Calibration:
     after: Efficiency
     errors_before_pct: list[float]
     errors_after_pct: list[float]
-    iterations: int
 
     def median(self, points: list[Point], phase: str, after: bool, model: str | None = None) -> float | None:
         """Median |error| in percent over the points of ``phase`` (and ``model``, if given)."""
@@ -196,7 +207,7 @@ def calibrate(gpu: HardwareProfile, points: list[Point], dtype: str, start: Effi
         after = start
     before_err = [error_pct(predict(gpu, p, dtype, start).time_s, p.measured_s) for p in points]
     after_err = [error_pct(predict(gpu, p, dtype, after).time_s, p.measured_s) for p in points]
-    return Calibration(start, after, before_err, after_err, fit.iterations)
+    return Calibration(start, after, before_err, after_err)
 
 
 def save_entry(
@@ -209,22 +220,26 @@ def save_entry(
     directory: str | Path | None = None,
 ) -> Path:
     """Merge measured device figures and/or fitted efficiencies into ``gpu_name``'s
-    calibration entry (what was there and is not replaced is kept)."""
-    dirs = [directory] if directory is not None else []
-    existing = dict(load_calibration(dirs).get("gpus", {}).get(gpu_name) or {})
-    existing.pop("path", None)
-    entry: dict[str, Any] = {
-        **existing,
-        "device_name": device_name,
-        "measured_at": _dt.date.today().isoformat(),
-        "command": command,
-        "torch_version": torch_version,
-    }
-    if measured is not None:
-        entry["measured"] = {**(existing.get("measured") or {}), **measured}
-    if efficiency is not None:
-        entry["efficiency"] = {
-            **(existing.get("efficiency") or {}),
-            **{n: getattr(efficiency, n) for n in FITTED},
+    entry in ``directory``'s calibration file (default: the user profile directory);
+    what that entry held and is not replaced is kept. Only that file is read: an entry
+    for the GPU in another profile directory is not copied into it."""
+
+    def merge(existing: dict[str, Any] | None) -> dict[str, Any]:
+        existing = existing or {}
+        entry: dict[str, Any] = {
+            **existing,
+            "device_name": device_name,
+            "measured_at": _dt.date.today().isoformat(),
+            "command": command,
+            "torch_version": torch_version,
         }
-    return save_calibration(gpu_name, entry, directory)
+        if measured is not None:
+            entry["measured"] = {**(existing.get("measured") or {}), **measured}
+        if efficiency is not None:
+            entry["efficiency"] = {
+                **(existing.get("efficiency") or {}),
+                **{n: getattr(efficiency, n) for n in FITTED},
+            }
+        return entry
+
+    return update_calibration(gpu_name, merge, directory)

@@ -13,8 +13,9 @@ black box (the latency module's own functions), so the fit always calibrates the
 model that later predictions use. Method: Levenberg-Marquardt in log-parameter space
 (keeps every parameter positive), forward-difference Jacobian, the damped normal
 equations (J^T J + lambda diag(J^T J)) delta = -J^T r solved by Gaussian elimination
-(at most a 7 x 7 system: no numpy needed). Each parameter is clamped to its bounds (fractions
-to (0, 1]). A parameter the points do not constrain (no prefill points: the prefill
+(one row per fitted parameter, at most 8 x 8 for the eight of
+:data:`capcalc.measure.calibrate.FITTED`: no numpy needed). Each parameter is clamped to
+its bounds (fractions to (0, 1]). A parameter the points do not constrain (no prefill points: the prefill
 efficiency) keeps its starting value.
 """
 
@@ -32,7 +33,7 @@ def solve(matrix: list[list[float]], rhs: list[float]) -> list[float]:
     a = [list(row) + [b] for row, b in zip(matrix, rhs, strict=True)]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-300:
+        if abs(a[pivot][col]) < 1e-300:  # zero to double precision (smallest normal: 2.2e-308)
             raise ZeroDivisionError("singular system")
         a[col], a[pivot] = a[pivot], a[col]
         for r in range(col + 1, n):
@@ -51,7 +52,6 @@ class FitResult:
     values: list[float]
     cost_before: float  # sum of squared relative errors at the start
     cost_after: float
-    iterations: int
 
 
 def least_squares(
@@ -59,7 +59,7 @@ def least_squares(
     start: Sequence[float],
     lower: Sequence[float],
     upper: Sequence[float],
-    iterations: int = 100,
+    iterations: int = 100,  # a safety cap on Jacobians; convergence (below) normally stops first
 ) -> FitResult:
     """Minimise sum(residuals(x)^2) over lower <= x <= upper (all > 0), from ``start``."""
 
@@ -72,8 +72,12 @@ def least_squares(
     u = [math.log(min(max(x, lo), hi)) for x, lo, hi in zip(start, lower, upper, strict=True)]
     r = list(residuals(clamp(u)))
     cost = first = cost_of(r)
-    lam, n, done = 1e-2, len(u), 0
-    for done in range(1, iterations + 1):  # noqa: B007
+    # algorithm settings, not physics:
+    # initial damping 1e-2: close to Gauss-Newton, since the start (shipped defaults) is near
+    lam, n = 1e-2, len(u)
+    for _ in range(iterations):
+        # forward-difference step in u = log(value), i.e. a relative change of 1e-6: far above
+        # the ~1e-16 rounding of a prediction, far below the scale on which its slope changes
         step = 1e-6
         columns = []
         for j in range(n):
@@ -87,15 +91,17 @@ def least_squares(
         ]
         jtr = [sum(ci * ri for ci, ri in zip(columns[i], r, strict=True)) for i in range(n)]
         improved = False
+        # at damping 1e12 a step is the gradient x ~1e-12: nothing left to try, stop
         while lam < 1e12:
             damped = [
+                # + 1e-12: a parameter with no effect (zero diagonal) still gets damping
                 [jtj[i][j] + (lam * (jtj[i][i] + 1e-12) if i == j else 0.0) for j in range(n)]
                 for i in range(n)
             ]
             try:
                 delta = solve(damped, [-g for g in jtr])
             except ZeroDivisionError:
-                lam *= 10
+                lam *= 10  # singular even with damping: raise it faster than on a rejected step
                 continue
             trial = [ui + di for ui, di in zip(u, delta, strict=True)]
             # keep u inside the box so that a clamped parameter can come back
@@ -107,13 +113,18 @@ def least_squares(
             if cost_trial < cost:
                 gain = cost - cost_trial
                 u, r, cost = trial, r_trial, cost_trial
+                # accepted: towards Gauss-Newton, by a factor below the 4 of a rejection so
+                # that damping settles instead of swinging (Marquardt used 10 both ways);
+                # the floor 1e-9 keeps it from underflowing to an undamped, maybe singular, solve
                 lam = max(lam / 3, 1e-9)
                 improved = True
                 break
-            lam *= 4
+            lam *= 4  # rejected: towards gradient descent with a shorter step
+        # converged when a step gains less than 1e-9 of the sum: repeated timings differ by
+        # far more than that, so a smaller gain is noise (1e-30: a sum of exactly 0 stops)
         if not improved or gain <= 1e-9 * max(cost, 1e-30):
             break
-    return FitResult(values=clamp(u), cost_before=first, cost_after=cost, iterations=done)
+    return FitResult(values=clamp(u), cost_before=first, cost_after=cost)
 
 
 def median_abs_pct(errors: Sequence[float]) -> float | None:
