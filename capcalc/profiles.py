@@ -305,9 +305,25 @@ def _load_yaml(path: Path):
         raise ProfileError(path, where, f"invalid YAML: {problem}") from None
 
 
+#: a profile name: lower-case letters and digits, words joined by '-', '.' in versions
+PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+
+
 def _check_name(reader: _Reader, name: str):
-    if name != name.lower() or " " in name:
-        reader.fail("name", f"expected a lower-case, hyphenated name, got {name!r}")
+    if not PROFILE_NAME.match(name):
+        reader.fail(
+            "name", f"expected a lower-case, hyphenated name (letters, digits, '-', '.'), got {name!r}"
+        )
+
+
+def _official_kind(top: _Reader, data: dict) -> str | None:
+    """``exact`` or ``rounded`` (default), and only beside a ``params_official`` count."""
+    if "params_official" not in data:
+        if data.get("params_official_kind") is not None:
+            top.fail("params_official_kind", "given without params_official")
+        top.used.add("params_official_kind")
+        return None
+    return top.choice("params_official_kind", ("exact", "rounded"), "rounded")
 
 
 def model_from_dict(data: dict, path="<model>") -> ModelProfile:
@@ -322,9 +338,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
         display_name=top.string("display_name", False, "") or name,
         aliases=top.string_list("aliases"),
         params_official=top.integer("params_official", False),
-        params_official_kind=top.choice("params_official_kind", ("exact", "rounded"), "rounded")
-        if "params_official" in data
-        else top.raw("params_official_kind", False),
+        params_official_kind=_official_kind(top, data),
         params_official_source=top.string("params_official_source", "params_official" in data),
         native_dtype=_dtype_field(top, "native_dtype"),
         notes=str(top.raw("notes", False, "") or ""),
@@ -391,6 +405,19 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
             q_lora_rank=mla.integer("q_lora_rank") if q_lora is not None else None,
         )
         mla.finish()
+        a = values["mla"]
+        # MLA's config states these; they must agree with the latent shapes (docs/profiles.md)
+        if values["num_kv_heads"] != heads:
+            arch.fail(
+                "num_kv_heads",
+                f"with mla it equals num_attention_heads ({heads}), got {values['num_kv_heads']}",
+            )
+        if values["head_dim"] != a.qk_nope_head_dim + a.qk_rope_head_dim:
+            arch.fail(
+                "head_dim",
+                f"with mla it is qk_nope_head_dim + qk_rope_head_dim "
+                f"({a.qk_nope_head_dim + a.qk_rope_head_dim}), got {values['head_dim']}",
+            )
 
     layer_types = ("full",) * values["num_layers"]
     window = top.sub("sliding_window")
@@ -425,6 +452,21 @@ def _dtype_field(reader: _Reader, key: str) -> str:
         return canonical_dtype(str(value))
     except CapcalcError:
         reader.fail(key, f"unknown dtype {value!r}: expected one of {', '.join(DTYPE_BYTES)}")
+
+
+def _efficiency_field(top: _Reader, path) -> dict[str, float]:
+    """The ``efficiency:`` block, checked (known parameters, valid values) and parsed to
+    base units when the profile loads, not each time a prediction reads it."""
+    from .efficiency import check_mapping  # efficiency imports this module
+
+    raw = top.raw("efficiency", False, {}) or {}
+    if not isinstance(raw, dict):
+        top.fail("efficiency", "expected a mapping")
+    try:
+        return check_mapping(raw, "efficiency")
+    except CapcalcError as exc:
+        field, _, problem = exc.message.partition(": ")
+        raise ProfileError(path, field, problem) from None
 
 
 _HW_SOURCED = {
@@ -466,9 +508,7 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
             f"unknown key (known: {', '.join(sorted(set(_HW_SOURCED.values())))})",
         )
 
-    efficiency = top.raw("efficiency", False, {}) or {}
-    if not isinstance(efficiency, dict):
-        top.fail("efficiency", "expected a mapping")
+    efficiency = _efficiency_field(top, path)
     if efficiency and "efficiency" not in sources:
         top.fail("sources.efficiency", "missing: the efficiency defaults need a source")
     price = top.raw("price_per_hour", False)
@@ -563,6 +603,14 @@ class Registry:
 
     def model(self, name: str) -> ModelProfile:
         return self._lookup(name, self.models, self._model_index, "model")
+
+    def knows_model(self, name: str) -> bool:
+        """``name`` is a model profile's name or alias (case-insensitive)."""
+        return _key(name) in self._model_index
+
+    def closest_profiles(self, name: str) -> list[str]:
+        """The three model or GPU names closest to ``name``."""
+        return self.closest(name, {**self._gpu_index, **self._model_index})
 
     def resolve_model(self, name: str) -> ModelProfile:
         """A model by, in this order: profile name or alias; a local folder holding

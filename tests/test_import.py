@@ -80,7 +80,7 @@ def test_bad_name(cli, tmp_path):
     r = cli("import", str(write_folder(tmp_path / "m", TINY_LLAMA)), "--name", "My Model")
     assert (r.code, r.err) == (
         2,
-        "capcalc: error: --name must be lower-case letters, digits, '.', '-' or '_', got 'My Model'\n",
+        "capcalc: error: --name must be lower-case letters, digits, '-' or '.', got 'My Model'\n",
     )
 
 

@@ -80,6 +80,61 @@ def test_unknown_key_suggests_the_right_one(cli, tmp_path):
     path = write(tmp_path, "tiny.yaml", GOOD_MODEL.replace("num_kv_heads", "num_kv_head"))
     line = one_error_line(cli("models", "--profiles", tmp_path))
     assert f"{path}: architecture." in line
+    # beside the real key, the typo'd one reaches the unknown-key check and its suggestion
+    path = write(
+        tmp_path,
+        "tiny.yaml",
+        GOOD_MODEL.replace("  num_kv_heads: 2\n", "  num_kv_heads: 2\n  num_kv_head: 2\n"),
+    )
+    line = one_error_line(cli("models", "--profiles", tmp_path))
+    assert (
+        line
+        == f"capcalc: error: {path}: architecture.num_kv_head: unknown key (did you mean 'num_kv_heads'?)"
+    )
+
+
+def test_mla_shapes_must_agree_with_heads_and_head_dim(cli, tmp_path):
+    mla = GOOD_MODEL + "mla: {kv_lora_rank: 32, qk_rope_head_dim: 8, qk_nope_head_dim: 8, v_head_dim: 16}\n"
+    path = write(tmp_path, "tiny.yaml", mla)
+    line = one_error_line(cli("models", "--profiles", tmp_path))
+    assert line == (
+        f"capcalc: error: {path}: architecture.num_kv_heads: with mla it equals num_attention_heads (4), got 2"
+    )
+    path = write(
+        tmp_path,
+        "tiny.yaml",
+        mla.replace("num_kv_heads: 2", "num_kv_heads: 4").replace("head_dim: 16", "head_dim: 12"),
+    )
+    line = one_error_line(cli("models", "--profiles", tmp_path))
+    assert line.endswith(
+        "architecture.head_dim: with mla it is qk_nope_head_dim + qk_rope_head_dim (16), got 12"
+    )
+
+
+def test_official_kind_needs_an_official_count(cli, tmp_path):
+    path = write(tmp_path, "tiny.yaml", GOOD_MODEL + "params_official_kind: bogus\n")
+    line = one_error_line(cli("models", "--profiles", tmp_path))
+    assert line == f"capcalc: error: {path}: params_official_kind: given without params_official"
+
+
+def test_gpu_efficiency_block_is_checked_when_the_profile_loads(cli, tmp_path):
+    path = write(
+        tmp_path,
+        "gpu.yaml",
+        """\
+        name: test-gpu
+        memory: 24 GB
+        bandwidth: 1 TB/s
+        peak_flops: {bf16: 100 TFLOP/s}
+        efficiency: {layer_overhed_s: 10 us}
+        sources: {memory: x, bandwidth: x, peak_flops: x, efficiency: x}
+        """,
+    )
+    line = one_error_line(cli("gpus", "--profiles", tmp_path))
+    assert line == (
+        f"capcalc: error: {path}: efficiency: unknown efficiency parameter 'layer_overhed_s' "
+        "(did you mean 'layer_overhead_s'?)"
+    )
 
 
 def test_python_object_tag_is_refused_by_the_safe_loader(cli, tmp_path):

@@ -76,8 +76,7 @@ def find_profile(reg: Registry, name: str):
 
     if classify(name) is not None:
         return reg.resolve_model(name)
-    index = {**reg._gpu_index, **reg._model_index}
-    raise CapcalcError(f"unknown model or GPU {name!r}; closest: {', '.join(Registry.closest(name, index))}")
+    raise CapcalcError(f"unknown model or GPU {name!r}; closest: {', '.join(reg.closest_profiles(name))}")
 
 
 @app.command()

@@ -4,7 +4,6 @@ folder or a Hugging Face repo id into the user profile directory."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,11 +14,9 @@ import yaml
 from ..errors import CapcalcError
 from ..fileio import write_atomic
 from ..output import TableSpec, record
-from ..profiles import model_from_dict, user_profile_dir
+from ..profiles import PROFILE_NAME, model_from_dict, user_profile_dir
 from ..summary import model_headline
 from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def render_profile(data: dict) -> str:
@@ -56,11 +53,11 @@ def import_(
     from .. import hub  # imports huggingface-hub: only this command and non-profile names need it
 
     output = Output(json_, jsonl, csv_)
-    if name is not None and not _NAME.match(name):
-        raise CapcalcError(f"--name must be lower-case letters, digits, '.', '-' or '_', got {name!r}")
+    if name is not None and not PROFILE_NAME.match(name):
+        raise CapcalcError(f"--name must be lower-case letters, digits, '-' or '.', got {name!r}")
     reg = load_registry(profiles)
     if hub.classify(source) is None:
-        known = source.strip().lower() in reg._model_index
+        known = reg.knows_model(source)
         raise CapcalcError(
             f"{source!r} is neither a folder nor a Hugging Face repo id (org/name)"
             + ("; it is already a profile (see `capcalc show`)" if known else "")
