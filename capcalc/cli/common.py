@@ -13,11 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..calibration import load_calibration
+from ..dtypes import KV_DTYPES
 from ..efficiency import ResolvedEfficiency
 from ..errors import CapcalcError
+from ..latency import COMPUTE_DTYPES
 from ..output import TableSpec, choose_format, emit
 from ..profiles import Registry, profile_dirs
 from ..units import parse_quantity
+from ..weights import WEIGHT_DTYPES
 
 app = typer.Typer(
     name="capcalc",
@@ -27,6 +30,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+# The arguments and options several commands share (one definition each).
+ModelArg = Annotated[str, typer.Argument(help="Model name, alias, Hugging Face id or checkpoint folder.")]
+GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU profile name or alias (see `capcalc gpus`).")]
+WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEIGHT_DTYPES)}.")]
+KvDtypeOpt = Annotated[
+    str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")
+]
+ComputeDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"Dtype whose peak bounds the matrix products: {', '.join(COMPUTE_DTYPES)} (auto: from weights)."
+    ),
+]
+TpOpt = Annotated[
+    int, typer.Option(help="Tensor-parallel GPUs (heads, weights and FLOPs split across them).")
+]
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (base units: bytes, seconds, FLOP).")]
 JsonlFlag = Annotated[bool, typer.Option("--jsonl", help="Print one JSON record per line.")]

@@ -10,13 +10,23 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..dtypes import KV_DTYPES
 from ..errors import CapcalcError
 from ..fit import DEFAULT_BLOCK_SIZE, DEFAULT_UTILIZATION, FitRequest, FitResult, fit, memory_of, search_tp
 from ..output import TableSpec, field_table, record
 from ..units import format_bytes, parse_quantity
-from ..weights import WEIGHT_DTYPES
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_bytes_option
+from .common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    KvDtypeOpt,
+    ModelArg,
+    Output,
+    ProfilesOpt,
+    WeightDtypeOpt,
+    app,
+    load_registry,
+    parse_bytes_option,
+)
 
 BAR_WIDTH = 50
 
@@ -40,7 +50,7 @@ def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
 
 @app.command("fit")
 def fit_command(
-    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    model: ModelArg,
     gpu: Annotated[
         Optional[str], typer.Option(help="GPU profile (memory: reported if known, else datasheet).")
     ] = None,
@@ -66,10 +76,8 @@ def fit_command(
             "--max-model-len", "--ctx", help="Tokens per request (default: the model's max context)."
         ),
     ] = None,
-    weight_dtype: Annotated[str, typer.Option(help=f"Weights: {', '.join(WEIGHT_DTYPES)}.")] = "auto",
-    kv_dtype: Annotated[
-        str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")
-    ] = "auto",
+    weight_dtype: WeightDtypeOpt = "auto",
+    kv_dtype: KvDtypeOpt = "auto",
     group_size: Annotated[int, typer.Option(help="Quantisation group size (int4/int8 scales).")] = 128,
     quantize_embeddings: Annotated[
         bool, typer.Option(help="Quantise the embedding and LM head too (default: 16-bit).")

@@ -6,22 +6,33 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..dtypes import KV_DTYPES
 from ..kv import kv_cache
 from ..output import TableSpec, record
 from ..units import format_bytes
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_bytes_option
+from .common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    KvDtypeOpt,
+    ModelArg,
+    Output,
+    ProfilesOpt,
+    TpOpt,
+    app,
+    load_registry,
+    parse_bytes_option,
+)
 
 
 @app.command()
 def kv(
-    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    model: ModelArg,
     ctx: Annotated[
         Optional[int], typer.Option(help="Tokens per sequence (default: the model's max context).")
     ] = None,
     batch: Annotated[int, typer.Option(help="Sequences.")] = 1,
-    kv_dtype: Annotated[str, typer.Option(help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")] = "auto",
-    tp: Annotated[int, typer.Option(help="Tensor-parallel GPUs (KV heads split across them).")] = 1,
+    kv_dtype: KvDtypeOpt = "auto",
+    tp: TpOpt = 1,
     memory: Annotated[
         Optional[str], typer.Option(help="KV memory per GPU (e.g. 8GB): how many sequences fit in it.")
     ] = None,

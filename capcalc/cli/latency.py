@@ -13,18 +13,23 @@ from ..fit import FitRequest, fit, memory_of
 from ..latency import predict_latency
 from ..output import TableSpec, humanize, record
 from .common import (
+    ComputeDtypeOpt,
     CsvFlag,
+    GpuOpt,
     JsonFlag,
     JsonlFlag,
+    KvDtypeOpt,
+    ModelArg,
     NoCalibrationFlag,
     Output,
     ProfilesOpt,
+    TpOpt,
+    WeightDtypeOpt,
     app,
     load_calibration_cached,
     load_registry,
     note_calibration,
 )
-from .roofline import ComputeDtypeOpt, GpuOpt, KvDtypeOpt, TpOpt, WeightDtypeOpt
 
 
 def _opt(name: str, kind: str):
@@ -94,7 +99,7 @@ def serving_warning(profile, device, result, batch: int, context: int) -> str | 
 
 @app.command(name="latency")
 def latency_command(
-    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    model: ModelArg,
     gpu: GpuOpt,
     prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 1024,
     output: Annotated[int, typer.Option(help="Output tokens per request.")] = 256,

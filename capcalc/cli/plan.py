@@ -20,6 +20,7 @@ from .common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
+    ModelArg,
     NoCalibrationFlag,
     Output,
     ProfilesOpt,
@@ -65,7 +66,7 @@ def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str
 
 @app.command(name="plan")
 def plan_command(
-    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    model: ModelArg,
     rps: Annotated[str, typer.Option("--rps", help="Requests per second to carry, e.g. 200 or 12000/min.")],
     prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")],
     output: Annotated[int, typer.Option(help="Output tokens per request.")],

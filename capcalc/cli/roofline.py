@@ -7,26 +7,26 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..dtypes import KV_DTYPES
 from ..flops import COMPONENTS
-from ..latency import COMPUTE_DTYPES
 from ..output import TableSpec, humanize, record
 from ..plot import check_plot_path, save_roofline_chart
 from ..roofline import chart_points, roofline
 from ..units import format_bytes
-from ..weights import WEIGHT_DTYPES
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
-
-GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU profile name or alias (see `capcalc gpus`).")]
-WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEIGHT_DTYPES)}.")]
-KvDtypeOpt = Annotated[str, typer.Option(help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")]
-ComputeDtypeOpt = Annotated[
-    str,
-    typer.Option(
-        help=f"Dtype whose peak bounds the matrix products: {', '.join(COMPUTE_DTYPES)} (auto: from weights)."
-    ),
-]
-TpOpt = Annotated[int, typer.Option(help="Tensor-parallel GPUs (FLOPs and weight bytes split across them).")]
+from .common import (
+    ComputeDtypeOpt,
+    CsvFlag,
+    GpuOpt,
+    JsonFlag,
+    JsonlFlag,
+    KvDtypeOpt,
+    ModelArg,
+    Output,
+    ProfilesOpt,
+    TpOpt,
+    WeightDtypeOpt,
+    app,
+    load_registry,
+)
 
 
 def landmark_notes(rec: dict) -> list[str]:
@@ -112,7 +112,7 @@ def render(records: list[dict], console) -> None:
 
 @app.command(name="roofline")
 def roofline_command(
-    model: Annotated[str, typer.Argument(help="Model name, alias or Hugging Face id.")],
+    model: ModelArg,
     gpu: GpuOpt,
     batch: Annotated[
         int, typer.Option(help="Sequences decoded together (and prompts prefilled together).")
