@@ -54,10 +54,6 @@ def canonical_dtype(name: str, allowed=None, what: str = "dtype") -> str:
     return key
 
 
-def dtype_bytes(name: str) -> float:
-    return DTYPE_BYTES[canonical_dtype(name)]
-
-
 def serving_dtype(native_dtype: str) -> str:
     """The activation dtype vLLM serves a checkpoint in with ``--dtype auto``: bf16 and
     fp16 checkpoints as they are, fp32 checkpoints in fp16, and quantised (fp8,

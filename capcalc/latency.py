@@ -46,7 +46,10 @@ from .profiles import HardwareProfile, ModelProfile
 from .weights import resolve_weight_dtype
 
 COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
-#: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts
+#: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts.
+#: The step time is piecewise linear in the context (kinks at a sliding window and where
+#: compute overtakes memory), so evenly spaced samples including both ends average it to
+#: within a fraction of the step change over one sample interval (1/32 of the range).
 ITL_SAMPLES = 33
 
 

@@ -104,7 +104,7 @@ def gpu_headline(gpu: HardwareProfile) -> dict:
         "peak_flops_per_s_bf16": bf16,
         "ridge_point_bf16_flop_per_byte": bf16 / gpu.bandwidth_bytes_per_s,
         "interconnect_bandwidth_bytes_per_s": gpu.interconnect_bandwidth_bytes_per_s,
-        "price_per_hour_usd": gpu.price_per_hour,
+        "price_per_gpu_hour_usd": gpu.price_per_hour,
     }
 
 

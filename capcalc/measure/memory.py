@@ -31,6 +31,11 @@ from ..params import count_params
 from ..profiles import ModelProfile
 from ..search import largest_true
 
+# Allowances, not physics: the pre-check only has to refuse what would not fit. On a GPU,
+# cuBLAS workspaces (a few MiB per handle), the CUDA graph pool and the caching
+# allocator's rounding: 512 MiB kept every measured peak of the H100 validation below the
+# prediction plus 4 % (docs/validation.md, "Memory"). The usable fractions leave room for
+# the CUDA context and other processes (GPU) and for the OS and Python (CPU RAM).
 GPU_WORKSPACE_BYTES = 512 * 2**20
 CPU_WORKSPACE_BYTES = 32 * 2**20
 GPU_USABLE_FRACTION = 0.95

@@ -54,8 +54,16 @@ def _round_up(n: int, multiple: int = 16) -> int:
     return -(-n // multiple) * multiple
 
 
+#: eager steps run on a side stream before a CUDA graph is captured (allocator and
+#: cuBLAS handle warm-up, as torch.cuda.graphs requires)
+CAPTURE_WARMUP_STEPS = 3
+
+
 def default_repeats(info: DeviceInfo, phase: str) -> tuple[int, int]:
-    """(warm-up, timed repeats) per point."""
+    """(warm-up, timed repeats) per point: a median of 20 graph replays of a decode step
+    (each a few ms) and of 5 prefills (up to ~1 s each on a GPU) keeps a model's sweep
+    of points within the validation script's minutes; the CPU path runs fewer because
+    each eager step is slow and CI only checks the mechanics."""
     if info.is_cuda:
         return (3, 20) if phase == "decode" else (2, 5)
     return (2, 5) if phase == "decode" else (1, 3)
@@ -67,7 +75,7 @@ def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) 
         return _round_up(spec.tokens)
     # each step writes one slot past the context: 3 steps before the graph capture (then the
     # position is reset), then the warm-up and timed steps; rounded up to a multiple of 16
-    return _round_up(spec.tokens + max(3, warmup + (repeats or timed)))
+    return _round_up(spec.tokens + max(CAPTURE_WARMUP_STEPS, warmup + (repeats or timed)))
 
 
 def plan_points(
@@ -172,7 +180,7 @@ class Runner:
             side = torch.cuda.Stream(info.device)
             side.wait_stream(torch.cuda.current_stream(info.device))
             with torch.cuda.stream(side):
-                for _ in range(3):
+                for _ in range(CAPTURE_WARMUP_STEPS):
                     step()
             torch.cuda.current_stream(info.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
