@@ -16,7 +16,7 @@ DEPENDENCIES = {"typer": "typer", "rich": "rich", "yaml": "pyyaml"}
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        from .cli import main as cli_main
+        from capcalc.cli import main as cli_main
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing not in DEPENDENCIES:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capcalc.cli import main
-from capcalc.profiles import Registry
+from capcalc.sources.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PROFILES = Path(__file__).resolve().parent / "profiles"

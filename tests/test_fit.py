@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.errors import CapcalcError
-from capcalc.fit import GIB, FitRequest, check_request, fit, kv_cache_groups, search_tp
-from capcalc.parallel import MAX_TP, pp_layer_ranges, valid_tp_degrees
-from capcalc.params import count_params
-from capcalc.profiles import model_from_dict
-from capcalc.weights import weight_bytes, weight_bytes_per_gpu
+from capcalc.core.errors import CapcalcError
+from capcalc.model.parallel import MAX_TP, pp_layer_ranges, valid_tp_degrees
+from capcalc.model.params import count_params
+from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+from capcalc.serving.fit import GIB, FitRequest, check_request, fit, kv_cache_groups, search_tp
+from capcalc.sources.loader import model_from_dict
 
 REQUIRED_KEYS = {
     "model",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from capcalc.fit import GIB, FitRequest, fit, kv_cache_groups
+from capcalc.serving.fit import GIB, FitRequest, fit, kv_cache_groups
 
 MIB = 2**20
 

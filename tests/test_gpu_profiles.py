@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from capcalc.efficiency import PARAMETERS, check_mapping, default_efficiency, resolve_efficiency
-from capcalc.profiles import HardwareProfile, load_profile_file
+from capcalc.perf.efficiency import PARAMETERS, check_mapping, default_efficiency, resolve_efficiency
+from capcalc.schema.profiles import HardwareProfile
+from capcalc.sources.loader import load_profile_file
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_FILES = sorted((ROOT / "hardware_profiles").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""A model argument that is a local folder or a Hugging Face repo id (capcalc.hub),
+"""A model argument that is a local folder or a Hugging Face repo id (capcalc.sources.hub),
 resolved after profile names. No network: the Hub is a fake cache in tmp_path with
 the layout huggingface-hub itself reads (models--org--name/refs/<ref>,
 snapshots/<commit>/config.json) and HF_HUB_OFFLINE=1; error paths of the Hub client
@@ -16,9 +16,10 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors as hf_errors
 
-from capcalc import hub
-from capcalc.errors import CapcalcError
-from capcalc.profiles import Registry
+from capcalc.core.errors import CapcalcError
+from capcalc.sources import hub
+from capcalc.sources.registry import Registry
+from capcalc.sources.resolve import ModelResolver
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf_configs"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -217,12 +218,14 @@ def test_hub_snapshot_safetensors_give_the_exact_count(offline_hub):
     assert imported.profile.source == f"https://huggingface.co/acme/tiny-llama/blob/{COMMIT}/config.json"
 
 
-def test_resolved_once_per_registry(monkeypatch, tmp_path):
+def test_resolved_once_per_resolver(monkeypatch, tmp_path):
     folder = write_folder(tmp_path / "m", TINY_LLAMA)
-    reg = Registry.load(include_env=False)
-    first = reg.resolve_model(str(folder))
+    resolver = ModelResolver(Registry.load(include_env=False))
+    first = resolver.resolve(str(folder))
     monkeypatch.setattr(hub, "load", lambda *a, **k: pytest.fail("read twice"))
-    assert reg.resolve_model(str(folder)) is first
+    assert resolver.resolve(str(folder)) is first
+    # the notes are data, not prints: where the config came from and how params were counted
+    assert any("config.json" in n and "parameter count" in n for n in first.notes)
 
 
 def test_commands_stay_free_of_huggingface_hub():

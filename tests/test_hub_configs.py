@@ -13,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_hub import FIXTURES, real_config
 
-from capcalc.errors import CapcalcError
-from capcalc.hfconfig import SUPPORTED, profile_mapping, siglip_vision_params
-from capcalc.kv import kv_bytes_per_sequence, kv_bytes_per_token_per_layer
-from capcalc.params import count_params
-from capcalc.profiles import ModelProfile, model_from_dict
+from capcalc.core.errors import CapcalcError
+from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token_per_layer
+from capcalc.model.params import count_params
+from capcalc.schema.profiles import ModelProfile
+from capcalc.sources.hfconfig import SUPPORTED, profile_mapping, siglip_vision_params
+from capcalc.sources.loader import model_from_dict
 
 STEMS = sorted(p.stem for p in FIXTURES.glob("*.json"))
 

@@ -1,4 +1,4 @@
-"""Exact parameter counts from safetensors headers (capcalc.safetensors_header): only the
+"""Exact parameter counts from safetensors headers (capcalc.sources.safetensors_header): only the
 8-byte length and the JSON header are read. The files are written here by hand with
 struct/json; their data is a sparse, zero-filled region (nothing is loaded)."""
 
@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hub import TINY_LLAMA, llama_tensors, real_config, write_folder, write_safetensors
 
-from capcalc.errors import CapcalcError
-from capcalc.hfconfig import count_checkpoint, import_folder
-from capcalc.params import count_params
-from capcalc.safetensors_header import read_checkpoint, read_header
+from capcalc.core.errors import CapcalcError
+from capcalc.model.params import count_params
+from capcalc.sources.hfconfig import count_checkpoint, import_folder
+from capcalc.sources.safetensors_header import read_checkpoint, read_header
 
 
 def test_header_shapes(tmp_path):

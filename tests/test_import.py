@@ -17,8 +17,8 @@ from test_hub import (
     write_folder,
 )
 
-from capcalc.params import count_params
-from capcalc.profiles import load_profile_file
+from capcalc.model.params import count_params
+from capcalc.sources.loader import load_profile_file
 
 
 def test_import_folder_writes_a_profile_the_registry_loads(cli, tmp_path, isolated_user_config):

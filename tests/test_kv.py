@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.kv import kv_cache
+from capcalc.model.kv import kv_cache
 
 # Llama-3-8B: 2 (K and V) x 32 layers x 8 KV heads x 128 head_dim x 2 bytes (seed §0.11)
 LLAMA3_8B_PER_TOKEN = 2 * 32 * 8 * 128 * 2
@@ -156,7 +156,7 @@ def test_wider_dtype_never_means_less_kv(registry, name, ctx, i):
 @settings(max_examples=40, deadline=None)
 @given(name=st.sampled_from(MODELS), ctx=st.integers(1, 100_000))
 def test_per_gpu_kv_never_increases_with_tp(registry, name, ctx):
-    from capcalc.parallel import valid_tp_degrees
+    from capcalc.model.parallel import valid_tp_degrees
 
     m = registry.model(name)
     per_gpu = [kv_cache(m, ctx=ctx, tp=tp).kv_bytes_per_gpu for tp in valid_tp_degrees(m)]

@@ -12,12 +12,13 @@ from conftest import TEST_PROFILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.calibration import CALIBRATION_FILE, load_calibration, save_calibration
-from capcalc.efficiency import PARAMETERS, Efficiency, default_efficiency, resolve_efficiency
-from capcalc.errors import CapcalcError
-from capcalc.flops import decode_cost, prefill_cost
-from capcalc.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
-from capcalc.profiles import Registry, load_profile_file
+from capcalc.core.errors import CapcalcError
+from capcalc.model.flops import decode_cost, prefill_cost
+from capcalc.perf.efficiency import PARAMETERS, Efficiency, default_efficiency, resolve_efficiency
+from capcalc.perf.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
+from capcalc.sources.calibration import CALIBRATION_FILE, load_calibration, save_calibration
+from capcalc.sources.loader import load_profile_file
+from capcalc.sources.registry import Registry
 
 EFF = Efficiency(
     weight_bandwidth_efficiency=0.5,
@@ -155,7 +156,7 @@ def test_decode_split_is_the_step_at_the_middle_context(llama, seed_gpu):
 def test_dequantised_weights_compute_in_the_serving_dtype(registry):
     """int4 and mxfp4 weights multiply in the serving dtype of dtypes.serving_dtype, the
     rule KV and fit use too: an fp32 checkpoint (gpt2) serves in fp16, not bf16."""
-    from capcalc.latency import resolve_compute_dtype
+    from capcalc.perf.latency import resolve_compute_dtype
 
     h100 = registry.gpu("h100-sxm")
     assert resolve_compute_dtype("auto", "int4", registry.model("gpt2"), h100) == "fp16"
@@ -690,9 +691,9 @@ def test_routed_experts_prefill_at_the_efficiency_of_their_own_token_count(regis
     """Each routed expert multiplies only the tokens routed to it: qwen3-30b-a3b prefilling
     2,048 tokens routes 2,048 x 8 = 16,384 (token, expert) pairs over the 128 experts
     (all touched), 128 tokens per expert, so its expert matmuls run at eff(128), not eff(2048)."""
-    from capcalc.efficiency import Efficiency
-    from capcalc.flops import prefill_cost
-    from capcalc.latency import predict_step, tokens_per_expert
+    from capcalc.model.flops import prefill_cost
+    from capcalc.perf.efficiency import Efficiency
+    from capcalc.perf.latency import predict_step, tokens_per_expert
 
     model, gpu = registry.model("qwen3-30b-a3b"), registry.gpu("h100-sxm")
     cost = prefill_cost(model, 1, 2048)

@@ -25,8 +25,8 @@ import dataclasses
 
 import pytest
 
-from capcalc.efficiency import resolve_efficiency
-from capcalc.latency import predict_latency
+from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.perf.latency import predict_latency
 
 
 def predict(registry, model, gpu, prompt, output, batch=1, tp=1, **kw):

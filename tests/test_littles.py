@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.errors import CapcalcError
-from capcalc.littles import littles_law
+from capcalc.core.errors import CapcalcError
+from capcalc.serving.littles import littles_law
 
 
 def test_seed_phrasing_n_equals_x_times_l(cli):

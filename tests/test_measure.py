@@ -13,12 +13,12 @@ import pytest
 import yaml
 from conftest import TEST_PROFILES
 
-from capcalc.calibration import load_calibration
-from capcalc.efficiency import resolve_efficiency
-from capcalc.errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 from capcalc.measure import require_torch
 from capcalc.measure.calibrate import FITTED
-from capcalc.profiles import Registry
+from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.sources.calibration import load_calibration
+from capcalc.sources.registry import Registry
 
 HINT = "capcalc: error: capcalc measure needs torch, which is not installed: pip install 'capcalc[measure]'\n"
 P = ("--profiles", str(TEST_PROFILES))

@@ -13,10 +13,7 @@ from conftest import TEST_PROFILES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc import calibration
-from capcalc.efficiency import Efficiency
-from capcalc.errors import CapcalcError
-from capcalc.kv import kv_bytes_per_sequence
+from capcalc.core.errors import CapcalcError
 from capcalc.measure.calibrate import (
     FITTED,
     Point,
@@ -29,7 +26,10 @@ from capcalc.measure.calibrate import (
 )
 from capcalc.measure.fit import least_squares, median_abs_pct, solve
 from capcalc.measure.memory import CPU_WORKSPACE_BYTES, check_point, estimate_memory, loop_weight_bytes
-from capcalc.profiles import load_profile_file
+from capcalc.model.kv import kv_bytes_per_sequence
+from capcalc.perf.efficiency import Efficiency
+from capcalc.sources import calibration
+from capcalc.sources.loader import load_profile_file
 
 TINY = load_profile_file(TEST_PROFILES / "tiny-test.yaml")
 TINY_MOE = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")

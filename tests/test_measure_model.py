@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from conftest import TEST_PROFILES
 
-from capcalc.errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 from capcalc.measure import require_torch
 from capcalc.measure.memory import estimate_memory, loop_weight_bytes
 from capcalc.measure.model import DecoderModel, KVCache, cache_lengths, check_supported
-from capcalc.profiles import load_profile_file
+from capcalc.sources.loader import load_profile_file
 
 try:
     torch = require_torch()  # (quiet about a missing numpy, unlike a bare import)

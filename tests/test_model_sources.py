@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from capcalc.profiles import Registry
+from capcalc.sources.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 

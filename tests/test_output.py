@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from capcalc.output import SCHEMA_VERSION
+from capcalc.report.output import SCHEMA_VERSION
 
 
 def test_kv_formats_agree(cli):
@@ -86,7 +86,7 @@ def test_table_labels_units(cli):
 
 
 def test_fractions_are_not_formatted_as_their_unit():
-    from capcalc.output import humanize
+    from capcalc.report.output import humanize
 
     # "efficiency_prefill_flops_efficiency" names FLOPs but is a fraction of them
     assert humanize("efficiency_prefill_flops_efficiency", 0.65) == "0.6500"

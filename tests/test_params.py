@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from capcalc.params import count_params
-from capcalc.profiles import Registry
-from capcalc.weights import bits_per_weight, weight_bytes
+from capcalc.model.params import count_params
+from capcalc.model.weights import bits_per_weight, weight_bytes
+from capcalc.sources.registry import Registry
 
 _REGISTRY = Registry.load(include_env=False)
 EXACT = sorted(

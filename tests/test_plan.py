@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.efficiency import resolve_efficiency
-from capcalc.plan import Candidate, Replica, SLOs, Traffic, littles_rate, plan, replica_capacity
+from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.serving.plan import Candidate, Replica, SLOs, Traffic, littles_rate, plan, replica_capacity
 
 BASE = ("plan", "llama-3-8b", "--gpu", "h100-sxm", "--tp", "1", "--prompt", "1000", "--output", "200")
 

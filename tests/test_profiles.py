@@ -212,8 +212,9 @@ def test_missing_profile_directory(cli, tmp_path):
 
 def test_profile_dirs_one_rule_for_profiles_and_calibration(tmp_path, monkeypatch, isolated_user_config):
     """$CAPCALC_PROFILES directories, else the user directory if it exists; then --profiles."""
-    from capcalc.calibration import load_calibration, save_calibration
-    from capcalc.profiles import Registry, profile_dirs
+    from capcalc.sources.calibration import load_calibration, save_calibration
+    from capcalc.sources.dirs import profile_dirs
+    from capcalc.sources.registry import Registry
 
     extra, env_a, env_b = tmp_path / "extra", tmp_path / "env-a", tmp_path / "env-b"
     for d in (extra, env_a, env_b):

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from capcalc.flops import COMPONENTS, decode_cost, experts_touched, prefill_cost
-from capcalc.latency import predict_decode_step, predict_prefill
-from capcalc.params import count_params
-from capcalc.roofline import critical_batch, roofline
-from capcalc.weights import weight_bytes
+from capcalc.model.flops import COMPONENTS, decode_cost, experts_touched, prefill_cost
+from capcalc.model.params import count_params
+from capcalc.model.weights import weight_bytes
+from capcalc.perf.latency import predict_decode_step, predict_prefill
+from capcalc.perf.roofline import critical_batch, roofline
 
 # ---------------------------------------------------------------- the seed's A100 (§0.10)
 # Llama-3-8B bf16 on "an A100 (HBM bandwidth ~ 2 TB/s, compute ~ 312 TFLOP/s bf16)":
@@ -100,7 +100,7 @@ def test_seed_record_and_table(cli):
 def test_streamed_bytes_add_up_to_the_checkpoint(registry, name, dtype):
     """At a batch large enough to touch every expert, the weights one step streams plus
     the gathered embedding table (untied) and the weights outside the decoder equal
-    capcalc.weights' size of the checkpoint."""
+    capcalc.model.weights' size of the checkpoint."""
     m = registry.model(name)
     p = count_params(m)
     big = 1_000_000
@@ -204,7 +204,7 @@ def test_prefill_is_compute_bound_and_decode_memory_bound_on_every_gpu(registry,
     """Prefill of a 7B+ model is compute-bound at 4096 tokens on every GPU, and at 1000 on
     every NVIDIA one (on TPU v6e and Gaudi 3, whose ridge is ~500 FLOP/B, the activation
     traffic of a 1000-token prefill tips a few models over). A 0.5B model moves ~2.2 MB of
-    activations per prompt token (capcalc.flops) for ~1 GFLOP: ~450 FLOP/B, memory-bound
+    activations per prompt token (capcalc.model.flops) for ~1 GFLOP: ~450 FLOP/B, memory-bound
     on GPUs whose ridge is above that, whatever the prompt length."""
     m = registry.model(name)
     assert len(registry.gpus) >= 10
@@ -296,7 +296,7 @@ def test_decode_costs_interpolate_exactly(registry, name):
     """decode_costs computes a few anchor contexts and interpolates the rest: every decode
     component is affine in the context between the window's kink and the ends, so the
     interpolated steps must equal the directly computed ones."""
-    from capcalc.flops import decode_cost, decode_costs
+    from capcalc.model.flops import decode_cost, decode_costs
 
     model = registry.model(name)
     contexts = list(range(100, 9000, 397))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from capcalc.plot import DPI, FIGSIZE
+from capcalc.report.plot import DPI, FIGSIZE
 
 HINT = "capcalc: error: --plot needs matplotlib: pip install 'capcalc[plot]' (or pip install matplotlib)"
 

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capcalc.search import largest_true, smallest_true
+from capcalc.core.search import largest_true, smallest_true
 
 
 @given(low=st.integers(-50, 50), span=st.integers(0, 200), cut=st.integers(-100, 300))

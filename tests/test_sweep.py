@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capcalc.errors import CapcalcError
-from capcalc.sweep import Param, csv_columns, parse_sweep_args, sweep_exit_code
+from capcalc.cli.sweep_spec import Param, csv_columns, parse_sweep_args, sweep_exit_code
+from capcalc.core.errors import CapcalcError
 
 KV_PARAMS = [
     Param("model"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from capcalc.flops import decode_cost
-from capcalc.params import count_params
-from capcalc.weights import (
+from capcalc.model.flops import decode_cost
+from capcalc.model.params import count_params
+from capcalc.model.weights import (
     bits_per_weight,
     gpu_weights,
     resolve_weight_dtype,

@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from ..errors import CapcalcError
-from . import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
-from .common import app
-from .usage import USAGE_ERRORS
+from capcalc.cli import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
+from capcalc.cli.common import app
+from capcalc.cli.usage import USAGE_ERRORS
+from capcalc.core.errors import CapcalcError
 
 __all__ = ["app", "main"]
 

@@ -6,11 +6,21 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CapcalcError
-from ..output import TableSpec, record
-from ..profiles import ModelProfile, Registry
-from ..summary import gpu_details, gpu_headline, model_details, model_headline
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
+from capcalc.cli.common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    Output,
+    ProfilesOpt,
+    app,
+    load_registry,
+    resolve_model,
+)
+from capcalc.core.errors import CapcalcError
+from capcalc.report.output import TableSpec, record
+from capcalc.report.summary import gpu_details, gpu_headline, model_details, model_headline
+from capcalc.schema.profiles import ModelProfile
+from capcalc.sources.registry import Registry
 
 
 @app.command()
@@ -72,10 +82,10 @@ def find_profile(reg: Registry, name: str):
             return lookup(name)
         except CapcalcError:
             pass
-    from ..hub import classify
+    from capcalc.sources.hub import classify
 
     if classify(name) is not None:
-        return reg.resolve_model(name)
+        return resolve_model(reg, name)
     raise CapcalcError(f"unknown model or GPU {name!r}; closest: {', '.join(reg.closest_profiles(name))}")
 
 

@@ -12,15 +12,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..calibration import load_calibration
-from ..dtypes import KV_DTYPES
-from ..efficiency import ResolvedEfficiency
-from ..errors import CapcalcError
-from ..latency import COMPUTE_DTYPES
-from ..output import TableSpec, choose_format, emit
-from ..profiles import Registry, profile_dirs
-from ..units import parse_quantity
-from ..weights import WEIGHT_DTYPES
+from capcalc.core.dtypes import KV_DTYPES
+from capcalc.core.errors import CapcalcError
+from capcalc.core.units import parse_quantity
+from capcalc.model.weights import WEIGHT_DTYPES
+from capcalc.perf.efficiency import ResolvedEfficiency
+from capcalc.perf.latency import COMPUTE_DTYPES
+from capcalc.report.output import TableSpec, choose_format, emit
+from capcalc.schema.profiles import ModelProfile
+from capcalc.sources.calibration import load_calibration
+from capcalc.sources.dirs import profile_dirs
+from capcalc.sources.registry import Registry
+from capcalc.sources.resolve import ModelResolver
 
 app = typer.Typer(
     name="capcalc",
@@ -122,7 +125,7 @@ def _profile_files_state(dirs: list[Path]) -> tuple:
 
 def _files_key(profiles: Optional[list[Path]]) -> tuple:
     """What a registry or calibration read for these ``--profiles`` depends on: the
-    directories read (:func:`capcalc.profiles.profile_dirs`) and their files' state."""
+    directories read (:func:`capcalc.sources.dirs.profile_dirs`) and their files' state."""
     dirs = profile_dirs(profiles or ())
     return (tuple(str(d) for d in dirs), _profile_files_state(dirs))
 
@@ -134,12 +137,38 @@ def load_registry(profiles: Optional[list[Path]]) -> Registry:
     key = _files_key(profiles)
     if key not in _REGISTRY_CACHE:
         _REGISTRY_CACHE.clear()
-        _REGISTRY_CACHE[key] = Registry.load([str(d) for d in (profiles or ())])
+        registry = Registry.load([str(d) for d in (profiles or ())])
+        for message in registry.notes:
+            note(message)
+        _REGISTRY_CACHE[key] = registry
+        _RESOLVERS.clear()
     return _REGISTRY_CACHE[key]
 
 
+_RESOLVERS: dict[int, ModelResolver] = {}
+_NOTED: set[str] = set()
+
+
+def note(message: str) -> None:
+    """The one notes channel: ``capcalc: note: ...`` on stderr, each message once per
+    process (a sweep would otherwise repeat it for every combination)."""
+    if message in _NOTED:
+        return
+    _NOTED.add(message)
+    print(f"capcalc: note: {message}", file=sys.stderr)
+
+
+def resolve_model(reg: Registry, name: str) -> ModelProfile:
+    """A model by profile name, folder or Hub id (:class:`ModelResolver`), its notes shown."""
+    resolver = _RESOLVERS.setdefault(id(reg), ModelResolver(reg))
+    resolved = resolver.resolve(name)
+    for message in resolved.notes:
+        note(message)
+    return resolved.profile
+
+
 def load_calibration_cached(profiles: Optional[list[Path]]) -> dict:
-    """:func:`capcalc.calibration.load_calibration` for these ``--profiles``, read once
+    """:func:`capcalc.sources.calibration.load_calibration` for these ``--profiles``, read once
     per process like :func:`load_registry` and reread when a file in play changes.
     The mapping is shared between calls: do not modify it."""
     key = _files_key(profiles)
@@ -160,7 +189,7 @@ def note_calibration(gpu_name: str, resolved: ResolvedEfficiency) -> None:
     _CALIBRATION_NOTED.add(key)
     when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
     where = resolved.calibration_path or "calibration.yaml"
-    print(f"capcalc: note: using the calibration of {gpu_name}{when} from {where}", file=sys.stderr)
+    note(f"using the calibration of {gpu_name}{when} from {where}")
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

@@ -10,11 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import CapcalcError
-from ..fit import DEFAULT_BLOCK_SIZE, DEFAULT_UTILIZATION, FitRequest, FitResult, fit, memory_of, search_tp
-from ..output import TableSpec, field_table, record
-from ..units import format_bytes, parse_quantity
-from .common import (
+from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
@@ -26,6 +22,19 @@ from .common import (
     app,
     load_registry,
     parse_bytes_option,
+    resolve_model,
+)
+from capcalc.core.errors import CapcalcError
+from capcalc.core.units import format_bytes, parse_quantity
+from capcalc.report.output import TableSpec, field_table, record
+from capcalc.serving.fit import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_UTILIZATION,
+    FitRequest,
+    FitResult,
+    fit,
+    memory_of,
+    search_tp,
 )
 
 BAR_WIDTH = 50
@@ -116,7 +125,7 @@ def fit_command(
     """Does it fit on these GPUs, how many sequences at once, and what will vLLM say?"""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)
-    profile = reg.resolve_model(model)
+    profile = resolve_model(reg, model)
     if (gpu is None) == (gpu_memory is None):
         raise CapcalcError("give exactly one of --gpu GPU or --gpu-memory BYTES")
     if gpu is not None:

@@ -11,12 +11,13 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from ..errors import CapcalcError
-from ..fileio import write_atomic
-from ..output import TableSpec, record
-from ..profiles import PROFILE_NAME, model_from_dict, user_profile_dir
-from ..summary import model_headline
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
+from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
+from capcalc.core.errors import CapcalcError
+from capcalc.core.fileio import write_atomic
+from capcalc.report.output import TableSpec, record
+from capcalc.report.summary import model_headline
+from capcalc.sources.dirs import user_profile_dir
+from capcalc.sources.loader import PROFILE_NAME, model_from_dict
 
 
 def render_profile(data: dict) -> str:
@@ -50,7 +51,9 @@ def import_(
     profiles: ProfilesOpt = None,
 ):
     """Write a model profile from a local checkpoint folder or a Hugging Face repo."""
-    from .. import hub  # imports huggingface-hub: only this command and non-profile names need it
+    from capcalc.sources import (
+        hub,  # imports huggingface-hub: only this command and non-profile names need it
+    )
 
     output = Output(json_, jsonl, csv_)
     if name is not None and not PROFILE_NAME.match(name):

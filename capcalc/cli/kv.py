@@ -6,10 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..kv import kv_cache
-from ..output import TableSpec, record
-from ..units import format_bytes
-from .common import (
+from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
@@ -21,7 +18,11 @@ from .common import (
     app,
     load_registry,
     parse_bytes_option,
+    resolve_model,
 )
+from capcalc.core.units import format_bytes
+from capcalc.model.kv import kv_cache
+from capcalc.report.output import TableSpec, record
 
 
 @app.command()
@@ -44,7 +45,7 @@ def kv(
     """How big is the KV cache for this model, context, batch and dtype?"""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)
-    profile = reg.resolve_model(model)
+    profile = resolve_model(reg, model)
     result = kv_cache(
         profile,
         ctx=ctx if ctx is not None else profile.max_context,

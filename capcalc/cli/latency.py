@@ -8,11 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..efficiency import DESCRIPTIONS, ResolvedEfficiency, flag_name, resolve_efficiency
-from ..fit import FitRequest, fit, memory_of
-from ..latency import predict_latency
-from ..output import TableSpec, humanize, record
-from .common import (
+from capcalc.cli.common import (
     ComputeDtypeOpt,
     CsvFlag,
     GpuOpt,
@@ -29,7 +25,12 @@ from .common import (
     load_calibration_cached,
     load_registry,
     note_calibration,
+    resolve_model,
 )
+from capcalc.perf.efficiency import DESCRIPTIONS, ResolvedEfficiency, flag_name, resolve_efficiency
+from capcalc.perf.latency import predict_latency
+from capcalc.report.output import TableSpec, humanize, record
+from capcalc.serving.fit import FitRequest, fit, memory_of
 
 
 def _opt(name: str, kind: str):
@@ -130,7 +131,7 @@ def latency_command(
     """What TTFT, inter-token latency and throughput to expect (achievable rates, not datasheet)."""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)
-    profile = reg.resolve_model(model)
+    profile = resolve_model(reg, model)
     device = reg.gpu(gpu)
     flags = dict(
         weight_bandwidth_efficiency=weight_bandwidth_efficiency,

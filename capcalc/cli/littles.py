@@ -6,11 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import CapcalcError
-from ..littles import littles_law
-from ..output import TableSpec, record
-from ..units import parse_duration, parse_rate
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, app
+from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, Output, app
+from capcalc.core.errors import CapcalcError
+from capcalc.core.units import parse_duration, parse_rate
+from capcalc.report.output import TableSpec, record
+from capcalc.serving.littles import littles_law
 
 
 @app.command()

@@ -17,11 +17,21 @@ import typer
 import yaml
 from rich.table import Table
 
-from ..errors import CapcalcError
-from ..fileio import write_atomic
-from ..output import TableSpec, humanize, record, rows_table, stderr_console
-from ..profiles import user_profile_dir
-from .common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry, parse_int_list
+from capcalc.cli.common import (
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    Output,
+    ProfilesOpt,
+    app,
+    load_registry,
+    parse_int_list,
+    resolve_model,
+)
+from capcalc.core.errors import CapcalcError
+from capcalc.core.fileio import write_atomic
+from capcalc.report.output import TableSpec, humanize, record, rows_table, stderr_console
+from capcalc.sources.dirs import user_profile_dir
 
 
 def _warn(message: str) -> None:
@@ -136,8 +146,8 @@ def measure(
 
 
 def _resolve(device: str):
-    from ..measure import require_torch
-    from ..measure.device import device_info, resolve_device
+    from capcalc.measure import require_torch
+    from capcalc.measure.device import device_info, resolve_device
 
     require_torch()
     return device_info(resolve_device(device))
@@ -145,7 +155,7 @@ def _resolve(device: str):
 
 def _profile_for(reg, info, hardware: Optional[str]):
     """(profile or None, origin) for the device: --hardware, else by the driver's name."""
-    from ..measure.calibrate import find_profile, profile_origin
+    from capcalc.measure.calibrate import find_profile, profile_origin
 
     if hardware:
         profile = reg.gpu(hardware)
@@ -155,7 +165,7 @@ def _profile_for(reg, info, hardware: Optional[str]):
 
 
 def _draft(info, copy_bw: float, peaks: dict[str, float]):
-    from ..measure.calibrate import draft_profile, draft_profile_dict
+    from capcalc.measure.calibrate import draft_profile, draft_profile_dict
 
     data = draft_profile_dict(
         info.device_name,
@@ -195,7 +205,7 @@ def _device_fields(info, gpu_name: str, origin: str) -> dict:
 
 def _measure_device(out: Output, device: str, hardware, save: bool, profiles) -> None:
     info = _resolve(device)
-    from ..measure import bench
+    from capcalc.measure import bench
 
     reg = load_registry(profiles)
     profile, origin = _profile_for(reg, info, hardware)
@@ -266,7 +276,7 @@ def _measure_device(out: Output, device: str, hardware, save: bool, profiles) ->
     else:
         notes.append(f"Compared with the {origin} profile {profile.name!r} ({profile.display_name}).")
     if save:
-        from ..measure.calibrate import save_entry
+        from capcalc.measure.calibrate import save_entry
 
         if draft_data is not None:
             notes.append(f"Drafted profile: {_save_draft(draft_data)}")
@@ -304,8 +314,8 @@ def _measure_device(out: Output, device: str, hardware, save: bool, profiles) ->
 def _measure_model(
     out, model, device, batch, ctx, prompt, prefill_batch, weight_dtype, hardware, repeats, save, profiles
 ) -> None:
-    from ..dtypes import canonical_dtype
-    from ..measure.model import LOOP_DTYPES
+    from capcalc.core.dtypes import canonical_dtype
+    from capcalc.measure.model import LOOP_DTYPES
 
     batches = _parse_list(batch, "--batch")
     contexts = _parse_list(ctx, "--ctx", allow_none=True)
@@ -316,13 +326,13 @@ def _measure_model(
     dtype = None if weight_dtype == "auto" else canonical_dtype(weight_dtype, LOOP_DTYPES, "weight dtype")
     reg = load_registry(profiles)
     names = [name.strip() for name in model.split(",") if name.strip()]
-    models = [reg.resolve_model(name) for name in names]
+    models = [resolve_model(reg, name) for name in names]
     info = _resolve(device)
     dtype = dtype or ("bf16" if info.is_cuda else "fp32")
 
-    from ..measure import bench
-    from ..measure.calibrate import Point, calibrate, error_pct, predict, save_entry, shipped_efficiency
-    from ..measure.run import PointSpec, Runner, cache_tokens, default_repeats, plan_points
+    from capcalc.measure import bench
+    from capcalc.measure.calibrate import Point, calibrate, error_pct, predict, save_entry, shipped_efficiency
+    from capcalc.measure.run import PointSpec, Runner, cache_tokens, default_repeats, plan_points
 
     specs = [PointSpec("decode", b, c) for b in batches for c in contexts]
     specs += [PointSpec("prefill", b, p) for b in prefill_batches for p in prompts]
@@ -507,7 +517,7 @@ def _measure_model(
 
 
 def _fitted(eff) -> dict:
-    from ..measure.calibrate import FITTED
+    from capcalc.measure.calibrate import FITTED
 
     return {name: getattr(eff, name) for name in FITTED}
 
@@ -569,6 +579,6 @@ def _render_model(info, gpu_name: str):
 
 
 def _fitted_names():
-    from ..measure.calibrate import FITTED
+    from capcalc.measure.calibrate import FITTED
 
     return FITTED

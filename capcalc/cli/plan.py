@@ -8,15 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..efficiency import resolve_efficiency
-from ..errors import CapcalcError
-from ..fit import DEFAULT_UTILIZATION
-from ..output import TableSpec, humanize, record
-from ..parallel import check_tp, valid_tp_degrees
-from ..plan import Candidate as PlanCandidate
-from ..plan import SLOs, Traffic, plan
-from ..units import format_duration, parse_duration, parse_rate
-from .common import (
+from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
@@ -28,7 +20,16 @@ from .common import (
     load_calibration_cached,
     load_registry,
     parse_int_list,
+    resolve_model,
 )
+from capcalc.core.errors import CapcalcError
+from capcalc.core.units import format_duration, parse_duration, parse_rate
+from capcalc.model.parallel import check_tp, valid_tp_degrees
+from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.report.output import TableSpec, humanize, record
+from capcalc.serving.fit import DEFAULT_UTILIZATION
+from capcalc.serving.plan import Candidate as PlanCandidate
+from capcalc.serving.plan import SLOs, Traffic, plan
 
 #: tensor-parallel degrees tried when --tp is not given (those valid for the model)
 DEFAULT_TPS = (1, 2, 4, 8)
@@ -104,7 +105,7 @@ def plan_command(
     """How many GPUs for this traffic and these SLOs, and what does a million tokens cost?"""
     out = Output(json_, jsonl, csv_)
     reg = load_registry(profiles)
-    profile = reg.resolve_model(model)
+    profile = resolve_model(reg, model)
     rate, unit = parse_rate(rps, "--rps")
     if unit != "req":
         raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")

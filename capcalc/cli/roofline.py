@@ -7,12 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..flops import COMPONENTS
-from ..output import TableSpec, humanize, record
-from ..plot import check_plot_path, save_roofline_chart
-from ..roofline import chart_points, roofline
-from ..units import format_bytes
-from .common import (
+from capcalc.cli.common import (
     ComputeDtypeOpt,
     CsvFlag,
     GpuOpt,
@@ -26,7 +21,13 @@ from .common import (
     WeightDtypeOpt,
     app,
     load_registry,
+    resolve_model,
 )
+from capcalc.core.units import format_bytes
+from capcalc.model.flops import COMPONENTS
+from capcalc.perf.roofline import chart_points, roofline
+from capcalc.report.output import TableSpec, humanize, record
+from capcalc.report.plot import check_plot_path, save_roofline_chart
 
 
 def landmark_notes(rec: dict) -> list[str]:
@@ -136,7 +137,7 @@ def roofline_command(
     out = Output(json_, jsonl, csv_)
     plot_path = check_plot_path(plot) if plot is not None else None
     reg = load_registry(profiles)
-    profile = reg.resolve_model(model)
+    profile = resolve_model(reg, model)
     device = reg.gpu(gpu)
     result = roofline(
         profile,

@@ -18,9 +18,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import CapcalcError
-from ..output import RecordStream, TableSpec, choose_format, emit
-from ..sweep import (
+from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, app, collect_records
+from capcalc.cli.sweep_spec import (
     ERROR_KEY,
     INDEX_KEY,
     SWEEPABLE,
@@ -34,8 +33,9 @@ from ..sweep import (
     record_rows,
     sweep_exit_code,
 )
-from .common import CsvFlag, JsonFlag, JsonlFlag, app, collect_records
-from .usage import USAGE_ERRORS
+from capcalc.cli.usage import USAGE_ERRORS
+from capcalc.core.errors import CapcalcError
+from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
 
 #: sweeps smaller than this run in this process: starting workers costs more than it saves
 PARALLEL_THRESHOLD = 1000
@@ -61,7 +61,7 @@ HEADLINES = {
 
 
 def click_params(command) -> list[Param]:
-    """The target command's parameters, as :func:`capcalc.sweep.parse_sweep_args` reads them."""
+    """The target command's parameters, as :func:`capcalc.cli.sweep_spec.parse_sweep_args` reads them."""
     params = []
     for p in command.params:
         is_argument = type(p).__name__.endswith("Argument")
@@ -123,7 +123,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(name: str) -> None:
-    from . import app as cli_app  # the full app, with every command registered
+    from capcalc.cli import app as cli_app  # the full app, with every command registered
 
     _WORKER["command"] = typer.main.get_command(cli_app).commands[name]
     _WORKER["name"] = name

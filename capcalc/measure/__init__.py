@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 
-from ..errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 INSTALL_HINT = "pip install 'capcalc[measure]'"
 

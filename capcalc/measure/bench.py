@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import require_torch
-from .device import DeviceInfo, median, time_calls
+from capcalc.measure import require_torch
+from capcalc.measure.device import DeviceInfo, median, time_calls
 
 GiB = 2.0**30
 #: buffer sizes on the CPU, where there is no L2 figure to scale from (a few x a large L3)

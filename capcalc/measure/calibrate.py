@@ -5,7 +5,7 @@ The profile of the device is the hardware profile whose name or alias is the nam
 driver reports ("NVIDIA H100 80GB HBM3"); a device with none (and every CPU) gets a
 profile drafted from what it measured: copy bandwidth as ``bandwidth``, the measured
 matmul rates as ``peak_flops``, the device's memory as ``memory``. Predictions are those
-of :mod:`capcalc.latency` (the same functions ``capcalc latency`` uses), so the fitted
+of :mod:`capcalc.perf.latency` (the same functions ``capcalc latency`` uses), so the fitted
 parameters calibrate exactly the model later predictions run.
 """
 
@@ -16,13 +16,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..calibration import update_calibration
-from ..efficiency import Efficiency, resolve_efficiency
-from ..errors import CapcalcError
-from ..latency import StepPrediction, predict_decode_step, predict_prefill
-from ..profiles import HardwareProfile, ModelProfile, Registry, hardware_from_dict, shipped_dir
-from .device import slug
-from .fit import least_squares, median_abs_pct
+from capcalc.core.errors import CapcalcError
+from capcalc.measure.device import slug
+from capcalc.measure.fit import least_squares, median_abs_pct
+from capcalc.perf.efficiency import Efficiency, resolve_efficiency
+from capcalc.perf.latency import StepPrediction, predict_decode_step, predict_prefill
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
+from capcalc.sources.calibration import update_calibration
+from capcalc.sources.dirs import shipped_dir
+from capcalc.sources.loader import hardware_from_dict
+from capcalc.sources.registry import Registry
 
 #: the parameters `measure` fits (all-reduce latency needs several GPUs)
 FITTED = (

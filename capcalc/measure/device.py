@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import CapcalcError
-from . import require_torch
+from capcalc.core.errors import CapcalcError
+from capcalc.measure import require_torch
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Least-squares fit of the latency model's efficiency parameters to measured points.
 
-The unknowns are the named parameters of :class:`capcalc.efficiency.Efficiency`
+The unknowns are the named parameters of :class:`capcalc.perf.efficiency.Efficiency`
 (weight and KV bandwidth efficiency, prefill FLOP efficiency and its half-efficiency
 token count, per-layer, per-MoE-layer and per-step overhead). For measured times t_i and the
 latency model's predictions p_i(theta) the fit minimises the sum of squared

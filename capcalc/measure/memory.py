@@ -3,8 +3,8 @@
 For ``batch`` sequences held in a cache of ``cache_tokens`` slots (the context plus
 the decode steps, or the prompt), in dtype width w bytes:
 
-    weights     = decoder parameters x w                      (capcalc.weights; no vision tower)
-    kv          = batch x kv_bytes_per_sequence(cache_tokens)  (capcalc.kv; windows applied)
+    weights     = decoder parameters x w                      (capcalc.model.weights; no vision tower)
+    kv          = batch x kv_bytes_per_sequence(cache_tokens)  (capcalc.model.kv; windows applied)
     activations = the largest transient set of one layer for N = batch x new tokens:
                   N x w x (4 H + 2 (q + 2 kv) + 2 q + 3 I)     residual, norms, q/k/v (+ RoPE copies),
                                                                attention output, MLP gate/up/act
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..dtypes import DTYPE_BYTES
-from ..errors import CapcalcError
-from ..kv import kv_bytes_per_sequence
-from ..params import count_params
-from ..profiles import ModelProfile
-from ..search import largest_true
+from capcalc.core.dtypes import DTYPE_BYTES
+from capcalc.core.errors import CapcalcError
+from capcalc.core.search import largest_true
+from capcalc.model.kv import kv_bytes_per_sequence
+from capcalc.model.params import count_params
+from capcalc.schema.profiles import ModelProfile
 
 # Allowances, not physics: the pre-check only has to refuse what would not fit. On a GPU,
 # cuBLAS workspaces (a few MiB per handle), the CUDA graph pool and the caching

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import math
 
-from ..errors import CapcalcError
-from ..profiles import ModelProfile
-from . import require_torch
+from capcalc.core.errors import CapcalcError
+from capcalc.measure import require_torch
+from capcalc.schema.profiles import ModelProfile
 
 #: dtypes the torch loop runs in (weights, activations and KV alike)
 LOOP_DTYPES = ("bf16", "fp16", "fp32")

@@ -24,12 +24,12 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import CapcalcError
-from ..profiles import ModelProfile
-from . import require_torch
-from .device import DeviceInfo, median, synchronize, time_calls
-from .memory import MemoryEstimate, check_point
-from .model import DecoderModel, KVCache, check_supported
+from capcalc.core.errors import CapcalcError
+from capcalc.measure import require_torch
+from capcalc.measure.device import DeviceInfo, median, synchronize, time_calls
+from capcalc.measure.memory import MemoryEstimate, check_point
+from capcalc.measure.model import DecoderModel, KVCache, check_supported
+from capcalc.schema.profiles import ModelProfile
 
 
 @dataclass(frozen=True)

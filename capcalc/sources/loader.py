@@ -1,194 +1,23 @@
-"""Model and GPU profiles: the dataclasses, strict validation, and name lookup.
+"""Reading and validating profile files: the one place YAML becomes a profile.
 
-This is the one place profiles are read. YAML is parsed with the safe loader
-only; every problem is reported as one line naming the file, the field and what
-was expected (see ``docs/profiles.md`` for the format).
+YAML is parsed with the safe loader only; every problem is reported as one line naming
+the file, the field and what was expected (see ``docs/profiles.md`` for the format).
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import sys
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
-from .errors import CapcalcError, ProfileError
-from .units import parse_quantity
-
-ENV_PROFILES = "CAPCALC_PROFILES"
-
-
-def user_profile_dir() -> Path:
-    """Where capcalc writes user profiles and calibration (``import``, ``measure --save``):
-    the first ``CAPCALC_PROFILES`` directory if set, else ``$XDG_CONFIG_HOME/capcalc``
-    (``~/.config/capcalc``). Profiles there are loaded like any user directory."""
-    env = [p for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
-    if env:
-        return Path(env[0]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "capcalc"
-
-
-def profile_dirs(user_dirs: Iterable[str | Path] = (), include_env: bool = True) -> list[Path]:
-    """The directories of user profiles and calibration files, in reading order (a later
-    one wins). This is the one statement of the rule; ``docs/profiles.md`` describes it:
-
-    * every ``$CAPCALC_PROFILES`` directory (``os.pathsep``-separated), or, when it is
-      unset or empty, the user profile directory if it exists;
-    * then each ``--profiles`` directory (``user_dirs``).
-
-    ``include_env=False`` leaves out the first item (tests use the shipped profiles
-    only). A directory named twice is read once, at its last place."""
-    dirs: list[Path] = []
-    if include_env:
-        env = [p for p in os.environ.get(ENV_PROFILES, "").split(os.pathsep) if p]
-        if env:
-            dirs.extend(Path(p).expanduser() for p in env)
-        elif user_profile_dir().is_dir():
-            dirs.append(user_profile_dir())
-    dirs.extend(Path(d).expanduser() for d in user_dirs)
-    return [d for i, d in enumerate(dirs) if d not in dirs[i + 1 :]]
-
-
-def shipped_dir(kind: str) -> Path:
-    """Where the shipped ``model_profiles`` / ``hardware_profiles`` live: inside the
-    installed package (wheel), else at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / kind, here.parent / kind):
-        if candidate.is_dir():
-            return candidate
-    raise CapcalcError(f"cannot find the shipped {kind} directory next to {here}", exit_code=1)
-
-
-# --------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True)
-class MoE:
-    num_experts: int
-    experts_per_token: int
-    expert_intermediate_size: int
-    num_shared_experts: int = 0
-    shared_expert_intermediate_size: int = 0
-    first_dense_layers: int = 0
-    expert_bias: bool = False
-    router_bias: bool = False
-
-
-@dataclass(frozen=True)
-class MLA:
-    kv_lora_rank: int
-    qk_rope_head_dim: int
-    qk_nope_head_dim: int
-    v_head_dim: int
-    q_lora_rank: int | None = None
-
-
-@dataclass(frozen=True)
-class ExtraParams:
-    count: int
-    what: str
-    source: str
-
-
-@dataclass(frozen=True)
-class ModelProfile:
-    name: str
-    source: str
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    max_context: int
-    display_name: str = ""
-    aliases: tuple[str, ...] = ()
-    params_official: int | None = None
-    params_official_kind: str | None = None
-    params_official_source: str | None = None
-    native_dtype: str = "bf16"
-    tie_word_embeddings: bool = False
-    mlp: str = "gated"
-    attention_bias: bool = False
-    attention_output_bias: bool = False
-    mlp_bias: bool = False
-    norm: str = "rmsnorm"
-    norms_per_layer: int = 2
-    qk_norm: bool = False
-    position_embedding: str = "rope"
-    moe: MoE | None = None
-    mla: MLA | None = None
-    sliding_window: int | None = None
-    #: one of 'full' / 'sliding' per layer
-    layer_types: tuple[str, ...] = ()
-    extra_params: ExtraParams | None = None
-    notes: str = ""
-    path: str = ""
-
-    @cached_property  # immutable profile; asked for on every step of a latency average
-    def num_sliding_layers(self) -> int:
-        return sum(1 for t in self.layer_types if t == "sliding")
-
-    @property
-    def num_full_layers(self) -> int:
-        return self.num_layers - self.num_sliding_layers
-
-    @property
-    def num_moe_layers(self) -> int:
-        return 0 if self.moe is None else self.num_layers - self.moe.first_dense_layers
-
-    @property
-    def num_dense_layers(self) -> int:
-        return self.num_layers - self.num_moe_layers
-
-
-@dataclass(frozen=True)
-class HardwareProfile:
-    name: str
-    memory_bytes: float
-    bandwidth_bytes_per_s: float
-    #: dense peak FLOP/s (or OP/s for integer types) per dtype
-    peak_flops_per_s: dict[str, float]
-    sources: dict[str, str]
-    display_name: str = ""
-    aliases: tuple[str, ...] = ()
-    vendor: str = ""
-    memory_reported_bytes: float | None = None
-    interconnect: str = ""
-    interconnect_bandwidth_bytes_per_s: float | None = None
-    l2_cache_bytes: float | None = None
-    price_per_hour: float | None = None
-    efficiency: dict[str, Any] = field(default_factory=dict)
-    notes: str = ""
-    path: str = ""
-
-    def peak(self, dtype: str) -> float:
-        """Dense peak rate for ``dtype``; fp16 and bf16 stand in for each other."""
-        if dtype in self.peak_flops_per_s:  # the hot path of latency averaging
-            return self.peak_flops_per_s[dtype]
-        dtype = canonical_dtype(dtype)
-        for candidate in (dtype, {"bf16": "fp16", "fp16": "bf16"}.get(dtype)):
-            if candidate and candidate in self.peak_flops_per_s:
-                return self.peak_flops_per_s[candidate]
-        raise CapcalcError(
-            f"{self.name} has no {dtype} peak rate in its profile "
-            f"(it lists {', '.join(self.peak_flops_per_s)})"
-        )
-
-    def ridge_point(self, dtype: str = "bf16") -> float:
-        """FLOP/byte at which a kernel turns from memory- to compute-bound: peak / bandwidth."""
-        return self.peak(dtype) / self.bandwidth_bytes_per_s
-
+from capcalc.core.dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
+from capcalc.core.errors import CapcalcError, ProfileError
+from capcalc.core.units import parse_quantity
+from capcalc.perf.efficiency import check_mapping
+from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
 
 # --------------------------------------------------------------------------- validation
 
@@ -457,8 +286,6 @@ def _dtype_field(reader: _Reader, key: str) -> str:
 def _efficiency_field(top: _Reader, path) -> dict[str, float]:
     """The ``efficiency:`` block, checked (known parameters, valid values) and parsed to
     base units when the profile loads, not each time a prediction reads it."""
-    from .efficiency import check_mapping  # efficiency imports this module
-
     raw = top.raw("efficiency", False, {}) or {}
     if not isinstance(raw, dict):
         top.fail("efficiency", "expected a mapping")
@@ -553,122 +380,3 @@ def load_profile_file(path: Path):
     raise ProfileError(
         path, "(top level)", "neither a model profile ('architecture') nor a GPU profile ('bandwidth')"
     )
-
-
-# --------------------------------------------------------------------------- registry
-
-
-def _key(name: str) -> str:
-    return name.strip().lower()
-
-
-class Registry:
-    """Every known profile: shipped ones, then user directories (which win)."""
-
-    def __init__(self, models: dict[str, ModelProfile], gpus: dict[str, HardwareProfile]):
-        self.models = models
-        self.gpus = gpus
-        self._model_index = self._index(models)
-        self._gpu_index = self._index(gpus)
-        self._resolved: dict[str, ModelProfile] = {}  # folders and Hub ids read this run
-
-    @staticmethod
-    def _index(profiles) -> dict[str, str]:
-        index: dict[str, str] = {}
-        for name, profile in profiles.items():
-            for label in (profile.name, *profile.aliases):
-                index.setdefault(_key(label), name)
-        for name in profiles:  # a name always beats someone else's alias
-            index[_key(name)] = name
-        return index
-
-    @classmethod
-    def load(cls, user_dirs=(), warn=None, include_env: bool = True) -> Registry:
-        """Load shipped profiles, then each user directory in order (later wins):
-        :func:`profile_dirs` of ``user_dirs`` (the ``--profiles`` directories)."""
-        warn = warn or (lambda message: print(f"capcalc: note: {message}", file=sys.stderr))
-        models: dict[str, ModelProfile] = {}
-        gpus: dict[str, HardwareProfile] = {}
-        for directory in (shipped_dir("model_profiles"), shipped_dir("hardware_profiles")):
-            for path in sorted(directory.glob("*.yaml")):
-                _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
-        for path in profile_dirs(user_dirs, include_env):
-            if not path.is_dir():
-                raise CapcalcError(f"profile directory {str(path)!r} does not exist or is not a directory")
-            for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
-                if file.name.startswith("calibration"):
-                    continue
-                _add(load_profile_file(file), models, gpus, shipped=False, warn=warn)
-        return cls(models, gpus)
-
-    def model(self, name: str) -> ModelProfile:
-        return self._lookup(name, self.models, self._model_index, "model")
-
-    def knows_model(self, name: str) -> bool:
-        """``name`` is a model profile's name or alias (case-insensitive)."""
-        return _key(name) in self._model_index
-
-    def closest_profiles(self, name: str) -> list[str]:
-        """The three model or GPU names closest to ``name``."""
-        return self.closest(name, {**self._gpu_index, **self._model_index})
-
-    def resolve_model(self, name: str) -> ModelProfile:
-        """A model by, in this order: profile name or alias; a local folder holding
-        config.json; a Hugging Face repo id ``org/name[@revision]`` read through
-        huggingface-hub's cache (see :mod:`capcalc.hub`). A name that looks like none of
-        these is an unknown model, reported with the closest profile names."""
-        found = self._model_index.get(_key(name))
-        if found is not None:
-            return self.models[found]
-        from . import hub  # lazy: only names that are not profiles import huggingface-hub
-
-        if hub.classify(name) is None:
-            return self.model(name)
-        if name not in self._resolved:
-            imported = hub.load(name)
-            for warning in imported.warnings:
-                print(f"capcalc: note: {warning}", file=sys.stderr)
-            counted = (
-                f"parameter count from {imported.params_source}"
-                if imported.params_checkpoint is not None
-                else "parameter count computed from the architecture"
-            )
-            print(
-                f"capcalc: note: {name}: read {imported.config_path} ({imported.model_type}; {counted})",
-                file=sys.stderr,
-            )
-            self._resolved[name] = imported.profile
-        return self._resolved[name]
-
-    def gpu(self, name: str) -> HardwareProfile:
-        return self._lookup(name, self.gpus, self._gpu_index, "GPU")
-
-    def _lookup(self, name, profiles, index, what):
-        found = index.get(_key(name))
-        if found is not None:
-            return profiles[found]
-        listing = "models" if what == "model" else "gpus"
-        closest = self.closest(name, index)
-        hint = f"closest: {', '.join(closest)}" if closest else f"no {listing} are known"
-        raise CapcalcError(f"unknown {what} {name!r}; {hint} (see `capcalc {listing}`)")
-
-    @staticmethod
-    def closest(name: str, index: dict[str, str], n: int = 3) -> list[str]:
-        """The ``n`` profile names closest to ``name`` (by name or alias)."""
-        scores: dict[str, float] = {}
-        for label, target in index.items():
-            score = difflib.SequenceMatcher(None, _key(name), label).ratio()
-            scores[target] = max(scores.get(target, 0.0), score)
-        return sorted(scores, key=lambda t: (-scores[t], t))[:n]
-
-
-def _add(profile, models, gpus, shipped, warn):
-    table = models if isinstance(profile, ModelProfile) else gpus
-    previous = table.get(profile.name)
-    if previous is not None:
-        if shipped:
-            raise ProfileError(
-                profile.path, "name", f"duplicate name {profile.name!r} (also in {previous.path})"
-            )
-        warn(f"user profile {profile.path} overrides {previous.path} ({profile.name})")
-    table[profile.name] = profile

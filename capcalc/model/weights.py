@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .dtypes import canonical_dtype, serving_dtype
-from .errors import CapcalcError
-from .parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
-from .params import ParamCount, count_params, layer_shapes
-from .profiles import ModelProfile
+from capcalc.core.dtypes import canonical_dtype, serving_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
+from capcalc.model.params import ParamCount, count_params, layer_shapes
+from capcalc.schema.profiles import ModelProfile
 
 WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4")
 
@@ -46,7 +46,7 @@ def bits_per_weight(dtype: str, group_size: int = 128) -> float:
 
 def resolve_weight_dtype(weight_dtype: str, model: ModelProfile) -> str:
     """``auto`` means the dtype the official checkpoint ships in, except that fp32
-    checkpoints are served in their serving dtype (:func:`capcalc.dtypes.serving_dtype`,
+    checkpoints are served in their serving dtype (:func:`capcalc.core.dtypes.serving_dtype`,
     fp16, as vLLM's ``--dtype auto`` does)."""
     dtype = canonical_dtype(weight_dtype, WEIGHT_DTYPES, "weight dtype")
     if dtype == "auto":
@@ -231,7 +231,7 @@ def weight_bytes_per_gpu(
     (the layout of :func:`gpu_weights`).
 
     Pipeline parallelism: each stage holds the layers of
-    :func:`capcalc.parallel.pp_layer_ranges`; the first stage also holds the
+    :func:`capcalc.model.parallel.pp_layer_ranges`; the first stage also holds the
     embedding (and the extra weights), the last the final norm and the LM head.
     A tied LM head shares the embedding's memory only when one GPU holds both:
     with ``pp > 1`` the last stage keeps its own copy of the tied matrix.

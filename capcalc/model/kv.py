@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dtypes import DTYPE_BYTES, resolve_kv_dtype
-from .errors import CapcalcError
-from .parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
-from .profiles import ModelProfile
+from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
+from capcalc.schema.profiles import ModelProfile
 
 
 def kv_bytes_per_token_per_layer(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:

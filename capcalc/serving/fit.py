@@ -76,13 +76,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
-from .errors import CapcalcError
-from .kv import kv_bytes_per_token_per_layer
-from .parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
-from .profiles import HardwareProfile, ModelProfile
-from .search import largest_true
-from .weights import resolve_weight_dtype, weight_bytes_per_gpu
+from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.core.search import largest_true
+from capcalc.model.kv import kv_bytes_per_token_per_layer
+from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
+from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 GIB = 2**30
 

@@ -1,6 +1,6 @@
 """Predicted step times, TTFT, inter-token latency and throughput.
 
-One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
+One step (see :mod:`capcalc.model.flops` for its FLOPs and bytes, per GPU) takes
 
     memory_s  = weight_bytes / (B x weight_bandwidth_efficiency) + kv_bytes / (B x kv_bandwidth_efficiency)
     compute_s = dense_matmul_flops / (P_c x e) + routed_expert_flops / (P_c x e_x)
@@ -14,13 +14,13 @@ One step (see :mod:`capcalc.flops` for its FLOPs and bytes, per GPU) takes
               + step_overhead_s + comm_s
 
 with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
-the serving dtype (:func:`capcalc.dtypes.serving_dtype`: attention runs in bf16/fp16
+the serving dtype (:func:`capcalc.core.dtypes.serving_dtype`: attention runs in bf16/fp16
 whatever the weights), n the tokens in the step, eff(n) the FLOP/s efficiency curve of
-:class:`capcalc.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
+:class:`capcalc.perf.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
 a dense model), and I the interconnect bandwidth per direction (ring all-reduce of the
 bf16 hidden states, two per layer: after attention and after the MLP). The bound is
 whichever of compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is
-the datasheet roofline (:mod:`capcalc.roofline`).
+the datasheet roofline (:mod:`capcalc.perf.roofline`).
 
 A request of P prompt tokens and O output tokens, B at once:
 
@@ -38,12 +38,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .dtypes import canonical_dtype, serving_dtype
-from .efficiency import Efficiency, ResolvedEfficiency
-from .errors import CapcalcError
-from .flops import StepCost, decode_cost, decode_costs, prefill_cost
-from .profiles import HardwareProfile, ModelProfile
-from .weights import resolve_weight_dtype
+from capcalc.core.dtypes import canonical_dtype, serving_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.model.flops import StepCost, decode_cost, decode_costs, prefill_cost
+from capcalc.model.weights import resolve_weight_dtype
+from capcalc.perf.efficiency import Efficiency, ResolvedEfficiency
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
 #: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts.
@@ -61,7 +61,7 @@ def resolve_compute_dtype(
     ``auto``: 16-bit weights compute in their dtype; fp8 weights in fp8 where the GPU has
     an fp8 rate (W8A8, as vLLM runs fp8 checkpoints on Hopper and later), else 16-bit;
     integer and 4-bit weights are dequantised and multiplied in the serving dtype
-    (:func:`capcalc.dtypes.serving_dtype`; weight-only W8A16 / W4A16 kernels, e.g.
+    (:func:`capcalc.core.dtypes.serving_dtype`; weight-only W8A16 / W4A16 kernels, e.g.
     Marlin); fp32 weights use fp32.
     """
     dtype = canonical_dtype(compute_dtype, COMPUTE_DTYPES, "compute dtype")

@@ -4,7 +4,7 @@ headers) mapped into capcalc's model profile schema.
 Only JSON is read: no ``trust_remote_code``, no import of the repo's modelling
 code, no tensors. Each supported ``model_type`` has a small mapping below that
 names every field it reads; the result is a profile mapping validated by
-:func:`capcalc.profiles.model_from_dict`, the one place profiles are checked.
+:func:`capcalc.sources.loader.model_from_dict`, the one place profiles are checked.
 
 Rules shared by all architectures:
 
@@ -23,7 +23,7 @@ Rules shared by all architectures:
   that architecture (named beside each mapping).
 
 Parameter counts: the profile's architecture gives the computed count
-(:func:`capcalc.params.count_params`). When the folder holds the safetensors
+(:func:`capcalc.model.params.count_params`). When the folder holds the safetensors
 files (or an index with ``total_parameters``) the checkpoint's own count is
 recorded as the profile's exact ``params_official``; tensors outside the text
 decoder (a vision tower) become ``extra_params``; multi-token-prediction layers
@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dtypes import canonical_dtype
-from .errors import CapcalcError
-from .params import count_params
-from .profiles import ModelProfile, model_from_dict
-from .safetensors_header import Checkpoint, read_checkpoint
+from capcalc.core.dtypes import canonical_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.model.params import count_params
+from capcalc.schema.profiles import ModelProfile
+from capcalc.sources.loader import model_from_dict
+from capcalc.sources.safetensors_header import Checkpoint, read_checkpoint
 
 #: older model_type spellings of a supported architecture
 _MODEL_TYPE_ALIASES = {"RefinedWeb": "falcon", "RefinedWebModel": "falcon"}

@@ -7,8 +7,8 @@ replicated on tp / kv_heads GPUs).
 
 from __future__ import annotations
 
-from .errors import CapcalcError
-from .profiles import ModelProfile
+from capcalc.core.errors import CapcalcError
+from capcalc.schema.profiles import ModelProfile
 
 #: the largest tensor-parallel degree considered (``valid_tp_degrees``, ``fit --tp auto``)
 MAX_TP = 64

@@ -1,6 +1,6 @@
 """Datasheet roofline of one decode step and one prefill: where the bottleneck is.
 
-For a step with F FLOPs and M bytes moved (per GPU, :mod:`capcalc.flops`):
+For a step with F FLOPs and M bytes moved (per GPU, :mod:`capcalc.model.flops`):
 
     intensity = F / M                       (FLOP/byte)
     ridge     = peak(compute dtype) / bandwidth
@@ -9,7 +9,7 @@ For a step with F FLOPs and M bytes moved (per GPU, :mod:`capcalc.flops`):
     utilisation at that bound = F / (lower bound x peak)
 
 (attention FLOPs are timed at the activation dtype's peak; with 16-bit weights that is
-the same peak). These are :func:`capcalc.latency.predict_step` with
+the same peak). These are :func:`capcalc.perf.latency.predict_step` with
 :meth:`Efficiency.ideal`: every fraction 1, no fixed costs -- a bound no engine beats.
 
 Landmarks (seed chapter §0.10):
@@ -28,11 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .efficiency import Efficiency
-from .flops import COMPONENTS
-from .kv import kv_bytes_per_sequence
-from .latency import StepPrediction, predict_decode_step, predict_prefill
-from .profiles import HardwareProfile, ModelProfile
+from capcalc.model.flops import COMPONENTS
+from capcalc.model.kv import kv_bytes_per_sequence
+from capcalc.perf.efficiency import Efficiency
+from capcalc.perf.latency import StepPrediction, predict_decode_step, predict_prefill
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 #: searched up to this batch (and context) for the critical batch
 SEARCH_LIMIT = 2**30

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 #: relative disagreement allowed when all three are given
 CONSISTENCY_TOLERANCE = 0.01

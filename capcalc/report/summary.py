@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from .dtypes import PEAK_DTYPES, resolve_kv_dtype
-from .efficiency import resolve_efficiency
-from .kv import kv_bytes_per_token
-from .params import count_params
-from .profiles import HardwareProfile, ModelProfile
-from .weights import weight_bytes
+from capcalc.core.dtypes import PEAK_DTYPES, resolve_kv_dtype
+from capcalc.model.kv import kv_bytes_per_token
+from capcalc.model.params import count_params
+from capcalc.model.weights import weight_bytes
+from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 SHOW_WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4")
 SHOW_KV_DTYPES = ("bf16", "fp8")

@@ -27,7 +27,7 @@ Bytes moved from memory:
   head, which reads the whole table anyway;
 * KV read: every sequence's cache at ``ctx`` (decode), the prompt's own KV once (prefill;
   FlashAttention keeps the tiles on chip); KV write: one token per layer per new token.
-  Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.kv`.
+  Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.model.kv`.
 * activations, in prefill only: every activation tensor passed between kernels is written
   once and read once, in the 16-bit activation dtype (4 bytes for fp32 models). Per token
   and layer (see :func:`activation_elements_per_token`), with h the hidden size, q/k/v/o
@@ -47,9 +47,9 @@ Bytes moved from memory:
   decode (batch x width, a few MB) they stay in the L2 cache and are not counted.
   They are streamed at the weight efficiency (``weight_bytes`` includes them).
 
-Weights, per GPU, are those :func:`capcalc.weights.gpu_weights` lays out -- the same
-layout ``fit`` holds in memory (:func:`capcalc.weights.weight_bytes_per_gpu`), at the
-same widths (:func:`capcalc.weights.weight_widths`: quantised dtypes shrink the
+Weights, per GPU, are those :func:`capcalc.model.weights.gpu_weights` lays out -- the same
+layout ``fit`` holds in memory (:func:`capcalc.model.weights.weight_bytes_per_gpu`), at the
+same widths (:func:`capcalc.model.weights.weight_widths`: quantised dtypes shrink the
 decoder's matrix weights, mxfp4 only the routed experts, and keep embeddings, LM head,
 norms and biases 16-bit). Tensor parallelism splits the projections, MLPs, experts,
 embedding and LM head by tp, but every GPU holds, reads and multiplies whole the
@@ -57,7 +57,7 @@ replicated pieces: K/V projections once tp exceeds the KV heads, MLA's
 down-projections, the router, norms and biases. So a step touching every expert
 streams exactly the weights one GPU holds, less the untied embedding table (gathered)
 and the weights outside the decoder. Attention FLOPs split by heads; KV per GPU comes
-from :func:`capcalc.kv.kv_bytes_per_sequence`, which keeps replicated KV heads whole.
+from :func:`capcalc.model.kv.kv_bytes_per_sequence`, which keeps replicated KV heads whole.
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from .dtypes import resolve_kv_dtype
-from .errors import CapcalcError
-from .kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
-from .profiles import ModelProfile
-from .weights import gpu_weights
+from capcalc.core.dtypes import resolve_kv_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.model.kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
+from capcalc.model.weights import gpu_weights
+from capcalc.schema.profiles import ModelProfile
 
 #: component names, in the order tables print them
 COMPONENTS = (

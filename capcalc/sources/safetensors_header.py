@@ -16,7 +16,7 @@ which is used when the shards themselves are absent.
 Assumption: an element is a parameter. That holds for 16/32-bit and fp8
 checkpoints; packed quantised formats (GPTQ/AWQ ``qweight`` int32 holding eight
 4-bit weights, mxfp4 ``blocks``) store several weights per element, so callers
-do not use header counts for them (see :mod:`capcalc.hfconfig`).
+do not use header counts for them (see :mod:`capcalc.sources.hfconfig`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 INDEX_NAME = "model.safetensors.index.json"
 #: safetensors refuses headers above 100 MB; so do we (a corrupt length would otherwise allocate)

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CapcalcError
-from .hfconfig import ImportedModel, import_folder
+from capcalc.core.errors import CapcalcError
+from capcalc.sources.hfconfig import ImportedModel, import_folder
 
 #: org/name as the Hub spells repo ids (the Hub itself validates the details)
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
@@ -169,7 +169,7 @@ def default_name(located: Located) -> str:
 
 
 def load(name: str, profile_name: str | None = None) -> ImportedModel:
-    """A validated profile for a folder or Hub repo id (see :func:`capcalc.hfconfig.import_folder`)."""
+    """A validated profile for a folder or Hub repo id (see :func:`capcalc.sources.hfconfig.import_folder`)."""
     located = locate(name)
     aliases: tuple[str, ...] = ()
     if located.repo_id:

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 #: the commands sweep can run
 SWEEPABLE = ("kv", "fit", "roofline", "latency", "plan")

@@ -1,8 +1,8 @@
 """The calibration file: efficiency parameters measured on the user's own GPU.
 
 ``capcalc measure --save`` writes ``calibration.yaml`` into the user profile directory
-(:func:`capcalc.profiles.user_profile_dir`); ``latency`` and ``plan`` read one from each
-directory profiles are read from (:func:`capcalc.profiles.profile_dirs`; a later
+(:func:`capcalc.sources.dirs.user_profile_dir`); ``latency`` and ``plan`` read one from each
+directory profiles are read from (:func:`capcalc.sources.dirs.profile_dirs`; a later
 directory's entry for a GPU wins). Format::
 
     schema_version: 1
@@ -15,7 +15,7 @@ directory's entry for a GPU wins). Format::
         measured:
           bandwidth_bytes_per_s: 2.9e12
           peak_flops_per_s: {bf16: 7.6e14}
-        efficiency:                      # any of the parameters in capcalc.efficiency
+        efficiency:                      # any of the parameters in capcalc.perf.efficiency
           weight_bandwidth_efficiency: 0.86
           layer_overhead_s: 8.0e-6
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from .efficiency import check_mapping
-from .errors import CapcalcError
-from .fileio import write_atomic
-from .profiles import profile_dirs, user_profile_dir
+from capcalc.core.errors import CapcalcError
+from capcalc.core.fileio import write_atomic
+from capcalc.perf.efficiency import check_mapping
+from capcalc.sources.dirs import profile_dirs, user_profile_dir
 
 CALIBRATION_FILE = "calibration.yaml"
 SCHEMA_VERSION = 1
@@ -73,7 +73,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_calibration(user_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Merge the ``calibration.yaml`` of every profile directory (see
-    :func:`capcalc.profiles.profile_dirs`; ``user_dirs`` are the ``--profiles``
+    :func:`capcalc.sources.dirs.profile_dirs`; ``user_dirs`` are the ``--profiles``
     directories) into one ``{schema_version, gpus: {name: entry}}`` mapping; each entry
     records its file as ``path``."""
     merged: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "gpus": {}}

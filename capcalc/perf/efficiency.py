@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .errors import CapcalcError
-from .profiles import HardwareProfile
-from .units import parse_duration
+from capcalc.core.errors import CapcalcError
+from capcalc.core.units import parse_duration
+from capcalc.schema.profiles import HardwareProfile
 
 SOURCES = ("flag", "calibration", "profile", "default")
 
@@ -286,7 +286,7 @@ def resolve_efficiency(
 
 def calibration_entry(calibration: dict[str, Any] | None, gpu_name: str) -> dict[str, Any] | None:
     """The calibration file's entry for ``gpu_name`` (None when absent); an entry read by
-    :func:`capcalc.calibration.load_calibration` carries its file as ``path``."""
+    :func:`capcalc.sources.calibration.load_calibration` carries its file as ``path``."""
     if not calibration:
         return None
     entry = (calibration.get("gpus") or {}).get(gpu_name)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .errors import CapcalcError
-from .fileio import write_atomic
+from capcalc.core.errors import CapcalcError
+from capcalc.core.fileio import write_atomic
 
 #: figure size in inches and resolution: PNG files are 1000 x 600 pixels
 FIGSIZE = (10.0, 6.0)
@@ -40,8 +40,8 @@ def require_matplotlib():
 
 
 def save_roofline_chart(path: str | Path, result, points) -> Path:
-    """Draw the roofline of ``result`` (a :class:`capcalc.roofline.RooflineResult`) with
-    ``points`` (:func:`capcalc.roofline.chart_points`) and write it atomically."""
+    """Draw the roofline of ``result`` (a :class:`capcalc.perf.roofline.RooflineResult`) with
+    ``points`` (:func:`capcalc.perf.roofline.chart_points`) and write it atomically."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -21,8 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import units
-from .errors import CapcalcError
+from capcalc.core import units
+from capcalc.core.errors import CapcalcError
 
 SCHEMA_VERSION = 1
 FORMATS = ("table", "json", "jsonl", "csv")

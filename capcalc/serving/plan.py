@@ -6,7 +6,7 @@ replica is ``tp`` such GPUs serving one copy of the model (vLLM-style continuous
 batching). ``n`` replicas share the load equally: ``lam = R / n`` requests/s each.
 
 One replica, holding ``b`` requests at once (its batch), from ``latency``
-(:func:`capcalc.latency.predict_latency`) and ``fit`` (:func:`capcalc.fit.fit`)::
+(:func:`capcalc.perf.latency.predict_latency`) and ``fit`` (:func:`capcalc.serving.fit.fit`)::
 
     t_p       = prefill time of one prompt                         latency --batch 1: ttft_s
     step(b)   = mean decode step with b sequences, context P..P+O  latency --batch b: itl_s
@@ -64,16 +64,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .dtypes import resolve_kv_dtype
-from .efficiency import Efficiency
-from .errors import CapcalcError
-from .fit import DEFAULT_UTILIZATION, FitRequest, check_request, fit, memory_of
-from .latency import LatencyResult, predict_latency
-from .parallel import check_tp
-from .profiles import HardwareProfile, ModelProfile
-from .search import largest_true, smallest_true
-from .units import format_bytes, format_duration
-from .weights import resolve_weight_dtype
+from capcalc.core.dtypes import resolve_kv_dtype
+from capcalc.core.errors import CapcalcError
+from capcalc.core.search import largest_true, smallest_true
+from capcalc.core.units import format_bytes, format_duration
+from capcalc.model.parallel import check_tp
+from capcalc.model.weights import resolve_weight_dtype
+from capcalc.perf.efficiency import Efficiency
+from capcalc.perf.latency import LatencyResult, predict_latency
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
+from capcalc.serving.fit import DEFAULT_UTILIZATION, FitRequest, check_request, fit, memory_of
 
 #: GPU arithmetic busy at least this share of the time at the batch limit: "compute" binds.
 #: A replica's arithmetic caps its throughput at (work per second) / (compute rate): when
@@ -325,7 +325,7 @@ def plan_candidate(
     max_num_seqs: int | None = None,
 ) -> PlanResult:
     """The fewest replicas of ``cand`` that carry ``traffic`` within ``slos``, or why none do.
-    Usage errors (the settings, the dtypes: :func:`capcalc.fit.check_request`) are raised,
+    Usage errors (the settings, the dtypes: :func:`capcalc.serving.fit.check_request`) are raised,
     not turned into a rejection; :func:`plan` checks them once before any candidate."""
     context = traffic.prompt_tokens + traffic.output_tokens
     rate_price, price_source = price if price else (None, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 #: bytes per element. 4-bit formats are half a byte before their scales.
 DTYPE_BYTES: dict[str, float] = {

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .profiles import ModelProfile
+from capcalc.schema.profiles import ModelProfile
 
 
 @dataclass(frozen=True)

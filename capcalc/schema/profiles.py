@@ -1,0 +1,135 @@
+"""The profile dataclasses: what a model and a GPU are, as every calculation sees them.
+
+They are built only by :mod:`capcalc.sources.loader`, which validates a YAML mapping
+field by field (``docs/profiles.md`` is the file format); nothing here reads files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from capcalc.core.dtypes import canonical_dtype
+from capcalc.core.errors import CapcalcError
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class MoE:
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    num_shared_experts: int = 0
+    shared_expert_intermediate_size: int = 0
+    first_dense_layers: int = 0
+    expert_bias: bool = False
+    router_bias: bool = False
+
+
+@dataclass(frozen=True)
+class MLA:
+    kv_lora_rank: int
+    qk_rope_head_dim: int
+    qk_nope_head_dim: int
+    v_head_dim: int
+    q_lora_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class ExtraParams:
+    count: int
+    what: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    source: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_context: int
+    display_name: str = ""
+    aliases: tuple[str, ...] = ()
+    params_official: int | None = None
+    params_official_kind: str | None = None
+    params_official_source: str | None = None
+    native_dtype: str = "bf16"
+    tie_word_embeddings: bool = False
+    mlp: str = "gated"
+    attention_bias: bool = False
+    attention_output_bias: bool = False
+    mlp_bias: bool = False
+    norm: str = "rmsnorm"
+    norms_per_layer: int = 2
+    qk_norm: bool = False
+    position_embedding: str = "rope"
+    moe: MoE | None = None
+    mla: MLA | None = None
+    sliding_window: int | None = None
+    #: one of 'full' / 'sliding' per layer
+    layer_types: tuple[str, ...] = ()
+    extra_params: ExtraParams | None = None
+    notes: str = ""
+    path: str = ""
+
+    @cached_property  # immutable profile; asked for on every step of a latency average
+    def num_sliding_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "sliding")
+
+    @property
+    def num_full_layers(self) -> int:
+        return self.num_layers - self.num_sliding_layers
+
+    @property
+    def num_moe_layers(self) -> int:
+        return 0 if self.moe is None else self.num_layers - self.moe.first_dense_layers
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    memory_bytes: float
+    bandwidth_bytes_per_s: float
+    #: dense peak FLOP/s (or OP/s for integer types) per dtype
+    peak_flops_per_s: dict[str, float]
+    sources: dict[str, str]
+    display_name: str = ""
+    aliases: tuple[str, ...] = ()
+    vendor: str = ""
+    memory_reported_bytes: float | None = None
+    interconnect: str = ""
+    interconnect_bandwidth_bytes_per_s: float | None = None
+    l2_cache_bytes: float | None = None
+    price_per_hour: float | None = None
+    efficiency: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    path: str = ""
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak rate for ``dtype``; fp16 and bf16 stand in for each other."""
+        if dtype in self.peak_flops_per_s:  # the hot path of latency averaging
+            return self.peak_flops_per_s[dtype]
+        dtype = canonical_dtype(dtype)
+        for candidate in (dtype, {"bf16": "fp16", "fp16": "bf16"}.get(dtype)):
+            if candidate and candidate in self.peak_flops_per_s:
+                return self.peak_flops_per_s[candidate]
+        raise CapcalcError(
+            f"{self.name} has no {dtype} peak rate in its profile "
+            f"(it lists {', '.join(self.peak_flops_per_s)})"
+        )
+
+    def ridge_point(self, dtype: str = "bf16") -> float:
+        """FLOP/byte at which a kernel turns from memory- to compute-bound: peak / bandwidth."""
+        return self.peak(dtype) / self.bandwidth_bytes_per_s
