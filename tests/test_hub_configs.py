@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import FIXTURES, real_config
 from hypothesis import given
 from hypothesis import strategies as st
-from test_hub import FIXTURES, real_config
 
 from capcalc.core.errors import CapcalcError
 from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token_per_layer

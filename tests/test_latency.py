@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import TEST_PROFILES
+from conftest import TINY_MOE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,6 @@ from capcalc.model.flops import decode_cost, prefill_cost
 from capcalc.perf.efficiency import PARAMETERS, Efficiency, default_efficiency, resolve_efficiency
 from capcalc.perf.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
 from capcalc.sources.calibration import CALIBRATION_FILE, load_calibration, save_calibration
-from capcalc.sources.loader import load_profile_file
 from capcalc.sources.registry import Registry
 
 EFF = Efficiency(
@@ -113,8 +112,7 @@ def test_moe_prefill_activation_bytes_by_hand():
     stream 6 x 64 = 384, attention (64 + 16 + 16) + (64 + 16) + 64 = 240, dense MLP 3 x 128 =
     384; an MoE layer's MLP 2 x (3 x 32 + 2 x 64) routed + 3 x 32 shared = 544. Written and
     read: 2 x (1008 + 2 x 1168) = 6688 accesses per token, x 4 B x 2 x 10 tokens."""
-    tiny_moe = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
-    cost = prefill_cost(tiny_moe, 2, 10, weight_dtype="fp32")
+    cost = prefill_cost(TINY_MOE, 2, 10, weight_dtype="fp32")
     assert cost.component("activations").bytes == 2 * (1008 + 2 * 1168) * 4 * 20 == 535_040
 
 

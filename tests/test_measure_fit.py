@@ -9,7 +9,7 @@ import os
 
 import pytest
 import yaml
-from conftest import TEST_PROFILES
+from conftest import TINY, TINY_MOE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,11 +29,6 @@ from capcalc.measure.memory import CPU_WORKSPACE_BYTES, check_point, estimate_me
 from capcalc.model.kv import kv_bytes_per_sequence
 from capcalc.perf.efficiency import Efficiency
 from capcalc.sources import calibration
-from capcalc.sources.loader import load_profile_file
-
-TINY = load_profile_file(TEST_PROFILES / "tiny-test.yaml")
-TINY_MOE = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
-
 
 # --------------------------------------------------------------------------- linear algebra
 

@@ -15,22 +15,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import TEST_PROFILES
+from conftest import SHIPPED as REGISTRY
+from conftest import TINY_MOE, torch_or_skip
 
 from capcalc.core.errors import CapcalcError
-from capcalc.measure import require_torch
 from capcalc.measure.model import DecoderModel, check_supported
 from capcalc.model.params import count_params
 from capcalc.schema.profiles import ModelProfile
-from capcalc.sources.loader import load_profile_file
-from capcalc.sources.registry import Registry
 
-try:
-    torch = require_torch()
-except CapcalcError:
-    pytest.skip("torch is not installed", allow_module_level=True)
-
-SHIPPED = Registry.load(include_env=False).models
+torch = torch_or_skip()
+SHIPPED = REGISTRY.models
 
 #: shipped profiles the torch loop refuses, and why (check_supported's own reasons)
 REFUSED = {"deepseek-v2-lite": "multi-head latent attention", "deepseek-v3": "multi-head latent attention"}
@@ -122,8 +116,9 @@ def test_gpt2_by_hand_against_the_module():
 
 def test_the_meta_build_counts_what_a_real_build_holds():
     """The same shrunk GPT-2 and an expert-biased MoE, allocated for real on the CPU."""
-    moe = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
-    biased = dataclasses.replace(moe, moe=dataclasses.replace(moe.moe, expert_bias=True, router_bias=True))
+    biased = dataclasses.replace(
+        TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, expert_bias=True, router_bias=True)
+    )
     for profile in (shrink(SHIPPED["gpt2"]), biased):
         meta = DecoderModel(profile, "fp32", "meta", max_positions=16)
         real = DecoderModel(profile, "fp32", "cpu", max_positions=16)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import SHIPPED
 
 from capcalc.model.params import count_params
 from capcalc.model.weights import bits_per_weight, weight_bytes
-from capcalc.sources.registry import Registry
 
-_REGISTRY = Registry.load(include_env=False)
 EXACT = sorted(
-    n for n, m in _REGISTRY.models.items() if m.params_official and m.params_official_kind == "exact"
+    n for n, m in SHIPPED.models.items() if m.params_official and m.params_official_kind == "exact"
 )
 
 
