@@ -148,8 +148,7 @@ def test_loop_weight_bytes_tiny_model_by_hand():
     # 64x32 each, o 64x64, q/k/v biases 64+32+32, gated MLP 3x64x128, two norms of 64;
     # a final norm of 64. fp32: 4 bytes each.
     per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + (64 + 32 + 32) + 3 * 64 * 128 + 2 * 64
-    params = 2 * 256 * 64 + 2 * per_layer + 64
-    assert params == 107_072
+    params = 2 * 256 * 64 + 2 * per_layer + 64  # = 107,072
     assert loop_weight_bytes(TINY, "fp32") == params * 4
 
 
