@@ -10,7 +10,8 @@ What it computes (shapes: B batch, T tokens, H hidden, h heads, g KV heads, d he
 * MLP: gated (silu(x W_gate) * x W_up) W_down or plain gelu(x W_up) W_down; or MoE:
   a router [H -> E], softmax, top-k, renormalised weights, and the routed experts
   run as a grouped matmul over the tokens sorted by expert (``torch._grouped_mm``:
-  it reads only the experts that received tokens), shared experts as one dense MLP;
+  it reads only the experts that received tokens; per-expert biases where the profile
+  has them), shared experts as one dense MLP;
 * final norm and LM head (tied to the embedding where the profile says so); prefill
   computes logits for the last position only, as serving engines do.
 
