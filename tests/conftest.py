@@ -26,6 +26,16 @@ TINY = load_profile_file(TEST_PROFILES / "tiny-test.yaml")
 TINY_MOE = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
 
 
+def torch_available() -> bool:
+    from capcalc.measure import require_torch
+
+    try:
+        require_torch()
+        return True
+    except CapcalcError:
+        return False
+
+
 def torch_or_skip():
     """torch for a module that needs it (``torch = torch_or_skip()`` at the top); skips the
     module where it is not installed. Quiet about a missing numpy, unlike a bare import."""

@@ -15,7 +15,7 @@ import re
 from conftest import ROOT
 
 SHIPPED = ["capcalc", "model_profiles", "hardware_profiles", "scripts", "docs", "benchmarks", "README.md"]
-TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".sh", ".txt", ".json", ".toml", ".csv"}
+TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".sh", ".txt", ".json", ".toml", ".csv", ".log"}
 
 LOCAL = re.compile(r"/work/|\bshared/seed|\bdevice tool\b|\bfile id \d+|\bindex id\b|\bissue \d+\b", re.I)
 
