@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU validation of `capcalc measure` (issue 5): time the device, then measured-vs-predicted
-# decode and prefill for four models, and write everything under $OUT.
+# Validate capcalc's latency model on your own GPU: time the device (`capcalc measure --gpu`),
+# then measure decode and prefill of four models against capcalc's prediction, and write
+# everything under $OUT. docs/validation.md shows what one such run on an H100 found.
 #
 #   OUT=/tmp/out bash scripts/validate_gpu.sh            # from the repository root
 #   MODELS="llama-3.2-1b" BATCHES=1,8 bash scripts/validate_gpu.sh   # a quicker subset
@@ -11,7 +12,7 @@
 # the results, and a `capcalc latency` run afterwards shows it being used.
 # Points that would not fit in memory are skipped by capcalc's own pre-check (logged).
 #
-# What comes back (at most 8 files, as the device tool allows):
+# What it writes (four files, small enough to attach to a bug report):
 #   $OUT/summary.txt           environment, each model's calibration summary, the 60%-of-copy check
 #   $OUT/all.csv               every record of every run, one CSV
 #   $OUT/validation.tar.gz     per-run JSON and stderr logs
@@ -75,7 +76,7 @@ echo "== total $((SECONDS - start)) s"
 python3 - "$WORK" "$OUT" <<'EOF' 2>&1 | tee "$OUT/summary.txt"
 import json, sys
 from pathlib import Path
-from capcalc.output import write_csv
+from capcalc.report.output import write_csv
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 records = []
 for path in sorted(work.glob("*.json")):

@@ -28,7 +28,9 @@ MIB = 2**20
 #   "The model's max seq len (29000) is larger than the maximum number of tokens that can
 #    be stored in KV cache (23648)."
 
-# One block of Llama-3.1-8B: 16 tokens x 32 layers x 2 x 8 KV heads x 128 x 2 B = 2 MiB
+# One block of Llama-3.1-8B: 16 tokens x 32 layers x 2 x 8 KV heads x 128 x 2 B = 2 MiB.
+# The log agrees with itself under this reading: 1952 x 2 MiB = 3.8125 GiB ("3.81GiB") and
+# 1478 x 2 MiB = 2.887 GiB ("2.89GiB").
 LLAMA31_8B_BLOCK = 16 * 32 * 2 * 8 * 128 * 2
 
 
@@ -47,25 +49,19 @@ def rtx3090(cli, kv_cache_memory, max_model_len, *extra):
     )
 
 
-def test_llama31_8b_block_is_2_mib_and_the_logged_blocks_match_the_logged_gib():
-    assert LLAMA31_8B_BLOCK == 2 * MIB
-    assert f"{1952 * LLAMA31_8B_BLOCK / GIB:.2f}" == "3.81"
-    assert f"{1478 * LLAMA31_8B_BLOCK / GIB:.2f}" == "2.89"
-
-
 def test_issue_10517_20k_on_rtx_3090(cli):
     r = rtx3090(cli, "3.81GiB", 20000, "--json").json()
     assert r["page_bytes"] * r["layers_per_group"] == LLAMA31_8B_BLOCK
-    assert r["num_blocks"] == int(3.81 * GIB // LLAMA31_8B_BLOCK) == 1950  # 1952 within the log's rounding
+    assert r["num_blocks"] == 1950  # 3.81 GiB // 2 MiB = 1950.7: 1952 within the log's rounding
     assert abs(r["num_blocks"] - 1952) <= 0.005 * GIB / LLAMA31_8B_BLOCK
     assert f"{r['max_concurrency']:.2f}" == "1.56"
     assert r["fits"] is True and r["kv_cache_memory_source"] == "flag"
 
     exact = rtx3090(cli, str(1952 * LLAMA31_8B_BLOCK), 20000, "--json").json()
     assert exact["num_blocks"] == 1952
-    assert exact["kv_cache_tokens"] == 1952 * 16 == 31_232
+    assert exact["kv_cache_tokens"] == 1952 * 16
     assert exact["blocks_per_request"] == 1250  # cdiv(20000, 16)
-    assert exact["max_concurrency"] == 1952 / 1250 == 1.5616
+    assert exact["max_concurrency"] == 1952 / 1250  # 1.5616, the log's "1.56x"
 
 
 def test_issue_10517_29k_fails_with_vllms_numbers(cli):
@@ -76,7 +72,7 @@ def test_issue_10517_29k_fails_with_vllms_numbers(cli):
     assert r["kv_needed_bytes"] == 1813 * LLAMA31_8B_BLOCK
     exact = rtx3090(cli, str(1478 * LLAMA31_8B_BLOCK), 29000, "--json").json()
     assert exact["num_blocks"] == 1478
-    assert exact["max_model_len_that_fits"] == 23_648 == 1478 * 16  # the log's "(23648)"
+    assert exact["max_model_len_that_fits"] == 23_648  # 1478 x 16, the log's "(23648)"
     assert "--max-model-len 23648" in exact["suggestions"]
 
 
@@ -117,15 +113,14 @@ def test_deepseek_v2_lite_mla_tp2_pp2(cli, registry):
             kv_cache_memory=12.13 * GIB,
         ),
     )
-    assert r.page_bytes == DSV2_LITE_PAGE == 18_432
+    assert r.page_bytes == DSV2_LITE_PAGE  # 18,432 B
     assert r.kv_heads_per_gpu == 1 and r.kv_replicated  # the latent is on both tp ranks
     # 27 layers on pp=2: vLLM puts 14 on the first stage, 13 on the last
     assert r.binding_stage == 0 and r.layers_per_group == 14
+    # 807,792 tokens / 16 = 50,487 blocks; 50,487 x 14 layers x 18,432 B = 12.13 GiB, the
+    # logged figure of stage 0; the 13-layer stage's 11.33 GiB would hold 50,770 blocks, so
+    # stage 0 bounds, as logged
     blocks = 807_792 // 16
-    assert blocks == 50_487
-    assert f"{blocks * 14 * DSV2_LITE_PAGE / GIB:.2f}" == "12.13"  # the logged GiB is stage 0's
-    # the 13-layer stage with 11.33 GiB would hold more blocks, so stage 0 bounds (as logged)
-    assert blocks < 11.33 * GIB // DSV2_LITE_PAGE // 13
     assert abs(r.num_blocks - blocks) <= 0.005 * GIB / (14 * DSV2_LITE_PAGE)
     exact = fit(
         model,
@@ -167,7 +162,6 @@ def test_mla_kv_per_gpu_does_not_shrink_with_tp(registry):
     [("llama-3.1-8b", 1, 14.99, 4.76, 51.38), ("qwen3-32b", 2, 30.59, 5.64, 34.49)],
 )
 def test_budget_matches_vllm_011_on_h100(registry, model, tp, weights_gib, activation_gib, kv_gib):
-    assert round(79.18 * 0.9 - 14.99 - 4.76 - 0.13, 2) == 51.38
     r = fit(
         registry.model(model),
         FitRequest(
@@ -238,9 +232,8 @@ def test_window_saves_memory_only_when_window_plus_batch_is_below_max_model_len(
 
     # 1023 + 8192 < 32768: per request 10 x (2048 + 6 x 577) layer-blocks instead of 62 x 2048,
     # so the hybrid manager serves 2.3x the sequences of all-full layers
-    ratio = (62 * 2048) / (10 * (2048 + 6 * 577))
+    ratio = (62 * 2048) / (10 * (2048 + 6 * 577))  # 2.31
     assert concurrency(32768, True) / concurrency(32768, False) == pytest.approx(ratio, rel=1e-3)
-    assert ratio > 2.3
     # 1023 + 8192 >= 8192: sliding groups hold the whole request plus a block, and the padded
     # groups cost more: the hybrid manager is no better than treating every layer as full
     assert concurrency(8192, True) <= concurrency(8192, False)
@@ -275,8 +268,7 @@ def test_qwen3_235b_tp8_weights_replicate_the_kv_projections(registry):
 def test_qwen3_30b_a3b_tp4_log(registry):
     model = registry.model("qwen3-30b-a3b")
     page = 16 * 2 * 1 * 128 * 2  # one of the 4 KV heads per GPU at tp=4
-    blocks = 198_784 // 16
-    assert f"{blocks / (8192 // 16):.2f}" == "24.27"
+    blocks = 198_784 // 16  # 12,424 blocks / 512 per 8,192-token request = 24.27x, as logged
     r = fit(
         model,
         FitRequest(

@@ -91,7 +91,7 @@ def test_memory_reported_is_not_an_nvidia_smi_figure(name):
 
 # ---------------------------------------------------------------- sources
 
-NAMES_A_DOCUMENT = re.compile(r"https?://|arXiv|/work/shared|docs/|datasheet|whitepaper|white paper", re.I)
+NAMES_A_DOCUMENT = re.compile(r"https?://|arXiv|docs/|datasheet|whitepaper|white paper", re.I)
 VAGUE = re.compile(
     r"search-library|code search result|same table|same sources|same datasheet|table above|page above"
     r"|README above|json above|cited above|cited for|as above|quoted in the notes",

@@ -6,14 +6,21 @@ are exercised by replacing hf_hub_download."""
 
 from __future__ import annotations
 
-import json
-import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import huggingface_hub
 import pytest
+from conftest import (
+    COMMIT,
+    TINY_LLAMA,
+    TINY_LLAMA_KV_BYTES_PER_TOKEN,
+    llama_tensors,
+    make_hub_cache,
+    real_config,
+    write_folder,
+    write_safetensors,
+)
 from huggingface_hub import errors as hf_errors
 
 from capcalc.core.errors import CapcalcError
@@ -21,119 +28,7 @@ from capcalc.sources import hub
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf_configs"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-#: a small Llama: 2 layers, 4 query heads, 2 KV heads of dim 16
-TINY_LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
-#: KV bytes per token of TINY_LLAMA in bf16: 2 (K and V) x 2 layers x 2 KV heads x 16 dims x 2 bytes
-TINY_LLAMA_KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 16 * 2
-
-
-# --------------------------------------------------------------------------- helpers shared by the hub/import tests
-
-
-def real_config(stem: str) -> dict:
-    """A real config.json saved under tests/fixtures/hf_configs, without its _capcalc_source note."""
-    data = json.loads((FIXTURES / f"{stem}.json").read_text())
-    data.pop("_capcalc_source", None)
-    return data
-
-
-_ST_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1, "I32": 4, "U8": 1}
-
-
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> int:
-    """A valid safetensors file built by hand: 8-byte little-endian header length, the JSON
-    header, then zero-filled data (a sparse file: truncate, nothing written). Returns the
-    number of elements."""
-    header, offset = {}, 0
-    for name, (dtype, shape) in tensors.items():
-        size = _ST_BYTES[dtype]
-        for d in shape:
-            size *= d
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as handle:
-        handle.write(struct.pack("<Q", len(raw)) + raw)
-        handle.truncate(8 + len(raw) + offset)
-    count = 0
-    for _, shape in tensors.values():
-        n = 1
-        for d in shape:
-            n *= d
-        count += n
-    return count
-
-
-def llama_tensors(cfg: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The tensor names and shapes transformers' LlamaForCausalLM saves for ``cfg``."""
-    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = h // heads
-    t = {"model.embed_tokens.weight": ("BF16", (v, h)), "model.norm.weight": ("BF16", (h,))}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        t[p + "self_attn.q_proj.weight"] = ("BF16", (heads * d, h))
-        t[p + "self_attn.k_proj.weight"] = ("BF16", (kv * d, h))
-        t[p + "self_attn.v_proj.weight"] = ("BF16", (kv * d, h))
-        t[p + "self_attn.o_proj.weight"] = ("BF16", (h, heads * d))
-        t[p + "mlp.gate_proj.weight"] = ("BF16", (f, h))
-        t[p + "mlp.up_proj.weight"] = ("BF16", (f, h))
-        t[p + "mlp.down_proj.weight"] = ("BF16", (h, f))
-        t[p + "input_layernorm.weight"] = ("BF16", (h,))
-        t[p + "post_attention_layernorm.weight"] = ("BF16", (h,))
-    if not cfg.get("tie_word_embeddings"):
-        t["lm_head.weight"] = ("BF16", (v, h))
-    return t
-
-
-def write_folder(path: Path, config: dict, tensors: dict | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(config))
-    if tensors:
-        write_safetensors(path / "model.safetensors", tensors)
-    return path
-
-
-def make_hub_cache(
-    cache: Path, repo_id: str, config: dict, commit: str = COMMIT, ref: str = "main", extra=None
-):
-    """One snapshot of ``repo_id`` in huggingface-hub's cache layout; returns the snapshot folder."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = write_folder(repo / "snapshots" / commit, config)
-    for name, tensors in (extra or {}).items():
-        write_safetensors(snapshot / name, tensors)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-    return snapshot
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(tmp_path, monkeypatch):
-    """Every test: an empty Hub cache in tmp_path, offline, no token."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_HOME", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    return cache
+pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: an empty offline Hub cache
 
 
 # --------------------------------------------------------------------------- resolution

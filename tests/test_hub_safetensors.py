@@ -9,9 +9,9 @@ import math
 import struct
 
 import pytest
+from conftest import TINY_LLAMA, llama_tensors, real_config, write_folder, write_safetensors
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hub import TINY_LLAMA, llama_tensors, real_config, write_folder, write_safetensors
 
 from capcalc.core.errors import CapcalcError
 from capcalc.model.params import count_params

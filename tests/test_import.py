@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_hub import (
+from conftest import (
     COMMIT,
     TINY_LLAMA,
     TINY_LLAMA_KV_BYTES_PER_TOKEN,
     llama_tensors,
     make_hub_cache,
-    offline_hub,  # noqa: F401  (autouse: empty offline Hub cache)
     real_config,
     write_folder,
 )
 
 from capcalc.model.params import count_params
 from capcalc.sources.loader import load_profile_file
+
+pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: an empty offline Hub cache
 
 
 def test_import_folder_writes_a_profile_the_registry_loads(cli, tmp_path, isolated_user_config):

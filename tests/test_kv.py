@@ -15,9 +15,8 @@ LLAMA3_70B_PER_TOKEN = 2 * 80 * 8 * 128 * 2
 
 
 def test_llama3_8b_is_128_kib_per_token(registry):
-    assert LLAMA3_8B_PER_TOKEN == 131_072
     r = kv_cache(registry.model("llama-3-8b"), ctx=1)
-    assert r.kv_bytes_per_token == 131_072
+    assert r.kv_bytes_per_token == LLAMA3_8B_PER_TOKEN  # 131,072 B = 128 KiB
     assert r.kv_dtype == "bf16"
 
 
@@ -31,27 +30,27 @@ def test_seed_thirty_users_on_a_24gb_card(cli):
 
 def test_llama3_70b_320_kib_per_token_and_8k_sequence(registry):
     r = kv_cache(registry.model("llama-3-70b"), ctx=8192)
-    assert r.kv_bytes_per_token == LLAMA3_70B_PER_TOKEN == 327_680
+    assert r.kv_bytes_per_token == LLAMA3_70B_PER_TOKEN  # 327,680 B, the seed's "~320 KB/token"
     assert r.kv_bytes_per_sequence == 2_684_354_560  # seed: "2.6 GB per sequence"
 
 
 def test_deepseek_v3_mla_caches_one_latent_without_factor_two(registry):
     r = kv_cache(registry.model("deepseek-v3"), ctx=1, kv_dtype="bf16")
-    assert r.kv_bytes_per_token == 61 * (512 + 64) * 2 == 70_272
+    assert r.kv_bytes_per_token == 61 * (512 + 64) * 2  # = 70,272 B: 61 layers x (latent + rope) x 2 B
     assert r.mla_layers == 61
 
 
 def test_falcon_7b_mqa_uses_its_single_kv_head(registry):
     r = kv_cache(registry.model("falcon-7b"), ctx=1, kv_dtype="bf16")
     assert r.kv_heads == 1
-    assert r.kv_bytes_per_token == 2 * 32 * 1 * 64 * 2 == 8_192
+    assert r.kv_bytes_per_token == 2 * 32 * 1 * 64 * 2  # = 8,192 B
 
 
 def test_mistral_7b_v01_window_caps_every_layer_at_4096(registry):
     m = registry.model("mistral-7b-v0.1")
     at_32k = kv_cache(m, ctx=32_768, kv_dtype="bf16")
     # every layer slides: 32 layers x 4096 tokens x (2 x 8 x 128 x 2 B)
-    assert at_32k.kv_bytes_per_sequence == 32 * 4096 * 4096 == 536_870_912
+    assert at_32k.kv_bytes_per_sequence == 32 * 4096 * 4096  # = 536,870,912 B
     assert at_32k.sliding_layers == 32 and at_32k.full_layers == 0
     # below the window nothing is capped
     assert kv_cache(m, ctx=4096).kv_bytes_per_sequence == 4096 * 131_072
@@ -62,7 +61,7 @@ def test_gemma2_alternates_local_and_global_layers(registry):
     r = kv_cache(m, ctx=8192, kv_dtype="bf16")
     # 42 layers, half sliding (window 4096), 8 KV heads x head_dim 256 -> 8,192 B per layer-token
     assert (r.full_layers, r.sliding_layers, r.sliding_window) == (21, 21, 4096)
-    assert r.kv_bytes_per_sequence == 8192 * (21 * 8192 + 21 * 4096) == 2_113_929_216
+    assert r.kv_bytes_per_sequence == 8192 * (21 * 8192 + 21 * 4096)  # = 2,113,929,216 B
 
 
 def test_gemma3_five_local_to_one_global(registry):
@@ -72,7 +71,7 @@ def test_gemma3_five_local_to_one_global(registry):
     # 16 KV heads x head_dim 128 x 2 x 2 B = 8,192 B per layer-token
     assert (r.full_layers, r.sliding_layers, r.sliding_window) == (10, 52, 1024)
     assert m.layer_types[:6] == ("sliding",) * 5 + ("full",)
-    assert r.kv_bytes_per_sequence == 8192 * (10 * 32_768 + 52 * 1024) == 3_120_562_176
+    assert r.kv_bytes_per_sequence == 8192 * (10 * 32_768 + 52 * 1024)  # = 3,120,562,176 B
 
 
 def test_fp8_halves_bf16_for_every_model(registry):
@@ -85,7 +84,7 @@ def test_tp_larger_than_kv_heads_replicates(registry, cli):
     m = registry.model("llama-3-8b")
     tp8 = kv_cache(m, ctx=1, tp=8)
     tp16 = kv_cache(m, ctx=1, tp=16)
-    assert tp8.kv_bytes_per_token_per_gpu == 32 * 2 * 1 * 128 * 2 == 16_384
+    assert tp8.kv_bytes_per_token_per_gpu == 32 * 2 * 1 * 128 * 2  # = 16,384 B: one KV head per GPU
     assert tp16.kv_bytes_per_token_per_gpu == tp8.kv_bytes_per_token_per_gpu  # stops shrinking
     assert tp16.kv_replicated and tp16.kv_replication_factor == 2
     assert not tp8.kv_replicated

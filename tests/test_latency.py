@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import yaml
-from conftest import TEST_PROFILES
+from conftest import TINY_MOE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,6 @@ from capcalc.model.flops import decode_cost, prefill_cost
 from capcalc.perf.efficiency import PARAMETERS, Efficiency, default_efficiency, resolve_efficiency
 from capcalc.perf.latency import decode_contexts, predict_decode_step, predict_latency, predict_prefill
 from capcalc.sources.calibration import CALIBRATION_FILE, load_calibration, save_calibration
-from capcalc.sources.loader import load_profile_file
 from capcalc.sources.registry import Registry
 
 EFF = Efficiency(
@@ -46,9 +45,16 @@ def test_decode_step_by_hand(llama, seed_gpu):
     step = predict_decode_step(llama, seed_gpu, 4, 1000, efficiency=EFF)
     kv = 4 * 1000 * 131_072 + 4 * 131_072  # read 4 caches of 1000 tokens, write one token each
     assert cost.kv_bytes == kv
-    memory = (cost.bytes - kv) / (2e12 * 0.5) + kv / (2e12 * 0.25)
+    # every weight but the gathered embedding table, (8,030,261,248 - 128,256 x 4096) x 2 B
+    # = 15,009,849,344 B, plus the 4 gathered rows (4 x 4096 x 2 B): 15,009,882,112 B
+    weights = (8_030_261_248 - 128_256 * 4096) * 2 + 4 * 4096 * 2
+    memory = weights / (2e12 * 0.5) + kv / (2e12 * 0.25)
     assert step.memory_s == pytest.approx(memory)
-    assert step.compute_s == pytest.approx(cost.flops / (312e12 * 0.6))  # decode: the asymptote
+    # 2 FLOP per multiplied weight (not the embedding, not the 266,240 norm weights) per
+    # sequence, plus attention: 32 layers x 32 heads x (2 x 128 scores + 2 x 128 values)
+    # x 1000 cached tokens per sequence; decode runs at the asymptote, 0.6 x 312 TFLOP/s
+    flops = 2 * (8_030_261_248 - 128_256 * 4096 - 266_240) * 4 + 32 * 32 * 512 * 1000 * 4
+    assert step.compute_s == pytest.approx(flops / (312e12 * 0.6))
     assert step.time_s == pytest.approx(memory + 32 * 20e-6 + 1e-3)
     assert step.bound == "memory"
 
@@ -94,10 +100,9 @@ def test_prefill_activation_bytes_by_hand(registry):
     MLP gate+up 2 x 8192 x 2 and activation output 8192 x 2 = 89,088 element accesses,
     x 2 B x 16 layers x 512 tokens = 1,459,617,792 B. Decode counts none (cache-resident)."""
     m = registry.model("llama-3.2-1b")
-    per_token_layer = 12 * 2048 + 2 * (2048 + 512 + 512) + 2 * (2048 + 512) + 2 * 2048 + 6 * 8192
-    assert per_token_layer == 89_088
+    per_token_layer = 12 * 2048 + 2 * (2048 + 512 + 512) + 2 * (2048 + 512) + 2 * 2048 + 6 * 8192  # 89,088
     cost = prefill_cost(m, 1, 512)
-    assert cost.component("activations").bytes == per_token_layer * 2 * 16 * 512 == 1_459_617_792
+    assert cost.component("activations").bytes == per_token_layer * 2 * 16 * 512  # = 1,459,617,792 B
     assert decode_cost(m, 8, 512).component("activations").bytes == 0
     # tp=2 halves the sharded widths; the residual stream (12 x 2048) is on every GPU
     sharded = per_token_layer - 12 * 2048
@@ -113,17 +118,21 @@ def test_moe_prefill_activation_bytes_by_hand():
     stream 6 x 64 = 384, attention (64 + 16 + 16) + (64 + 16) + 64 = 240, dense MLP 3 x 128 =
     384; an MoE layer's MLP 2 x (3 x 32 + 2 x 64) routed + 3 x 32 shared = 544. Written and
     read: 2 x (1008 + 2 x 1168) = 6688 accesses per token, x 4 B x 2 x 10 tokens."""
-    tiny_moe = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
-    cost = prefill_cost(tiny_moe, 2, 10, weight_dtype="fp32")
-    assert cost.component("activations").bytes == 2 * (1008 + 2 * 1168) * 4 * 20 == 535_040
+    cost = prefill_cost(TINY_MOE, 2, 10, weight_dtype="fp32")
+    assert cost.component("activations").bytes == 2 * (1008 + 2 * 1168) * 4 * 20  # = 535,040 B
 
 
 def test_prefill_by_hand(llama, seed_gpu):
-    cost = prefill_cost(llama, 2, 1500)
     step = predict_prefill(llama, seed_gpu, 2, 1500, efficiency=EFF)
     eff = 0.6 * 3000 / (3000 + 200)  # eff(n) = eff_max x n / (n + n_half), n = 2 x 1500 tokens
     assert step.flops_efficiency == pytest.approx(eff)
-    assert step.time_s == pytest.approx(cost.flops / (312e12 * eff) + 32 * 20e-6 + 1e-3)
+    # FLOPs by hand (43,058,466,914,304): 2 x the 6,979,321,856 layer matmul weights (all but
+    # embedding, head and the 266,240 norm weights) x 3000 tokens; the LM head for the last
+    # token of each prompt, 2 x 2 x 128,256 x 4096; causal attention, 2 prompts x 32 layers
+    # x 32 heads x (2 x 128 + 2 x 128) x 1500 x 1501 / 2 attended pairs
+    body = 8_030_261_248 - 2 * 128_256 * 4096 - 266_240
+    flops = 2 * body * 3000 + 2 * 2 * 128_256 * 4096 + 2 * 32 * 32 * 512 * 1500 * 1501 / 2
+    assert step.time_s == pytest.approx(flops / (312e12 * eff) + 32 * 20e-6 + 1e-3)
     assert step.bound == "compute"
 
 
@@ -179,10 +188,13 @@ def test_tensor_parallel_adds_two_ring_allreduces_per_layer(registry):
     step = predict_decode_step(m, h100, 16, 1024, tp=4, efficiency=EFF)
     ring = 2 * 3 / 4 * 16 * 8192 * 2 / 450e9  # 2(tp-1)/tp x message / link bandwidth
     assert step.comm_s == pytest.approx(2 * 80 * (ring + 5e-6))
-    cost = decode_cost(m, 16, 1024, tp=4)
-    assert step.memory_s == pytest.approx(
-        (cost.bytes - cost.kv_bytes) / (3.35e12 * 0.5) + cost.kv_bytes / (3.35e12 * 0.25)
-    )
+    # per GPU, by hand: a quarter of the matmul weights, (70,553,706,496 - 128,256 x 8192
+    # embedding - 1,318,912 norm weights) / 4 x 2 B, the norms whole (1,318,912 x 2 B) and a
+    # quarter of the 16 gathered embedding rows (16 x 8192 x 2 B / 4): 34,753,560,576 B; KV: 2 of
+    # the 8 KV heads, 80 layers x 2 x 2 x 128 x 2 B = 81,920 B per token, 16 x 1024 read + 16 written
+    weights = (70_553_706_496 - 128_256 * 8192 - 1_318_912) / 4 * 2 + 1_318_912 * 2 + 16 * 8192 * 2 / 4
+    kv = 81_920 * (16 * 1024 + 16)
+    assert step.memory_s == pytest.approx(weights / (3.35e12 * 0.5) + kv / (3.35e12 * 0.25))
 
 
 def test_tp_without_interconnect_is_one_line(cli, tmp_path):

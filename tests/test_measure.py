@@ -11,10 +11,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import TEST_PROFILES
+from conftest import TEST_PROFILES, torch_available
 
-from capcalc.core.errors import CapcalcError
-from capcalc.measure import require_torch
 from capcalc.measure.calibrate import FITTED
 from capcalc.perf.efficiency import resolve_efficiency
 from capcalc.sources.calibration import load_calibration
@@ -24,15 +22,7 @@ HINT = "capcalc: error: capcalc measure needs torch, which is not installed: pip
 P = ("--profiles", str(TEST_PROFILES))
 
 
-def _torch_available() -> bool:
-    try:
-        require_torch()
-        return True
-    except CapcalcError:
-        return False
-
-
-needs_torch = pytest.mark.skipif(not _torch_available(), reason="torch is not installed")
+needs_torch = pytest.mark.skipif(not torch_available(), reason="torch is not installed")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import yaml
-from conftest import TEST_PROFILES
+from conftest import TINY, TINY_MOE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,11 +29,6 @@ from capcalc.measure.memory import CPU_WORKSPACE_BYTES, check_point, estimate_me
 from capcalc.model.kv import kv_bytes_per_sequence
 from capcalc.perf.efficiency import Efficiency
 from capcalc.sources import calibration
-from capcalc.sources.loader import load_profile_file
-
-TINY = load_profile_file(TEST_PROFILES / "tiny-test.yaml")
-TINY_MOE = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
-
 
 # --------------------------------------------------------------------------- linear algebra
 
@@ -153,8 +148,7 @@ def test_loop_weight_bytes_tiny_model_by_hand():
     # 64x32 each, o 64x64, q/k/v biases 64+32+32, gated MLP 3x64x128, two norms of 64;
     # a final norm of 64. fp32: 4 bytes each.
     per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + (64 + 32 + 32) + 3 * 64 * 128 + 2 * 64
-    params = 2 * 256 * 64 + 2 * per_layer + 64
-    assert params == 107_072
+    params = 2 * 256 * 64 + 2 * per_layer + 64  # = 107,072
     assert loop_weight_bytes(TINY, "fp32") == params * 4
 
 

@@ -7,21 +7,13 @@ same checks run on the GPU too."""
 from __future__ import annotations
 
 import pytest
-from conftest import TEST_PROFILES
+from conftest import TINY, TINY_MOE, torch_or_skip
 
 from capcalc.core.errors import CapcalcError
-from capcalc.measure import require_torch
 from capcalc.measure.memory import estimate_memory, loop_weight_bytes
 from capcalc.measure.model import DecoderModel, KVCache, cache_lengths, check_supported
-from capcalc.sources.loader import load_profile_file
 
-try:
-    torch = require_torch()  # (quiet about a missing numpy, unlike a bare import)
-except CapcalcError:
-    pytest.skip("torch is not installed", allow_module_level=True)
-
-TINY = load_profile_file(TEST_PROFILES / "tiny-test.yaml")
-TINY_MOE = load_profile_file(TEST_PROFILES / "tiny-moe-test.yaml")
+torch = torch_or_skip()
 DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
 #: relative to the largest logit: fp32 is exact up to summation order; bf16 has 8 bits of mantissa
 TOLERANCE = {"fp32": 1e-5, "bf16": 3e-2}
@@ -73,6 +65,37 @@ def test_moe_fallback_loop_matches_the_grouped_matmul():
         model.grouped_mm = False
         looped = model._moe(x, layer)
     assert torch.allclose(grouped, looped, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_biases_are_applied_on_both_moe_paths():
+    """gpt-oss's experts carry gate_up and down biases: one token routed by hand through its
+    top-2 experts, softmax-weighted, equals both paths, and the biases move the output."""
+    import dataclasses
+
+    F = torch.nn.functional
+    biased = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, expert_bias=True))
+    torch.manual_seed(3)
+    with torch.inference_mode():
+        model = DecoderModel(biased, "fp32", "cpu", max_positions=64)
+        layer = model.layers[1]
+        x = torch.randn(5, biased.hidden_size)
+        by_hand = []
+        for row in x:
+            top, experts = F.linear(row, layer["router"]).topk(2)
+            out = model._dense_mlp(row, layer["shared"])
+            for w, e in zip(top.softmax(-1), experts.tolist(), strict=True):
+                gate, up = F.linear(row, layer["w13"][e], layer["b13"][e]).chunk(2)
+                out = out + w * F.linear(F.silu(gate) * up, layer["w2"][e], layer["b2"][e])
+            by_hand.append(out)
+        by_hand = torch.stack(by_hand)
+        results = {}
+        for grouped in (True, False):
+            model.grouped_mm = grouped
+            results[grouped] = model._moe(x, layer)
+            assert torch.allclose(results[grouped], by_hand, rtol=1e-5, atol=1e-5), grouped
+        layer["b13"].zero_()
+        layer["b2"].zero_()
+        assert not torch.allclose(model._moe(x, layer), by_hand, rtol=1e-3, atol=1e-3)
 
 
 def test_allocated_weights_and_cache_match_the_estimates():

@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from capcalc.sources.registry import Registry
+from conftest import SHIPPED
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,7 @@ UNREADABLE = re.compile(
 )
 OFFICIAL = re.compile(r"official config: (\S+) \(not read(?:able)? here\)")
 
-REGISTRY = Registry.load(include_env=False)
+REGISTRY = SHIPPED
 MODELS = sorted(REGISTRY.models.values(), key=lambda m: m.name)
 
 

@@ -73,8 +73,7 @@ def test_replicated_pieces_stay_whole_under_tp(registry):
     # are replicated, q_b, kv_b and o split
     d = registry.model("deepseek-v3")
     one, eight = gpu_weights(d), gpu_weights(d, tp=8)
-    down = 7168 * 1536 + 7168 * 576
-    assert down == 15_138_816
+    down = 7168 * 1536 + 7168 * 576  # = 15,138,816 parameters per layer
     assert eight.qkv == pytest.approx(down + (one.qkv - down) / 8, rel=1e-15)
     assert eight.norms_biases == one.norms_biases and eight.router == one.router
 
@@ -121,7 +120,7 @@ def test_replicated_weights_are_streamed_and_multiplied_on_every_gpu(registry):
     m = registry.model("qwen3-30b-a3b")
     cost = decode_cost(m, 4, 1024, tp=8)
     # 48 layers x (1,048,576 q + 524,288 k and v) = 75,497,472 params, 2 B each
-    assert cost.component("qkv_proj").bytes == 48 * 1_572_864 * 2 == 150_994_944
+    assert cost.component("qkv_proj").bytes == 48 * 1_572_864 * 2  # = 150,994,944 B
     assert cost.component("qkv_proj").flops == 2 * 48 * 1_572_864 * 4
     # router: 48 x 2048 x 128 = 12,582,912 params, whole on each GPU
     assert cost.component("router").bytes == 12_582_912 * 2

@@ -10,7 +10,8 @@ What it computes (shapes: B batch, T tokens, H hidden, h heads, g KV heads, d he
 * MLP: gated (silu(x W_gate) * x W_up) W_down or plain gelu(x W_up) W_down; or MoE:
   a router [H -> E], softmax, top-k, renormalised weights, and the routed experts
   run as a grouped matmul over the tokens sorted by expert (``torch._grouped_mm``:
-  it reads only the experts that received tokens), shared experts as one dense MLP;
+  it reads only the experts that received tokens; per-expert biases where the profile
+  has them), shared experts as one dense MLP;
 * final norm and LM head (tied to the embedding where the profile says so); prefill
   computes logits for the last position only, as serving engines do.
 
@@ -148,6 +149,17 @@ class DecoderModel:
                 layer["w2"] = torch.empty(m.num_experts, h, e_width, device=device, dtype=self.dtype).normal_(
                     0, 1 / math.sqrt(e_width)
                 )
+                # gpt-oss: each expert's gate_up and down projections carry a bias
+                layer["b13"] = (
+                    torch.empty(m.num_experts, rows, device=device, dtype=self.dtype).normal_(0, 0.02)
+                    if m.expert_bias
+                    else None
+                )
+                layer["b2"] = (
+                    torch.empty(m.num_experts, h, device=device, dtype=self.dtype).normal_(0, 0.02)
+                    if m.expert_bias
+                    else None
+                )
                 if m.num_shared_experts:
                     layer["shared"] = self._mlp_weights(
                         m.num_shared_experts * m.shared_expert_intermediate_size, linear
@@ -190,10 +202,9 @@ class DecoderModel:
         except (RuntimeError, NotImplementedError, TypeError):
             return False
 
-    @property
-    def weight_bytes(self) -> float:
-        seen, total = set(), 0.0
-        tensors = [self.embedding, self.lm_head, self.positions, *self.final_norm]
+    def parameters(self) -> list:
+        """Every weight tensor once (a tied LM head is the embedding); not the RoPE tables."""
+        seen, tensors = set(), [self.embedding, self.lm_head, self.positions, *self.final_norm]
         for layer in self.layers:
             for value in layer.values():
                 if isinstance(value, dict):
@@ -203,11 +214,16 @@ class DecoderModel:
                         tensors.extend(item if isinstance(item, tuple) else (item,))
                 else:
                     tensors.append(value)
+        unique = []
         for t in tensors:
             if t is not None and id(t) not in seen:
                 seen.add(id(t))
-                total += t.numel() * t.element_size()
-        return total
+                unique.append(t)
+        return unique
+
+    @property
+    def weight_bytes(self) -> float:
+        return float(sum(t.numel() * t.element_size() for t in self.parameters()))
 
     # ------------------------------------------------------------------ pieces
 
@@ -260,7 +276,11 @@ class DecoderModel:
             offsets = torch.searchsorted(sorted_experts, self.expert_ids, right=True, out_int32=True)
             xs = x.index_select(0, order // k)  # [N k, H]
             hidden = torch._grouped_mm(xs, layer["w13"].transpose(-2, -1), offs=offsets)
+            if layer["b13"] is not None:
+                hidden = hidden + layer["b13"].index_select(0, sorted_experts)
             ys = torch._grouped_mm(self._act(hidden), layer["w2"].transpose(-2, -1), offs=offsets)
+            if layer["b2"] is not None:
+                ys = ys + layer["b2"].index_select(0, sorted_experts)
             out = torch.empty_like(ys).index_copy_(0, order, ys)  # back to (token, slot) order
         else:
             # eager fallback: one matmul per expert that received tokens (data-dependent, no graph)
@@ -268,8 +288,10 @@ class DecoderModel:
             out = torch.empty(n * k, x.shape[1], device=x.device, dtype=x.dtype)
             for e in flat.unique().tolist():
                 rows = (flat == e).nonzero().squeeze(1)
-                hidden = F.linear(xs.index_select(0, rows), layer["w13"][e])
-                out.index_copy_(0, rows, F.linear(self._act(hidden), layer["w2"][e]))
+                b13 = None if layer["b13"] is None else layer["b13"][e]
+                b2 = None if layer["b2"] is None else layer["b2"][e]
+                hidden = F.linear(xs.index_select(0, rows), layer["w13"][e], b13)
+                out.index_copy_(0, rows, F.linear(self._act(hidden), layer["w2"][e], b2))
         y = (out.view(n, k, -1) * weights.unsqueeze(-1)).sum(dim=1)
         if "shared" in layer:
             y = y + self._dense_mlp(x, layer["shared"])
