@@ -325,3 +325,22 @@ def test_required_models_and_gpus_are_shipped(registry):
     ]
     assert sorted(set(models) - set(registry.models)) == []
     assert sorted(set(gpus) - set(registry.gpus)) == []
+
+
+#: profiles that share another profile's architecture, and what they change
+SAME_ARCHITECTURE = {
+    "deepseek-r1-nvfp4": "deepseek-v3",  # NVIDIA ModelOpt NVFP4 weights
+    "qwen3-32b-nvfp4": "qwen3-32b",
+}
+
+
+@pytest.mark.parametrize("variant, base", sorted(SAME_ARCHITECTURE.items()))
+def test_weight_variants_keep_their_base_architecture(registry, variant, base):
+    """An NVFP4 checkpoint is its base model with other weights: every architecture field,
+    MoE, MLA and window setting must stay equal; only the name and native dtype differ."""
+    from dataclasses import fields
+
+    a, b = registry.model(variant), registry.model(base)
+    differ = {f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert differ <= {"name", "display_name", "aliases", "native_dtype", "notes", "path"}, differ
+    assert a.native_dtype == "nvfp4"
