@@ -60,6 +60,11 @@ SHIPPED = {
     "openai-community__gpt2": "gpt2",
     "tiiuae__falcon-7b-instruct": "falcon-7b",
     "openai__gpt-oss-20b": "gpt-oss-20b",
+    "MiniMaxAI__MiniMax-M2.5": "minimax-m2",
+    "zai-org__GLM-4.6": "glm-4.6",
+    "zai-org__GLM-5.1": "glm-5",
+    "moonshotai__Kimi-K2-Instruct": "kimi-k2",
+    "mistralai__Mistral-Small-3.2-24B-Instruct-2506": "mistral-small-3.1-24b",
 }
 
 #: the architectures the issue lists, by model_type
