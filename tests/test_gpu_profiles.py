@@ -144,3 +144,54 @@ def test_h100_keeps_only_its_prefill_efficiency():
     assert resolved.efficiency.weight_bandwidth_efficiency == 0.80
     assert resolved.efficiency.layer_overhead_s == pytest.approx(10e-6)
     assert resolved.efficiency.step_overhead_s == pytest.approx(0.3e-3)
+
+
+# ---------------------------------------------------------------- 2025-26 GPUs (issue 12)
+
+TERA = 1e12
+
+
+def test_gb200_is_half_the_datasheet_sparse_rates():
+    # NVIDIA Blackwell datasheet, GB200 NVL72 per GPU (sparse): FP4 20 PF, FP8 10, INT8 10 POPS,
+    # FP16/BF16 5, TF32 2.5; "dense is one-half"; FP32 80 TF; 186 GB HBM3E at 8 TB/s
+    gpu = GPUS["gb200"]
+    sparse = {"fp4": 20_000, "fp8": 10_000, "int8": 10_000, "bf16": 5_000, "fp16": 5_000, "tf32": 2_500}
+    for dtype, tflops in sparse.items():
+        assert gpu.peak(dtype) == tflops / 2 * TERA, dtype
+    assert gpu.peak("fp32") == 80 * TERA
+    assert (gpu.memory_bytes, gpu.bandwidth_bytes_per_s) == (186e9, 8e12)
+    # 72 GPUs of an NVL72: the datasheet's 576 TB/s and 720 PFLOPS dense NVFP4
+    assert 72 * gpu.bandwidth_bytes_per_s == 576e12 and 72 * gpu.peak("fp4") == 720e15
+
+
+def test_blackwell_rates_double_per_halving_of_width():
+    for name in ("b200", "b300", "gb200", "gb300"):
+        gpu = GPUS[name]
+        assert gpu.peak("fp8") == 2 * gpu.peak("bf16") == 4 * gpu.peak("tf32"), name
+        assert gpu.peak("fp4") >= 2 * gpu.peak("fp8"), name
+    # Blackwell Ultra: sources disagree on the cut INT8 rate, so none is shipped
+    assert "int8" not in GPUS["b300"].peak_flops_per_s and "int8" not in GPUS["gb300"].peak_flops_per_s
+    assert GPUS["gb300"].peak("fp4") == 1.5 * GPUS["gb200"].peak("fp4")  # 15 vs 10 PFLOPS dense
+
+
+def test_mi355x_rates_from_its_clock():
+    # 2400 MHz x 512 FMA per Matrix Core per clock x 2 FLOP x 1024 Matrix Cores = 2516.6 TFLOPS bf16
+    gpu = GPUS["mi355x"]
+    bf16 = 2400e6 * 512 * 2 * 1024
+    assert gpu.peak("bf16") == pytest.approx(bf16, rel=1e-4)
+    assert gpu.peak("fp8") == pytest.approx(2 * bf16, rel=1e-4)
+    assert gpu.peak("fp4") == pytest.approx(4 * bf16, rel=1e-4)
+    assert gpu.memory_bytes == 288 * GIB and gpu.bandwidth_bytes_per_s == 8e12
+
+
+def test_rtx_pro_6000_blackwell_from_its_datasheet():
+    # "4000 AI TOPS" = effective FP4 with sparsity -> 2000 dense; fp8 and bf16 by Blackwell's 4:2:1
+    gpu = GPUS["rtx-pro-6000-blackwell"]
+    assert gpu.peak("fp4") == 4000 / 2 * TERA
+    assert gpu.peak("fp8") == gpu.peak("fp4") / 2 and gpu.peak("bf16") == gpu.peak("fp4") / 4
+    assert (gpu.memory_bytes, gpu.bandwidth_bytes_per_s, gpu.peak("fp32")) == (96e9, 1792e9, 125 * TERA)
+
+
+@pytest.mark.parametrize("name", ["b300", "gb200", "gb300", "mi355x", "rtx-pro-6000-blackwell"])
+def test_new_gpus_claim_no_unmeasured_torch_total(name):
+    assert GPUS[name].memory_reported_bytes is None

@@ -17,7 +17,13 @@ from capcalc.core.errors import CapcalcError
 from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token_per_layer
 from capcalc.model.params import count_params
 from capcalc.schema.profiles import ModelProfile
-from capcalc.sources.hfconfig import SUPPORTED, profile_mapping, siglip_vision_params
+from capcalc.sources.hfconfig import (
+    SUPPORTED,
+    model_type_of,
+    pixtral_vision_params,
+    profile_mapping,
+    siglip_vision_params,
+)
 from capcalc.sources.loader import model_from_dict
 
 STEMS = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -54,12 +60,18 @@ SHIPPED = {
     "openai-community__gpt2": "gpt2",
     "tiiuae__falcon-7b-instruct": "falcon-7b",
     "openai__gpt-oss-20b": "gpt-oss-20b",
+    "MiniMaxAI__MiniMax-M2.5": "minimax-m2",
+    "zai-org__GLM-4.6": "glm-4.6",
+    "zai-org__GLM-5.1": "glm-5",
+    "moonshotai__Kimi-K2-Instruct": "kimi-k2",
+    "mistralai__Mistral-Small-3.2-24B-Instruct-2506": "mistral-small-3.1-24b",
 }
 
 #: the architectures the issue lists, by model_type
 LISTED = {
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3",
     "deepseek_v2", "deepseek_v3", "gpt2", "opt", "falcon", "gpt_oss", "cohere",
+    "glm4_moe", "minimax_m2", "mistral3", "glm_moe_dsa",
 }  # fmt: skip
 
 
@@ -76,7 +88,7 @@ def test_every_real_config_maps_to_a_valid_profile(stem):
 
 
 def test_every_listed_architecture_has_a_real_config():
-    types = {real_config(stem)["model_type"] for stem in STEMS}
+    types = {model_type_of(real_config(stem), stem) for stem in STEMS}
     assert LISTED <= types <= set(SUPPORTED)
 
 
@@ -311,3 +323,145 @@ def test_llama_like_kv_bytes_follow_the_config(layers, kv_heads, group, head_dim
     p = mapped(config)
     assert p.head_dim == head_dim
     assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 2 * layers * kv_heads * head_dim * 2
+
+
+# --------------------------------------------------------------------------- 2025-26 architectures (issue 12)
+
+
+def _per_8k(p: ModelProfile, dtype: str = "bf16") -> float:
+    return kv_bytes_per_sequence(p, 8192, dtype)
+
+
+def test_glm46_shared_expert_leading_dense_layers_and_mtp():
+    """zai-org/GLM-4.6 (Glm4MoeForCausalLM), counted by hand from its modules:
+    attention per layer: q 5120 x 12288 + k, v 5120 x 1024 each + o 12288 x 5120, biases on
+    q, k, v (12288 + 2 x 1024), per-head q_norm/k_norm (2 x 128), two RMSNorms (2 x 5120);
+    layers 0-2 dense SwiGLU 3 x 5120 x 12288; layers 3-91 MoE: 160 experts + 1 shared of
+    3 x 5120 x 1536, router 160 x 5120 + e_score_correction_bias 160; embedding and LM head
+    151552 x 5120 each; final norm 5120. The MTP layer 92 (one MoE layer + enorm, hnorm,
+    shared_head.norm + eh_proj 10240 x 5120) is extra_params."""
+    p = fixture("zai-org__GLM-4.6")
+    h, v = 5120, 151552
+    attention = h * 12288 + 2 * h * 1024 + 12288 * h + 12288 + 2 * 1024 + 2 * 128 + 2 * h
+    dense = attention + 3 * h * 12288
+    moe = attention + 161 * 3 * h * 1536 + 160 * h + 160
+    main = 3 * dense + 89 * moe + 2 * v * h + h
+    assert main == 352_797_829_024
+    assert p.extra_params.count == moe + 3 * h + 2 * h * h == 3_988_069_792
+    assert count_params(p).total == main + p.extra_params.count
+    # GLM-5 README: "GLM-4.5's 355B parameters (32B active)"; GLM-4.6 keeps the architecture
+    assert count_params(p).total == pytest.approx(355e9, rel=0.01)
+    assert count_params(p).active == pytest.approx(32e9, rel=0.06)
+    assert (p.moe.first_dense_layers, p.moe.num_shared_experts, p.moe.router_bias) == (3, 1, True)
+    assert p.attention_bias and not p.attention_output_bias and p.qk_norm
+    # KV: 2 (K, V) x 92 layers x 8 KV heads x 128 x 2 bytes; partial_rotary_factor 0.5 changes nothing
+    assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 2 * 92 * 8 * 128 * 2 == 376_832
+    assert _per_8k(p) == 8192 * 376_832 == 3_087_007_744
+
+
+def test_minimax_m25_full_attention_moe():
+    """MiniMaxAI/MiniMax-M2.5 (MiniMaxM2ForCausalLM): per layer q 3072 x 6144, k, v 3072 x 1024,
+    o 6144 x 3072, no biases; 256 experts of 3 x 3072 x 1536, router 256 x 3072 + bias 256;
+    two RMSNorms, qk-norm counted as 2 x 128 (the real per_layer norms hold 6144 + 1024);
+    embedding and LM head 200064 x 3072; final norm."""
+    p = fixture("MiniMaxAI__MiniMax-M2.5")
+    h, v = 3072, 200064
+    layer = h * 6144 + 2 * h * 1024 + 6144 * h + 256 * 3 * h * 1536 + 256 * h + 256 + 2 * h + 2 * 128
+    assert count_params(p).total == 62 * layer + 2 * v * h + h == 228_689_336_320
+    # transformers docs: "230 billion total parameters with 10 billion active"
+    assert round(count_params(p).total / 10e9) == 23
+    assert (p.moe.num_experts, p.moe.experts_per_token, p.moe.num_shared_experts) == (256, 8, 0)
+    assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 2 * 62 * 8 * 128 * 2 == 253_952
+    assert _per_8k(p) == 8192 * 253_952 == 2_080_374_784
+    assert "per_layer" in p.notes
+
+
+def test_minimax_lightning_attention_layers_are_refused():
+    config = real_config("MiniMaxAI__MiniMax-M2.5")
+    config["attn_type_list"] = [0] * 7 + [1] + [0] * 54
+    with pytest.raises(
+        CapcalcError, match="lightning \\(linear\\) attention .* no linear-attention layer kind"
+    ):
+        mapped(config)
+    config = {**real_config("MiniMaxAI__MiniMax-M2.5"), "layer_types": ["linear_attention"] * 62}
+    del config["attn_type_list"]
+    with pytest.raises(CapcalcError, match="no linear-attention layer kind"):
+        mapped(config)
+
+
+def test_mistral3_unwraps_text_config_and_counts_the_pixtral_tower():
+    """Mistral-Small-3.x-24B (Mistral3ForConditionalGeneration). Text: 40 layers of q 5120 x 4096,
+    k, v 5120 x 1024, o 4096 x 5120, SwiGLU 3 x 5120 x 32768, two RMSNorms; embedding and LM
+    head 131072 x 5120; final norm. Pixtral: conv 3 x 14^2 x 1024 (no bias), ln_pre 1024,
+    24 layers of 4 x 1024^2 attention + 3 x 1024 x 4096 SwiGLU + 2 x 1024 norms; projector:
+    RMSNorm 1024, patch merger 4096 x 1024, linear_1 1024 x 5120, linear_2 5120 x 5120."""
+    p = fixture("mistralai__Mistral-Small-3.2-24B-Instruct-2506")
+    text = 40 * (5120 * 4096 + 2 * 5120 * 1024 + 4096 * 5120 + 3 * 5120 * 32768 + 2 * 5120)
+    text += 2 * 131072 * 5120 + 5120
+    tower = 3 * 14 * 14 * 1024 + 1024 + 24 * (4 * 1024 * 1024 + 3 * 1024 * 4096 + 2 * 1024)
+    projector = 1024 + 4 * 1024 * 1024 + 1024 * 5120 + 5120 * 5120
+    assert p.extra_params.count == tower + projector == 438_958_080
+    assert count_params(p).total == text + tower + projector == 24_011_361_280  # "24B"
+    assert p.sliding_window is None and p.native_dtype == "bf16"
+    assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 2 * 40 * 8 * 128 * 2 == 163_840
+    assert _per_8k(p) == 1_342_177_280
+    vision = real_config("mistralai__Mistral-Small-3.2-24B-Instruct-2506")["vision_config"]
+    assert pixtral_vision_params(vision, 5120, 2, True, 1) == tower + projector + 2 * 5120
+
+
+def test_kimi_k2_maps_through_its_architectures_class():
+    """model_type kimi_k2 is unknown to capcalc; architectures names DeepseekV3ForCausalLM, so
+    the DeepSeek-V3 mapping applies, with a note. MLA per layer: q_a 7168 x 1536 + q_b 1536 x
+    64 x 192, kv_a 7168 x 576, kv_b 512 x 64 x 256, o 64 x 128 x 7168, norms 1536 + 512 + 2 x 7168;
+    layer 0 dense 3 x 7168 x 18432; 60 MoE layers of 385 x 3 x 7168 x 2048 (384 routed + 1 shared)
+    + router 384 x 7168 + 384; embedding and head 163840 x 7168; final norm."""
+    config = real_config("moonshotai__Kimi-K2-Instruct")
+    assert model_type_of(config, "config.json") == "deepseek_v3"
+    p = mapped(config)
+    assert "'kimi_k2' is not one capcalc maps" in p.notes
+    h = 7168
+    attention = h * 1536 + 1536 * 64 * 192 + h * 576 + 512 * 64 * 256 + 64 * 128 * h
+    norms = 1536 + 512 + 2 * h
+    dense = attention + norms + 3 * h * 18432
+    moe = attention + norms + 385 * 3 * h * 2048 + 384 * h + 384
+    assert count_params(p).total == dense + 60 * moe + 2 * 163840 * h + h == 1_026_408_232_448
+    assert count_params(p).active == pytest.approx(32e9, rel=0.03)  # README: 1T total, 32B activated
+    assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 61 * (512 + 64) * 2 == 70_272
+    assert _per_8k(p) == 8192 * 70_272 == 575_668_224
+
+
+def test_glm5_mla_with_the_indexer_counted_and_the_kv_bound_stated():
+    """zai-org/GLM-5.1 (GlmMoeDsaForCausalLM): the computed main model plus the indexers
+    (78 x [32 x 128 x 2048 + 128 x 6144 + 2 x 128 + 32 x 6144]) plus the MTP layer equal the
+    checkpoint's own count, 753,864,139,008 (its model report in the fixture's source)."""
+    p = fixture("zai-org__GLM-5.1")
+    indexer = 32 * 128 * 2048 + 128 * 6144 + 2 * 128 + 32 * 6144
+    assert p.extra_params.count == 78 * indexer == 731_008_512
+    h = 6144
+    attention = h * 2048 + 2048 * 64 * 256 + h * 576 + 512 * 64 * (192 + 256) + 64 * 256 * h
+    moe_layer = attention + 2048 + 512 + 2 * h + 257 * 3 * h * 2048 + 256 * h + 256
+    mtp = moe_layer + indexer + 3 * h + 2 * h * h
+    assert count_params(p).total + mtp == 753_864_139_008
+    assert count_params(p).total == pytest.approx(744e9, rel=0.001)  # GLM-5 README: 744B
+    # the latent only: (512 + 64) x 2 bytes x 78 layers; the notes give the indexer's share
+    assert kv_bytes_per_token_per_layer(p, "bf16") * p.num_layers == 78 * 576 * 2 == 89_856
+    assert _per_8k(p) == 8192 * 89_856 == 736_100_352
+    assert "1.11x capcalc's at bf16" in p.notes and "1.37x at fp8" in p.notes
+
+
+def test_glm5_shared_indexers_are_refused():
+    config = {**real_config("zai-org__GLM-5.1"), "indexer_types": ["full"] * 3 + ["shared"] * 75}
+    with pytest.raises(CapcalcError, match="IndexShare"):
+        mapped(config)
+
+
+def test_an_unknown_architecture_points_to_hand_written_profiles():
+    config = {"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 8}
+    with pytest.raises(CapcalcError, match="docs/profiles.md\\) and pass its directory with --profiles DIR"):
+        mapped(config)
+
+
+def test_modelopt_nvfp4_sets_the_weight_dtype():
+    quantization = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}
+    config = {**real_config("Qwen__Qwen3-32B"), "quantization_config": quantization}
+    assert mapped(config).native_dtype == "nvfp4"

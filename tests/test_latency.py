@@ -175,6 +175,16 @@ def test_dequantised_weights_compute_in_the_serving_dtype(registry):
     assert resolve_compute_dtype("auto", "int4", deepseek, h100) == "bf16"
 
 
+def test_nvfp4_weights_compute_in_fp4_where_the_gpu_has_it(registry):
+    """ModelOpt NVFP4 runs W4A4 on Blackwell's fp4 tensor cores; a GPU without an fp4 rate
+    dequantises to the serving dtype, as for int4."""
+    from capcalc.perf.latency import resolve_compute_dtype
+
+    qwen = registry.model("qwen3-32b-nvfp4")
+    assert resolve_compute_dtype("auto", "auto", qwen, registry.gpu("b200")) == "fp4"
+    assert resolve_compute_dtype("auto", "auto", qwen, registry.gpu("h100-sxm")) == "bf16"
+
+
 def test_long_outputs_sample_evenly_spaced_contexts():
     assert decode_contexts(100, 5) == [101, 102, 103, 104]
     assert decode_contexts(100, 1) == [101]

@@ -285,7 +285,7 @@ UNKNOWN_KV_FP9 = "unknown KV dtype 'fp9': expected one of auto, bf16, fp16, fp8,
         (["--rps", "1", "--kv-dtype", "fp8,fp9"], UNKNOWN_KV_FP9),  # one bad dtype among several
         (
             ["--rps", "1", "--weight-dtype", "fp9"],
-            "unknown weight dtype 'fp9': expected one of auto, fp32, bf16, fp16, fp8, int8, int4, mxfp4",
+            "unknown weight dtype 'fp9': expected one of auto, fp32, bf16, fp16, fp8, int8, int4, mxfp4, nvfp4",
         ),
         (["--rps", "1", "--max-num-seqs", "0"], "--max-num-seqs must be at least 1, got 0"),
     ],

@@ -325,3 +325,24 @@ def test_required_models_and_gpus_are_shipped(registry):
     ]
     assert sorted(set(models) - set(registry.models)) == []
     assert sorted(set(gpus) - set(registry.gpus)) == []
+
+
+#: profiles that share another profile's architecture: base and the one field they change
+SAME_ARCHITECTURE = {
+    "deepseek-r1-nvfp4": ("deepseek-v3", "native_dtype"),  # NVIDIA ModelOpt NVFP4 weights
+    "qwen3-32b-nvfp4": ("qwen3-32b", "native_dtype"),
+    "qwen3-235b-a22b-2507": ("qwen3-235b-a22b", "max_context"),  # 262,144-token context
+    "qwen3-30b-a3b-2507": ("qwen3-30b-a3b", "max_context"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SAME_ARCHITECTURE))
+def test_variants_keep_their_base_architecture(registry, variant):
+    """A variant (NVFP4 weights, a longer context) is its base model with one field changed:
+    every other architecture, MoE, MLA and window setting must stay equal."""
+    from dataclasses import fields
+
+    base, changed = SAME_ARCHITECTURE[variant]
+    a, b = registry.model(variant), registry.model(base)
+    differ = {f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert differ == {"name", "display_name", "aliases", "notes", "path", changed}, differ

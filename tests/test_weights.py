@@ -32,6 +32,23 @@ def test_weight_widths_per_kind():
     assert (w.linear, w.high, w.expert, w.embedding) == (2.0, 2.0, 4.25 / 8, 2.0)
     assert weight_widths("fp8") == (1.0, 2.0, 1.0, 2.0)
     assert bits_per_weight("mxfp4") == 4.25
+    # nvfp4 (ModelOpt) quantises every decoder matmul: 4 bits + an 8-bit E4M3 scale per 16
+    # (the fp32 per-tensor scale is 32 bits per matrix, left out)
+    w = weight_widths("nvfp4")
+    assert (w.linear, w.high, w.expert, w.embedding) == (4.5 / 8, 2.0, 4.5 / 8, 2.0)
+    assert bits_per_weight("nvfp4") == 4 + 8 / 16 == 4.5
+
+
+def test_nvfp4_weights_of_qwen3_32b_by_hand(registry):
+    """Qwen3-32B: 64 layers x (attention 5120 x 8192 + 2 x 5120 x 1024 + 8192 x 5120, MLP
+    3 x 5120 x 25600) = 31.2B matmul weights at 4.5 bits; embedding and LM head 151936 x 5120
+    each, norms (64 x (2 x 5120 + 2 x 128) + 5120) at 16 bits."""
+    m = registry.model("qwen3-32b-nvfp4")
+    linear = 64 * (5120 * 8192 + 2 * 5120 * 1024 + 8192 * 5120 + 3 * 5120 * 25600)
+    other = 2 * 151936 * 5120 + 64 * (2 * 5120 + 2 * 128) + 5120
+    w = weight_bytes(m)
+    assert (w.dtype, w.quantized_params) == ("nvfp4", linear)
+    assert w.bytes == pytest.approx(linear * 4.5 / 8 + other * 2)
 
 
 def test_fp32_checkpoints_are_served_in_the_serving_dtype(registry):

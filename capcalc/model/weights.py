@@ -7,12 +7,20 @@ for int4 (asymmetric, as GPTQ/AWQ checkpoints do) one 4-bit zero point:
 
     int4:  4 + (16 + 4) / group_size bits per weight   (group 128: 4.156 bits)
     int8:  8 + 16 / group_size bits per weight          (group 128: 8.125 bits)
-    mxfp4: 4 + 8 / 32 bits per weight                   (an 8-bit scale per 32 weights)
+    mxfp4: 4 + 8 / 32 bits per weight                   (an 8-bit E8M0 scale per 32 weights)
+    nvfp4: 4 + 8 / 16 bits per weight                   (an fp8 E4M3 scale per 16 weights,
+                                                         plus one fp32 scale per tensor)
+
+(OCP Microscaling Formats v1.0 for MXFP4; NVIDIA's NVFP4 description: "Introducing NVFP4
+for Efficient and Accurate Low-Precision Inference", NVIDIA technical blog, 2025, and the
+ModelOpt checkpoints' tensors -- ``weight`` U8 of two fp4 values, ``weight_scale`` F8_E4M3
+of in_features / 16 per row, ``weight_scale_2`` one F32. The per-tensor scale is 32 bits
+per matrix, under 1e-6 bits per weight, and is left out.)
 
 Only the decoder's matrix-multiply weights are quantised; embeddings and the LM
 head stay 16-bit unless ``quantize_embeddings`` is set; norms, biases and the
 extra (vision) weights stay 16-bit. mxfp4, as in gpt-oss, quantises only the
-routed experts.
+routed experts; nvfp4 (ModelOpt checkpoints) quantises every decoder matmul, as int4 does.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
 from capcalc.model.params import ParamCount, count_params, layer_shapes
 from capcalc.schema.profiles import ModelProfile
 
-WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4")
+WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4")
 
 
 def bits_per_weight(dtype: str, group_size: int = 128) -> float:
@@ -41,6 +49,7 @@ def bits_per_weight(dtype: str, group_size: int = 128) -> float:
         "int8": 8.0 + 16.0 / group_size,
         "int4": 4.0 + 20.0 / group_size,
         "mxfp4": 4.0 + 8.0 / 32,
+        "nvfp4": 4.0 + 8.0 / 16,
     }[dtype]
 
 

@@ -60,6 +60,7 @@ def resolve_compute_dtype(
 
     ``auto``: 16-bit weights compute in their dtype; fp8 weights in fp8 where the GPU has
     an fp8 rate (W8A8, as vLLM runs fp8 checkpoints on Hopper and later), else 16-bit;
+    nvfp4 weights in fp4 where the GPU has an fp4 rate (W4A4, Blackwell), else as int4;
     integer and 4-bit weights are dequantised and multiplied in the serving dtype
     (:func:`capcalc.core.dtypes.serving_dtype`; weight-only W8A16 / W4A16 kernels, e.g.
     Marlin); fp32 weights use fp32.
@@ -73,6 +74,8 @@ def resolve_compute_dtype(
         return weights
     if weights == "fp8" and "fp8" in gpu.peak_flops_per_s:
         return "fp8"
+    if weights == "nvfp4" and "fp4" in gpu.peak_flops_per_s:
+        return "fp4"  # W4A4 on Blackwell's fp4 tensor cores, as vLLM runs ModelOpt NVFP4
     return serving_dtype(model.native_dtype)
 
 

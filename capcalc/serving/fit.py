@@ -474,7 +474,7 @@ def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str
     if r.kv_dtype != "fp8" and works(kv_dtype="fp8"):
         out.append("--kv-cache-dtype fp8")
     for dtype in ("fp8", "int4"):
-        if r.weight_dtype not in ("fp8", "int4", "mxfp4") and works(weight_dtype=dtype):
+        if r.weight_dtype not in ("fp8", "int4", "mxfp4", "nvfp4") and works(weight_dtype=dtype):
             out.append(f"--weight-dtype {dtype}")
             break
     for tp in valid_tp_degrees(model):

@@ -616,6 +616,214 @@ def _cohere(c: _Cfg) -> _Mapping:
     return _Mapping(arch, notes=notes)
 
 
+def _mtp_params(c: _Cfg, m: _Mapping, layers: int) -> int:
+    """Parameters of ``layers`` multi-token-prediction modules stored after the main layers
+    (DeepSeek-V3 / GLM-4.5 layout): each one MoE decoder layer of the main model's shape plus
+    enorm, hnorm and shared_head.norm (3 h) and eh_proj (2h x h); the embedding and the
+    output head are the main model's. The layer is counted by capcalc's own accounting
+    (:func:`capcalc.model.params.count_params` of a one-layer copy)."""
+    probe = {
+        "name": "mtp-probe",
+        "source": c.where,
+        "native_dtype": "bf16",
+        "architecture": {**m.architecture, "num_layers": 1},
+    }
+    if m.moe is not None:
+        probe["moe"] = {**m.moe, "first_dense_layers": 0}
+    if m.mla is not None:
+        probe["mla"] = m.mla
+    p = count_params(model_from_dict(probe, c.where))
+    h = m.architecture["hidden_size"]
+    one_layer = p.total - p.embedding - p.lm_head - h  # less the final norm
+    return layers * (one_layer + 3 * h + 2 * h * h)
+
+
+def _glm4_moe(c: _Cfg) -> _Mapping:
+    # Glm4MoeConfig (GLM-4.5 / 4.6 / 4.7): q, k, v with bias when attention_bias, o without;
+    # per-head q/k RMSNorm when use_qk_norm (default false); the first first_k_dense_replace
+    # layers dense (intermediate_size), the rest MoE: n_routed_experts of moe_intermediate_size,
+    # n_shared_experts of the same width, sigmoid router with e_score_correction_bias;
+    # untied. partial_rotary_factor only changes which dims RoPE turns: not the KV size.
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, qk_norm=c.flag("use_qk_norm", False))
+    first_k = c.int("first_k_dense_replace", default=1, minimum=0)
+    moe = dict(
+        num_experts=c.int("n_routed_experts"),
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=c.int("moe_intermediate_size"),
+        num_shared_experts=c.int("n_shared_experts", default=1, minimum=0),
+        shared_expert_intermediate_size=c.int("moe_intermediate_size"),
+        first_dense_layers=_moe_layers(c, lambda i: i >= first_k, "first_k_dense_replace"),
+        router_bias=True,  # gate.e_score_correction_bias, one per routed expert
+    )
+    m = _Mapping(arch, moe=moe)
+    mtp = c.int("num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        count = _mtp_params(c, m, mtp)
+        m.extra_params = dict(
+            count=count,
+            what=f"{mtp} multi-token-prediction layer(s) after the {arch['num_layers']} main layers",
+            source="computed from config.json: one MoE decoder layer + enorm, hnorm, shared_head.norm "
+            "+ eh_proj (2 hidden x hidden) per MTP layer",
+        )
+        m.notes.append(
+            f"The {mtp} MTP layer(s) ({count:,} parameters) are counted as extra_params, held in memory "
+            "at 16 bits; vLLM loads them only when MTP speculative decoding is on."
+        )
+    return m
+
+
+def _minimax_m2(c: _Cfg) -> _Mapping:
+    # MiniMaxM2Config: every layer a MoE of num_local_experts SwiGLU experts of width
+    # intermediate_size (no shared expert, shared_intermediate_size 0), sigmoid router with
+    # e_score_correction_bias (use_routing_bias); q, k, v, o without bias; untied.
+    # attn_type_list: 1 = softmax (full) attention, 0 = lightning (linear) attention.
+    layers = c.int("num_hidden_layers")
+    kinds = c.get("attn_type_list")
+    if kinds is not None:
+        if not isinstance(kinds, list) or len(kinds) != layers:
+            raise c.fail(f"attn_type_list must list {layers} entries of 0 or 1")
+        linear = [i for i, kind in enumerate(kinds) if kind != 1]
+        if linear:
+            raise c.fail(
+                f"layers {linear[:8]}{'...' if len(linear) > 8 else ''} use lightning (linear) attention "
+                "(attn_type_list 0): capcalc has no linear-attention layer kind yet"
+            )
+    listed = c.get("layer_types")
+    if isinstance(listed, list) and any(kind != "full_attention" for kind in listed):
+        other = sorted({str(kind) for kind in listed} - {"full_attention"})
+        raise c.fail(f"layer_types {other}: capcalc has no linear-attention layer kind yet")
+    if c.int("shared_intermediate_size", default=0, minimum=0):
+        raise c.fail("shared_intermediate_size > 0: capcalc maps MiniMax-M2 without a shared expert only")
+    arch = _decoder(c, tie_default=False, qk_norm=c.flag("use_qk_norm", True))
+    moe = dict(
+        num_experts=c.int("num_local_experts"),
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=arch["intermediate_size"],
+        router_bias=c.flag("use_routing_bias", True),
+    )
+    window, types = _window(c, None)
+    notes = []
+    if arch["qk_norm"]:
+        h, kv, d = arch["num_attention_heads"], arch["num_kv_heads"], arch["head_dim"]
+        notes.append(
+            f"qk_norm_type {c.get('qk_norm_type', default='per_layer')}: one RMSNorm over all q heads "
+            f"({h} x {d}) and one over all k heads ({kv} x {d}) per layer; the profile's qk_norm counts "
+            f"2 x {d}, {(h + kv - 2) * d} parameters fewer per layer (negligible)."
+        )
+    mtp = c.int("num_mtp_modules", default=0, minimum=0)
+    if mtp and c.flag("use_mtp", False):
+        notes.append(
+            f"The {mtp} multi-token-prediction modules are not part of the profile "
+            "(not used for ordinary decoding)."
+        )
+    return _Mapping(arch, moe=moe, window=window, layer_types=types, notes=notes)
+
+
+def pixtral_vision_params(vision: dict, text_hidden: int, merge: int, bias: bool, feature_layers: int) -> int:
+    """Pixtral vision tower plus the Mistral 3 multimodal projector.
+
+    tower: conv patch embedding without bias (channels x patch^2 x d) + ln_pre RMSNorm (d)
+    + layers x [q, k, v, o without bias (4 d (heads x head_dim)) + SwiGLU gate, up, down
+    without bias (3 d f) + attention_norm and ffn_norm RMSNorms (2 d)];
+    projector: RMSNorm (d) + patch merger (merge^2 d x d, no bias) + linear_1
+    (feature_layers d x text_hidden) + linear_2 (text_hidden x text_hidden), biases when
+    multimodal_projector_bias. Defaults are PixtralVisionConfig's (d 1024, f 4096,
+    24 layers, 16 heads, 3 channels, patch 16)."""
+    v = _Cfg(vision, "vision_config", "pixtral")
+    d = v.int("hidden_size", default=1024)
+    f = v.int("intermediate_size", default=4096)
+    heads = v.int("num_attention_heads", default=16)
+    width = heads * v.int("head_dim", default=d // heads)
+    layers = v.int("num_hidden_layers", default=24)
+    channels, patch = v.int("num_channels", default=3), v.int("patch_size", default=16)
+    tower = channels * patch * patch * d + d + layers * (4 * d * width + 3 * d * f + 2 * d)
+    projector = d + merge * merge * d * d + feature_layers * d * text_hidden + text_hidden * text_hidden
+    return tower + projector + (2 * text_hidden if bias else 0)
+
+
+def _mistral3(c: _Cfg) -> _Mapping:
+    # Mistral3ForConditionalGeneration (Mistral-Small-3.1 / 3.2): a Mistral text decoder under
+    # text_config, a Pixtral vision tower under vision_config and the Mistral 3 projector
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a mistral3 config nests the text decoder there)")
+    text_type = text.get("model_type", "mistral")
+    if text_type not in ("mistral", "llama"):
+        raise c.fail(
+            f"text_config model_type {text_type!r}: capcalc maps a mistral3 text decoder of type mistral"
+        )
+    mapping = _MAPPERS[text_type](_Cfg(text, f"{c.where}: text_config", text_type))
+    vision = c.get("vision_config")
+    if isinstance(vision, dict) and vision.get("model_type", "pixtral") == "pixtral":
+        layer = c.get("vision_feature_layer", default=-1)
+        count = pixtral_vision_params(
+            vision,
+            mapping.architecture["hidden_size"],
+            c.int("spatial_merge_size", default=2),
+            c.flag("multimodal_projector_bias", False),
+            len(layer) if isinstance(layer, list) else 1,
+        )
+        mapping.extra_params = dict(
+            count=count,
+            what="Pixtral vision tower and Mistral 3 multimodal projector (patch merger, two linears)",
+            source="computed from config.json vision_config (PixtralVisionModel + Mistral3MultiModalProjector)",
+        )
+    else:
+        mapping.notes.append("No Pixtral vision_config: weights outside the text decoder are not counted.")
+    return mapping
+
+
+#: DSA lightning-indexer key cache per token per layer in vLLM (DeepseekV32IndexerCache):
+#: index_head_dim fp8 values plus one fp32 scale per 128 of them
+_INDEXER_QUANT_BLOCK = 128
+#: vLLM's fp8_ds_mla latent per token per layer: 512 fp8 + 4 fp32 scales + 64 bf16 rope dims
+_FP8_DS_MLA_BYTES = 656
+
+
+def _glm_moe_dsa(c: _Cfg) -> _Mapping:
+    # GlmMoeDsaConfig (GLM-5, GLM-5.1): DeepSeek-V3's MLA + MoE layout (same config keys,
+    # same module names) plus DeepSeek Sparse Attention: a lightning indexer per layer
+    # (wq_b q_lora_rank -> index_n_heads x index_head_dim, wk hidden -> index_head_dim,
+    # a LayerNorm of index_head_dim, weights_proj hidden -> index_n_heads) that picks
+    # index_topk cached tokens for each query
+    m = _deepseek(c)
+    listed = c.get("mlp_layer_types")
+    if isinstance(listed, list) and m.moe is not None:
+        first = m.moe["first_dense_layers"]
+        if listed != ["dense"] * first + ["sparse"] * (len(listed) - first):
+            raise c.fail(f"mlp_layer_types does not match first_k_dense_replace {first}")
+    shared = [i for i, kind in enumerate(c.get("indexer_types") or []) if kind != "full"]
+    if shared:
+        raise c.fail(
+            f"indexer_types: layers {shared[:8]} share another layer's indexer (IndexShare): "
+            "capcalc has no shared-indexer layer kind yet"
+        )
+    h = m.architecture["hidden_size"]
+    q_rank = m.mla["q_lora_rank"] or h
+    heads, dim, topk = c.int("index_n_heads"), c.int("index_head_dim"), c.int("index_topk")
+    per_layer = heads * dim * q_rank + dim * h + 2 * dim + heads * h
+    layers = m.architecture["num_layers"]
+    m.extra_params = dict(
+        count=layers * per_layer,
+        what=f"DSA lightning indexer of each of the {layers} layers (wq_b, wk, k_norm, weights_proj)",
+        source="computed from config.json index_n_heads, index_head_dim, q_lora_rank, hidden_size",
+    )
+    latent = m.mla["kv_lora_rank"] + m.mla["qk_rope_head_dim"]
+    indexer = dim + 4 * (dim // _INDEXER_QUANT_BLOCK)
+    m.notes.append(
+        "DeepSeek Sparse Attention, not modelled yet: the KV cache here is the MLA latent only "
+        f"({latent} values per token per layer). vLLM also caches the indexer's keys ({indexer} bytes "
+        f"per token per layer: {dim} fp8 + fp32 scales) and, with an fp8 KV cache, stores the latent as "
+        f"fp8_ds_mla ({_FP8_DS_MLA_BYTES} bytes, not {latent}); so the real KV per token is "
+        f"{(2 * latent + indexer) / (2 * latent):.2f}x capcalc's at bf16 and "
+        f"{(_FP8_DS_MLA_BYTES + indexer) / latent:.2f}x at fp8 (a lower bound, stated). Attention reads "
+        f"all cached tokens here; the model reads index_topk {topk} of them beyond that context. "
+        "The indexer weights are extra_params (16-bit, not in the active count)."
+    )
+    return m
+
+
 _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -635,6 +843,37 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "falcon": _falcon,
     "gpt_oss": _gpt_oss,
     "cohere": _cohere,
+    "glm4_moe": _glm4_moe,
+    "minimax_m2": _minimax_m2,
+    "mistral3": _mistral3,
+    "glm_moe_dsa": _glm_moe_dsa,
+}
+#: transformers model classes (config.json ``architectures``) of the mapped model_types: a
+#: config whose model_type capcalc does not know maps through its class (Kimi-K2 ships
+#: model_type kimi_k2 with DeepseekV3ForCausalLM)
+_ARCHITECTURE_CLASSES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Phi3ForCausalLM": "phi3",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "GPT2LMHeadModel": "gpt2",
+    "OPTForCausalLM": "opt",
+    "FalconForCausalLM": "falcon",
+    "GptOssForCausalLM": "gpt_oss",
+    "CohereForCausalLM": "cohere",
+    "Glm4MoeForCausalLM": "glm4_moe",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
+    "Mistral3ForConditionalGeneration": "mistral3",
+    "GlmMoeDsaForCausalLM": "glm_moe_dsa",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)
 SUPPORTED: tuple[str, ...] = tuple(_MAPPERS)
@@ -657,6 +896,8 @@ def _quantized_dtype(qc: dict, where: str) -> tuple[str, str]:
         return "fp8", f"{method} weights"
     if method == "mxfp4":
         return "mxfp4", "mxfp4 weights (experts; see modules_to_not_convert)"
+    if method in ("modelopt", "modelopt_fp4") and str(qc.get("quant_algo", "")).upper() == "NVFP4":
+        return "nvfp4", "ModelOpt NVFP4 weights (16-element groups, fp8 E4M3 scales)"
     if method == "bitsandbytes":
         if qc.get("load_in_4bit"):
             return "int4", f"bitsandbytes 4-bit ({qc.get('bnb_4bit_quant_type', 'nf4')}) weights"
@@ -675,7 +916,7 @@ def _quantized_dtype(qc: dict, where: str) -> tuple[str, str]:
                     f", group size {size}" if size else ""
                 )
         raise CapcalcError(f"{where}: compressed-tensors config with no fp8, int4 or int8 weight group")
-    known = "awq, gptq, fp8, bitsandbytes, mxfp4, compressed-tensors"
+    known = "awq, gptq, fp8, bitsandbytes, mxfp4, modelopt NVFP4, compressed-tensors"
     raise CapcalcError(f"{where}: unknown quantization method {method or '(none)'!r}; capcalc knows {known}")
 
 
@@ -773,12 +1014,17 @@ def model_type_of(config: dict, where: str) -> str:
     label = model_type or (archs[0] if archs else None)
     if model_type in _MAPPERS:
         return model_type
+    through = [_ARCHITECTURE_CLASSES[a] for a in archs if isinstance(a, str) and a in _ARCHITECTURE_CLASSES]
+    if through:
+        return through[0]
     remote = " (its code lives in the repo: auto_map / trust_remote_code, which capcalc never runs)"
     hint = remote if config.get("auto_map") else ""
     if label is None:
         raise CapcalcError(f"{where}: no model_type or architectures: not a transformers config.json")
     raise CapcalcError(
-        f"{where}: unsupported architecture {label!r}{hint}; supported model_type: {supported_list()}"
+        f"{where}: unsupported architecture {label!r}{hint}; supported model_type: {supported_list()}; "
+        "for another architecture write a model profile (format: docs/profiles.md) and pass its "
+        "directory with --profiles DIR"
     )
 
 
@@ -799,9 +1045,15 @@ def profile_mapping(
     model_type = model_type_of(config, where)
     c = _Cfg(config, where, model_type)
     m = _MAPPERS[model_type](c)
-    text = config.get("text_config") if model_type == "gemma3" else config
+    text = config.get("text_config") if model_type in ("gemma3", "mistral3") else config
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
     notes = list(m.notes)
+    if config.get("model_type") != model_type and config.get("model_type") not in _MODEL_TYPE_ALIASES:
+        notes.insert(
+            0,
+            f"model_type {config.get('model_type')!r} is not one capcalc maps; its architectures name "
+            f"a {model_type} class, so it is mapped as {model_type} (the same modules).",
+        )
     if qc:
         native, quant_note = _quantized_dtype(qc, where)
         notes.insert(0, f"quantization_config: {quant_note}.")
