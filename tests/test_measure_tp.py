@@ -265,7 +265,7 @@ def test_measure_model_tp_records(cli, monkeypatch):
         tokens = p["batch"] * (1 if p["record"] == "decode" else p["prompt_tokens"])
         assert p["allreduce_bytes_per_call"] == tokens * 64 * 4  # hidden 64, fp32
         assert p["allreduce_calls_per_step"] == 6  # 2 per layer, 3 layers
-        assert p["allreduce_time_s_per_call"] > 0 and p["allreduce_latency_s"] > 0
+        assert p["allreduce_per_call_s"] > 0 and p["allreduce_latency_s"] > 0
         assert p["interconnect_source"] == "measured"
         # the one KV head is replicated: each rank caches what tp=1 caches (1 head of 16, fp32)
         if p["record"] == "decode":

@@ -267,13 +267,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_device(device: str) -> str:
+    """This process's device: under torchrun, ``cuda:N`` is the first GPU of the host and
+    each process takes cuda:N+LOCAL_RANK; otherwise ``device`` itself (rank 0's)."""
+    if not device.startswith("cuda") or not launched_by_torchrun():
+        return device
+    first = int(device.split(":")[1]) if ":" in device else 0
+    return f"cuda:{first + int(os.environ['LOCAL_RANK'])}"
+
+
 def _devices(device: str, tp: int) -> tuple[str, int]:
-    """(kind, first GPU index) for ``tp`` ranks from ``--device`` (cpu, cuda, cuda:N)."""
+    """(kind, GPU index of this process) from its device (cpu, cuda:N); spawning, N is
+    rank 0's and the ranks take cuda:N .. cuda:N+tp-1."""
     torch = require_torch()
     if device == "cpu":
         return "cpu", 0
     first = int(device.split(":")[1]) if ":" in device else 0
     count = torch.cuda.device_count()
+    if launched_by_torchrun():
+        if first >= count:
+            raise CapcalcError(f"torchrun process on {device}, but torch sees {count} GPUs on this host")
+        return "cuda", first
     if first + tp > count:
         raise CapcalcError(
             f"--tp {tp} from {device} needs GPUs cuda:{first}..cuda:{first + tp - 1}, but torch sees {count}"
@@ -319,6 +333,7 @@ def _entry(rank, world, kind, first, init_method, launcher, work, job, result_pa
 def launch(work: Callable[[Rank, Any], Any], job: Any, tp: int, device: str) -> tuple[Any, str] | None:
     """Run ``work(rank, job)`` on ``tp`` ranks; (rank 0's result, launcher) where this is
     rank 0 or the spawning parent, ``None`` on the other ranks of a torchrun launch.
+    ``device``: this process's (:func:`own_device`).
     ``work`` must be a module-level function (the spawned processes import it)."""
     torch = require_torch()
     kind, first = _devices(device, tp)
@@ -328,10 +343,9 @@ def launch(work: Callable[[Rank, Any], Any], job: Any, tp: int, device: str) -> 
             raise CapcalcError(
                 f"--tp {tp} but torchrun started {world} processes: give --nproc-per-node {tp}"
             )
-        rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-        if kind == "cuda":
-            first = first + local - rank  # one host: cuda:first+local for this process
-        status, value = _entry(rank, world, kind, first, "env://", "torchrun", work, job, None)
+        rank = int(os.environ["RANK"])
+        # _entry places rank r on GPU first + r: this process's own GPU is ``first`` here
+        status, value = _entry(rank, world, kind, first - rank, "env://", "torchrun", work, job, None)
         if status == "error":
             raise CapcalcError(value, exit_code=1)
         return (value, "torchrun") if rank == 0 else None

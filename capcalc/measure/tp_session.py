@@ -27,6 +27,7 @@ degree, and a(tp); ``--save`` stores ``allreduce_latency_s`` and
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -49,7 +50,7 @@ from capcalc.measure.calibrate import (
 )
 from capcalc.measure.memory import MemoryEstimate
 from capcalc.measure.run import MeasuredPoint, PointSpec, cache_tokens, default_repeats, plan_points
-from capcalc.measure.tp import Rank, TPRunner, launch, shard_profile
+from capcalc.measure.tp import Rank, TPRunner, launch, own_device, shard_profile
 from capcalc.perf.efficiency import resolve_efficiency
 from capcalc.report.output import TableSpec, record
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
@@ -60,7 +61,9 @@ _WIDTH = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def _note(message: str) -> None:
-    print(f"capcalc: {message}", file=sys.stderr)
+    """A note on stderr, from rank 0 alone under torchrun."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"capcalc: {message}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- the ranks' work
@@ -125,7 +128,7 @@ def _device(device: str):
     from capcalc.measure.device import device_info, resolve_device
 
     require_torch()
-    return device_info(resolve_device(device))
+    return device_info(own_device(resolve_device(device)))
 
 
 def _gpu_profile(registry: Registry, info, hardware: str | None) -> tuple[HardwareProfile, str]:
@@ -186,7 +189,7 @@ def measure_model_tp(
     rank_info = info if info.is_cuda else replace(info, memory_free_bytes=info.memory_free_bytes / tp)
     fitting, refused = plan_points(shard, dtype, rank_info, specs, repeats)
     for _spec, reason in refused:
-        print(f"capcalc: warning: skipping (per rank, tp={tp}): {reason}", file=sys.stderr)
+        _note(f"warning: skipping (per rank, tp={tp}): {reason}")
     if not fitting:
         raise CapcalcError(refused[0][1], exit_code=1)
     gpu, origin = _gpu_profile(registry, info, hardware)
@@ -288,9 +291,9 @@ def _model_records(
                 repeats=len(with_comm.times_s),
                 allreduce_calls_per_step=calls,
                 allreduce_bytes_per_call=timing.size.bytes,
-                allreduce_time_s_per_call=timing.time_s,
+                allreduce_per_call_s=timing.time_s,
                 allreduce_bus_bandwidth_bytes_per_s=timing.busbw_bytes_per_s,
-                allreduce_s_per_step_from_benchmark=calls * timing.time_s,
+                allreduce_benchmark_per_step_s=calls * timing.time_s,
                 allreduce_latency_s=bench_fit.latency_s,
                 interconnect_bandwidth_bytes_per_s=gpu.interconnect_bandwidth_bytes_per_s,
                 interconnect_source=interconnect_source,
@@ -356,7 +359,7 @@ def _model_records(
             ("error_pct", "error"),
             ("measured_comm_s", "comm measured"),
             ("predicted_comm_s", "comm predicted"),
-            ("allreduce_time_s_per_call", "all-reduce/call"),
+            ("allreduce_per_call_s", "all-reduce/call"),
             ("allreduce_bus_bandwidth_bytes_per_s", "busbw"),
             ("calibrated_error_pct", "error (cal.)"),
             ("fitted_allreduce_latency_s", "fitted all-reduce latency"),
