@@ -35,6 +35,10 @@ exec > >(tee "$OUT/run.log") 2>&1
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) capcalc multi-GPU validation on $GPUS GPUs"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
 nvidia-smi topo -m || true
+# NCCL's own settings are kept as the environment has them (NCCL_NVLS_ENABLE among them):
+# the all-reduce figures hold for these settings
+env | grep -E '^(NCCL|TORCH_NCCL|TORCH_SYMM_MEM)_' || true
+python3 -c "import torch; print('torch', torch.__version__, 'nccl', torch.cuda.nccl.version())"
 
 echo "== measure --gpu --tp $GPUS"
 timeout "$TIMEOUT" python3 -m capcalc measure --gpu --tp "$GPUS" --save --jsonl $EXTRA \

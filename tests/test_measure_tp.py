@@ -298,3 +298,19 @@ def test_measure_gpu_tp_saves_and_latency_uses_it(cli, isolated_user_config, mon
               "--json").json()  # fmt: skip
     assert rec["assume_allreduce_latency_s"] == pytest.approx(form["allreduce_latency_s"])
     assert rec["efficiency_source"] == "calibration"
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("tiny-test", "--tp", "3"), "tp=3 is not valid for tiny-test (4 attention heads, 2 KV heads)"),
+        (("tiny-test,tiny-moe-test", "--tp", "2"), "--tp measures one model at a time"),
+        (("tiny-test", "--tp", "2", "--ctx", "none", "--prompt", "none"), "nothing to measure"),
+        (("--gpu", "--tp", "2", "--save"), "give --hardware NAME to save the all-reduce terms"),
+        (("--gpu", "--tp", "0"), "--tp must be at least 2"),
+    ],
+)
+def test_tp_usage_errors_before_any_rank_starts(cli, args, message):
+    r = cli("measure", *args, *P, "--device", "cpu")
+    assert r.code == 2 and r.out == "" and message in r.err and r.err.count("\n") == 1

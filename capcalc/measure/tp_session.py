@@ -36,6 +36,7 @@ from capcalc.core.errors import CapcalcError
 from capcalc.measure import allreduce as ar
 from capcalc.measure import require_torch
 from capcalc.measure.calibrate import (
+    FITTED,
     TP_FITTED,
     Point,
     calibrate,
@@ -153,6 +154,8 @@ def _gpu_profile(registry: Registry, info, hardware: str | None) -> tuple[Hardwa
         info.l2_cache_bytes,
         info.torch_version,
     )
+    if info.is_cuda:  # hand the benchmarks' buffers back before the ranks start
+        require_torch().cuda.empty_cache()
     return draft_profile(data), "drafted"
 
 
@@ -184,6 +187,8 @@ def measure_model_tp(
     width = _WIDTH[dtype]
     specs = [PointSpec("decode", b, c) for b in batches for c in contexts]
     specs += [PointSpec("prefill", b, p) for b in prefill_batches for p in prompts]
+    if not specs:
+        raise CapcalcError("nothing to measure: give --ctx or --prompt values")
     # one rank's memory: its shard (the estimate counts the whole LM head: conservative);
     # on the CPU the ranks share the host's RAM
     rank_info = info if info.is_cuda else replace(info, memory_free_bytes=info.memory_free_bytes / tp)
@@ -341,8 +346,9 @@ def _model_records(
         allreduce_latency_method=bench_fit.method,
         allreduce_bus_bandwidth_bytes_per_s=largest.busbw_bytes_per_s,
         allreduce_bus_bandwidth_message_bytes=largest.size.bytes,
-        **{f"default_{n}": getattr(cal.before, n) for n in (*TP_FITTED,)},
-        **{f"fitted_{n}": getattr(cal.after, n) for n in (*TP_FITTED,)},
+        # the single-GPU terms as fitted on the shards (reported, not saved) and the tp terms
+        **{f"default_{n}": getattr(cal.before, n) for n in (*FITTED, *TP_FITTED)},
+        **{f"fitted_{n}": getattr(cal.after, n) for n in (*FITTED, *TP_FITTED)},
         calibration_file=saved,
         torch_version=info.torch_version,
     )
@@ -386,16 +392,20 @@ def measure_allreduce_tp(
     dtype = "bf16" if info.is_cuda else "fp32"
     prefill = ar.PREFILL_TOKENS if info.is_cuda else ar.PREFILL_TOKENS[:1]
     sizes = ar.message_sizes(ar.SWEEP_HIDDEN, _WIDTH[dtype], prefill_tokens=prefill)
-    _note(f"timing all-reduces on {', '.join(str(k) for k in ar.sub_degrees(tp))} of {tp} ranks")
-    launched = launch(sweep_work, SweepJob(tuple(sizes), dtype, repeats), tp, info.device)
-    if launched is None:
-        return None
-    (backend, timings), launcher = launched
     if hardware:
         gpu_name = registry.gpu(hardware).name
     else:
         found = find_profile(registry, info.device_name)
         gpu_name = found.name if found else None
+    if save and gpu_name is None:
+        raise CapcalcError(
+            f"no hardware profile matches {info.device_name!r}: give --hardware NAME to save the all-reduce terms"
+        )
+    _note(f"timing all-reduces on {', '.join(str(k) for k in ar.sub_degrees(tp))} of {tp} ranks")
+    launched = launch(sweep_work, SweepJob(tuple(sizes), dtype, repeats), tp, info.device)
+    if launched is None:
+        return None
+    (backend, timings), launcher = launched
     base = dict(
         device=info.device, device_name=info.device_name, gpu=gpu_name, backend=backend, launcher=launcher
     )
@@ -440,11 +450,6 @@ def measure_allreduce_tp(
     form = ar.fit_tp_form(fits)
     saved = None
     if save:
-        if gpu_name is None:
-            raise CapcalcError(
-                f"no hardware profile matches {info.device_name!r}: give --hardware NAME to save the all-reduce terms",
-                exit_code=1,
-            )
         from capcalc.perf.efficiency import Efficiency
 
         eff = Efficiency(
