@@ -158,7 +158,20 @@ def test_fit_recovers_the_per_rank_growth_from_two_degrees(registry):
 # --------------------------------------------------------------------------- on 2 gloo ranks
 
 
-def _compare_on_ranks(where, names):
+#: biases on the row-parallel products (added by rank 0 alone), a plain GELU MLP, LayerNorm,
+#: and Falcon's parallel attention + MLP block (one norm): the paths the two tiny models miss
+TINY_BIASED = replace(
+    TINY,
+    name="tiny-biased",
+    mlp="plain",
+    mlp_bias=True,
+    attention_output_bias=True,
+    norm="layernorm",
+    norms_per_layer=1,
+)
+
+
+def _compare_on_ranks(where, profiles):
     """On each rank: the full model (same seed) and this rank's shard of it; rank 0 returns,
     per model, the largest logit difference relative to the largest logit, over a prefill
     with every position's logits and 6 decode steps through the cache; then an all-reduce
@@ -169,8 +182,8 @@ def _compare_on_ranks(where, names):
 
     torch = require_torch()
     worst = {}
-    for name in names:
-        profile = load_profile_file(TEST_PROFILES / f"{name}.yaml")
+    for profile in profiles:
+        name = profile.name
         with torch.inference_mode():
             full = DecoderModel(profile, "fp32", "cpu", seed=3, max_positions=64)
             shard = TPDecoderModel(profile, "fp32", "cpu", where.rank, where.world, full=full)
@@ -217,14 +230,14 @@ def _tensors(a: dict, b: dict):
 def on_two_ranks():
     from capcalc.measure.tp import launch
 
-    return launch(_compare_on_ranks, ["tiny-test", "tiny-moe-test"], 2, "cpu")
+    return launch(_compare_on_ranks, [TINY, TINY_MOE, TINY_BIASED], 2, "cpu")
 
 
 @needs_torch
 def test_sharded_model_equals_unsharded(on_two_ranks):
     (worst, _), launcher = on_two_ranks
     assert launcher == "spawn"
-    for name in ("tiny-test", "tiny-moe-test"):
+    for name in ("tiny-test", "tiny-moe-test", "tiny-biased"):
         prefill_all, steps, shape, same_shapes = worst[name]
         assert prefill_all < 1e-5 and steps < 1e-5, name  # fp32: equal up to summation order
         assert shape == (7, 3, 256)  # 1 prefill + 6 steps, batch 3, the whole vocab gathered
