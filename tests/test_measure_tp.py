@@ -254,7 +254,7 @@ def test_allreduce_benchmark_on_gloo(on_two_ranks):
 
 
 @needs_torch
-def test_measure_model_tp_records(cli, monkeypatch):
+def test_measure_model_tp_records(cli, monkeypatch, isolated_user_config):
     from capcalc.measure import allreduce, bench
 
     # the parent drafts the CPU's profile and sizes the messages: small buffers keep it quick
@@ -263,11 +263,17 @@ def test_measure_model_tp_records(cli, monkeypatch):
     monkeypatch.setitem(allreduce.BANDWIDTH_BYTES, False, 2**20)
     r = cli(
         "measure", "tiny-moe-test", *P, "--device", "cpu", "--tp", "2", "--batch", "1,2", "--ctx", "24",
-        "--prompt", "16", "--repeats", "2", "--json",
+        "--prompt", "16", "--repeats", "2", "--save", "--json",
     )  # fmt: skip
     assert r.code == 0, r.err
     records = r.json()
     points, summary = records[:-1], records[-1]
+    # --save stores the all-reduce latency alone: the single-GPU terms fitted on shards are not saved
+    entry = yaml.safe_load((isolated_user_config / "calibration.yaml").read_text())["gpus"][summary["gpu"]]
+    assert entry["efficiency"] == {
+        "allreduce_latency_s": pytest.approx(summary["fitted_allreduce_latency_s"])
+    }
+    assert summary["calibration_file"] == str(isolated_user_config / "calibration.yaml")
     assert [(p["record"], p["batch"]) for p in points] == [("decode", 1), ("decode", 2), ("prefill", 1)]
     for p in points:
         assert (p["tp"], p["backend"], p["launcher"], p["gpu_profile"]) == (2, "gloo", "spawn", "drafted")
