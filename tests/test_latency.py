@@ -319,6 +319,7 @@ def test_every_parameter_has_a_flag(cli):
         "allreduce_latency_s": ("--allreduce-latency", "0.00002", 2e-5),
         "moe_layer_overhead_s": ("--moe-layer-overhead", "15 us", 15e-6),
         "moe_token_overhead_s": ("--moe-token-overhead", "200ns", 200e-9),
+        "allreduce_latency_per_rank_s": ("--allreduce-latency-per-rank", "2us", 2e-6),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]

@@ -122,6 +122,9 @@ def latency_command(
     moe_token_overhead: Annotated[Optional[str], _opt("moe_token_overhead_s", "duration")] = None,
     step_overhead: Annotated[Optional[str], _opt("step_overhead_s", "duration")] = None,
     allreduce_latency: Annotated[Optional[str], _opt("allreduce_latency_s", "duration")] = None,
+    allreduce_latency_per_rank: Annotated[
+        Optional[str], _opt("allreduce_latency_per_rank_s", "duration")
+    ] = None,
     no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
@@ -143,6 +146,7 @@ def latency_command(
         moe_token_overhead_s=moe_token_overhead,
         step_overhead_s=step_overhead,
         allreduce_latency_s=allreduce_latency,
+        allreduce_latency_per_rank_s=allreduce_latency_per_rank,
     )
     calibration = None if no_calibration else load_calibration_cached(profiles)
     resolved = resolve_efficiency(device, flags, calibration)

@@ -108,6 +108,13 @@ def measure(
             "--save", help="Write the measured figures / fitted efficiencies to the calibration file."
         ),
     ] = False,
+    tp: Annotated[
+        int,
+        typer.Option(
+            help="Tensor-parallel ranks: shard MODEL over N GPUs (gloo ranks on the CPU), or with --gpu "
+            "time the all-reduce on 2..N of them; capcalc spawns the N processes (or run it under torchrun)."
+        ),
+    ] = 1,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
@@ -123,6 +130,24 @@ def measure(
         )
     if repeats is not None and repeats < 1:
         raise CapcalcError(f"--repeats must be at least 1, got {repeats}")
+    if tp != 1:
+        _measure_tp(
+            out,
+            model,
+            gpu,
+            tp,
+            device,
+            batch,
+            ctx,
+            prompt,
+            prefill_batch,
+            weight_dtype,
+            hardware,
+            repeats,
+            save,
+            profiles,
+        )
+        return
     if gpu:
         _measure_device(out, device, hardware, save, profiles)
     else:
@@ -140,6 +165,52 @@ def measure(
             save,
             profiles,
         )
+
+
+def _measure_tp(
+    out,
+    model,
+    gpu,
+    tp,
+    device,
+    batch,
+    ctx,
+    prompt,
+    prefill_batch,
+    weight_dtype,
+    hardware,
+    repeats,
+    save,
+    profiles,
+):
+    """--tp N: capcalc.measure.tp_session runs the ranks; only rank 0 prints."""
+    from capcalc.core.dtypes import canonical_dtype
+    from capcalc.measure.model import LOOP_DTYPES
+    from capcalc.measure.tp_session import measure_allreduce_tp, measure_model_tp
+
+    reg = load_registry(profiles)
+    if gpu:
+        result = measure_allreduce_tp(reg, tp, device, hardware, repeats, save)
+    else:
+        if "," in model:
+            raise CapcalcError("--tp measures one model at a time")
+        result = measure_model_tp(
+            reg,
+            resolve_model(reg, model.strip()),
+            tp,
+            device,
+            _parse_list(batch, "--batch"),
+            _parse_list(ctx, "--ctx", allow_none=True),
+            _parse_list(prompt, "--prompt", allow_none=True),
+            _parse_list(prefill_batch, "--prefill-batch"),
+            None if weight_dtype == "auto" else canonical_dtype(weight_dtype, LOOP_DTYPES, "weight dtype"),
+            hardware,
+            repeats,
+            save,
+            profiles,
+        )
+    if result is not None:
+        out.emit(*result)
 
 
 # --------------------------------------------------------------------------- helpers

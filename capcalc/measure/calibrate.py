@@ -27,7 +27,7 @@ from capcalc.sources.dirs import shipped_dir
 from capcalc.sources.loader import hardware_from_dict
 from capcalc.sources.registry import Registry
 
-#: the parameters `measure` fits (all-reduce latency needs several GPUs)
+#: the parameters `measure` fits on one GPU (the all-reduce terms need several: TP_FITTED)
 FITTED = (
     "weight_bandwidth_efficiency",
     "kv_bandwidth_efficiency",
@@ -38,6 +38,10 @@ FITTED = (
     "moe_layer_overhead_s",
     "moe_token_overhead_s",
 )
+#: the tensor-parallel terms, fitted from points measured at tp > 1 (``measure MODEL --tp N``):
+#: the fixed cost per all-reduce call, and its growth per extra GPU where points of two or
+#: more tp degrees are in one fit
+TP_FITTED = ("allreduce_latency_s", "allreduce_latency_per_rank_s")
 #: Search bounds of the fit, not claims about hardware. The fit works on log(value), so
 #: every lower bound is a positive floor that stands for "none"; every upper bound only
 #: keeps the search finite and sits far outside anything a measured step can mean.
@@ -60,6 +64,10 @@ _BOUNDS = {
     # seconds per step; 1 ns is "none"; 10 s is ~10x a whole decode step of an 8B model in
     # fp32 on a CPU (32 GB at tens of GB/s), the slowest step a measure run would time
     "step_overhead_s": (1e-9, 10.0),
+    # seconds per all-reduce call; 1 ns is "none"; 1 s is ~1e5x the 3-17 us of NVLink
+    # all-reduces (issue 13) and ~1e3x a small gloo all-reduce over TCP on one host
+    "allreduce_latency_s": (1e-9, 1.0),
+    "allreduce_latency_per_rank_s": (1e-12, 1.0),
 }
 
 
@@ -138,14 +146,23 @@ class Point:
     batch: int
     tokens: int  # decode: tokens attended (median over the timed steps); prefill: prompt length
     measured_s: float
+    tp: int = 1  # tensor-parallel degree the point ran at
+    #: False: the same sharded step timed with its all-reduces and logit gather switched off,
+    #: predicted as the tp step without its communication term
+    collectives: bool = True
 
 
 def predict(gpu: HardwareProfile, point: Point, dtype: str, eff: Efficiency) -> StepPrediction:
-    """The latency model's time for ``point`` (weights, activations and KV all in ``dtype``)."""
-    kw = dict(weight_dtype=dtype, kv_dtype=dtype, efficiency=eff)
+    """The latency model's time for ``point`` (weights, activations and KV all in ``dtype``),
+    at the point's tp; a point without collectives is predicted without ``comm_s``."""
+    kw = dict(weight_dtype=dtype, kv_dtype=dtype, efficiency=eff, tp=point.tp)
     if point.phase == "decode":
-        return predict_decode_step(point.model, gpu, point.batch, point.tokens, **kw)
-    return predict_prefill(point.model, gpu, point.batch, point.tokens, **kw)
+        pred = predict_decode_step(point.model, gpu, point.batch, point.tokens, **kw)
+    else:
+        pred = predict_prefill(point.model, gpu, point.batch, point.tokens, **kw)
+    if point.collectives:
+        return pred
+    return replace(pred, time_s=pred.time_s - pred.comm_s, comm_s=0.0)
 
 
 def error_pct(predicted: float, measured: float) -> float:
@@ -182,15 +199,20 @@ def calibrate(gpu: HardwareProfile, points: list[Point], dtype: str, start: Effi
     token count without prefill points, the two MoE costs without an MoE model.
     The MoE overhead is told apart from the per-layer and per-step costs by dense models'
     points (which have none of it): dense models of two depths pin those two, an MoE
-    model then its routing cost; with one dense depth only their sums are pinned."""
+    model then its routing cost; with one dense depth only their sums are pinned.
+    The all-reduce latency (:data:`TP_FITTED`) is fitted where some point ran at tp > 1: it
+    is told apart from the per-layer and per-step costs by the same steps timed without
+    their collectives (``collectives=False``); its growth per GPU needs two tp degrees."""
     if not points:
         raise CapcalcError("no measured points to calibrate on", exit_code=1)
     constrained = {
         "prefill_tokens_half_efficiency": any(p.phase == "prefill" for p in points),
         "moe_layer_overhead_s": any(p.model.num_moe_layers for p in points),
         "moe_token_overhead_s": any(p.model.num_moe_layers for p in points),
+        "allreduce_latency_s": any(p.tp > 1 and p.collectives for p in points),
+        "allreduce_latency_per_rank_s": len({p.tp for p in points if p.tp > 1 and p.collectives}) > 1,
     }
-    names = [n for n in FITTED if constrained.get(n, True)]
+    names = [n for n in (*FITTED, *TP_FITTED) if constrained.get(n, True)]
 
     def efficiency(values) -> Efficiency:
         return replace(start, **dict(zip(names, values, strict=True)))
@@ -221,6 +243,7 @@ def save_entry(
     measured: dict[str, Any] | None = None,
     efficiency: Efficiency | None = None,
     directory: str | Path | None = None,
+    names: tuple[str, ...] = FITTED,
 ) -> Path:
     """Merge measured device figures and/or fitted efficiencies into ``gpu_name``'s
     entry in ``directory``'s calibration file (default: the user profile directory);
@@ -241,7 +264,7 @@ def save_entry(
         if efficiency is not None:
             entry["efficiency"] = {
                 **(existing.get("efficiency") or {}),
-                **{n: getattr(efficiency, n) for n in FITTED},
+                **{n: getattr(efficiency, n) for n in names},
             }
         return entry
 

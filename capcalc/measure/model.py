@@ -322,18 +322,27 @@ class DecoderModel:
             qk = self._rope(qk, cos, sin)
         return qk[:, :, :heads], qk[:, :, heads:], v
 
+    def _reduce(self, x):
+        """The output of a row-parallel product (o_proj, the MLP's down): the whole sum
+        here; the tensor-parallel shard (capcalc.measure.tp) all-reduces its part."""
+        return x
+
     def _block(self, x, layer, attend):
         """One decoder layer around ``attend(normed) -> attention output [B, T, h d]``."""
         F = self.torch.nn.functional
         norms = layer["norms"]
         if len(norms) == 1:  # parallel attention and MLP from one norm (Falcon)
             n = self._norm(x, norms[0])
-            return x + F.linear(attend(n), layer["wo"], layer["bo"]) + self._ffn(n, layer)
-        a = F.linear(attend(self._norm(x, norms[0]) if norms else x), layer["wo"], layer["bo"])
+            return (
+                x
+                + self._reduce(F.linear(attend(n), layer["wo"], layer["bo"]))
+                + self._reduce(self._ffn(n, layer))
+            )
+        a = self._reduce(F.linear(attend(self._norm(x, norms[0]) if norms else x), layer["wo"], layer["bo"]))
         if len(norms) >= 4:
             a = self._norm(a, norms[2])
         x = x + a
-        f = self._ffn(self._norm(x, norms[1]) if len(norms) >= 2 else x, layer)
+        f = self._reduce(self._ffn(self._norm(x, norms[1]) if len(norms) >= 2 else x, layer))
         if len(norms) >= 4:
             f = self._norm(f, norms[3])
         return x + f

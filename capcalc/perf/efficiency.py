@@ -62,7 +62,10 @@ class Efficiency:
     #: state to its expert and scattering the result back, where the engine's kernels do
     #: not fuse it into the expert GEMMs; 0 for models without MoE layers
     moe_token_overhead_s: float = 0.0
-    # (the last two come last, so that positional construction of the earlier fields keeps its meaning)
+    #: extra fixed cost of each all-reduce call per GPU beyond the first: the call's fixed
+    #: cost at tp GPUs is allreduce_latency_s + (tp - 1) x this (0: flat in tp)
+    allreduce_latency_per_rank_s: float = 0.0
+    # (the last three come last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -87,6 +90,7 @@ _DURATIONS = (
     "allreduce_latency_s",
     "moe_layer_overhead_s",
     "moe_token_overhead_s",
+    "allreduce_latency_per_rank_s",
 )
 
 #: what each parameter means, for help text and docs
@@ -100,6 +104,7 @@ DESCRIPTIONS = {
     "allreduce_latency_s": "fixed cost per tensor-parallel all-reduce call",
     "moe_layer_overhead_s": "fixed cost per MoE layer per step (routing, token permutation)",
     "moe_token_overhead_s": "cost per token per MoE layer (dispatch to and from the experts)",
+    "allreduce_latency_per_rank_s": "extra fixed cost per all-reduce call per GPU beyond the first",
 }
 
 
@@ -149,6 +154,10 @@ DESCRIPTIONS = {
 #   scatter kernels pays per token; `capcalc measure` fits it (docs/validation.md).
 # * allreduce_latency_s 10 us -- the per-call floor of an NVLink all-reduce of a few
 #   hundred KB; the TP4 first-token figure above is met with it.
+# * allreduce_latency_per_rank_s 0 -- flat in tp, as before it existed. gpt-fast on A100
+#   implies a per-call cost rising from ~3 us at tp 2 to ~17 us at tp 8 (issue 13), which
+#   is not one published measurement to pin a default on; `capcalc measure --gpu --tp N`
+#   fits it from all-reduces timed on 2, 4, ..., N GPUs of one host.
 #
 # AMD (Instinct, ROCm):
 # * weight/kv_bandwidth_efficiency 0.65 -- gpt-fast README, "AMD": Llama-2-7B bf16 batch 1
@@ -165,6 +174,7 @@ _NVIDIA = Efficiency(
     allreduce_latency_s=10e-6,
     moe_layer_overhead_s=0.0,
     moe_token_overhead_s=0.0,
+    allreduce_latency_per_rank_s=0.0,
 )
 _AMD = replace(
     _NVIDIA,

@@ -8,7 +8,8 @@ One step (see :mod:`capcalc.model.flops` for its FLOPs and bytes, per GPU) takes
         e = eff(n) in prefill, its asymptote prefill_flops_efficiency in decode
         e_x = eff(n x k / E_t) in prefill (the tokens each of the E_t touched experts
               multiplies, k routed per token), the asymptote in decode
-    comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x 2 B / I + allreduce_latency_s)    (tp > 1)
+    comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x a / I + l(tp))    (tp > 1)
+        l(tp) = allreduce_latency_s + (tp - 1) x allreduce_latency_per_rank_s
     step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
               + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
               + step_overhead_s + comm_s
@@ -18,7 +19,9 @@ the serving dtype (:func:`capcalc.core.dtypes.serving_dtype`: attention runs in 
 whatever the weights), n the tokens in the step, eff(n) the FLOP/s efficiency curve of
 :class:`capcalc.perf.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
 a dense model), and I the interconnect bandwidth per direction (ring all-reduce of the
-bf16 hidden states, two per layer: after attention and after the MLP). The bound is
+hidden states, two per layer: after attention and after the MLP; a = 2 bytes, 4 when
+the matrix products run in fp32/tf32). I plays the part of nccl-tests' bus bandwidth
+(busbw = algbw x 2 (tp-1)/tp), which `capcalc measure --gpu --tp N` measures. The bound is
 whichever of compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is
 the datasheet roofline (:mod:`capcalc.perf.roofline`).
 
@@ -108,8 +111,16 @@ class StepPrediction:
         return self.flops / (self.time_s * self.peak_flops_per_s)
 
 
-def allreduce_s(model: ModelProfile, gpu: HardwareProfile, tokens: int, tp: int, eff: Efficiency) -> float:
-    """Two ring all-reduces per layer of the tokens' bf16 hidden states."""
+def allreduce_s(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    tokens: int,
+    tp: int,
+    eff: Efficiency,
+    activation_bytes: float = 2.0,
+) -> float:
+    """Two ring all-reduces per layer of the tokens' hidden states (``activation_bytes``
+    each: bf16/fp16 unless the step computes in fp32)."""
     if tp == 1:
         return 0.0
     link = gpu.interconnect_bandwidth_bytes_per_s
@@ -117,8 +128,9 @@ def allreduce_s(model: ModelProfile, gpu: HardwareProfile, tokens: int, tp: int,
         raise CapcalcError(
             f"{gpu.name} has no interconnect_bandwidth in its profile: tp={tp} needs it for the all-reduces"
         )
-    message = tokens * model.hidden_size * 2.0
-    per_call = 2.0 * (tp - 1) / tp * message / link + eff.allreduce_latency_s
+    message = tokens * model.hidden_size * activation_bytes
+    latency = eff.allreduce_latency_s + (tp - 1) * eff.allreduce_latency_per_rank_s
+    per_call = 2.0 * (tp - 1) / tp * message / link + latency
     return 2 * model.num_layers * per_call
 
 
@@ -163,7 +175,8 @@ def predict_step(
         + model.num_moe_layers * (eff.moe_layer_overhead_s + cost.tokens * eff.moe_token_overhead_s)
         + eff.step_overhead_s
     )
-    comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff)
+    activation_bytes = 4.0 if compute_dtype in ("fp32", "tf32") else 2.0
+    comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff, activation_bytes)
     return StepPrediction(
         time_s=max(compute_s, memory_s) + overhead + comm,
         compute_s=compute_s,
