@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-GPU validation of `capcalc measure --tp N` (issue 13): the all-reduce on 2..N GPUs,
+# Multi-GPU validation of `capcalc measure --tp N`: the all-reduce on 2..N GPUs,
 # then measured-vs-predicted decode and prefill of an 8B and a 70B model at tp 1, 2, 4, 8
 # (those the host has), written under $OUT. Run from the repository root on an N-GPU host:
 #

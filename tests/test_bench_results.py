@@ -1,4 +1,4 @@
-"""capcalc.benchresults against fixtures shaped like each tool's real output.
+"""capcalc.sources.benchresults against fixtures shaped like each tool's real output.
 
 The fixtures and where their shapes come from are described in
 tests/fixtures/bench_results/README.md. The pinned numbers can be worked out from the
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from capcalc import benchresults
-from capcalc.benchresults import ServedPoint, read_many, read_results
-from capcalc.errors import CapcalcError
+from capcalc.core.errors import CapcalcError
+from capcalc.sources import benchresults
+from capcalc.sources.benchresults import ServedPoint, read_many, read_results
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bench_results"
 approx = pytest.approx

@@ -27,7 +27,10 @@ torch = torch_or_skip()
 SHIPPED = REGISTRY.models
 
 #: shipped profiles the torch loop refuses, and why (check_supported's own reasons)
-REFUSED = {"deepseek-v2-lite": "multi-head latent attention", "deepseek-v3": "multi-head latent attention"}
+REFUSED = {
+    name: "multi-head latent attention"
+    for name in ("deepseek-v2-lite", "deepseek-v3", "deepseek-r1-nvfp4", "glm-5", "kimi-k2")
+}
 
 
 def _refused(profile: ModelProfile) -> bool:

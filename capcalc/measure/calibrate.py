@@ -65,7 +65,7 @@ _BOUNDS = {
     # fp32 on a CPU (32 GB at tens of GB/s), the slowest step a measure run would time
     "step_overhead_s": (1e-9, 10.0),
     # seconds per all-reduce call; 1 ns is "none"; 1 s is ~1e5x the 3-17 us of NVLink
-    # all-reduces (issue 13) and ~1e3x a small gloo all-reduce over TCP on one host
+    # all-reduces gpt-fast implies and ~1e3x a small gloo all-reduce over TCP on one host
     "allreduce_latency_s": (1e-9, 1.0),
     "allreduce_latency_per_rank_s": (1e-12, 1.0),
 }

@@ -155,7 +155,8 @@ DESCRIPTIONS = {
 # * allreduce_latency_s 10 us -- the per-call floor of an NVLink all-reduce of a few
 #   hundred KB; the TP4 first-token figure above is met with it.
 # * allreduce_latency_per_rank_s 0 -- flat in tp, as before it existed. gpt-fast on A100
-#   implies a per-call cost rising from ~3 us at tp 2 to ~17 us at tp 8 (issue 13), which
+#   (README, tensor-parallel Llama-2-70B rows) implies a per-call cost rising from ~3 us at tp 2
+#   to ~17 us at tp 8, which
 #   is not one published measurement to pin a default on; `capcalc measure --gpu --tp N`
 #   fits it from all-reduces timed on 2, 4, ..., N GPUs of one host.
 #

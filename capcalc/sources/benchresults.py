@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from capcalc.errors import CapcalcError
+from capcalc.core.errors import CapcalcError
 
 __all__ = ["MAX_BYTES", "FORMATS", "ServedPoint", "read_results", "read_many"]
 
