@@ -116,7 +116,11 @@ def _profile_files_state(dirs: list[Path]) -> tuple:
         if path.is_dir():
             for file in sorted(path.iterdir()):
                 if file.suffix in (".yaml", ".yml"):
-                    stat = file.stat()
+                    try:
+                        stat = file.stat()
+                    except OSError:  # a dangling link: the loader says so, in one line
+                        state.append((str(file), None, None, None))
+                        continue
                     state.append((str(file), stat.st_ino, stat.st_mtime_ns, stat.st_size))
         else:
             state.append((str(path), None, None, None))

@@ -125,7 +125,9 @@ _WORKER: dict = {}
 def _init_worker(name: str) -> None:
     from capcalc.cli import app as cli_app  # the full app, with every command registered
 
-    _WORKER["command"] = typer.main.get_command(cli_app).commands[name]
+    from capcalc.cli.strict import harden
+
+    _WORKER["command"] = harden(typer.main.get_command(cli_app)).commands[name]
     _WORKER["name"] = name
 
 
@@ -247,4 +249,6 @@ def sweep(
     if target is None:
         raise CapcalcError(f"`capcalc {command}` is not available in this build")
     plan = parse_sweep_args(command, ctx.args, click_params(target))
-    return run_sweep(target, plan, fmt, jobs if jobs is not None else default_jobs(plan.size))
+    # never more workers than combinations or CPUs, whatever --jobs asks
+    jobs = min(jobs, plan.size, available_cpus()) if jobs is not None else default_jobs(plan.size)
+    return run_sweep(target, plan, fmt, jobs)

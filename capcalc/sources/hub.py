@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import check_revision, read_bytes
 from capcalc.sources.hfconfig import ImportedModel, import_folder
 
 #: org/name as the Hub spells repo ids (the Hub itself validates the details)
@@ -46,7 +47,11 @@ def split_revision(name: str) -> tuple[str, str | None]:
 
 def classify(name: str) -> str | None:
     """'folder', 'hub', or None when ``name`` looks like neither (then it is an unknown profile)."""
-    if Path(name).expanduser().exists():
+    try:
+        exists = Path(name).expanduser().exists()
+    except (OSError, ValueError):  # too long a name, an embedded NUL: not a folder of ours
+        exists = False
+    if exists:
         return "folder"
     if name.startswith((".", "/", "~")) or "\\" in name or os.path.isabs(name) or name.endswith(".json"):
         return "folder"
@@ -125,6 +130,28 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
     return Path(path)
 
 
+def check_cached_ref(repo_id: str, revision: str | None) -> None:
+    """Refuse a revision that is not a git ref name or commit (``@../../../secret``), and a
+    cached ``refs/`` file that does not hold a commit hash, before huggingface-hub joins
+    either into a path. The message never carries the file's contents."""
+    if revision is not None:
+        check_revision(revision, f"{repo_id}@revision")
+    if revision is not None and _COMMIT.match(revision):
+        return
+    ref = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    if not (ref.exists() or ref.is_symlink()):
+        return
+    try:
+        content = read_bytes(ref, "ref").strip()
+    except CapcalcError:
+        content = b""
+    if not _COMMIT.match(content.decode("ascii", "replace")):
+        raise CapcalcError(
+            f"{ref}: does not hold a commit hash (a damaged or tampered Hugging Face cache); "
+            "delete it and fetch the repo again"
+        )
+
+
 def locate(name: str) -> Located:
     """The folder holding ``name``'s config.json: the folder itself, or its Hub cache snapshot."""
     kind = classify(name)
@@ -146,7 +173,14 @@ def locate(name: str) -> Located:
         return Located(path, str((path / "config.json").resolve()))
     if kind == "hub":
         repo_id, revision = split_revision(name)
-        config = fetch_config(repo_id, revision)
+        check_cached_ref(repo_id, revision)
+        try:
+            config = fetch_config(repo_id, revision)
+        except ValueError:  # huggingface-hub's own path checks: never echo what it read
+            raise CapcalcError(
+                f"{repo_id}: its Hugging Face cache entry under {hub_cache_dir()} is damaged "
+                "(a refs/ file that is not a commit hash); delete that repo's cache folder and fetch it again"
+            ) from None
         commit = config.parent.name if _COMMIT.match(config.parent.name) else (revision or "main")
         source = f"https://huggingface.co/{repo_id}/blob/{commit}/config.json"
         return Located(config.parent, source, repo_id, revision)
