@@ -178,7 +178,7 @@ def test_inputs_the_record_names_differently_get_their_own_csv_column(cli):
         ),
         (["models", "x"], "sweep runs one of kv, fit, roofline, latency, plan, not 'models'"),
         (["kv", "--ctx", "1024"], "missing MODEL: `capcalc sweep kv MODEL[,...] [--option v1,v2,...]`"),
-        (["kv", "llama-3-8b", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
+        (["kv", "llama-3-8b", "--jobs", "0"], "--jobs must be at least 1, got 0"),
         (
             ["fit", "llama-3-8b", "--gpu", "h100-sxm", "--quantize-embeddings=maybe"],
             "--quantize-embeddings is an on/off flag: sweep it with --quantize-embeddings=true,false, got 'maybe'",

@@ -88,7 +88,9 @@ def import_(
 
     output = Output(json_, jsonl, csv_)
     if name is not None and len(name) > MAX_NAME_CHARS:
-        raise CapcalcError(f"--name: at most {MAX_NAME_CHARS} characters (it names a file), got {excerpt(name)}")
+        raise CapcalcError(
+            f"--name: at most {MAX_NAME_CHARS} characters (it names a file), got {excerpt(name)}"
+        )
     if name is not None and not PROFILE_NAME.match(name):
         raise CapcalcError(f"--name must be lower-case letters, digits, '-' or '.', got {excerpt(name)}")
     if out is None:  # the directory it writes to, created before it is read as a profile directory

@@ -124,7 +124,6 @@ _WORKER: dict = {}
 
 def _init_worker(name: str) -> None:
     from capcalc.cli import app as cli_app  # the full app, with every command registered
-
     from capcalc.cli.strict import harden
 
     _WORKER["command"] = harden(typer.main.get_command(cli_app)).commands[name]

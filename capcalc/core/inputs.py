@@ -99,7 +99,9 @@ MAX_NAME = 255
 _MAX_DIGITS = 20
 
 _ASCII_INT = re.compile(r"^[-+]?[0-9](?:_?[0-9])*$")
-_ASCII_FLOAT = re.compile(r"^[-+]?(?:[0-9](?:_?[0-9])*(?:\.(?:[0-9](?:_?[0-9])*)?)?|\.[0-9](?:_?[0-9])*)(?:[eE][-+]?[0-9]+)?$")
+_ASCII_FLOAT = re.compile(
+    r"^[-+]?(?:[0-9](?:_?[0-9])*(?:\.(?:[0-9](?:_?[0-9])*)?)?|\.[0-9](?:_?[0-9])*)(?:[eE][-+]?[0-9]+)?$"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -110,11 +112,9 @@ def check_count(value: Any, where: str, kind: str = "count", low: int | None = N
     if isinstance(value, bool) or not isinstance(value, int):
         raise CapcalcError(f"{where}: expected a whole number, got {excerpt(value)}")
     if value < low:
-        raise CapcalcError(f"{where}: must be >= {low}, got {excerpt(value)}")
+        raise CapcalcError(f"{where} must be at least {low}, got {excerpt(value)}")
     if value > bound.high:
-        raise CapcalcError(
-            f"{where}: {excerpt(value)} is above the bound {bound.high:,} ({bound.reason})"
-        )
+        raise CapcalcError(f"{where}: {excerpt(value)} is above the bound {bound.high:,} ({bound.reason})")
     return value
 
 
@@ -140,8 +140,11 @@ def parse_int(text: Any, where: str, kind: str = "count", low: int | None = None
     if isinstance(text, int) and not isinstance(text, bool):
         return check_count(text, where, kind, low)
     raw = str(text).strip()
-    if not _ASCII_INT.match(raw) or len(raw) > _MAX_DIGITS + 8:
+    if len(raw) > MAX_TEXT or not _ASCII_INT.match(raw):
         raise CapcalcError(f"{where}: expected a whole number in ASCII digits, got {excerpt(raw)}")
+    if len(raw.replace("_", "").lstrip("+-")) > _MAX_DIGITS:  # never parse a 400-digit number
+        bound = BOUNDS[kind]
+        raise CapcalcError(f"{where}: {excerpt(raw)} is above the bound {bound.high:,} ({bound.reason})")
     return check_count(int(raw.replace("_", "")), where, kind, low)
 
 
@@ -343,7 +346,9 @@ def _check_nodes(root, path: Path) -> None:
                 )
             continue
         if depth > YAML_MAX_DEPTH:
-            raise ProfileError(path, f"line {node.start_mark.line + 1}", f"nested deeper than {YAML_MAX_DEPTH} levels")
+            raise ProfileError(
+                path, f"line {node.start_mark.line + 1}", f"nested deeper than {YAML_MAX_DEPTH} levels"
+            )
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, _value in pairs:
@@ -443,9 +448,13 @@ def confined(folder: str | os.PathLike, name: Any, where: str) -> Path:
     if not isinstance(name, str) or not name or _CONTROL.search(name) or len(name) > MAX_TEXT:
         raise CapcalcError(f"{where}: expected a file name, got {excerpt(name)}")
     parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or os.path.isabs(name) or ":" in parts[0] or any(
-        p in ("", ".", "..") for p in parts
-    ) or any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME for p in parts):
+    if (
+        name.startswith(("/", "\\"))
+        or os.path.isabs(name)
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+        or any(len(p.encode("utf-8", "surrogateescape")) > MAX_NAME for p in parts)
+    ):
         raise CapcalcError(
             f"{where}: {excerpt(name)} is not a file name inside {folder} (no '..', no absolute path)"
         )

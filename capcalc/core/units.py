@@ -74,7 +74,9 @@ def _in_units(number: float, unit: str, value, kind: str, what: str) -> float:
             return number
         if unit in _DURATIONS:
             return _scale(number, _DURATIONS[unit])
-        raise CapcalcError(f"{what}: unknown time unit {excerpt(unit)} in {excerpt(value)} (use ns, us, ms, s, min, h)")
+        raise CapcalcError(
+            f"{what}: unknown time unit {excerpt(unit)} in {excerpt(value)} (use ns, us, ms, s, min, h)"
+        )
     accepted = _UNITS[kind]
     for prefix_table in (_BINARY, _SI):
         for prefix, factor in prefix_table.items():
@@ -110,9 +112,15 @@ def parse_rate(value, what: str = "rate") -> tuple[float, str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return check_number(value, what), "req"
     text = str(value).strip()
-    match = re.match(rf"^({_NUMBER})\s*(req|requests|tok|tokens)?\s*(/\s*(s|sec|min|h))?$", text) if len(text) <= 128 else None
+    match = (
+        re.match(rf"^({_NUMBER})\s*(req|requests|tok|tokens)?\s*(/\s*(s|sec|min|h))?$", text)
+        if len(text) <= 128
+        else None
+    )
     if not match:
-        raise CapcalcError(f"cannot read {what} {excerpt(text)}: expected e.g. '20/s', '20req/s', '1200tok/s'")
+        raise CapcalcError(
+            f"cannot read {what} {excerpt(text)}: expected e.g. '20/s', '20req/s', '1200tok/s'"
+        )
     number = check_number(float(match.group(1).replace("_", "")), what)
     unit = "tok" if (match.group(2) or "").startswith("tok") else "req"
     per = _DURATIONS[match.group(4)] if match.group(4) else 1.0

@@ -28,7 +28,6 @@ checks the predictions against those measurements.
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 

@@ -967,10 +967,14 @@ def check_field_types(config: dict, where: str) -> None:
                 )
         archs = data.get("architectures")
         if isinstance(archs, list) and not all(isinstance(a, str) for a in archs):
-            raise CapcalcError(f"{where}: {prefix}architectures: expected a list of strings, got {excerpt(archs)}")
+            raise CapcalcError(
+                f"{where}: {prefix}architectures: expected a list of strings, got {excerpt(archs)}"
+            )
         listed = data.get("layer_types")
         if isinstance(listed, list) and not all(isinstance(t, str) for t in listed):
-            raise CapcalcError(f"{where}: {prefix}layer_types: expected a list of strings, got {excerpt(listed)}")
+            raise CapcalcError(
+                f"{where}: {prefix}layer_types: expected a list of strings, got {excerpt(listed)}"
+            )
 
 
 def import_folder(

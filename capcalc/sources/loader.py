@@ -114,7 +114,9 @@ class _Reader:
             close = difflib.get_close_matches(str(key)[:64], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
             more = f"; {len(unknown) - 1:,} more unknown keys" if len(unknown) > 1 else ""
-            raise ProfileError(self.path, self._name(excerpt(str(key), 48).strip("'")), f"unknown key{hint}{more}")
+            raise ProfileError(
+                self.path, self._name(excerpt(str(key), 48).strip("'")), f"unknown key{hint}{more}"
+            )
 
 
 def _load_yaml(path: Path):
@@ -366,7 +368,9 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
         try:
             price = check_number(price, "price_per_hour", positive=True)
         except CapcalcError:
-            top.fail("price_per_hour", f"expected a positive, finite number of USD per hour, got {excerpt(price)}")
+            top.fail(
+                "price_per_hour", f"expected a positive, finite number of USD per hour, got {excerpt(price)}"
+            )
 
     profile = HardwareProfile(
         name=name,
