@@ -33,7 +33,7 @@ INT_KINDS: dict[str, tuple[str, int | None]] = {
     "max_num_seqs": ("batch", None),
     "max_num_batched_tokens": ("tokens", None),
     "repeats": ("repeats", None),
-    "jobs": ("jobs", None),
+    "jobs": ("count", 1),  # any number: sweep clamps it to the combinations and CPUs
 }
 
 

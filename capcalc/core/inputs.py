@@ -84,7 +84,6 @@ BOUNDS: dict[str, Bound] = {
     "tp": Bound(1, 4_096, "more GPUs than any tensor-parallel group"),
     "pp": Bound(1, 4_096, "more stages than any pipeline"),
     "gpus": Bound(1, 1_048_576, "2^20 GPUs, more than any cluster"),
-    "jobs": Bound(1, 4_096, "worker processes; never more than the combinations or CPUs either"),
     "group_size": Bound(1, 1_048_576, "2^20 weights per quantisation group"),
     "block_size": Bound(1, 1_048_576, "2^20 tokens per KV block"),
     "repeats": Bound(1, 100_000, "timed repeats per point"),

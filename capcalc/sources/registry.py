@@ -53,7 +53,7 @@ class Registry:
         for path in profile_dirs(user_dirs, include_env):
             if not path.is_dir():
                 raise CapcalcError(
-                    f"profile directory {excerpt(str(path))} does not exist or is not a directory"
+                    f"profile directory {excerpt(str(path), 300)} does not exist or is not a directory"
                 )
             here: dict[tuple[bool, str], str] = {}  # a name twice in one directory is a mistake
             for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
