@@ -591,6 +591,54 @@ def i9_capcalc_profiles_new_dir(tmp_path, monkeypatch):
     assert (new / "fresh.yaml").is_file()
 
 
+def i1_benchmark_result_files(tmp_path, monkeypatch):
+    from capcalc.core.inputs import load_records
+
+    good = tmp_path / "ok.jsonl"
+    good.write_text('{"ttft_s": 0.1, "prompt_tokens": 512}\n{"ttft_s": 0.2, "prompt_tokens": 1024}\n')
+    assert [r["ttft_s"] for r in load_records(good)] == [0.1, 0.2]
+    for name, text, needle in [
+        ("inf.jsonl", '{"ttft_s": Infinity}\n', "finite"),
+        ("neg.json", '[{"itl_s": -1}]', "at least 0"),
+        ("big.csv", "ttft_s,n\n1e309,1\n", "finite"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested deeper"),
+        ("types.json", "[1, 2]", "expected a record"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(CapcalcError, match=needle):
+            load_records(tmp_path / name)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(CapcalcError, match="not a regular file"):
+        load_records(tmp_path / "fifo.json")
+
+
+def i1_messages_carry_a_bounded_excerpt(tmp_path, monkeypatch):
+    from capcalc.core.inputs import excerpt
+
+    shared = ["lol"] * 9
+    for _ in range(9):  # a billion-laughs value: 9^10 leaves, one shared list per level
+        shared = [shared] * 9
+    assert len(excerpt(shared)) <= 64
+    assert len(excerpt("x" * 10_000_000)) <= 64
+    assert len(excerpt(10**400)) <= 64
+
+
+@pytest.mark.parametrize(
+    "revision, ok",
+    [("main", True), ("v1.0", True), ("refs/pr/1", True), ("a" * 40, True), ("../../../secret", False),
+     ("main/../x", False), ("/etc/passwd", False), ("-rf", False), ("a..b", False), ("x.lock", False),
+     ("a b", False), ("a@{1}", False), ("a\\b", False), ("", False), ("x" * 300, False), (".hidden", False)],
+)  # fmt: skip
+def i1_revision_is_a_git_ref_name(tmp_path, monkeypatch, revision, ok):
+    from capcalc.core.inputs import check_revision
+
+    if ok:
+        assert check_revision(revision) == revision
+    else:
+        with pytest.raises(CapcalcError, match="not a valid revision"):
+            check_revision(revision)
+
+
 HOSTILE = {name: case for name, case in dict(globals()).items() if name.startswith("i") and name[1].isdigit()}
 
 
@@ -638,8 +686,11 @@ REQUIRED = {
     "latency": ["--gpu", "h100-sxm"],
     "roofline": ["--gpu", "h100-sxm"],
     "fit": ["--gpu", "h100-sxm"],
-    "plan": ["--rps", "20", "--prompt", "512", "--output", "128"],
+    "plan": ["--rps", "20", "--prompt", "512", "--output", "128", "--gpu", "h100-sxm"],
 }
+#: `plan` over every shipped GPU takes about 6 s of CPU before issue 14 and after
+#: (docs/reliability.md: found, not fixed here); the fuzzer may widen --gpu to all
+SLOW = {"plan": 30.0}
 MODELS = st.sampled_from(["llama-3-8b", "llama-3.2-1b", "gpt2", "mixtral-8x7b", "deepseek-v3"]) | VALUE
 
 
@@ -664,7 +715,8 @@ def command_lines(draw):
 @FUZZ
 @given(command_lines())
 def test_fuzz_command_lines(args):
-    run(*args)
+    command = args[1] if args[0] == "sweep" else args[0]
+    run(*args, limit=SLOW.get(command, FUZZ_LIMIT_S))
 
 
 # --------------------------------------------------------------------------- hypothesis: profile files
@@ -744,3 +796,24 @@ def test_fuzz_revisions_never_leave_the_cache(revision):
         make_hub_cache(cache, "good/repo", TINY_LLAMA)
     r = run("kv", f"good/repo@{revision}", "--json")
     assert COMMIT not in r.err or r.code == 0
+
+
+# --------------------------------------------------------------------------- hypothesis: the linear layout search
+
+
+def _layout_quadratic(types):
+    """The search it replaced: try every period (quadratic)."""
+    n = len(types)
+    for period in range(1, n):
+        if all(types[i] == types[i % period] for i in range(n)):
+            return {"pattern": types[:period]}
+    return {"layer_types": list(types)}
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["sliding", "full"]), min_size=1, max_size=60), st.integers(1, 5))
+def test_linear_layout_search_agrees_with_trying_every_period(base, repeats):
+    from capcalc.sources.hfconfig import _layout
+
+    types = (base * repeats)[: len(base) * repeats - (repeats > 1)]
+    assert _layout(types) == _layout_quadratic(types)

@@ -68,8 +68,8 @@ class Bound:
 
 
 #: counts a model, a GPU or a request may have. The upper bounds are far above any
-#: published model or deployment, and low enough that per-layer lists and exact sums
-#: stay small and fast (a count within them never takes a calculation past 2^53).
+#: published model or deployment, and low enough that per-layer lists stay small and
+#: every product of them stays a finite float (far below 1e308).
 BOUNDS: dict[str, Bound] = {
     "layers": Bound(1, 65_536, "2^16, over 500x the deepest published LLM (126 layers)"),
     "hidden_size": Bound(1, 1_048_576, "2^20, over 50x the widest published LLM (18,432)"),
@@ -130,7 +130,7 @@ def check_number(value: Any, where: str, *, positive: bool = False, minimum: flo
     if positive and not number > 0:
         raise CapcalcError(f"{where}: must be positive, got {excerpt(value)}")
     if minimum is not None and number < minimum:
-        raise CapcalcError(f"{where}: must be >= {minimum:g}, got {excerpt(value)}")
+        raise CapcalcError(f"{where}: must be at least {minimum:g}, got {excerpt(value)}")
     return number
 
 
@@ -184,6 +184,7 @@ MAX_BYTES = {
     "config": 16 << 20,  # a transformers config.json is tens of KB
     "index": 256 << 20,  # a safetensors index lists every tensor: a few MB for the largest models
     "ref": 4096,  # a Hub cache refs/ file holds one commit hash
+    "results": 64 << 20,  # benchmark results (JSON, JSONL, CSV): a row per request of a long run
 }
 
 
@@ -458,3 +459,56 @@ def confined(folder: str | os.PathLike, name: Any, where: str) -> Path:
             f"{where}: {excerpt(name)} is not a file name inside {folder} (no '..', no absolute path)"
         )
     return Path(folder) / name
+
+
+# --------------------------------------------------------------------------- benchmark result files
+
+#: the most rows a benchmark result file may have
+MAX_RECORDS = 1_000_000
+
+
+def check_record(record: Any, where: str) -> dict:
+    """One benchmark result row: a mapping of string keys whose numbers are finite, and
+    whose sizes (a key naming ``bytes``) and times (``*_s``) are not negative."""
+    if not isinstance(record, dict):
+        raise CapcalcError(f"{where}: expected a record (a mapping), got {excerpt(record)}")
+    for key, value in record.items():
+        if not isinstance(key, str):
+            raise CapcalcError(f"{where}: expected field names, got {excerpt(key)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            minimum = 0 if ("bytes" in key or key.endswith("_s")) else None
+            check_number(value, f"{where}: {excerpt(key, 48)}", minimum=minimum)
+    return record
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """The rows of a benchmark result file (``.json``: a list or one record; ``.jsonl``;
+    ``.csv`` with a header, numbers parsed where they read as finite numbers), each
+    through :func:`check_record`: the checker of the coming ``calibrate`` command."""
+    import csv
+    import io
+
+    path = Path(path)
+    text = read_text(path, "results")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = [
+            parse_json(line, f"{path} line {i}")
+            for i, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
+    elif suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [{k: _csv_value(v) for k, v in row.items()} for row in reader]
+    else:
+        data = parse_json(text, path)
+        rows = data if isinstance(data, list) else [data]
+    if len(rows) > MAX_RECORDS:
+        raise CapcalcError(f"{path}: {len(rows):,} records, above the {MAX_RECORDS:,} allowed")
+    return [check_record(row, f"{path}: record {i}") for i, row in enumerate(rows, 1)]
+
+
+def _csv_value(text: Any) -> Any:
+    if isinstance(text, str) and _ASCII_FLOAT.match(text.strip()):
+        return float(text.replace("_", ""))
+    return text
