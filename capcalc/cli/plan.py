@@ -55,7 +55,9 @@ def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str
         for item in _names(value):
             name, eq, amount = item.partition("=")
             if not eq:
-                raise CapcalcError(f"--price: expected GPU=USD_PER_HOUR (e.g. h100-sxm=2.49), got {item!r}")
+                raise CapcalcError(
+                    f"--price: expected GPU=USD_PER_HOUR (e.g. h100-sxm=2.49), got {excerpt(item)}"
+                )
             try:
                 usd = parse_float(amount.strip().lstrip("$").removesuffix("/h"), "--price")
             except CapcalcError:
@@ -111,7 +113,7 @@ def plan_command(
     profile = resolve_model(reg, model)
     rate, unit = parse_rate(rps, "--rps")
     if unit != "req":
-        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
+        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {excerpt(rps)}")
     traffic = Traffic(rate, prompt, output)
     slos = SLOs(
         ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,

@@ -35,6 +35,7 @@ from capcalc.cli.sweep_spec import (
 )
 from capcalc.cli.usage import USAGE_ERRORS
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
 
 #: sweeps smaller than this run in this process: starting workers costs more than it saves
@@ -242,7 +243,7 @@ def sweep(
     if jobs is not None and jobs < 1:
         raise CapcalcError(f"--jobs must be at least 1, got {jobs}")
     if command not in SWEEPABLE:
-        raise CapcalcError(f"sweep runs one of {', '.join(SWEEPABLE)}, not {command!r}")
+        raise CapcalcError(f"sweep runs one of {', '.join(SWEEPABLE)}, not {excerpt(command)}")
     group = ctx.find_root().command
     target = group.commands.get(command) if hasattr(group, "commands") else None
     if target is None:

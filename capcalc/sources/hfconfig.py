@@ -270,7 +270,7 @@ def _window(c: _Cfg, rule: Callable[[int], bool] | None, default: int | None = N
         if not isinstance(listed, list) or len(listed) != layers or any(t not in mapping for t in listed):
             raise c.fail(
                 f"layer_types must list {layers} entries of 'sliding_attention' / 'full_attention' "
-                f"(capcalc cannot model {sorted(set(map(str, listed)) - set(mapping)) or listed!r})"
+                f"(capcalc cannot model {excerpt(sorted(set(map(str, listed)) - set(mapping)) or listed)})"
             )
         types = [mapping[t] for t in listed]
     elif rule is not None:
@@ -704,7 +704,9 @@ def _quantized_dtype(qc: dict, where: str) -> tuple[str, str]:
         bits = qc.get("bits") or qc.get("w_bit")
         if bits in (4, 8):
             return f"int{bits}", f"{method} {bits}-bit weights{group_note}"
-        raise CapcalcError(f"{where}: {method} with {bits!r}-bit weights: capcalc knows 4- and 8-bit")
+        raise CapcalcError(
+            f"{where}: {excerpt(method)} with {excerpt(bits)}-bit weights: capcalc knows 4- and 8-bit"
+        )
     if method in ("fp8", "fbgemm_fp8"):
         return "fp8", f"{method} weights"
     if method == "mxfp4":
@@ -728,7 +730,9 @@ def _quantized_dtype(qc: dict, where: str) -> tuple[str, str]:
                 )
         raise CapcalcError(f"{where}: compressed-tensors config with no fp8, int4 or int8 weight group")
     known = "awq, gptq, fp8, bitsandbytes, mxfp4, compressed-tensors"
-    raise CapcalcError(f"{where}: unknown quantization method {method or '(none)'!r}; capcalc knows {known}")
+    raise CapcalcError(
+        f"{where}: unknown quantization method {excerpt(method or '(none)')}; capcalc knows {known}"
+    )
 
 
 def _torch_dtype(value: Any, where: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
-from capcalc.core.inputs import check_revision, read_bytes
+from capcalc.core.inputs import check_revision, excerpt, read_bytes
 from capcalc.sources.hfconfig import ImportedModel, import_folder
 
 #: org/name as the Hub spells repo ids (the Hub itself validates the details)
@@ -105,11 +105,13 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
         raise CapcalcError(f"{repo_id} is a gated repository: {how}") from None
     except errors.RepositoryNotFoundError:
         raise CapcalcError(
-            f"no Hugging Face repository {repo_id!r} (or it is private: set HF_TOKEN); "
+            f"no Hugging Face repository {excerpt(repo_id)} (or it is private: set HF_TOKEN); "
             "see `capcalc models` for the profiles capcalc ships"
         ) from None
     except errors.RevisionNotFoundError:
-        raise CapcalcError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit)") from None
+        raise CapcalcError(
+            f"{repo_id} has no revision {excerpt(revision)} (a branch, tag or commit)"
+        ) from None
     except errors.RemoteEntryNotFoundError:
         raise CapcalcError(f"{repo_id}{at} has no config.json: not a transformers model repository") from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
@@ -120,7 +122,7 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
         ) from None
     except errors.HFValidationError as exc:
         raise CapcalcError(
-            f"{repo_id!r} is not a valid Hugging Face repo id: {str(exc).splitlines()[0]}"
+            f"{excerpt(repo_id)} is not a valid Hugging Face repo id: {str(exc).splitlines()[0]}"
         ) from None
     except (errors.HfHubHTTPError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -161,11 +163,11 @@ def locate(name: str) -> Located:
             path = path.parent
         if not path.exists():
             raise CapcalcError(
-                f"no such folder {name!r} (give a folder holding config.json, a Hugging Face repo id "
+                f"no such folder {excerpt(name)} (give a folder holding config.json, a Hugging Face repo id "
                 "like Qwen/Qwen3-8B, or a profile name from `capcalc models`)"
             )
         if not path.is_dir():
-            raise CapcalcError(f"{name!r} is a file; give the folder holding config.json")
+            raise CapcalcError(f"{excerpt(name)} is a file; give the folder holding config.json")
         if not (path / "config.json").is_file():
             raise CapcalcError(
                 f"{path}: no config.json here (a model folder holds a transformers config.json)"
@@ -184,7 +186,7 @@ def locate(name: str) -> Located:
         commit = config.parent.name if _COMMIT.match(config.parent.name) else (revision or "main")
         source = f"https://huggingface.co/{repo_id}/blob/{commit}/config.json"
         return Located(config.parent, source, repo_id, revision)
-    raise CapcalcError(f"{name!r} is neither a folder nor a Hugging Face repo id (org/name)")
+    raise CapcalcError(f"{excerpt(name)} is neither a folder nor a Hugging Face repo id (org/name)")
 
 
 def default_name(located: Located) -> str:
