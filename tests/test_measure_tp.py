@@ -327,7 +327,7 @@ def test_measure_gpu_tp_saves_and_latency_uses_it(cli, isolated_user_config, mon
         (("tiny-test,tiny-moe-test", "--tp", "2"), "--tp measures one model at a time"),
         (("tiny-test", "--tp", "2", "--ctx", "none", "--prompt", "none"), "nothing to measure"),
         (("--gpu", "--tp", "2", "--save"), "give --hardware NAME to save the all-reduce terms"),
-        (("--gpu", "--tp", "0"), "--tp must be at least 2"),
+        (("--gpu", "--tp", "0"), "--tp must be at least 1"),  # the input layer refuses it first
     ],
 )
 def test_tp_usage_errors_before_any_rank_starts(cli, args, message):

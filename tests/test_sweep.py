@@ -126,7 +126,7 @@ def test_a_click_usage_error_is_a_row_too(cli):
     r = cli("sweep", "kv", "llama-3-8b", "--batch", "2,lots", "--jsonl")
     rows = [json.loads(line) for line in r.out.splitlines()]
     assert rows[1]["batch"] == "lots"
-    assert rows[1]["error"].startswith("Invalid value for '--batch'")
+    assert rows[1]["error"].startswith("--batch: expected a whole number")
 
 
 def test_csv_header_is_the_commands_even_when_the_first_row_fails(cli):

@@ -14,6 +14,7 @@ import typer
 
 from capcalc.cli import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
 from capcalc.cli.common import app
+from capcalc.cli.strict import harden
 from capcalc.cli.usage import USAGE_ERRORS
 from capcalc.core.errors import CapcalcError
 
@@ -21,7 +22,7 @@ __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = typer.main.get_command(app)
+    command = harden(typer.main.get_command(app))
     try:
         result = command.main(args=argv, prog_name="capcalc", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -17,6 +17,7 @@ from capcalc.cli.common import (
     resolve_model,
 )
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 from capcalc.report.output import TableSpec, record
 from capcalc.report.summary import gpu_details, gpu_headline, model_details, model_headline
 from capcalc.schema.profiles import ModelProfile
@@ -86,7 +87,9 @@ def find_profile(reg: Registry, name: str):
 
     if classify(name) is not None:
         return resolve_model(reg, name)
-    raise CapcalcError(f"unknown model or GPU {name!r}; closest: {', '.join(reg.closest_profiles(name))}")
+    raise CapcalcError(
+        f"unknown model or GPU {excerpt(name)}; closest: {', '.join(reg.closest_profiles(name))}"
+    )
 
 
 @app.command()

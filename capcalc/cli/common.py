@@ -14,6 +14,7 @@ import typer
 
 from capcalc.core.dtypes import KV_DTYPES
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt, parse_int
 from capcalc.core.units import parse_quantity
 from capcalc.model.weights import WEIGHT_DTYPES
 from capcalc.perf.efficiency import ResolvedEfficiency
@@ -116,7 +117,11 @@ def _profile_files_state(dirs: list[Path]) -> tuple:
         if path.is_dir():
             for file in sorted(path.iterdir()):
                 if file.suffix in (".yaml", ".yml"):
-                    stat = file.stat()
+                    try:
+                        stat = file.stat()
+                    except OSError:  # a dangling link: the loader says so, in one line
+                        state.append((str(file), None, None, None))
+                        continue
                     state.append((str(file), stat.st_ino, stat.st_mtime_ns, stat.st_size))
         else:
             state.append((str(path), None, None, None))
@@ -192,14 +197,17 @@ def note_calibration(gpu_name: str, resolved: ResolvedEfficiency) -> None:
     note(f"using the calibration of {gpu_name}{when} from {where}")
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
-    """'1,8,64' -> [1, 8, 64], each a positive whole number."""
+def parse_int_list(text: str, what: str, kind: str = "count") -> list[int]:
+    """'1,8,64' -> [1, 8, 64], each a positive whole number in ASCII digits within
+    ``BOUNDS[kind]`` (:mod:`capcalc.core.inputs`)."""
     values = []
     for part in str(text).split(","):
         part = part.strip().replace("_", "")
-        if not part.isdigit() or int(part) < 1:
-            raise CapcalcError(f"{what}: expected positive whole numbers separated by commas, got {text!r}")
-        values.append(int(part))
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
+            raise CapcalcError(
+                f"{what}: expected positive whole numbers separated by commas, got {excerpt(text)}"
+            )
+        values.append(parse_int(part, what, kind, 1))
     return values
 
 
@@ -209,5 +217,5 @@ def parse_bytes_option(text: Optional[str], what: str) -> Optional[float]:
         return None
     value = parse_quantity(text, "bytes", what)
     if value <= 0:
-        raise CapcalcError(f"{what} must be positive, got {text!r}")
+        raise CapcalcError(f"{what} must be positive, got {excerpt(text)}")
     return value

@@ -25,6 +25,7 @@ from capcalc.cli.common import (
     resolve_model,
 )
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt, parse_int
 from capcalc.core.units import format_bytes, parse_quantity
 from capcalc.report.output import TableSpec, field_table, record
 from capcalc.serving.fit import (
@@ -51,10 +52,10 @@ def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
         return None if n_gpus is not None else 1
     if text.strip().lower() == "auto":
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise CapcalcError(f"--tp: expected a whole number or 'auto', got {text!r}") from None
+    digits = text.strip().lstrip("+-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise CapcalcError(f"--tp: expected a whole number or 'auto', got {excerpt(text)}")
+    return parse_int(text, "--tp", "tp")
 
 
 @app.command("fit")
@@ -177,6 +178,10 @@ def fit_command(
             raise CapcalcError("--concurrency needs --tp auto or --n-gpus to search over")
         result = fit(profile, req)
     out.emit([record(result)], TableSpec(render=lambda recs, con: render(result, con, notes)), single=True)
+    if not result.fits:  # as `plan` does when no candidate carries the load
+        print(f"capcalc: error: {result.model} does not fit (see the verdict above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 # --------------------------------------------------------------------------- table

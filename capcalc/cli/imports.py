@@ -14,10 +14,41 @@ import yaml
 from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, Output, ProfilesOpt, app, load_registry
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
+from capcalc.core.inputs import excerpt, read_bytes
 from capcalc.report.output import TableSpec, record
 from capcalc.report.summary import model_headline
 from capcalc.sources.dirs import user_profile_dir
-from capcalc.sources.loader import PROFILE_NAME, model_from_dict
+from capcalc.sources.loader import MAX_NAME_CHARS, PROFILE_NAME, model_from_dict
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CapcalcError(f"{directory}: cannot create the profile directory: {exc.strerror}") from None
+
+
+def _write(target: Path, text: str, force: bool) -> str:
+    """'written', 'unchanged' or 'overwritten'. Without ``force`` the file is created
+    exclusively: a profile another process wrote a moment ago is never replaced."""
+    if not force:
+        try:
+            write_atomic(target, text, exclusive=True)
+            return "written"
+        except FileExistsError:
+            pass
+        current = read_bytes(target, "profile") if target.exists() else b""
+        if current == text.encode("utf-8"):
+            return "unchanged"
+        raise CapcalcError(
+            f"{target} already exists and differs; pass --force to overwrite it or --name to choose another name",
+            exit_code=1,
+        )
+    existed = target.exists()
+    if existed and read_bytes(target, "profile") == text.encode("utf-8"):
+        return "unchanged"
+    write_atomic(target, text)
+    return "overwritten" if existed else "written"
 
 
 def render_profile(data: dict) -> str:
@@ -56,13 +87,19 @@ def import_(
     )
 
     output = Output(json_, jsonl, csv_)
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        raise CapcalcError(
+            f"--name: at most {MAX_NAME_CHARS} characters (it names a file), got {excerpt(name)}"
+        )
     if name is not None and not PROFILE_NAME.match(name):
-        raise CapcalcError(f"--name must be lower-case letters, digits, '-' or '.', got {name!r}")
+        raise CapcalcError(f"--name must be lower-case letters, digits, '-' or '.', got {excerpt(name)}")
+    if out is None:  # the directory it writes to, created before it is read as a profile directory
+        _make_dir(user_profile_dir())
     reg = load_registry(profiles)
     if hub.classify(source) is None:
         known = reg.knows_model(source)
         raise CapcalcError(
-            f"{source!r} is neither a folder nor a Hugging Face repo id (org/name)"
+            f"{excerpt(source)} is neither a folder nor a Hugging Face repo id (org/name)"
             + ("; it is already a profile (see `capcalc show`)" if known else "")
         )
     imported = hub.load(source, profile_name=name)
@@ -78,24 +115,7 @@ def import_(
             f"internal error: {target} would not read back as the imported profile", exit_code=1
         )
 
-    if target.exists():
-        try:
-            current = target.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CapcalcError(f"{target}: cannot read: {exc.strerror}") from None
-        if current == text:
-            action = "unchanged"
-        elif not force:
-            raise CapcalcError(
-                f"{target} already exists and differs; pass --force to overwrite it or --name to choose another name",
-                exit_code=1,
-            )
-        else:
-            action = "overwritten"
-    else:
-        action = "written"
-    if action != "unchanged":
-        write_atomic(target, text)
+    action = _write(target, text, force)
 
     for warning in imported.warnings:
         print(f"capcalc: note: {warning}", file=sys.stderr)

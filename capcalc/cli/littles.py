@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, Output, app
-from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import parse_float
 from capcalc.core.units import parse_duration, parse_rate
 from capcalc.report.output import TableSpec, record
 from capcalc.serving.littles import littles_law
@@ -35,10 +35,7 @@ def littles(
         unit = "tokens" if kind == "tok" else "requests"
     n = None
     if concurrency is not None:
-        try:
-            n = float(concurrency.replace("_", ""))
-        except ValueError:
-            raise CapcalcError(f"--concurrency: expected a number, got {concurrency!r}") from None
+        n = parse_float(concurrency, "--concurrency")
     result = littles_law(
         concurrency=n,
         throughput_per_s=rate,

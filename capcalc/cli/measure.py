@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
@@ -65,10 +66,22 @@ def _progress(total: int, description: str):
         yield advance
 
 
-def _parse_list(text: str, what: str, allow_none: bool = False) -> list[int]:
+def _parse_list(text: str, what: str, kind: str, allow_none: bool = False) -> list[int]:
     if allow_none and str(text).strip().lower() in ("", "none", "0"):
         return []
-    return parse_int_list(text, what)
+    return parse_int_list(text, what, kind)
+
+
+#: the longest a CPU measurement may be estimated to take before it needs --yes
+CPU_LIMIT_S = 600.0
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """The overrides of measure's refusals: --allow-device-mismatch, --yes."""
+
+    allow_device_mismatch: bool = False
+    yes: bool = False
 
 
 @app.command()
@@ -115,6 +128,18 @@ def measure(
             "time the all-reduce on 2..N of them; capcalc spawns the N processes (or run it under torchrun)."
         ),
     ] = 1,
+    allow_device_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-device-mismatch",
+            help="With --save and --hardware: save even though the device measured is not that profile's "
+            "(the entry is marked device_mismatch).",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help=f"Run even when the CPU estimate exceeds {CPU_LIMIT_S // 60:.0f} min."),
+    ] = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
@@ -130,6 +155,7 @@ def measure(
         )
     if repeats is not None and repeats < 1:
         raise CapcalcError(f"--repeats must be at least 1, got {repeats}")
+    guard = _Guard(allow_device_mismatch, yes)
     if tp != 1:
         _measure_tp(
             out,
@@ -149,7 +175,7 @@ def measure(
         )
         return
     if gpu:
-        _measure_device(out, device, hardware, save, profiles)
+        _measure_device(out, device, hardware, save, profiles, guard)
     else:
         _measure_model(
             out,
@@ -164,6 +190,7 @@ def measure(
             repeats,
             save,
             profiles,
+            guard,
         )
 
 
@@ -199,10 +226,10 @@ def _measure_tp(
             resolve_model(reg, model.strip()),
             tp,
             device,
-            _parse_list(batch, "--batch"),
-            _parse_list(ctx, "--ctx", allow_none=True),
-            _parse_list(prompt, "--prompt", allow_none=True),
-            _parse_list(prefill_batch, "--prefill-batch"),
+            _parse_list(batch, "--batch", "batch"),
+            _parse_list(ctx, "--ctx", "context", allow_none=True),
+            _parse_list(prompt, "--prompt", "tokens", allow_none=True),
+            _parse_list(prefill_batch, "--prefill-batch", "batch"),
             None if weight_dtype == "auto" else canonical_dtype(weight_dtype, LOOP_DTYPES, "weight dtype"),
             hardware,
             repeats,
@@ -211,6 +238,17 @@ def _measure_tp(
         )
     if result is not None:
         out.emit(*result)
+
+
+def _save_mismatch(reg, profile, origin, info, save: bool, guard: _Guard) -> bool:
+    """Refuse (before measuring) to save a calibration for a profile that is not the device's."""
+    if not save or profile is None:
+        return False
+    from capcalc.measure.calibrate import check_save_target
+
+    return check_save_target(
+        reg, profile, origin, info.device_name, info.is_cuda, guard.allow_device_mismatch
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,12 +312,13 @@ def _device_fields(info, gpu_name: str, origin: str) -> dict:
 # --------------------------------------------------------------------------- measure --gpu
 
 
-def _measure_device(out: Output, device: str, hardware, save: bool, profiles) -> None:
+def _measure_device(out: Output, device: str, hardware, save: bool, profiles, guard: _Guard) -> None:
     info = _resolve(device)
     from capcalc.measure import bench
 
     reg = load_registry(profiles)
     profile, origin = _profile_for(reg, info, hardware)
+    mismatch = _save_mismatch(reg, profile, origin, info, save, guard)
     dtypes = bench.matmul_dtypes(info)
     results = []
     with _progress(2 + len(dtypes) + len(bench.MATVEC_SHAPES), f"timing {info.device}") as advance:
@@ -357,6 +396,7 @@ def _measure_device(out: Output, device: str, hardware, save: bool, profiles) ->
             f"capcalc measure --gpu --device {info.device} --save",
             info.torch_version,
             measured={"bandwidth_bytes_per_s": copy.bandwidth_bytes_per_s, "peak_flops_per_s": peaks},
+            device_mismatch=mismatch,
         )
         notes.append(f"Calibration saved: {path} (entry {profile.name!r})")
     for note in notes:
@@ -383,15 +423,27 @@ def _measure_device(out: Output, device: str, hardware, save: bool, profiles) ->
 
 
 def _measure_model(
-    out, model, device, batch, ctx, prompt, prefill_batch, weight_dtype, hardware, repeats, save, profiles
+    out,
+    model,
+    device,
+    batch,
+    ctx,
+    prompt,
+    prefill_batch,
+    weight_dtype,
+    hardware,
+    repeats,
+    save,
+    profiles,
+    guard,
 ) -> None:
     from capcalc.core.dtypes import canonical_dtype
     from capcalc.measure.model import LOOP_DTYPES
 
-    batches = _parse_list(batch, "--batch")
-    contexts = _parse_list(ctx, "--ctx", allow_none=True)
-    prompts = _parse_list(prompt, "--prompt", allow_none=True)
-    prefill_batches = _parse_list(prefill_batch, "--prefill-batch")
+    batches = _parse_list(batch, "--batch", "batch")
+    contexts = _parse_list(ctx, "--ctx", "context", allow_none=True)
+    prompts = _parse_list(prompt, "--prompt", "tokens", allow_none=True)
+    prefill_batches = _parse_list(prefill_batch, "--prefill-batch", "batch")
     if not contexts and not prompts:
         raise CapcalcError("nothing to measure: give --ctx or --prompt values")
     dtype = None if weight_dtype == "auto" else canonical_dtype(weight_dtype, LOOP_DTYPES, "weight dtype")
@@ -428,6 +480,7 @@ def _measure_model(
         raise CapcalcError("no point of any model fits in memory (see the warnings above)", exit_code=1)
 
     profile_g, origin = _profile_for(reg, info, hardware)
+    mismatch = _save_mismatch(reg, profile_g, origin, info, save, guard)
     total = sum(len(fitting) + 1 for _, fitting in plans) + 2
     with _progress(total, f"measure on {info.device}") as advance:
         advance.label("copy bandwidth")
@@ -449,6 +502,12 @@ def _measure_model(
                     warm, timed = default_repeats(info, spec.phase)
                     point = Point(profile_m, spec.phase, spec.batch, spec.tokens, 1.0)
                     expected += predict(profile_g, point, dtype, start).time_s * (warm + (repeats or timed))
+            if expected > CPU_LIMIT_S and not guard.yes:
+                raise CapcalcError(
+                    f"measuring on the CPU would take about {expected / 60:.0f} min, over the "
+                    f"{CPU_LIMIT_S / 60:.0f} min limit: pass --yes to run it, or use a GPU, a smaller model "
+                    "or fewer points"
+                )
             if expected > 60:
                 _warn(
                     f"measuring on the CPU should take about {expected / 60:.0f} min; "
@@ -469,6 +528,8 @@ def _measure_model(
             runner.release()
             del runner
 
+    if not measured:  # every point skipped: nothing was measured, so nothing to report
+        raise CapcalcError("no point was measured (see the warnings above)", exit_code=1)
     points = []
     for profile_m, m in measured:
         tokens = m.spec.tokens
@@ -538,7 +599,13 @@ def _measure_model(
         )
         saved = str(
             save_entry(
-                profile_g.name, info.device_name, command, info.torch_version, measured_figures, cal.after
+                profile_g.name,
+                info.device_name,
+                command,
+                info.torch_version,
+                measured_figures,
+                cal.after,
+                device_mismatch=mismatch,
             )
         )
         notes.append(

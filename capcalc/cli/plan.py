@@ -23,6 +23,7 @@ from capcalc.cli.common import (
     resolve_model,
 )
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt, parse_float
 from capcalc.core.units import format_duration, parse_duration, parse_rate
 from capcalc.model.parallel import check_tp, valid_tp_degrees
 from capcalc.perf.efficiency import resolve_efficiency
@@ -54,13 +55,17 @@ def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str
         for item in _names(value):
             name, eq, amount = item.partition("=")
             if not eq:
-                raise CapcalcError(f"--price: expected GPU=USD_PER_HOUR (e.g. h100-sxm=2.49), got {item!r}")
+                raise CapcalcError(
+                    f"--price: expected GPU=USD_PER_HOUR (e.g. h100-sxm=2.49), got {excerpt(item)}"
+                )
             try:
-                usd = float(amount.strip().lstrip("$").removesuffix("/h"))
-            except ValueError:
-                raise CapcalcError(f"--price {item!r}: expected a number of USD per GPU-hour") from None
+                usd = parse_float(amount.strip().lstrip("$").removesuffix("/h"), "--price")
+            except CapcalcError:
+                raise CapcalcError(
+                    f"--price {excerpt(item)}: expected a finite number of USD per GPU-hour"
+                ) from None
             if not usd > 0:
-                raise CapcalcError(f"--price {item!r}: the price must be positive")
+                raise CapcalcError(f"--price {excerpt(item)}: the price must be positive")
             prices[reg.gpu(name.strip()).name] = (usd, "flag")
     return prices
 
@@ -108,7 +113,7 @@ def plan_command(
     profile = resolve_model(reg, model)
     rate, unit = parse_rate(rps, "--rps")
     if unit != "req":
-        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
+        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {excerpt(rps)}")
     traffic = Traffic(rate, prompt, output)
     slos = SLOs(
         ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
@@ -117,7 +122,7 @@ def plan_command(
     )
     gpus = [reg.gpu(name) for name in _names(gpu)] if gpu else [reg.gpus[n] for n in sorted(reg.gpus)]
     if tp is not None:
-        tps = [check_tp(profile, t) for t in parse_int_list(tp, "--tp")]
+        tps = [check_tp(profile, t) for t in parse_int_list(tp, "--tp", "tp")]
     else:
         tps = [t for t in DEFAULT_TPS if t in valid_tp_degrees(profile, max(DEFAULT_TPS))]
     weight_dtypes = _names(weight_dtype) or ["auto"]

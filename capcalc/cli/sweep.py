@@ -35,6 +35,7 @@ from capcalc.cli.sweep_spec import (
 )
 from capcalc.cli.usage import USAGE_ERRORS
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
 
 #: sweeps smaller than this run in this process: starting workers costs more than it saves
@@ -124,8 +125,9 @@ _WORKER: dict = {}
 
 def _init_worker(name: str) -> None:
     from capcalc.cli import app as cli_app  # the full app, with every command registered
+    from capcalc.cli.strict import harden
 
-    _WORKER["command"] = typer.main.get_command(cli_app).commands[name]
+    _WORKER["command"] = harden(typer.main.get_command(cli_app)).commands[name]
     _WORKER["name"] = name
 
 
@@ -241,10 +243,12 @@ def sweep(
     if jobs is not None and jobs < 1:
         raise CapcalcError(f"--jobs must be at least 1, got {jobs}")
     if command not in SWEEPABLE:
-        raise CapcalcError(f"sweep runs one of {', '.join(SWEEPABLE)}, not {command!r}")
+        raise CapcalcError(f"sweep runs one of {', '.join(SWEEPABLE)}, not {excerpt(command)}")
     group = ctx.find_root().command
     target = group.commands.get(command) if hasattr(group, "commands") else None
     if target is None:
         raise CapcalcError(f"`capcalc {command}` is not available in this build")
     plan = parse_sweep_args(command, ctx.args, click_params(target))
-    return run_sweep(target, plan, fmt, jobs if jobs is not None else default_jobs(plan.size))
+    # never more workers than combinations or CPUs, whatever --jobs asks
+    jobs = min(jobs, plan.size, available_cpus()) if jobs is not None else default_jobs(plan.size)
+    return run_sweep(target, plan, fmt, jobs)

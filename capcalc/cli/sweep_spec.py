@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 
 #: the commands sweep can run
 SWEEPABLE = ("kv", "fit", "roofline", "latency", "plan")
@@ -134,7 +135,7 @@ class SweepPlan:
 def _split(text: str, what: str) -> tuple[str, ...]:
     values = tuple(v.strip() for v in text.split(","))
     if not text.strip() or any(v == "" for v in values):
-        raise CapcalcError(f"{what}: empty value in {text!r} (separate values with single commas)")
+        raise CapcalcError(f"{what}: empty value in {excerpt(text)} (separate values with single commas)")
     return values
 
 
@@ -147,7 +148,9 @@ def _flag_values(text: str, option: str) -> tuple[str, ...]:
         elif low in _FALSE:
             out.append("false")
         else:
-            raise CapcalcError(f"{option} is an on/off flag: sweep it with {option}=true,false, got {v!r}")
+            raise CapcalcError(
+                f"{option} is an on/off flag: sweep it with {option}=true,false, got {excerpt(v)}"
+            )
     return tuple(out)
 
 
@@ -200,7 +203,7 @@ def parse_sweep_args(command: str, tokens: Sequence[str], params: Sequence[Param
             owners[p.name] = p
         else:
             if not positional:
-                raise CapcalcError(f"`capcalc {command}` takes no positional argument, got {token!r}")
+                raise CapcalcError(f"`capcalc {command}` takes no positional argument, got {excerpt(token)}")
             p = positional[0]
             values.setdefault(p.name, []).extend(_split(token, p.name.upper()))
             owners[p.name] = p

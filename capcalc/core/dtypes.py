@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 
 #: bytes per element. 4-bit formats are half a byte before their scales.
 DTYPE_BYTES: dict[str, float] = {
@@ -50,7 +51,7 @@ def canonical_dtype(name: str, allowed=None, what: str = "dtype") -> str:
     key = _SYNONYMS.get(key, key)
     choices = tuple(allowed) if allowed is not None else tuple(DTYPE_BYTES)
     if key not in choices:
-        raise CapcalcError(f"unknown {what} {name!r}: expected one of {', '.join(choices)}")
+        raise CapcalcError(f"unknown {what} {excerpt(name)}: expected one of {', '.join(choices)}")
     return key
 
 

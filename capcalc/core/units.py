@@ -11,6 +11,7 @@ import math
 import re
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import check_number, excerpt
 
 _SI = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
@@ -32,15 +33,16 @@ _DURATIONS = {
     "h": 3600.0,
 }
 
-_NUMBER = r"[-+]?(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?"
+# ASCII digits only: Python's \d also matches '٣' and other scripts' digits
+_NUMBER = r"[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
 _QUANTITY = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-zµ/_]*(?:/[A-Za-z]+)?)\s*$")
 
 
 def _split(text: str, what: str) -> tuple[float, str]:
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.match(text) if len(text) <= 128 else None
     if not match:
-        raise CapcalcError(f"cannot read {what} {text!r}: expected a number with an optional unit")
-    return float(match.group(1).replace("_", "")), match.group(2)
+        raise CapcalcError(f"cannot read {what} {excerpt(text)}: expected a number with an optional unit")
+    return check_number(float(match.group(1).replace("_", "")), what), match.group(2)
 
 
 def parse_quantity(value, kind: str, what: str = "value") -> float:
@@ -52,16 +54,29 @@ def parse_quantity(value, kind: str, what: str = "value") -> float:
     if isinstance(value, bool):
         raise CapcalcError(f"{what}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
+        return check_number(value, what)
     if not isinstance(value, str):
-        raise CapcalcError(f"{what}: expected a number or a string with a unit, got {value!r}")
+        raise CapcalcError(f"{what}: expected a number or a string with a unit, got {excerpt(value)}")
     number, unit = _split(value, what)
+    return _finite(_in_units(number, unit, value, kind, what), what, value)
+
+
+def _finite(number: float, what: str, value) -> float:
+    """A product with a unit's factor that overflowed ('1e300 PB') is as unreadable as 'inf'."""
+    if not math.isfinite(number):
+        raise CapcalcError(f"{what}: expected a finite quantity, got {excerpt(value)}")
+    return number
+
+
+def _in_units(number: float, unit: str, value, kind: str, what: str) -> float:
     if kind == "duration":
         if unit == "":
             return number
         if unit in _DURATIONS:
             return _scale(number, _DURATIONS[unit])
-        raise CapcalcError(f"{what}: unknown time unit {unit!r} in {value!r} (use ns, us, ms, s, min, h)")
+        raise CapcalcError(
+            f"{what}: unknown time unit {excerpt(unit)} in {excerpt(value)} (use ns, us, ms, s, min, h)"
+        )
     accepted = _UNITS[kind]
     for prefix_table in (_BINARY, _SI):
         for prefix, factor in prefix_table.items():
@@ -75,7 +90,7 @@ def parse_quantity(value, kind: str, what: str = "value") -> float:
         "bandwidth": "GB/s, TB/s",
         "flops": "TFLOP/s, TOP/s",
     }[kind]
-    raise CapcalcError(f"{what}: unknown unit {unit!r} in {value!r} (use {examples})")
+    raise CapcalcError(f"{what}: unknown unit {excerpt(unit)} in {excerpt(value)} (use {examples})")
 
 
 def _scale(number: float, factor: float) -> float:
@@ -95,12 +110,18 @@ def parse_rate(value, what: str = "rate") -> tuple[float, str]:
     Returns (value per second, unit) where unit is 'req' or 'tok'.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value), "req"
+        return check_number(value, what), "req"
     text = str(value).strip()
-    match = re.match(rf"^({_NUMBER})\s*(req|requests|tok|tokens)?\s*(/\s*(s|sec|min|h))?$", text)
+    match = (
+        re.match(rf"^({_NUMBER})\s*(req|requests|tok|tokens)?\s*(/\s*(s|sec|min|h))?$", text)
+        if len(text) <= 128
+        else None
+    )
     if not match:
-        raise CapcalcError(f"cannot read {what} {text!r}: expected e.g. '20/s', '20req/s', '1200tok/s'")
-    number = float(match.group(1).replace("_", ""))
+        raise CapcalcError(
+            f"cannot read {what} {excerpt(text)}: expected e.g. '20/s', '20req/s', '1200tok/s'"
+        )
+    number = check_number(float(match.group(1).replace("_", "")), what)
     unit = "tok" if (match.group(2) or "").startswith("tok") else "req"
     per = _DURATIONS[match.group(4)] if match.group(4) else 1.0
     return number / per, unit

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 from capcalc.measure.device import slug
 from capcalc.measure.fit import least_squares, median_abs_pct
 from capcalc.perf.efficiency import Efficiency, resolve_efficiency
@@ -79,6 +80,28 @@ def find_profile(registry: Registry, device_name: str) -> HardwareProfile | None
         except CapcalcError:
             continue
     return None
+
+
+def check_save_target(
+    registry: Registry, profile: HardwareProfile, origin: str, device_name: str, is_cuda: bool, allow: bool
+) -> bool:
+    """Whether saving ``profile``'s calibration from this device is a mismatch (then only
+    with ``allow``, and the entry is marked): the measured device must be the profile's,
+    by name or alias (the driver's name among them), and a CPU is never a GPU's.
+    Refused otherwise, before anything is measured."""
+    if origin == "drafted":  # drafted from this very device
+        return False
+    matched = find_profile(registry, device_name)
+    cpu_as_gpu = not is_cuda and not profile.name.startswith("cpu-")
+    mismatch = cpu_as_gpu or matched is None or matched.name != profile.name
+    if mismatch and not allow:
+        what = "a CPU" if cpu_as_gpu else "a device"
+        raise CapcalcError(
+            f"--save: the measured device {excerpt(device_name)} is {what}, not {profile.name} "
+            f"(its names: {', '.join((profile.name, *profile.aliases))}); a calibration is saved only for the "
+            "device measured: drop --hardware, or pass --allow-device-mismatch to save it marked as such"
+        )
+    return mismatch
 
 
 def profile_origin(profile: HardwareProfile) -> str:
@@ -244,6 +267,7 @@ def save_entry(
     efficiency: Efficiency | None = None,
     directory: str | Path | None = None,
     names: tuple[str, ...] = FITTED,
+    device_mismatch: bool = False,
 ) -> Path:
     """Merge measured device figures and/or fitted efficiencies into ``gpu_name``'s
     entry in ``directory``'s calibration file (default: the user profile directory);
@@ -259,6 +283,9 @@ def save_entry(
             "command": command,
             "torch_version": torch_version,
         }
+        entry.pop("device_mismatch", None)
+        if device_mismatch:  # saved under --allow-device-mismatch: the record says so
+            entry["device_mismatch"] = True
         if measured is not None:
             entry["measured"] = {**(existing.get("measured") or {}), **measured}
         if efficiency is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import excerpt
 from capcalc.measure import require_torch
 
 
@@ -54,7 +55,7 @@ def resolve_device(spec: str | None) -> str:
         return "cpu"
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if not match:
-        raise CapcalcError(f"--device: expected cpu, cuda or cuda:N, got {spec!r}")
+        raise CapcalcError(f"--device: expected cpu, cuda or cuda:N, got {excerpt(spec)}")
     if not torch.cuda.is_available():
         raise CapcalcError(
             f"--device {spec}: torch {torch.__version__} sees no CUDA device (a CPU-only build, or no driver); "

@@ -69,13 +69,19 @@ def default_repeats(info: DeviceInfo, phase: str) -> tuple[int, int]:
     return (2, 5) if phase == "decode" else (1, 3)
 
 
-def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+def positions_needed(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+    """The positions a point uses: the prompt, or the context plus one per decode step
+    (3 steps before the graph capture, then the position is reset; then the warm-up and
+    timed steps)."""
     warmup, timed = default_repeats(info, spec.phase)
     if spec.phase == "prefill":
-        return _round_up(spec.tokens)
-    # each step writes one slot past the context: 3 steps before the graph capture (then the
-    # position is reset), then the warm-up and timed steps; rounded up to a multiple of 16
-    return _round_up(spec.tokens + max(CAPTURE_WARMUP_STEPS, warmup + (repeats or timed)))
+        return spec.tokens
+    return spec.tokens + max(CAPTURE_WARMUP_STEPS, warmup + (repeats or timed))
+
+
+def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+    """:func:`positions_needed` rounded up to a multiple of 16: the KV cache allocated."""
+    return _round_up(positions_needed(spec, info, repeats))
 
 
 def plan_points(
@@ -87,6 +93,14 @@ def plan_points(
     for spec in specs:
         if spec.phase == "decode" and spec.tokens < 1:
             raise CapcalcError(f"--ctx must be at least 1, got {spec.tokens}")
+        needed = positions_needed(spec, info, repeats)
+        if model.position_embedding == "learned" and needed > model.max_context:
+            flag = "--ctx" if spec.phase == "decode" else "--prompt"
+            raise CapcalcError(
+                f"{flag} {spec.tokens}: {model.name} has a learned position table of {model.max_context} "
+                f"positions and this point needs {needed} (the {spec.phase} and its timed steps); "
+                f"use {flag} at most {model.max_context - (needed - spec.tokens)}"
+            )
         try:
             estimate = check_point(
                 model,

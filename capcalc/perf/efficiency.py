@@ -27,10 +27,12 @@ checks the predictions against those measurements.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import check_number, excerpt
 from capcalc.core.units import parse_duration
 from capcalc.schema.profiles import HardwareProfile
 
@@ -202,19 +204,21 @@ def check_value(name: str, value: Any, where: str) -> float:
 
         close = difflib.get_close_matches(str(name), PARAMETERS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PARAMETERS)}"
-        raise CapcalcError(f"{where}: unknown efficiency parameter {name!r} ({hint})")
+        raise CapcalcError(f"{where}: unknown efficiency parameter {excerpt(name)} ({hint})")
     if name in _DURATIONS:
         number = parse_duration(value, f"{where}: {name}") if not isinstance(value, bool) else None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         number = None
     else:
-        number = float(value)
+        number = check_number(value, f"{where}: {name}")
     if number is None:
-        raise CapcalcError(f"{where}: {name} expected a number, got {value!r}")
+        raise CapcalcError(f"{where}: {name} expected a number, got {excerpt(value)}")
+    if not math.isfinite(number):
+        raise CapcalcError(f"{where}: {name} must be finite, got {excerpt(value)}")
     if name in _FRACTIONS and not 0 < number <= 1:
-        raise CapcalcError(f"{where}: {name} must be a fraction in (0, 1], got {value!r}")
+        raise CapcalcError(f"{where}: {name} must be a fraction in (0, 1], got {excerpt(value)}")
     if number < 0 or number != number:
-        raise CapcalcError(f"{where}: {name} must be >= 0, got {value!r}")
+        raise CapcalcError(f"{where}: {name} must be >= 0, got {excerpt(value)}")
     return number
 
 
@@ -228,7 +232,7 @@ def check_mapping(mapping: Any, where: str) -> dict[str, float]:
     if mapping is None:
         return {}
     if not isinstance(mapping, dict):
-        raise CapcalcError(f"{where}: expected a mapping of efficiency parameters, got {mapping!r}")
+        raise CapcalcError(f"{where}: expected a mapping of efficiency parameters, got {excerpt(mapping)}")
     return {str(k): check_value(str(k), v, where) for k, v in mapping.items()}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
+from capcalc.core.inputs import excerpt
 
 #: figure size in inches and resolution: PNG files are 1000 x 600 pixels
 FIGSIZE = (10.0, 6.0)
@@ -27,7 +28,7 @@ def check_plot_path(path: str | Path) -> Path:
     """Validate ``--plot FILE`` before any work: a .png or .svg name, matplotlib importable."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise CapcalcError(f"--plot: {str(path)!r} must end in .png or .svg")
+        raise CapcalcError(f"--plot: {excerpt(str(path))} must end in .png or .svg")
     require_matplotlib()
     return path
 

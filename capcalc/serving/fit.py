@@ -252,7 +252,8 @@ class FitResult:
     activation_bytes_per_gpu: float
     overhead_bytes_per_gpu: float
     cudagraph_bytes_per_gpu: float
-    kv_cache_bytes_per_gpu: float
+    kv_cache_bytes_per_gpu: float  # never negative: a budget below zero is the shortfall below
+    kv_cache_shortfall_bytes_per_gpu: float  # how far the rest leaves the KV cache below zero
     kv_cache_memory_source: str  # 'budget' | 'flag'
     kv_bytes_per_token_per_gpu: float
     kv_heads_per_gpu: int
@@ -429,7 +430,8 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         activation_bytes_per_gpu=activation,
         overhead_bytes_per_gpu=overhead,
         cudagraph_bytes_per_gpu=req.cudagraph_bytes,
-        kv_cache_bytes_per_gpu=budget,
+        kv_cache_bytes_per_gpu=max(budget, 0.0),
+        kv_cache_shortfall_bytes_per_gpu=max(-budget, 0.0),
         kv_cache_memory_source="flag" if req.kv_cache_memory is not None else "budget",
         kv_bytes_per_token_per_gpu=page / bs * (st.end_layer - st.first_layer),
         kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
@@ -467,7 +469,7 @@ def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str
     if r.weights_fit and 0 < r.max_model_len_that_fits < r.max_model_len:
         out.append(f"--max-model-len {r.max_model_len_that_fits}")
     if req.kv_cache_memory is None:
-        non_kv = r.usable_bytes_per_gpu - r.kv_cache_bytes_per_gpu
+        non_kv = r.usable_bytes_per_gpu - r.kv_cache_bytes_per_gpu + r.kv_cache_shortfall_bytes_per_gpu
         util = math.ceil((non_kv + r.kv_needed_bytes) / r.memory_bytes * 100) / 100
         if util <= 1 and works(gpu_memory_utilization=util):
             out.append(f"--gpu-memory-utilization {util:.2f}")

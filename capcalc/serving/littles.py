@@ -9,6 +9,7 @@ Given any two of the three, the third follows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from capcalc.core.errors import CapcalcError
@@ -37,6 +38,8 @@ def littles_law(
     for name, value in given.items():
         if value is not None and not value > 0:
             raise CapcalcError(f"--{name} must be positive, got {value:g}")
+        if value is not None and not math.isfinite(value):
+            raise CapcalcError(f"--{name} must be finite, got {value:g}")
     missing = [name for name, value in given.items() if value is None]
     if len(missing) > 1:
         raise CapcalcError("give two of --concurrency, --throughput and --latency (Little's law: N = X x L)")
@@ -54,4 +57,9 @@ def littles_law(
         throughput_per_s = concurrency / latency_s
     else:
         latency_s = concurrency / throughput_per_s
+    solved = {"concurrency": concurrency, "throughput": throughput_per_s, "latency": latency_s}[missing[0]]
+    if not (math.isfinite(solved) and solved > 0):
+        raise CapcalcError(
+            f"the {missing[0]} implied, {solved:g}, is outside what a float holds: the inputs are too far apart"
+        )
     return LittlesResult(concurrency, throughput_per_s, latency_s, unit, missing[0])

@@ -34,12 +34,22 @@ import yaml
 
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
+from capcalc.core.inputs import check_number, excerpt, load_yaml
 from capcalc.perf.efficiency import check_mapping
 from capcalc.sources.dirs import profile_dirs, user_profile_dir
 
 CALIBRATION_FILE = "calibration.yaml"
 SCHEMA_VERSION = 1
-_ENTRY_KEYS = ("device_name", "measured_at", "command", "torch_version", "measured", "efficiency", "notes")
+_ENTRY_KEYS = (
+    "device_name",
+    "measured_at",
+    "command",
+    "torch_version",
+    "measured",
+    "efficiency",
+    "notes",
+    "device_mismatch",
+)
 
 
 def _check_entry(entry: Any, where: str) -> None:
@@ -48,26 +58,36 @@ def _check_entry(entry: Any, where: str) -> None:
         raise CapcalcError(f"{where}: expected a mapping")
     unknown = [k for k in entry if k not in _ENTRY_KEYS]
     if unknown:
-        raise CapcalcError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(_ENTRY_KEYS)})")
+        raise CapcalcError(f"{where}: unknown key {excerpt(unknown[0])} (known: {', '.join(_ENTRY_KEYS)})")
     check_mapping(entry.get("efficiency"), f"{where}.efficiency")
+    measured = entry.get("measured")
+    if measured is not None:
+        if not isinstance(measured, dict):
+            raise CapcalcError(f"{where}.measured: expected a mapping, got {excerpt(measured)}")
+        for key, value in measured.items():
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, number in values:
+                field = f"{where}.measured.{key}" + (f".{sub}" if sub is not None else "")
+                check_number(number, field, positive=True)
+    if not isinstance(entry.get("device_mismatch", False), bool):
+        raise CapcalcError(f"{where}.device_mismatch: expected true or false")
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CapcalcError(f"{path}: cannot read calibration file: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CapcalcError(f"{path}: invalid YAML in calibration file: {str(exc).splitlines()[0]}") from None
+    data = load_yaml(path, "calibration")  # regular file, bounded, no alias bomb, no duplicate key
     if data is None:
         return {"schema_version": SCHEMA_VERSION, "gpus": {}}
     if not isinstance(data, dict) or not isinstance(data.get("gpus", {}), dict):
         raise CapcalcError(f"{path}: expected a mapping with 'schema_version' and 'gpus' (GPU name -> entry)")
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise CapcalcError(f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        raise CapcalcError(
+            f"{path}: schema_version {excerpt(version)} is not supported (expected {SCHEMA_VERSION})"
+        )
     for name, entry in (data.get("gpus") or {}).items():
-        _check_entry(entry, f"{path}: gpus.{name}")
+        if not isinstance(name, str) or not name.strip():
+            raise CapcalcError(f"{path}: gpus: expected GPU profile names, got {excerpt(name)}")
+        _check_entry(entry, f"{path}: gpus.{excerpt(name, 48).strip(chr(39))}")
     return {"schema_version": SCHEMA_VERSION, "gpus": dict(data.get("gpus") or {})}
 
 
@@ -79,7 +99,7 @@ def load_calibration(user_dirs: Iterable[str | Path] = ()) -> dict[str, Any]:
     merged: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "gpus": {}}
     for directory in profile_dirs(user_dirs):
         path = directory / CALIBRATION_FILE
-        if path.is_file():
+        if path.exists() or path.is_symlink():  # a FIFO or dangling link there is refused, not skipped
             for name, entry in _read(path)["gpus"].items():
                 merged["gpus"][name] = {**entry, "path": str(path)}
     return merged
@@ -102,7 +122,8 @@ def update_calibration(
     alone is read, once; the other GPUs' entries are kept; written atomically."""
     path = Path(directory).expanduser() if directory is not None else user_profile_dir()
     path = path / CALIBRATION_FILE
-    data = _read(path) if path.is_file() else {"schema_version": SCHEMA_VERSION, "gpus": {}}
+    exists = path.exists() or path.is_symlink()
+    data = _read(path) if exists else {"schema_version": SCHEMA_VERSION, "gpus": {}}
     entry = update(data["gpus"].get(gpu_name))
     _check_entry(entry, f"{path}: gpus.{gpu_name}")
     data["gpus"][gpu_name] = _plain(entry)

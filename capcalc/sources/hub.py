@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import check_revision, excerpt, read_bytes
 from capcalc.sources.hfconfig import ImportedModel, import_folder
 
 #: org/name as the Hub spells repo ids (the Hub itself validates the details)
@@ -46,7 +47,11 @@ def split_revision(name: str) -> tuple[str, str | None]:
 
 def classify(name: str) -> str | None:
     """'folder', 'hub', or None when ``name`` looks like neither (then it is an unknown profile)."""
-    if Path(name).expanduser().exists():
+    try:
+        exists = Path(name).expanduser().exists()
+    except (OSError, ValueError):  # too long a name, an embedded NUL: not a folder of ours
+        exists = False
+    if exists:
         return "folder"
     if name.startswith((".", "/", "~")) or "\\" in name or os.path.isabs(name) or name.endswith(".json"):
         return "folder"
@@ -100,11 +105,13 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
         raise CapcalcError(f"{repo_id} is a gated repository: {how}") from None
     except errors.RepositoryNotFoundError:
         raise CapcalcError(
-            f"no Hugging Face repository {repo_id!r} (or it is private: set HF_TOKEN); "
+            f"no Hugging Face repository {excerpt(repo_id)} (or it is private: set HF_TOKEN); "
             "see `capcalc models` for the profiles capcalc ships"
         ) from None
     except errors.RevisionNotFoundError:
-        raise CapcalcError(f"{repo_id} has no revision {revision!r} (a branch, tag or commit)") from None
+        raise CapcalcError(
+            f"{repo_id} has no revision {excerpt(revision)} (a branch, tag or commit)"
+        ) from None
     except errors.RemoteEntryNotFoundError:
         raise CapcalcError(f"{repo_id}{at} has no config.json: not a transformers model repository") from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
@@ -115,7 +122,7 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
         ) from None
     except errors.HFValidationError as exc:
         raise CapcalcError(
-            f"{repo_id!r} is not a valid Hugging Face repo id: {str(exc).splitlines()[0]}"
+            f"{excerpt(repo_id)} is not a valid Hugging Face repo id: {str(exc).splitlines()[0]}"
         ) from None
     except (errors.HfHubHTTPError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -123,6 +130,28 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
             f"cannot fetch config.json of {repo_id}{at} from the Hugging Face Hub: {first}"
         ) from None
     return Path(path)
+
+
+def check_cached_ref(repo_id: str, revision: str | None) -> None:
+    """Refuse a revision that is not a git ref name or commit (``@../../../secret``), and a
+    cached ``refs/`` file that does not hold a commit hash, before huggingface-hub joins
+    either into a path. The message never carries the file's contents."""
+    if revision is not None:
+        check_revision(revision, f"{repo_id}@revision")
+    if revision is not None and _COMMIT.match(revision):
+        return
+    ref = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    if not (ref.exists() or ref.is_symlink()):
+        return
+    try:
+        content = read_bytes(ref, "ref").strip()
+    except CapcalcError:
+        content = b""
+    if not _COMMIT.match(content.decode("ascii", "replace")):
+        raise CapcalcError(
+            f"{ref}: does not hold a commit hash (a damaged or tampered Hugging Face cache); "
+            "delete it and fetch the repo again"
+        )
 
 
 def locate(name: str) -> Located:
@@ -134,11 +163,11 @@ def locate(name: str) -> Located:
             path = path.parent
         if not path.exists():
             raise CapcalcError(
-                f"no such folder {name!r} (give a folder holding config.json, a Hugging Face repo id "
+                f"no such folder {excerpt(name)} (give a folder holding config.json, a Hugging Face repo id "
                 "like Qwen/Qwen3-8B, or a profile name from `capcalc models`)"
             )
         if not path.is_dir():
-            raise CapcalcError(f"{name!r} is a file; give the folder holding config.json")
+            raise CapcalcError(f"{excerpt(name)} is a file; give the folder holding config.json")
         if not (path / "config.json").is_file():
             raise CapcalcError(
                 f"{path}: no config.json here (a model folder holds a transformers config.json)"
@@ -146,11 +175,18 @@ def locate(name: str) -> Located:
         return Located(path, str((path / "config.json").resolve()))
     if kind == "hub":
         repo_id, revision = split_revision(name)
-        config = fetch_config(repo_id, revision)
+        check_cached_ref(repo_id, revision)
+        try:
+            config = fetch_config(repo_id, revision)
+        except ValueError:  # huggingface-hub's own path checks: never echo what it read
+            raise CapcalcError(
+                f"{repo_id}: its Hugging Face cache entry under {hub_cache_dir()} is damaged "
+                "(a refs/ file that is not a commit hash); delete that repo's cache folder and fetch it again"
+            ) from None
         commit = config.parent.name if _COMMIT.match(config.parent.name) else (revision or "main")
         source = f"https://huggingface.co/{repo_id}/blob/{commit}/config.json"
         return Located(config.parent, source, repo_id, revision)
-    raise CapcalcError(f"{name!r} is neither a folder nor a Hugging Face repo id (org/name)")
+    raise CapcalcError(f"{excerpt(name)} is neither a folder nor a Hugging Face repo id (org/name)")
 
 
 def default_name(located: Located) -> str:

@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capcalc.core.dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
 from capcalc.core.errors import CapcalcError, ProfileError
+from capcalc.core.inputs import BOUNDS, check_number, excerpt, load_yaml
 from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
 from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
@@ -55,7 +54,7 @@ class _Reader:
         if value is default and not required:
             return value
         if not isinstance(value, str) or not value.strip():
-            self.fail(key, f"expected a non-empty string, got {value!r}")
+            self.fail(key, f"expected a non-empty string, got {excerpt(value)}")
         return value.strip()
 
     def integer(self, key, required=True, default=None, minimum=1):
@@ -63,21 +62,24 @@ class _Reader:
         if value is default and not required:
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"expected a whole number, got {value!r}")
+            self.fail(key, f"expected a whole number, got {excerpt(value)}")
         if value < minimum:
-            self.fail(key, f"must be >= {minimum}, got {value}")
+            self.fail(key, f"must be >= {minimum}, got {excerpt(value)}")
+        bound = BOUNDS[_COUNT_KIND.get(key, "count")]
+        if value > bound.high:
+            self.fail(key, f"{excerpt(value)} is above the bound {bound.high:,} ({bound.reason})")
         return value
 
     def boolean(self, key, default=False):
         value = self.raw(key, False, default)
         if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {value!r}")
+            self.fail(key, f"expected true or false, got {excerpt(value)}")
         return value
 
     def choice(self, key, choices, default=None):
         value = self.raw(key, default is None, default)
-        if value not in choices:
-            self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        if not isinstance(value, str) or value not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got {excerpt(value)}")
         return value
 
     def quantity(self, key, kind, required=True):
@@ -89,13 +91,13 @@ class _Reader:
         except CapcalcError as exc:
             raise ProfileError(self.path, self._name(key), exc.message.split(": ", 1)[-1]) from None
         if not number > 0:
-            self.fail(key, f"must be positive, got {value!r}")
+            self.fail(key, f"must be positive, got {excerpt(value)}")
         return number
 
     def string_list(self, key):
         value = self.raw(key, False, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.fail(key, f"expected a list of strings, got {value!r}")
+            self.fail(key, f"expected a list of strings, got {excerpt(value)}")
         return tuple(v.strip() for v in value)
 
     def sub(self, key, required=False):
@@ -109,39 +111,60 @@ class _Reader:
         if unknown:
             known = sorted(self.used)
             key = unknown[0]
-            close = difflib.get_close_matches(str(key), known, n=1)
+            close = difflib.get_close_matches(str(key)[:64], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
-            self.fail(key, f"unknown key{hint}")
+            more = f"; {len(unknown) - 1:,} more unknown keys" if len(unknown) > 1 else ""
+            raise ProfileError(
+                self.path, self._name(excerpt(str(key), 48).strip("'")), f"unknown key{hint}{more}"
+            )
 
 
 def _load_yaml(path: Path):
+    """The file's YAML, within the input layer's limits (:func:`capcalc.core.inputs.load_yaml`)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(path, "", f"cannot read file: {exc.strerror}") from None
-    try:
-        # the C loader is the same safe loader, ~10x faster (shipped profiles are read on every run)
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(parse)"
-        if mark is not None:  # name the key on that line too, when there is one
-            line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
-            key = re.match(r"\s*-?\s*([A-Za-z_][\w.-]*)\s*:", line)
-            if key:
-                where = f"{key.group(1)} (line {mark.line + 1})"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError(path, where, f"invalid YAML: {problem}") from None
+        return load_yaml(path, "profile")
+    except ProfileError:
+        raise
+    except CapcalcError as exc:
+        raise ProfileError(path, "", exc.message.removeprefix(f"{path}: ")) from None
+
+
+#: the bound (:data:`capcalc.core.inputs.BOUNDS`) of each whole-number profile field
+_COUNT_KIND = {
+    "num_layers": "layers",
+    "first_dense_layers": "layers",
+    "norms_per_layer": "layers",
+    "hidden_size": "hidden_size",
+    "kv_lora_rank": "hidden_size",
+    "q_lora_rank": "hidden_size",
+    "num_attention_heads": "heads",
+    "num_kv_heads": "heads",
+    "head_dim": "head_dim",
+    "qk_rope_head_dim": "head_dim",
+    "qk_nope_head_dim": "head_dim",
+    "v_head_dim": "head_dim",
+    "intermediate_size": "intermediate_size",
+    "expert_intermediate_size": "intermediate_size",
+    "shared_expert_intermediate_size": "intermediate_size",
+    "vocab_size": "vocab",
+    "max_context": "context",
+    "window": "context",
+    "num_experts": "experts",
+    "experts_per_token": "experts",
+    "num_shared_experts": "experts",
+}
 
 
 #: a profile name: lower-case letters and digits, words joined by '-', '.' in versions
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+#: a profile is saved as NAME.yaml: the name leaves room for the suffix in a 255-byte file name
+MAX_NAME_CHARS = 200
 
 
 def _check_name(reader: _Reader, name: str):
-    if not PROFILE_NAME.match(name):
+    if len(name) > MAX_NAME_CHARS or not PROFILE_NAME.match(name):
         reader.fail(
-            "name", f"expected a lower-case, hyphenated name (letters, digits, '-', '.'), got {name!r}"
+            "name", f"expected a lower-case, hyphenated name (letters, digits, '-', '.'), got {excerpt(name)}"
         )
 
 
@@ -258,7 +281,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
             window.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
         key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
         if not isinstance(listed, list) or not listed or any(t not in ("sliding", "full") for t in listed):
-            window.fail(key, f"expected a list of 'sliding' / 'full', got {listed!r}")
+            window.fail(key, f"expected a list of 'sliding' / 'full', got {excerpt(listed)}")
         if explicit is not None and len(explicit) != values["num_layers"]:
             window.fail(key, f"expected {values['num_layers']} entries (one per layer), got {len(explicit)}")
         layer_types = tuple(listed[i % len(listed)] for i in range(values["num_layers"]))
@@ -277,10 +300,12 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
 
 def _dtype_field(reader: _Reader, key: str) -> str:
     value = reader.raw(key, False, "bf16")
+    if not isinstance(value, str):
+        reader.fail(key, f"expected a dtype name, got {excerpt(value)}")
     try:
         return canonical_dtype(str(value))
     except CapcalcError:
-        reader.fail(key, f"unknown dtype {value!r}: expected one of {', '.join(DTYPE_BYTES)}")
+        reader.fail(key, f"unknown dtype {excerpt(value)}: expected one of {', '.join(DTYPE_BYTES)}")
 
 
 def _efficiency_field(top: _Reader, path) -> dict[str, float]:
@@ -339,8 +364,13 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
     if efficiency and "efficiency" not in sources:
         top.fail("sources.efficiency", "missing: the efficiency defaults need a source")
     price = top.raw("price_per_hour", False)
-    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price <= 0):
-        top.fail("price_per_hour", f"expected a positive number of USD per hour, got {price!r}")
+    if price is not None:
+        try:
+            price = check_number(price, "price_per_hour", positive=True)
+        except CapcalcError:
+            top.fail(
+                "price_per_hour", f"expected a positive, finite number of USD per hour, got {excerpt(price)}"
+            )
 
     profile = HardwareProfile(
         name=name,
@@ -363,6 +393,13 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
         path=str(path),
     )
     top.finish()
+    reported = profile.memory_reported_bytes
+    if reported is not None and reported > profile.memory_bytes:
+        top.fail(
+            "memory_reported",
+            f"{excerpt(data.get('memory_reported'))} is above memory ({excerpt(data.get('memory'))}): "
+            "the driver reports at most the memory fitted",
+        )
     return profile
 
 

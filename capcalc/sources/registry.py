@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from capcalc.core.errors import CapcalcError, ProfileError
+from capcalc.core.inputs import excerpt
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 from capcalc.sources.dirs import profile_dirs, shipped_dir
 from capcalc.sources.loader import load_profile_file
@@ -51,11 +52,21 @@ class Registry:
                 _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
         for path in profile_dirs(user_dirs, include_env):
             if not path.is_dir():
-                raise CapcalcError(f"profile directory {str(path)!r} does not exist or is not a directory")
+                raise CapcalcError(
+                    f"profile directory {excerpt(str(path), 300)} does not exist or is not a directory"
+                )
+            here: dict[tuple[bool, str], str] = {}  # a name twice in one directory is a mistake
             for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
                 if file.name.startswith("calibration"):
                     continue
-                _add(load_profile_file(file), models, gpus, shipped=False, warn=warn)
+                profile = load_profile_file(file)
+                key = (isinstance(profile, ModelProfile), profile.name)
+                if key in here:
+                    raise ProfileError(
+                        profile.path, "name", f"duplicate name {profile.name!r} (also in {here[key]})"
+                    )
+                here[key] = profile.path
+                _add(profile, models, gpus, shipped=False, warn=warn)
         registry = cls(models, gpus)
         registry.notes = tuple(notes)
         return registry
@@ -86,14 +97,14 @@ class Registry:
         listing = "models" if what == "model" else "gpus"
         closest = self.closest(name, index)
         hint = f"closest: {', '.join(closest)}" if closest else f"no {listing} are known"
-        raise CapcalcError(f"unknown {what} {name!r}; {hint} (see `capcalc {listing}`)")
+        raise CapcalcError(f"unknown {what} {excerpt(name)}; {hint} (see `capcalc {listing}`)")
 
     @staticmethod
     def closest(name: str, index: dict[str, str], n: int = 3) -> list[str]:
         """The ``n`` profile names closest to ``name`` (by name or alias)."""
         scores: dict[str, float] = {}
         for label, target in index.items():
-            score = difflib.SequenceMatcher(None, _key(name), label).ratio()
+            score = difflib.SequenceMatcher(None, _key(name)[:64], label).ratio()
             scores[target] = max(scores.get(target, 0.0), score)
         return sorted(scores, key=lambda t: (-scores[t], t))[:n]
 

@@ -21,17 +21,20 @@ do not use header counts for them (see :mod:`capcalc.sources.hfconfig`).
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
+from capcalc.core.inputs import confined, excerpt, is_regular, load_json, open_regular, parse_json, read_exact
 
 INDEX_NAME = "model.safetensors.index.json"
 #: safetensors refuses headers above 100 MB; so do we (a corrupt length would otherwise allocate)
 MAX_HEADER_BYTES = 100_000_000
+#: a tensor has a few dimensions, each below 2^53 (a count a float holds exactly)
+MAX_DIMS, MAX_DIM = 16, 2**53
 
 
 @dataclass(frozen=True)
@@ -67,24 +70,22 @@ class Checkpoint:
 def read_header(path: str | Path) -> list[TensorInfo]:
     """The tensors listed in one safetensors file's header (reads 8 + N bytes only)."""
     path = Path(path)
+    fd, size = open_regular(path)  # a FIFO named model.safetensors would block a plain open
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise CapcalcError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-            (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise CapcalcError(
-                    f"{path}: not a safetensors file (header length {length} does not fit in {size} bytes)"
-                )
-            raw = handle.read(length)
+        head = read_exact(fd, 8)
+        if len(head) < 8:
+            raise CapcalcError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise CapcalcError(
+                f"{path}: not a safetensors file (header length {length} does not fit in {size} bytes)"
+            )
+        raw = read_exact(fd, length)
     except OSError as exc:
         raise CapcalcError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CapcalcError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    finally:
+        os.close(fd)
+    header = parse_json(raw, path, "safetensors header")
     if not isinstance(header, dict):
         raise CapcalcError(f"{path}: safetensors header is not a JSON object")
     tensors = []
@@ -96,11 +97,15 @@ def read_header(path: str | Path) -> list[TensorInfo]:
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if (
             not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or len(shape) > MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
             or not isinstance(offsets, list)
             or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o <= size for o in offsets)
         ):
-            raise CapcalcError(f"{path}: tensor {name!r} has no valid shape and data_offsets in the header")
+            raise CapcalcError(
+                f"{path}: tensor {excerpt(name)} has no valid shape and data_offsets in the header"
+            )
         end = max(end, offsets[1])
         tensors.append(TensorInfo(name, str(entry.get("dtype", "")), tuple(shape)))
     if 8 + length + end > size:
@@ -118,21 +123,20 @@ def read_checkpoint(folder: str | Path) -> Checkpoint | None:
     else None (the caller computes the count from the architecture)."""
     folder = Path(folder)
     index_path = folder / INDEX_NAME
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CapcalcError(f"{index_path}: cannot read the safetensors index ({exc})") from None
+    if index_path.exists() or index_path.is_symlink():
+        index = load_json(index_path, "index", "safetensors index")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise CapcalcError(f"{index_path}: no 'weight_map' mapping tensor names to files")
-        shards = sorted(set(map(str, weight_map.values())))
-        if shards and all((folder / shard).is_file() for shard in shards):
+        shards = sorted(set(weight_map.values()), key=str)
+        for shard in shards:  # a shard is a file of this folder: never '../..', never '/etc/...'
+            confined(folder, shard, f"{index_path}: weight_map")
+        if shards and all(is_regular(folder / shard) for shard in shards):
             tensors = [t for shard in shards for t in read_header(folder / shard)]
             return Checkpoint(tuple(tensors), tuple(shards), "safetensors headers")
         metadata = index.get("metadata") or {}
         total = metadata.get("total_parameters") if isinstance(metadata, dict) else None
-        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+        if isinstance(total, int) and not isinstance(total, bool) and 0 < total <= MAX_DIM:
             return Checkpoint((), (INDEX_NAME,), "safetensors index metadata", index_total_parameters=total)
         return None
     files = sorted(p.name for p in folder.glob("*.safetensors"))
