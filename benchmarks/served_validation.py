@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
-from capcalc.serving.calibrate import ServedPoint, fit_serving, predict_point, serving_defaults
+from capcalc.serving.calibrate import ServedPoint, fit_serving, predict_point, serving_defaults  # noqa: F401
 from capcalc.serving.engine import Replica, Workload
 from capcalc.sources.registry import Registry
 

@@ -13,6 +13,8 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``bandwidth_scale``: multiplies weight_ and kv_bandwidth_efficiency (decode streaming);
 * ``flops_scale``: multiplies prefill_flops_efficiency (compute-bound prefill);
 * ``step_overhead_s``: fixed cost per engine step (host, launches not in a graph);
+* ``layer_overhead_s``: fixed cost per layer per step (kernel launches and tails);
+* ``moe_layer_overhead_s``: fixed cost per MoE layer per step (routing, permutation);
 * ``frontend_s``: fixed cost per request (HTTP, tokenisation);
 * ``seq_step_overhead_s``: host cost per running sequence per step.
 
@@ -37,12 +39,21 @@ from capcalc.serving.engine import (
 )
 from capcalc.serving.engines import EngineConfig, engine_defaults, engine_efficiency, with_overrides
 
-FIT_PARAMETERS = ("bandwidth_scale", "flops_scale", "step_overhead_s", "frontend_s", "seq_step_overhead_s")
+FIT_PARAMETERS = (
+    "bandwidth_scale",
+    "flops_scale",
+    "layer_overhead_s",
+    "moe_layer_overhead_s",
+    "frontend_s",
+    "seq_step_overhead_s",
+)
 #: search range of each parameter: (low, high); scales multiply the default
 BOUNDS = {
     "bandwidth_scale": (0.5, 1.6),
     "flops_scale": (0.2, 2.0),
     "step_overhead_s": (1e-5, 20e-3),
+    "layer_overhead_s": (1e-6, 200e-6),
+    "moe_layer_overhead_s": (1e-6, 300e-6),
     "frontend_s": (1e-4, 0.5),
     "seq_step_overhead_s": (1e-8, 2e-4),
 }
@@ -73,7 +84,7 @@ def serving_defaults(point: ServedPoint) -> ServingParams:
     adjustments (:func:`capcalc.serving.engines.engine_efficiency`) and scheduler defaults."""
     gpu = point.replica.gpu
     base = resolve_efficiency(gpu).efficiency
-    eff = engine_efficiency(point.engine, base, point.replica.compute_dtype, point.replica.model, gpu)
+    eff = engine_efficiency(point.engine, base, point.replica.weight_dtype)
     config = with_overrides(
         engine_defaults(point.engine, gpu),
         max_num_batched_tokens=point.max_num_batched_tokens,
@@ -116,8 +127,9 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         eff = replace(
             eff, prefill_flops_efficiency=min(1.0, eff.prefill_flops_efficiency * values["flops_scale"])
         )
-    if "step_overhead_s" in values:
-        eff = replace(eff, step_overhead_s=values["step_overhead_s"])
+    for name in ("step_overhead_s", "layer_overhead_s", "moe_layer_overhead_s"):
+        if name in values:
+            eff = replace(eff, **{name: values[name]})
     if "frontend_s" in values:
         cfg = replace(cfg, frontend_s=values["frontend_s"])
     if "seq_step_overhead_s" in values:
@@ -162,6 +174,8 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
         "bandwidth_scale": 1.0,
         "flops_scale": 1.0,
         "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
+        "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
+        "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),
         "frontend_s": max(d.config.frontend_s, BOUNDS["frontend_s"][0]),
         "seq_step_overhead_s": max(d.config.seq_step_overhead_s, BOUNDS["seq_step_overhead_s"][0]),
     }

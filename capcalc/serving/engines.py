@@ -152,13 +152,24 @@ def with_overrides(config: EngineConfig, **changes) -> EngineConfig:
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
-def engine_efficiency(
-    engine: str, base: Efficiency, compute_dtype: str, model, gpu: HardwareProfile
-) -> Efficiency:
-    """The step efficiencies ``engine`` reaches, from the GPU's (``base``): see ENGINE_EFFICIENCY."""
+def engine_efficiency(engine: str, base: Efficiency, weight_dtype: str) -> Efficiency:
+    """The step efficiencies ``engine`` reaches on a GPU whose own are ``base``.
+
+    * ``ENGINE_EFFICIENCY[engine]`` replaces the fixed costs fitted on the served runs;
+    * 4-bit weights (int4, NVFP4, MXFP4) stream at ``FOUR_BIT_STREAM_FACTOR`` of the
+      bandwidth efficiency of 8- and 16-bit ones: the decode GEMV unpacks and rescales
+      every weight group in its inner loop, so it is bound by issue rate before bandwidth.
+    """
     changes = dict(ENGINE_EFFICIENCY.get(engine, {}))
+    if weight_dtype in ("int4", "mxfp4", "nvfp4"):
+        changes["weight_bandwidth_efficiency"] = base.weight_bandwidth_efficiency * FOUR_BIT_STREAM_FACTOR
     return replace(base, **changes) if changes else base
 
 
-#: Per-engine adjustments of the GPU's step efficiencies (docs/latency.md names the rows).
+#: Issue 11 measured weight-only int8/int4 decode at 0.57-0.80 of bf16's bandwidth; on the
+#: served rows, Llama-3.1-70B tp1 on B200, NVFP4 vs FP8 (trtllm and vllm, C = 4-8), the
+#: streaming time left after the fixed costs is 0.78 of FP8's rate.
+FOUR_BIT_STREAM_FACTOR = 0.78
+
+#: Per-engine fixed costs of a step (docs/latency.md, "Serving parameters", names the rows).
 ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {}
