@@ -26,8 +26,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("engine")
     ap.add_argument("csv", nargs="?", default=str(sv.DEFAULT_CSV))
-    ap.add_argument("--every", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--every", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--evaluations", type=int, default=5)
     args = ap.parse_args()
     reg = Registry.load()
     with open(args.csv, newline="") as f:
@@ -40,7 +41,8 @@ def main() -> int:
         except sv.CapcalcError:
             continue
         points.append(row.point)
-    fit = fit_serving(points, rounds=args.rounds, evaluations=7)
+    params = ("layer_overhead_s", "moe_layer_overhead_s", "flops_scale", "bandwidth_scale", "frontend_s")
+    fit = fit_serving(points, parameters=params, rounds=args.rounds, evaluations=args.evaluations)
     print(args.engine, len(points), "points; loss", round(fit.loss_before, 4), "->", round(fit.loss_after, 4))
     for k, v in fit.values.items():
         print(f"  {k} = {v:.6g}")

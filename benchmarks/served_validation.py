@@ -48,6 +48,11 @@ SAME_ARCHITECTURE = {
 NVFP4_GROUP = 40
 
 
+#: what the cross-validation fits per (engine, GPU, model) group: the decode stream, the
+#: prefill rate, the per-layer fixed cost and the per-request cost
+CV_PARAMETERS = ("bandwidth_scale", "flops_scale", "layer_overhead_s", "frontend_s")
+
+
 @dataclass
 class Row:
     id: str
@@ -221,7 +226,7 @@ def main(argv=None) -> int:
             train, test = g[0::2], g[1::2]
             if not test:
                 continue
-            fitted = fit_serving([r.point for r in train])
+            fitted = fit_serving([r.point for r in train], parameters=CV_PARAMETERS, rounds=1, evaluations=6)
             for r in test:
                 res = predict_point(r.point, fitted.params_for(r.point))
                 cv_errs[r.id] = errors(r.point, res.ttft_s, res.tpot_s)

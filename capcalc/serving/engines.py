@@ -99,9 +99,11 @@ class EngineConfig:
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
 FIXED_COSTS: dict[str, dict[str, float]] = {
-    "vllm": {"frontend_s": 0.0, "seq_step_overhead_s": 0.0},
-    "sglang": {"frontend_s": 0.0, "seq_step_overhead_s": 0.0},
-    "trtllm": {"frontend_s": 0.0, "seq_step_overhead_s": 0.0},
+    "vllm": {"frontend_s": 9.16e-3, "seq_step_overhead_s": 0.0},
+    # SGLang's large value absorbs TTFT the step model misses on its rows (DeepSeek MLA
+    # prefill at 8k prompts above all): a catch-all, not a measured HTTP cost
+    "sglang": {"frontend_s": 0.341, "seq_step_overhead_s": 0.0},
+    "trtllm": {"frontend_s": 18.9e-3, "seq_step_overhead_s": 0.0},
 }
 
 
@@ -155,21 +157,49 @@ def with_overrides(config: EngineConfig, **changes) -> EngineConfig:
 def engine_efficiency(engine: str, base: Efficiency, weight_dtype: str) -> Efficiency:
     """The step efficiencies ``engine`` reaches on a GPU whose own are ``base``.
 
-    * ``ENGINE_EFFICIENCY[engine]`` replaces the fixed costs fitted on the served runs;
+    * ``ENGINE_EFFICIENCY[engine]`` sets the per-layer fixed costs fitted on the served runs;
+    * ``ENGINE_SCALES[engine]`` scales the GPU's bandwidth and FLOP/s efficiencies, the FLOP/s
+      one capped at ``MAX_MATMUL_FRACTION`` (no whole prefill beats the best single matmul);
     * 4-bit weights (int4, NVFP4, MXFP4) stream at ``FOUR_BIT_STREAM_FACTOR`` of the
       bandwidth efficiency of 8- and 16-bit ones: the decode GEMV unpacks and rescales
       every weight group in its inner loop, so it is bound by issue rate before bandwidth.
     """
     changes = dict(ENGINE_EFFICIENCY.get(engine, {}))
+    scales = ENGINE_SCALES.get(engine, {})
+    bw = scales.get("bandwidth", 1.0)
+    weight_bw = base.weight_bandwidth_efficiency * bw
     if weight_dtype in ("int4", "mxfp4", "nvfp4"):
-        changes["weight_bandwidth_efficiency"] = base.weight_bandwidth_efficiency * FOUR_BIT_STREAM_FACTOR
-    return replace(base, **changes) if changes else base
+        weight_bw *= FOUR_BIT_STREAM_FACTOR
+    changes["weight_bandwidth_efficiency"] = min(1.0, weight_bw)
+    changes["kv_bandwidth_efficiency"] = min(1.0, base.kv_bandwidth_efficiency * bw)
+    flops = base.prefill_flops_efficiency * scales.get("flops", 1.0)
+    changes["prefill_flops_efficiency"] = min(MAX_MATMUL_FRACTION, flops)
+    return replace(base, **changes)
 
 
 #: Issue 11 measured weight-only int8/int4 decode at 0.57-0.80 of bf16's bandwidth; on the
 #: served rows, Llama-3.1-70B tp1 on B200, NVFP4 vs FP8 (trtllm and vllm, C = 4-8), the
 #: streaming time left after the fixed costs is 0.78 of FP8's rate.
 FOUR_BIT_STREAM_FACTOR = 0.78
+#: best single bf16 matmul: 86.9 % of peak on A100 SXM, 80.3 % on H100 SXM (stas00/ml-engineering,
+#: compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table")
+MAX_MATMUL_FRACTION = 0.869
 
-#: Per-engine fixed costs of a step (docs/latency.md, "Serving parameters", names the rows).
-ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {}
+# Fitted by benchmarks/fit_engine_defaults.py ENGINE --every 6 --rounds 2 --evaluations 8 on every
+# 6th expressible aggregated row of that engine in served_dev.csv (aiconfigurator's
+# silicon_sample.csv, H100 SXM and B200; docs/latency.md "Serving parameters" lists them).
+# layer_overhead_s: kernel launches, tails and the small un-fused ops of one layer of a served
+# step (paged attention metadata, activation quantisation, residual/norm kernels), larger than
+# gpt-fast's 10 us batch-1 figure; moe_layer_overhead_s: routing on top of it.
+#: Per-engine fixed costs of a step.
+ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
+    "vllm": {"layer_overhead_s": 48.3e-6, "moe_layer_overhead_s": 1.1e-6},
+    "sglang": {"layer_overhead_s": 67.8e-6, "moe_layer_overhead_s": 23.3e-6},
+    "trtllm": {"layer_overhead_s": 36.0e-6, "moe_layer_overhead_s": 1.0e-6},
+}
+#: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies (same fit).
+ENGINE_SCALES: dict[str, dict[str, float]] = {
+    "vllm": {"bandwidth": 0.950, "flops": 1.95},
+    "sglang": {"bandwidth": 0.913, "flops": 1.10},
+    "trtllm": {"bandwidth": 0.729, "flops": 1.33},
+}
