@@ -96,10 +96,11 @@ def map_row(r: dict, registry: Registry) -> Row | str:
     kv = "auto"
     if precision == "bf16":
         weight = "auto" if model.native_dtype in ("bf16", "fp16") else "bf16"
+    elif precision in ("fp8", "fp4") and model.native_dtype == "mxfp4":
+        # gpt-oss ships MXFP4 experts; "fp8" there is the activation/GEMM mode (W4A8)
+        weight, kv = "mxfp4", "fp8"
     elif precision == "fp8":
         weight, kv = "fp8", "fp8"
-    elif precision == "fp4" and model.native_dtype == "mxfp4":
-        weight, kv = "mxfp4", "fp8"  # gpt-oss: MXFP4 experts, as it ships
     elif precision == "fp4" and gemm == "nvfp4":
         weight, group, kv, compute = "int4", NVFP4_GROUP, "fp8", "fp4"
     else:
