@@ -1,0 +1,226 @@
+"""Fit the serving model's parameters to measured served runs (``capcalc calibrate``).
+
+A :class:`ServedPoint` is one measured benchmark run: a replica (model, GPU, tp, dtypes),
+a workload (P, O, concurrency or rate), the engine, and the measured mean TTFT and TPOT.
+:func:`fit_serving` finds the parameters that make :func:`capcalc.serving.engine.predict_serving`
+match them, by minimising
+
+    loss = mean over points of |ln(ttft_pred / ttft)| + |ln(tpot_pred / tpot)|
+
+(relative errors, so a 10 ms TPOT and a 2 s TTFT weigh alike; absolute values, so a few
+odd rows do not dominate). The parameters, each a physical quantity with a default:
+
+* ``bandwidth_scale``: multiplies weight_ and kv_bandwidth_efficiency (decode streaming);
+* ``flops_scale``: multiplies prefill_flops_efficiency (compute-bound prefill);
+* ``step_overhead_s``: fixed cost per engine step (host, launches not in a graph);
+* ``layer_overhead_s``: fixed cost per layer per step (kernel launches and tails);
+* ``moe_layer_overhead_s``: fixed cost per MoE layer per step (routing, permutation);
+* ``frontend_s``: fixed cost per request (HTTP, tokenisation);
+* ``seq_step_overhead_s``: host cost per running sequence per step.
+
+The search is coordinate descent on a log scale (golden-section per parameter, a few
+rounds): no gradient is available through the scheduler's discrete events, and the
+loss is smooth enough in each parameter alone. Fractions are clipped to (0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from capcalc.perf.efficiency import Efficiency, resolve_efficiency
+from capcalc.serving.engine import (
+    Replica,
+    ServingResult,
+    Workload,
+    kv_capacity_tokens,
+    predict_serving,
+    step_model,
+)
+from capcalc.serving.engines import EngineConfig, engine_defaults, engine_efficiency, with_overrides
+
+FIT_PARAMETERS = (
+    "bandwidth_scale",
+    "flops_scale",
+    "layer_overhead_s",
+    "moe_layer_overhead_s",
+    "frontend_s",
+    "seq_step_overhead_s",
+)
+#: search range of each parameter: (low, high); scales multiply the default
+BOUNDS = {
+    "bandwidth_scale": (0.5, 1.6),
+    "flops_scale": (0.2, 2.0),
+    "step_overhead_s": (1e-5, 20e-3),
+    "layer_overhead_s": (1e-6, 200e-6),
+    "moe_layer_overhead_s": (1e-6, 300e-6),
+    "frontend_s": (1e-4, 0.5),
+    "seq_step_overhead_s": (1e-8, 2e-4),
+}
+
+
+@dataclass(frozen=True)
+class ServedPoint:
+    replica: Replica
+    workload: Workload
+    engine: str
+    ttft_s: float  # measured means
+    tpot_s: float
+    #: the deployment's own scheduler settings, where they differ from the engine's defaults
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+
+
+@dataclass(frozen=True)
+class ServingParams:
+    """Everything the serving model needs besides the replica and the workload."""
+
+    efficiency: Efficiency
+    config: EngineConfig
+
+
+def serving_defaults(point: ServedPoint) -> ServingParams:
+    """Shipped defaults: the GPU's efficiencies (profile > vendor default), the engine's
+    adjustments (:func:`capcalc.serving.engines.engine_efficiency`) and scheduler defaults."""
+    gpu = point.replica.gpu
+    base = resolve_efficiency(gpu).efficiency
+    eff = engine_efficiency(point.engine, base, point.replica.weight_dtype)
+    config = with_overrides(
+        engine_defaults(point.engine, gpu),
+        max_num_batched_tokens=point.max_num_batched_tokens,
+        max_num_seqs=point.max_num_seqs,
+    )
+    return ServingParams(eff, config)
+
+
+_KV_CACHE: dict = {}
+
+
+def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
+    """The serving model's answer for ``point`` under ``params`` (KV capacity cached per replica)."""
+    w = point.workload
+    key = (
+        id(point.replica),
+        params.config.max_num_seqs,
+        params.config.max_num_batched_tokens,
+        w.prompt_tokens + w.output_tokens,
+    )
+    if key not in _KV_CACHE:
+        _KV_CACHE[key] = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+    steps = step_model(point.replica, params.efficiency, w.prompt_tokens)
+    return predict_serving(
+        point.replica, w, params.config, params.efficiency, kv_tokens=_KV_CACHE[key], steps=steps
+    )
+
+
+def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
+    """``params`` with fitted ``values`` (FIT_PARAMETERS names) applied."""
+    eff, cfg = params.efficiency, params.config
+    if "bandwidth_scale" in values:
+        s = values["bandwidth_scale"]
+        eff = replace(
+            eff,
+            weight_bandwidth_efficiency=min(1.0, eff.weight_bandwidth_efficiency * s),
+            kv_bandwidth_efficiency=min(1.0, eff.kv_bandwidth_efficiency * s),
+        )
+    if "flops_scale" in values:
+        eff = replace(
+            eff, prefill_flops_efficiency=min(1.0, eff.prefill_flops_efficiency * values["flops_scale"])
+        )
+    for name in ("step_overhead_s", "layer_overhead_s", "moe_layer_overhead_s"):
+        if name in values:
+            eff = replace(eff, **{name: values[name]})
+    if "frontend_s" in values:
+        cfg = replace(cfg, frontend_s=values["frontend_s"])
+    if "seq_step_overhead_s" in values:
+        cfg = replace(cfg, seq_step_overhead_s=values["seq_step_overhead_s"])
+    return ServingParams(eff, cfg)
+
+
+def point_errors(point: ServedPoint, result: ServingResult) -> tuple[float, float]:
+    """Signed relative errors of TTFT and TPOT (predicted / measured - 1)."""
+    return result.ttft_s / point.ttft_s - 1, result.tpot_s / point.tpot_s - 1
+
+
+@dataclass
+class ServingFit:
+    """Fitted values, and each point's (TTFT, TPOT) errors before and after."""
+
+    values: dict[str, float]
+    before: list[tuple[float, float]] = field(default_factory=list)
+    after: list[tuple[float, float]] = field(default_factory=list)
+    loss_before: float = 0.0
+    loss_after: float = 0.0
+
+    def params_for(self, point: ServedPoint) -> ServingParams:
+        return apply(serving_defaults(point), self.values)
+
+
+def _loss(points, values, weights) -> tuple[float, list[tuple[float, float]]]:
+    errs = []
+    total = 0.0
+    for p in points:
+        r = predict_point(p, apply(serving_defaults(p), values))
+        errs.append(point_errors(p, r))
+        total += weights[0] * abs(math.log(r.ttft_s / p.ttft_s)) + weights[1] * abs(
+            math.log(r.tpot_s / p.tpot_s)
+        )
+    return total / len(points), errs
+
+
+def _initial(points: list[ServedPoint], names) -> dict[str, float]:
+    d = serving_defaults(points[0])
+    start = {
+        "bandwidth_scale": 1.0,
+        "flops_scale": 1.0,
+        "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
+        "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
+        "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),
+        "frontend_s": max(d.config.frontend_s, BOUNDS["frontend_s"][0]),
+        "seq_step_overhead_s": max(d.config.seq_step_overhead_s, BOUNDS["seq_step_overhead_s"][0]),
+    }
+    return {n: start[n] for n in names}
+
+
+def fit_serving(
+    points: list[ServedPoint],
+    parameters: tuple[str, ...] = FIT_PARAMETERS,
+    rounds: int = 2,
+    evaluations: int = 9,
+    weights: tuple[float, float] = (1.0, 1.0),
+) -> ServingFit:
+    """Fit ``parameters`` to ``points`` (one engine and GPU; module docstring).
+    Returns the values and the errors before (shipped defaults) and after."""
+    if not points:
+        raise ValueError("fit_serving needs at least one point")
+    loss0, before = _loss(points, {}, weights)
+    values = _initial(points, parameters)
+    best, _ = _loss(points, values, weights)
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(rounds):
+        for name in parameters:
+            lo, hi = (math.log(b) for b in BOUNDS[name])
+            cache = {}
+
+            def f(x, name=name, cache=cache):
+                if x not in cache:
+                    cache[x] = _loss(points, {**values, name: math.exp(x)}, weights)[0]
+                return cache[x]
+
+            a, b = lo, hi
+            c, d = b - phi * (b - a), a + phi * (b - a)
+            for _ in range(evaluations):
+                if f(c) < f(d):
+                    b, d = d, c
+                    c = b - phi * (b - a)
+                else:
+                    a, c = c, d
+                    d = a + phi * (b - a)
+            x = (a + b) / 2
+            trial = f(x)
+            if trial < best:
+                best, values[name] = trial, math.exp(x)
+    loss1, after = _loss(points, values, weights)
+    if loss1 > loss0:  # never worse than the defaults
+        values, loss1, after = {}, loss0, before
+    return ServingFit(values=values, before=before, after=after, loss_before=loss0, loss_after=loss1)

@@ -1,0 +1,617 @@
+"""One serving replica under load: a discrete-event simulation of the engine's scheduler.
+
+Why a simulation and not an analytic fixed point: a served benchmark's TTFT is set by
+*where* a request lands among the engine's steps (how many prompts are ahead of it in
+the chunk budget, whether a prefill step stalls the decodes, whether KV admission makes
+it wait), and closed-loop clients with equal lengths fall into waves that an average
+cannot see. Simulating the scheduler step by step reproduces those, with the step costs
+of :class:`capcalc.serving.stepmodel.MixedStepModel` (the existing step model, priced for
+the mixed batch). It stays fast because
+
+* requests that finish their prefill in the same step decode in lock step, as one
+  cohort; the decode contexts of all cohorts sum to ``K + d x g`` (d decoding sequences,
+  g the decode step counter), updated only when a cohort joins or leaves;
+* between events (a cohort finishing, an arrival that can be admitted, the KV cache
+  filling) every step is a pure decode step whose time is max(compute, memory) + fixed
+  costs, each affine in the step index: the run is summed in closed form (split where
+  compute overtakes memory) instead of step by step.
+
+Scheduler (per :class:`capcalc.serving.engines.EngineConfig`; sources there):
+
+* ``mixed_batches`` (vLLM v1, TensorRT-LLM): each step runs every decode (1 token each),
+  then the running partial prefills, then admits waiting requests FCFS, each taking
+  ``min(remaining prompt, budget left)`` of the ``max_num_batched_tokens`` budget
+  (a whole prompt or nothing when ``chunked_prefill`` is off);
+* not mixed (SGLang default): a step with prefill work to do runs only prefill chunks
+  (up to the budget) and the decodes wait; otherwise a decode step.
+* admission: at most ``max_num_seqs`` running; KV ``on_demand`` takes a request's blocks
+  as its tokens are computed and, when a decode step would overflow the cache, preempts
+  the most recently admitted requests, which go back to the head of the queue and are
+  recomputed (prompt + tokens generated so far) -- vLLM's recompute preemption; KV
+  ``reserve`` admits only when prompt + ``reserve_output_fraction`` x output fit.
+* each request pays ``frontend_s`` between being sent and reaching the scheduler
+  (HTTP, tokenisation); the first token and the last are seen by the client when the
+  step that makes them ends.
+
+Workloads: closed loop (``concurrency`` C clients, each sending its next request when
+the last completes, as ``vllm bench serve --max-concurrency C`` with many prompts) or
+open loop (``rate_per_s``: Poisson arrivals from a seeded generator, so deterministic).
+Closed loop measures every request from the opening burst on (all C clients send at
+once), as a benchmark run does; ``warmup_requests`` skips some for a steady state.
+
+Metrics are those of ``vllm bench serve``: TTFT = first token - send; TPOT per request =
+(e2e - ttft) / (output - 1), averaged over requests; ITL = mean gap between consecutive
+tokens of a request, pooled over all gaps; E2E = last token - send. In closed loop each
+client is always inside a request, so C = requests_per_s x mean e2e (Little's law).
+
+Ignored: prefix caching (benchmarks send random prompts), speculative decoding, the
+spread of request lengths (every request has the workload's P and O), block rounding of
+the KV cache (tokens are counted, the capacity is num_blocks x block_size), CPU work
+that overlaps the GPU, and pipeline parallelism (one stage).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from capcalc.core.errors import CapcalcError
+from capcalc.serving.engines import EngineConfig
+from capcalc.serving.stepmodel import Chunk, MixedStepModel
+
+LIMITS = ("kv_capacity", "max_num_seqs", "none")
+#: closed-loop requests per client, as a benchmark run: ``vllm bench serve`` and aiperf
+#: measure every request, the opening burst of C simultaneous prompts included, and
+#: served-benchmark suites send a few requests per client (InferenceMAX: 10 x C; the
+#: served_dev rows' TTFTs are met best at about 5, see docs/serving.md)
+REQUESTS_PER_CLIENT = 5
+#: a limit "binds" when admission waited on it for at least this share of the measured time
+BINDING_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests of ``prompt_tokens`` in / ``output_tokens`` out, closed or open loop."""
+
+    prompt_tokens: int
+    output_tokens: int
+    concurrency: int | None = None
+    rate_per_s: float | None = None
+    #: measured requests (default: closed loop REQUESTS_PER_CLIENT x C, at least 10; open loop 400)
+    num_requests: int | None = None
+    #: requests simulated before measuring (default: closed loop 0, as a benchmark counts its
+    #: opening burst; open loop num_requests / 10)
+    warmup_requests: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.concurrency is None) == (self.rate_per_s is None):
+            raise CapcalcError("give exactly one of --concurrency and --rps")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise CapcalcError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.rate_per_s is not None and not self.rate_per_s > 0:
+            raise CapcalcError(f"--rps must be positive, got {self.rate_per_s}")
+        if self.prompt_tokens < 1 or self.output_tokens < 1:
+            raise CapcalcError("prompt and output lengths must be at least 1 token")
+
+    @property
+    def measured(self) -> int:
+        if self.num_requests is not None:
+            return self.num_requests
+        return max(REQUESTS_PER_CLIENT * self.concurrency, 10) if self.concurrency else 400
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_requests is not None:
+            return self.warmup_requests
+        return 0 if self.concurrency else self.measured // 10
+
+
+@dataclass(frozen=True)
+class ServingResult:
+    """Means and percentiles over the measured requests (seconds unless named)."""
+
+    engine: str
+    concurrency: int | None
+    rate_per_s: float | None
+    prompt_tokens: int
+    output_tokens: int
+    gpus: int
+    ttft_s: float
+    tpot_s: float
+    itl_s: float
+    e2e_s: float
+    ttft_p50_s: float
+    ttft_p90_s: float
+    ttft_p99_s: float
+    tpot_p50_s: float
+    tpot_p90_s: float
+    tpot_p99_s: float
+    e2e_p50_s: float
+    e2e_p90_s: float
+    e2e_p99_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    output_tokens_per_s_per_gpu: float
+    output_tokens_per_s_per_user: float
+    running_batch: float  # time-weighted mean of requests admitted (decoding or prefilling)
+    queue_s: float  # mean time from reaching the scheduler to its first scheduled chunk
+    preemptions: int
+    binding_limit: str  # kv_capacity | max_num_seqs | none
+    kv_capacity_tokens: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    frontend_s: float
+    steps: int  # engine steps simulated
+
+    def as_record(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class _Req:
+    idx: int
+    sent: float
+    arrival: float
+    target: int  # prompt tokens to compute before the next token (P, or P + j on recompute)
+    out_left: int  # tokens still to produce (the next one comes from the prefill)
+    computed: int = 0
+    first_token: float | None = None
+    finish: float | None = None
+    scheduled: float | None = None
+    generated: int = 0
+    order: int = 0  # admission order
+    reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
+
+
+@dataclass(eq=False)
+class _Cohort:
+    members: list[_Req]
+    g0: int  # decode step index of its first decode
+    base: int  # context before the first decode (prompt tokens computed)
+    end_g: int  # decode step index of its last decode
+    order: int = 0  # admission order of its latest member
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class _State:
+    t: float = 0.0
+    g: int = 0  # decode steps done
+    d: int = 0  # decoding sequences
+    k_sum: float = 0.0  # sum over cohorts of n x (base + 1 - g0): contexts sum to k_sum + d x g
+    cohorts: list[_Cohort] = field(default_factory=list)
+    prefilling: list[_Req] = field(default_factory=list)
+    waiting: deque = field(default_factory=deque)
+    reserved: float = 0.0  # KV tokens held by 'reserve' admission
+    admit_order: int = 0
+
+
+class Simulation:
+    """Simulate ``workload`` on one replica; see the module docstring."""
+
+    def __init__(
+        self,
+        steps: MixedStepModel,
+        config: EngineConfig,
+        kv_capacity_tokens: int,
+        gpus: int = 1,
+    ):
+        if kv_capacity_tokens < 1:
+            raise CapcalcError("the KV cache holds no token: the model does not fit")
+        self.sm, self.cfg, self.cap, self.gpus = steps, config, kv_capacity_tokens, gpus
+
+    # ------------------------------------------------------------------ KV accounting
+
+    def _kv_used(self, s: _State) -> float:
+        if self.cfg.admission == "reserve":
+            return s.reserved
+        decoding = s.k_sum + s.d * s.g  # each decode holds its context at the next step
+        return decoding + sum(r.computed for r in s.prefilling)
+
+    def _kv_need(self, r: _Req, tokens: int) -> float:
+        if self.cfg.admission == "reserve":
+            return r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
+        return tokens
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, w: Workload) -> ServingResult:
+        cfg = self.cfg
+        total = w.warmup + w.measured
+        s = _State()
+        arrivals: list[tuple[float, int, _Req]] = []  # heap of (arrival, idx, req)
+        reqs: list[_Req] = []
+        rng = random.Random(w.seed)
+
+        def send(at: float) -> None:
+            # closed loop keeps every client busy past the measured requests, so that the
+            # last measured ones run under the same load as the first
+            if w.rate_per_s is not None and len(reqs) >= total:
+                return
+            r = _Req(len(reqs), at, at + cfg.frontend_s, w.prompt_tokens, w.output_tokens)
+            reqs.append(r)
+            heapq.heappush(arrivals, (r.arrival, r.idx, r))
+
+        if w.concurrency:
+            for _ in range(w.concurrency):
+                send(0.0)
+        else:
+            at = 0.0
+            for _ in range(total):
+                at += rng.expovariate(w.rate_per_s)
+                send(at)
+
+        done = 0
+        steps = 0
+        preemptions = 0
+        busy_area = 0.0  # integral of running requests over measured time
+        blocked = {"kv_capacity": 0.0, "max_num_seqs": 0.0}
+        window_start = None
+        measured_done = 0
+
+        def finish(r: _Req, at: float) -> None:
+            nonlocal done, measured_done
+            r.finish = at
+            done += 1
+            s.reserved -= r.reserved
+            if w.warmup <= r.idx < total:
+                measured_done += 1
+            if w.concurrency:
+                send(at)
+
+        def running() -> int:
+            return s.d + len(s.prefilling)
+
+        while measured_done < w.measured:
+            while arrivals and arrivals[0][0] <= s.t + 1e-15:
+                s.waiting.append(heapq.heappop(arrivals)[2])
+            if not s.d and not s.prefilling and not s.waiting:
+                if not arrivals:
+                    raise CapcalcError("simulation ran out of requests")  # cannot happen
+                s.t = arrivals[0][0]
+                continue
+            if window_start is None and len(reqs) > w.warmup and reqs[w.warmup].arrival <= s.t:
+                window_start = reqs[w.warmup].sent
+
+            # ---------------------------------------------------------- schedule one step
+            budget = cfg.max_num_batched_tokens
+            chunks: list[tuple[_Req, int]] = []
+            prefill_only = not cfg.mixed_batches and (s.prefilling or self._admissible(s, budget, running()))
+            decodes = 0 if prefill_only else s.d
+            budget -= decodes
+            for r in s.prefilling:
+                if budget <= 0:
+                    break
+                take = min(r.target - r.computed, budget)
+                chunks.append((r, take))
+                budget -= take
+            why_blocked = None
+            while s.waiting and budget > 0:
+                r = s.waiting[0]
+                if running() >= cfg.max_num_seqs:
+                    why_blocked = "max_num_seqs"
+                    break
+                take = min(r.target, budget)
+                if not cfg.chunked_prefill and take < r.target and (chunks or decodes):
+                    why_blocked = "token_budget"  # a whole prompt waits for a step with room
+                    break
+                need = self._kv_need(r, take)
+                pending = sum(c for _, c in chunks) if cfg.admission == "on_demand" else 0
+                if self._kv_used(s) + pending + need > self.cap:
+                    why_blocked = "kv_capacity"
+                    break
+                s.waiting.popleft()
+                if cfg.admission == "reserve":
+                    s.reserved += need
+                    r.reserved = need
+                s.admit_order += 1
+                r.order = s.admit_order
+                if r.scheduled is None:
+                    r.scheduled = s.t
+                s.prefilling.append(r)
+                chunks.append((r, take))
+                budget -= take
+
+            if not chunks and decodes:
+                # a run of pure decode steps until the next event
+                k = self._decode_run_length(s, arrivals, why_blocked)
+                if cfg.admission == "on_demand":
+                    room = self.cap - self._kv_used(s)  # after this step's writes
+                    if room < 0:  # the cache is full: preempt, then step again
+                        preemptions += self._preempt(s, -room)
+                        continue
+                    k = max(1, min(k, int(room // s.d) + 1))
+                k = self._limit_by_arrival(s, k, arrivals, why_blocked)
+                dt = self._decode_run_time(s, k)
+                n_run = running()
+            elif chunks:
+                k = 1
+                ctx_sum = s.k_sum + s.d * s.g if decodes else 0.0
+                pred = self.sm.predict(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
+                n_run = running()
+                dt = pred.time_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+            else:  # nothing runnable (admission blocked with nothing running cannot happen)
+                raise CapcalcError("the KV cache cannot hold one request of this workload")
+
+            t_end = s.t + dt
+            if window_start is not None:
+                lo = max(s.t, window_start)
+                if t_end > lo:
+                    busy_area += n_run * (t_end - lo)
+                    if why_blocked in blocked and s.waiting:
+                        blocked[why_blocked] += t_end - lo
+            s.t = t_end
+            steps += k
+            if decodes:
+                s.g += k
+                # cohorts whose last decode was in this run finish
+                ended = [c for c in s.cohorts if c.end_g < s.g]
+                for c in ended:
+                    s.cohorts.remove(c)
+                    s.d -= c.n
+                    s.k_sum -= c.n * (c.base + 1 - c.g0)
+                    for r in c.members:
+                        r.generated += c.end_g - c.g0 + 1
+                        finish(r, t_end)
+            if chunks:
+                new: dict[tuple[int, int], list[_Req]] = {}
+                for r, c in chunks:
+                    r.computed += c
+                    if r.computed >= r.target:
+                        s.prefilling.remove(r)
+                        if r.first_token is None:
+                            r.first_token = t_end
+                        r.generated += 1
+                        r.out_left -= 1
+                        if r.out_left <= 0:
+                            finish(r, t_end)
+                        else:
+                            new.setdefault((r.target, r.out_left), []).append(r)
+                for (base, left), members in new.items():
+                    c = _Cohort(members, s.g, base, s.g + left - 1, max(m.order for m in members))
+                    s.cohorts.append(c)
+                    s.d += c.n
+                    s.k_sum += c.n * (base + 1 - s.g)
+
+        return self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _admissible(self, s: _State, budget: int, n_running: int) -> bool:
+        if not s.waiting or n_running >= self.cfg.max_num_seqs:
+            return False
+        r = s.waiting[0]
+        return self._kv_used(s) + self._kv_need(r, min(r.target, budget)) <= self.cap
+
+    def _decode_run_length(self, s: _State, arrivals, why_blocked) -> int:
+        """Pure decode steps until a cohort finishes."""
+        return max(1, min(c.end_g for c in s.cohorts) - s.g + 1)
+
+    def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked) -> int:
+        """Stop the run at the step during which the next admissible request arrives."""
+        if k <= 1:
+            return k
+        if s.waiting and why_blocked:  # admission is blocked until a finish frees room
+            return k
+        if not arrivals and not s.waiting:
+            return k
+        if s.waiting:
+            return 1
+        horizon = arrivals[0][0] - s.t
+        lo, hi = 1, k
+        while lo < hi:  # smallest k' whose run reaches the arrival
+            mid = (lo + hi) // 2
+            if self._decode_run_time(s, mid) >= horizon:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _decode_run_time(self, s: _State, k: int) -> float:
+        """Sum of k pure decode step times from decode step s.g, in closed form: each
+        step is max(compute, memory) + fixed, both affine in the step index."""
+        d = s.d
+        p0 = self.sm.predict(d, s.k_sum + d * s.g)
+        extra = self.cfg.seq_step_overhead_s * d
+        if k == 1:
+            return p0.time_s + extra
+        p1 = self.sm.predict(d, s.k_sum + d * (s.g + k - 1))
+        fixed = p0.time_s - max(p0.compute_s, p0.memory_s)
+        c0, c1 = p0.compute_s, (p1.compute_s - p0.compute_s) / (k - 1)
+        m0, m1 = p0.memory_s, (p1.memory_s - p0.memory_s) / (k - 1)
+
+        def arith(a: float, b: float, i0: int, i1: int) -> float:  # sum of a + b i, i in [i0, i1)
+            n = i1 - i0
+            return n * a + b * (i0 + i1 - 1) * n / 2 if n > 0 else 0.0
+
+        total = k * (fixed + extra)
+        if (c0 >= m0) == (c0 + c1 * (k - 1) >= m0 + m1 * (k - 1)):
+            hi_a, hi_b = (c0, c1) if c0 >= m0 else (m0, m1)
+            return total + arith(hi_a, hi_b, 0, k)
+        cross = min(k, max(1, math.ceil((m0 - c0) / (c1 - m1))))  # first index where the bound flips
+        first, second = ((c0, c1), (m0, m1)) if c0 >= m0 else ((m0, m1), (c0, c1))
+        return total + arith(*first, 0, cross) + arith(*second, cross, k)
+
+    def _preempt(self, s: _State, tokens: float) -> int:
+        """Free ``tokens`` of KV by recomputing the most recently admitted decodes."""
+        freed, count = 0.0, 0
+        for c in sorted(s.cohorts, key=lambda c: c.order, reverse=True):
+            while c.members and freed < tokens:
+                r = c.members.pop()
+                ctx = c.base + 1 + (s.g - c.g0)
+                gen = s.g - c.g0  # decodes done in this cohort
+                r.generated += gen
+                r.out_left -= gen
+                r.target, r.computed = c.base + gen, 0
+                s.d -= 1
+                s.k_sum -= c.base + 1 - c.g0
+                s.waiting.appendleft(r)
+                freed += ctx - 1
+                count += 1
+            if not c.members:
+                s.cohorts.remove(c)
+            if freed >= tokens:
+                break
+        if count == 0:
+            raise CapcalcError("the KV cache cannot hold the running requests")
+        return count
+
+    def _result(self, w, reqs, steps, preemptions, busy_area, blocked, window_start, total) -> ServingResult:
+        m = [r for r in reqs if w.warmup <= r.idx < total]
+        ttft = [r.first_token - r.sent for r in m]
+        e2e = [r.finish - r.sent for r in m]
+        gaps = [r.finish - r.first_token for r in m]
+        o = w.output_tokens
+        tpot = [g / (o - 1) for g in gaps] if o > 1 else [0.0] * len(m)
+        start = window_start if window_start is not None else min(r.sent for r in m)
+        end = max(r.finish for r in m)
+        span = max(end - start, 1e-12)
+        # closed loop: a client sends when its last request ends, so sends count completions;
+        # open loop: completions (below saturation they match the arrivals)
+        # closed loop: the n measured requests are sent from the first one's send to the send
+        # of the request after them, n per that span whatever waves the clients fall into
+        if w.concurrency and len(reqs) > total and reqs[total].sent > m[0].sent:
+            rate = len(m) / (reqs[total].sent - m[0].sent)
+        else:
+            times = sorted(r.finish for r in m)
+            rate = (len(m) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 1 / _mean(e2e)
+        itl = sum(gaps) / (len(m) * (o - 1)) if o > 1 else 0.0
+        binding = max(blocked, key=blocked.get)
+        if blocked[binding] < BINDING_SHARE * span:
+            binding = "none"
+        cfg = self.cfg
+        return ServingResult(
+            engine=cfg.engine,
+            concurrency=w.concurrency,
+            rate_per_s=w.rate_per_s,
+            prompt_tokens=w.prompt_tokens,
+            output_tokens=o,
+            gpus=self.gpus,
+            ttft_s=_mean(ttft),
+            tpot_s=_mean(tpot),
+            itl_s=itl,
+            e2e_s=_mean(e2e),
+            ttft_p50_s=_pct(ttft, 50),
+            ttft_p90_s=_pct(ttft, 90),
+            ttft_p99_s=_pct(ttft, 99),
+            tpot_p50_s=_pct(tpot, 50),
+            tpot_p90_s=_pct(tpot, 90),
+            tpot_p99_s=_pct(tpot, 99),
+            e2e_p50_s=_pct(e2e, 50),
+            e2e_p90_s=_pct(e2e, 90),
+            e2e_p99_s=_pct(e2e, 99),
+            requests_per_s=rate,
+            output_tokens_per_s=rate * o,
+            output_tokens_per_s_per_gpu=rate * o / self.gpus,
+            output_tokens_per_s_per_user=1.0 / itl if itl > 0 else 0.0,
+            running_batch=busy_area / span,
+            queue_s=_mean([r.scheduled - r.arrival for r in m]),
+            preemptions=preemptions,
+            binding_limit=binding,
+            kv_capacity_tokens=self.cap,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            frontend_s=cfg.frontend_s,
+            steps=steps,
+        )
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default, as vllm bench serve reports)."""
+    ys = sorted(xs)
+    pos = (len(ys) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ys) - 1)
+    return ys[lo] + (ys[hi] - ys[lo]) * (pos - lo)
+
+
+# --------------------------------------------------------------------------- one call
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One serving replica: the model on ``tp`` GPUs of one kind, and how it is run."""
+
+    model: object  # ModelProfile
+    gpu: object  # HardwareProfile
+    tp: int = 1
+    weight_dtype: str = "auto"
+    kv_dtype: str = "auto"
+    compute_dtype: str = "auto"
+    group_size: int = 128
+    gpu_memory_utilization: float = 0.9
+
+
+def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
+    """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
+    num_blocks x block_size, with the engine's batch limits sizing the activation peak."""
+    from capcalc.serving.fit import FitRequest, fit, memory_of
+
+    memory, source = memory_of(replica.gpu)
+    req = FitRequest(
+        memory_bytes=memory,
+        memory_source=source,
+        gpu=replica.gpu.name,
+        tp=replica.tp,
+        weight_dtype=replica.weight_dtype,
+        kv_dtype=replica.kv_dtype,
+        group_size=replica.group_size,
+        gpu_memory_utilization=replica.gpu_memory_utilization,
+        max_model_len=min(max_model_len, replica.model.max_context),
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+    )
+    result = fit(replica.model, req, suggest=False)
+    if not result.weights_fit:
+        raise CapcalcError(
+            f"{replica.model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
+        )
+    return result.kv_cache_tokens
+
+
+def predict_serving(
+    replica: Replica,
+    workload: Workload,
+    config: EngineConfig,
+    efficiency,
+    kv_tokens: int | None = None,
+    steps: MixedStepModel | None = None,
+) -> ServingResult:
+    """TTFT, TPOT, ITL, E2E and throughput of ``workload`` on ``replica`` run by ``config``,
+    with the step efficiencies ``efficiency`` (:class:`capcalc.perf.efficiency.Efficiency`).
+    ``kv_tokens`` None sizes the KV cache with :func:`kv_capacity_tokens`; ``steps`` reuses
+    a step model already built for this replica and efficiency (sweeps)."""
+    if kv_tokens is None:
+        kv_tokens = kv_capacity_tokens(replica, config, workload.prompt_tokens + workload.output_tokens)
+    if steps is None:
+        steps = step_model(replica, efficiency, workload.prompt_tokens)
+    return Simulation(steps, config, kv_tokens, gpus=replica.tp).run(workload)
+
+
+def step_model(replica: Replica, efficiency, prompt_tokens: int = 1) -> MixedStepModel:
+    """The mixed-step cost model of ``replica`` (its per-sequence terms anchored at the
+    prompt length, where decodes start)."""
+    return MixedStepModel(
+        replica.model,
+        replica.gpu,
+        efficiency,
+        weight_dtype=replica.weight_dtype,
+        kv_dtype=replica.kv_dtype,
+        tp=replica.tp,
+        compute_dtype=replica.compute_dtype,
+        ctx_floor=prompt_tokens,
+        group_size=replica.group_size,
+    )

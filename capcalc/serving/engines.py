@@ -1,0 +1,205 @@
+"""Per-engine scheduler defaults and serving parameters (vLLM, SGLang, TensorRT-LLM).
+
+An :class:`EngineConfig` says how one serving engine schedules a replica
+(:mod:`capcalc.serving.engine` simulates it): the token budget of a step, the largest
+running batch, whether decodes and prefill chunks share a step, whether a prompt may
+be split, how KV admission works, and the fixed costs outside the forward pass.
+
+Scheduler defaults, by engine, as read from each engine's source:
+
+* vLLM (v1 engine, ``vllm serve`` = the OpenAI API server): ``EngineArgs.get_batch_defaults``
+  (vllm/engine/arg_utils.py) gives ``max_num_batched_tokens`` 8192 and ``max_num_seqs``
+  1024 on a GPU of at least 70 GiB that is not an A100, else 2048 and 256 (the same rule
+  :func:`capcalc.serving.fit.default_batch_limits` uses for the memory fit). Chunked prefill
+  is always on in v1; ``Scheduler.schedule`` (vllm/v1/core/sched/scheduler.py) schedules
+  the running requests first (decodes take one token, partial prefills the rest of the
+  budget), then admits waiting requests FCFS while the token budget, ``max_num_seqs`` and
+  the free KV blocks allow; a running request that cannot get a block preempts the last
+  admitted one, which is recomputed from scratch later (``PreemptionMode.RECOMPUTE``).
+* SGLang (``python -m sglang.launch_server``): ``ServerArgs`` (python/sglang/srt/server_args.py)
+  sets ``chunked_prefill_size`` by GPU memory: < 35 GB 2048, < 160 GB (H100, H200, A100)
+  8192, else (B200, MI300) 16384. ``max_running_requests`` is unset by default; the
+  scheduler then bounds it by the request pool, ``max_num_reqs = min(max(max_total_num_tokens
+  / context_len x 512, 2048), 4096)`` (python/sglang/srt/model_executor/model_runner.py,
+  ``init_memory_pool``), at least 2048 -- the default here -- and by the KV pool itself,
+  which the simulation's admission enforces. Mixed chunks are off by default
+  (``enable_mixed_chunk=False``): the scheduler's ``get_next_batch_to_run`` runs a prefill
+  (extend) batch whenever it can form one and decodes otherwise, so a prefill step stalls
+  every running decode. Admission reserves each request's future decode tokens
+  (``new_token_ratio``, initially ``SGLANG_INIT_NEW_TOKEN_RATIO`` 0.7 of max_new_tokens),
+  so it rarely retracts: modelled as reserving that share up front.
+* TensorRT-LLM (``trtllm-serve``, PyTorch backend): ``BuildConfig`` / ``TorchLlmArgs``
+  defaults ``max_num_tokens`` 8192 and ``max_batch_size`` 2048 (tensorrt_llm/builder.py,
+  tensorrt_llm/llmapi/llm_args.py). In-flight batching puts context and generation
+  requests in one step; context chunking is off by default (``enable_chunked_prefill``
+  False), so a prompt enters a step whole or waits. The capacity scheduler's default
+  policy ``GUARANTEED_NO_EVICT`` admits a request only if the KV cache can hold its
+  prompt plus all ``max_tokens`` of output, so it never evicts.
+
+Fixed costs (``frontend_s``: HTTP, tokenisation, detokenisation and scheduling of one
+request, paid once; ``seq_step_overhead_s``: host work per running sequence per step
+not hidden behind the GPU, e.g. input preparation, sampling bookkeeping, streaming one
+token out) are fitted per engine on the served runs; docs/latency.md ("Serving
+parameters") names the rows each was fitted on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from capcalc.core.errors import CapcalcError
+from capcalc.perf.efficiency import Efficiency
+from capcalc.schema.profiles import HardwareProfile
+
+GB = 1e9
+GIB = 2**30
+
+ENGINES = ("vllm", "sglang", "trtllm")
+ADMISSION = ("on_demand", "reserve")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine schedules a replica, and its fixed costs outside the forward pass."""
+
+    engine: str
+    #: token budget of one step (vLLM max_num_batched_tokens, SGLang chunked_prefill_size,
+    #: TensorRT-LLM max_num_tokens)
+    max_num_batched_tokens: int
+    #: most requests running at once (vLLM max_num_seqs, SGLang max_running_requests,
+    #: TensorRT-LLM max_batch_size)
+    max_num_seqs: int
+    #: decodes and prefill chunks share a step (vLLM, TensorRT-LLM); else a step with prefill
+    #: work runs only prefill and stalls the decodes (SGLang without --enable-mixed-chunk)
+    mixed_batches: bool = True
+    #: a prompt may be split over steps (chunked prefill); else it enters a step whole
+    chunked_prefill: bool = True
+    #: 'on_demand': KV blocks taken as tokens are computed, the last admitted request
+    #: preempted and recomputed when they run out (vLLM); 'reserve': a request is admitted
+    #: only with its prompt plus ``reserve_output_fraction`` of its output reserved
+    admission: str = "on_demand"
+    reserve_output_fraction: float = 1.0
+    #: fixed cost of one request outside the engine steps (HTTP, tokenise, detokenise)
+    frontend_s: float = 0.0
+    #: host cost per running sequence per step not overlapped with the GPU
+    seq_step_overhead_s: float = 0.0
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise CapcalcError(f"unknown engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.admission not in ADMISSION:
+            raise CapcalcError(
+                f"unknown admission {self.admission!r}: expected one of {', '.join(ADMISSION)}"
+            )
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise CapcalcError("max_num_batched_tokens and max_num_seqs must be at least 1")
+        if self.frontend_s < 0 or self.seq_step_overhead_s < 0:
+            raise CapcalcError("frontend_s and seq_step_overhead_s must not be negative")
+
+
+#: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
+FIXED_COSTS: dict[str, dict[str, float]] = {
+    "vllm": {"frontend_s": 9.16e-3, "seq_step_overhead_s": 0.0},
+    # SGLang's large value absorbs TTFT the step model misses on its rows (DeepSeek MLA
+    # prefill at 8k prompts above all): a catch-all, not a measured HTTP cost
+    "sglang": {"frontend_s": 0.341, "seq_step_overhead_s": 0.0},
+    "trtllm": {"frontend_s": 18.9e-3, "seq_step_overhead_s": 0.0},
+}
+
+
+def _memory(gpu: HardwareProfile) -> float:
+    return gpu.memory_reported_bytes or gpu.memory_bytes
+
+
+def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
+    """The scheduler defaults ``engine`` picks on ``gpu`` when not told (module docstring)."""
+    engine = engine.lower()
+    if engine not in ENGINES:
+        raise CapcalcError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    mem = _memory(gpu)
+    fixed = FIXED_COSTS[engine]
+    if engine == "vllm":
+        big = mem >= 70 * GIB and "a100" not in gpu.name.lower()
+        return EngineConfig(
+            "vllm",
+            max_num_batched_tokens=8192 if big else 2048,
+            max_num_seqs=1024 if big else 256,
+            **fixed,
+        )
+    if engine == "sglang":
+        # server_args.py compares gpu_mem in MB (torch total / 2^20) against x * 1024
+        mib = mem / 2**20
+        chunk = 2048 if mib < 35 * 1024 else 8192 if mib < 160 * 1024 else 16384
+        return EngineConfig(
+            "sglang",
+            max_num_batched_tokens=chunk,
+            max_num_seqs=2048,
+            mixed_batches=False,
+            admission="reserve",
+            reserve_output_fraction=0.7,
+            **fixed,
+        )
+    return EngineConfig(
+        "trtllm",
+        max_num_batched_tokens=8192,
+        max_num_seqs=2048,
+        chunked_prefill=False,
+        admission="reserve",
+        **fixed,
+    )
+
+
+def with_overrides(config: EngineConfig, **changes) -> EngineConfig:
+    """``config`` with the non-None ``changes`` applied (flags over defaults)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def engine_efficiency(engine: str, base: Efficiency, weight_dtype: str) -> Efficiency:
+    """The step efficiencies ``engine`` reaches on a GPU whose own are ``base``.
+
+    * ``ENGINE_EFFICIENCY[engine]`` sets the per-layer fixed costs fitted on the served runs;
+    * ``ENGINE_SCALES[engine]`` scales the GPU's bandwidth and FLOP/s efficiencies, the FLOP/s
+      one capped at ``MAX_MATMUL_FRACTION`` (no whole prefill beats the best single matmul);
+    * 4-bit weights (int4, NVFP4, MXFP4) stream at ``FOUR_BIT_STREAM_FACTOR`` of the
+      bandwidth efficiency of 8- and 16-bit ones: the decode GEMV unpacks and rescales
+      every weight group in its inner loop, so it is bound by issue rate before bandwidth.
+    """
+    changes = dict(ENGINE_EFFICIENCY.get(engine, {}))
+    scales = ENGINE_SCALES.get(engine, {})
+    bw = scales.get("bandwidth", 1.0)
+    weight_bw = base.weight_bandwidth_efficiency * bw
+    if weight_dtype in ("int4", "mxfp4", "nvfp4"):
+        weight_bw *= FOUR_BIT_STREAM_FACTOR
+    changes["weight_bandwidth_efficiency"] = min(1.0, weight_bw)
+    changes["kv_bandwidth_efficiency"] = min(1.0, base.kv_bandwidth_efficiency * bw)
+    flops = base.prefill_flops_efficiency * scales.get("flops", 1.0)
+    changes["prefill_flops_efficiency"] = min(MAX_MATMUL_FRACTION, flops)
+    return replace(base, **changes)
+
+
+#: Weight-only int8/int4 decode is reported to stream at 0.57-0.80 of bf16's bandwidth; on the
+#: served rows, Llama-3.1-70B tp1 on B200, NVFP4 vs FP8 (trtllm and vllm, C = 4-8), the
+#: streaming time left after the fixed costs is 0.78 of FP8's rate.
+FOUR_BIT_STREAM_FACTOR = 0.78
+#: best single bf16 matmul: 86.9 % of peak on A100 SXM, 80.3 % on H100 SXM (stas00/ml-engineering,
+#: compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table")
+MAX_MATMUL_FRACTION = 0.869
+
+# Fitted by benchmarks/fit_engine_defaults.py ENGINE --every 6 --rounds 2 --evaluations 8 on every
+# 6th expressible aggregated row of that engine in served_dev.csv (aiconfigurator's
+# silicon_sample.csv, H100 SXM and B200; docs/latency.md "Serving parameters" lists them).
+# layer_overhead_s: kernel launches, tails and the small un-fused ops of one layer of a served
+# step (paged attention metadata, activation quantisation, residual/norm kernels), larger than
+# gpt-fast's 10 us batch-1 figure; moe_layer_overhead_s: routing on top of it.
+#: Per-engine fixed costs of a step.
+ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
+    "vllm": {"layer_overhead_s": 48.3e-6, "moe_layer_overhead_s": 1.1e-6},
+    "sglang": {"layer_overhead_s": 67.8e-6, "moe_layer_overhead_s": 23.3e-6},
+    "trtllm": {"layer_overhead_s": 36.0e-6, "moe_layer_overhead_s": 1.0e-6},
+}
+#: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies (same fit).
+ENGINE_SCALES: dict[str, dict[str, float]] = {
+    "vllm": {"bandwidth": 0.950, "flops": 1.95},
+    "sglang": {"bandwidth": 0.913, "flops": 1.10},
+    "trtllm": {"bandwidth": 0.729, "flops": 1.33},
+}

@@ -1,0 +1,177 @@
+"""The cost of one *mixed* engine step: running decodes plus prefill chunks, as one step.
+
+A continuously batching engine (vLLM v1, TensorRT-LLM in-flight batching) runs in one
+forward pass every running decode (one token each, at its own context) and chunks of
+prompts that are being prefilled (``c`` tokens starting after ``q`` already computed
+ones). The step model of :mod:`capcalc.model.flops` / :func:`capcalc.perf.latency.predict_step`
+prices it like any step: with n = decodes + chunk tokens,
+
+* weights are read once: every dense matrix, and the routed experts that any of the n
+  tokens touches, E x (1 - (1 - k/E)^n);
+* matrix FLOPs are 2 per weight per token for all n tokens; the LM head multiplies one
+  position per sequence in the step (each decode, and the last position of each chunk);
+* attention: each decode attends to its own context (decode dimensions, MLA latent);
+  a chunk of c tokens after a prefix of q attends causally, pairs(q + c) - pairs(q) with
+  the prefill pair count of :func:`capcalc.model.flops.attended_pairs`;
+* KV: each decode reads its sequence's cache at its context, a chunk reads its prefix and
+  its own KV (kv(q + c)); every new token writes one token of KV per layer;
+* activations are streamed for the chunk tokens only (decode activations stay on chip).
+
+Exactness: every component is the same as the one :func:`capcalc.model.flops.step_cost`
+gives, taken from two decode steps and one prefill step of one sequence computed by it
+(components affine in the context: KV and attention per sequence; per token: matmul
+FLOPs, embedding rows, KV writes, activations; constant: the dense weights). So a pure
+decode step of one sequence is ``decode_cost(model, 1, ctx)`` and a chunk of the whole
+prompt alone is ``prefill_cost(model, 1, P)``, component by component. The one
+approximation: per-sequence KV and attention are taken affine in the context from
+``ctx_floor`` up, which is exact for full-attention layers and for sliding-window layers
+once the context passes the window (below it a sliding layer's cache grows with the
+context too: the affine form then overstates it by at most window x per-token KV).
+
+A step is then timed by :func:`capcalc.perf.latency.predict_step`, which sees the step as
+``prefill`` (eff(n) on its n tokens) when it holds any chunk, else as ``decode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capcalc.model.flops import (
+    Component,
+    StepCost,
+    attended_pairs,
+    decode_cost,
+    experts_touched,
+    prefill_cost,
+)
+from capcalc.perf.efficiency import Efficiency
+from capcalc.perf.latency import StepPrediction, predict_step, resolve_compute_dtype
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
+
+_PER_TOKEN_MATMULS = ("qkv_proj", "o_proj", "mlp", "router", "shared_experts")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """``tokens`` prompt tokens of one sequence, after ``prefix`` already computed ones."""
+
+    prefix: int
+    tokens: int
+
+
+class MixedStepModel:
+    """Prices mixed steps of one replica (one GPU of ``tp``) from unit costs computed once."""
+
+    def __init__(
+        self,
+        model: ModelProfile,
+        gpu: HardwareProfile,
+        efficiency: Efficiency,
+        weight_dtype: str = "auto",
+        kv_dtype: str = "auto",
+        tp: int = 1,
+        compute_dtype: str = "auto",
+        ctx_floor: int = 1,
+        **cost_kw,
+    ):
+        self.model, self.gpu, self.efficiency, self.tp = model, gpu, efficiency, tp
+        self.compute_dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+        kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, **cost_kw)
+        lo = max(1, ctx_floor, model.sliding_window or 1)
+        hi = lo + 1024
+        d_lo, d_hi = decode_cost(model, 1, lo, **kw), decode_cost(model, 1, hi, **kw)
+        p_len = 256
+        pre = prefill_cost(model, 1, p_len, **kw)
+        self.weight_dtype, self.kv_dtype = d_lo.weight_dtype, d_lo.kv_dtype
+        c = {x.name: x for x in d_lo.components}
+        c_hi = {x.name: x for x in d_hi.components}
+        cp = {x.name: x for x in pre.components}
+        span = hi - lo
+        # per-sequence KV read and decode attention FLOPs: value at ctx = a + b x ctx
+        self._kv_b = (c_hi["kv_read"].bytes - c["kv_read"].bytes) / span
+        self._kv_a = c["kv_read"].bytes - self._kv_b * lo
+        self._att = {}
+        for name in ("attention_scores", "attention_values"):
+            b = (c_hi[name].flops - c[name].flops) / span
+            self._att[name] = (c[name].flops - b * lo, b)
+        # prefill attention FLOPs per attended (query, key) pair (MLA prefill has its own dims)
+        pairs = attended_pairs(model, "prefill", p_len)
+        self._pre_att = {n: cp[n].flops / pairs for n in ("attention_scores", "attention_values")}
+        self._act_per_token = cp["activations"].bytes / p_len
+        self._kv_write_per_token = c["kv_write"].bytes
+        self._embedding_per_token = c["embedding"].bytes
+        self._matmul = {n: (c[n].flops, c[n].bytes) for n in (*_PER_TOKEN_MATMULS, "lm_head")}
+        self._norms = c["norms_biases"].bytes
+        self._routed = c["routed_experts"]
+        moe = model.moe
+        self._k = moe.experts_per_token if moe else 0
+        self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
+        self._template = d_lo
+
+    # ------------------------------------------------------------------ costs
+
+    def kv_read_bytes(self, ctx: float) -> float:
+        """KV bytes one sequence at ``ctx`` reads (affine form, module docstring)."""
+        return self._kv_a + self._kv_b * ctx
+
+    def cost(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepCost:
+        """The mixed step's itemised cost (per GPU) for ``decodes`` sequences whose contexts
+        sum to ``decode_ctx_sum``, plus ``chunks``."""
+        chunk_tokens = sum(ch.tokens for ch in chunks)
+        n = decodes + chunk_tokens
+        logits = decodes + len(chunks)
+        pairs = sum(
+            attended_pairs(self.model, "prefill", ch.prefix + ch.tokens)
+            - attended_pairs(self.model, "prefill", ch.prefix)
+            for ch in chunks
+        )
+        kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
+        kv_read += sum(self.kv_read_bytes(ch.prefix + ch.tokens) for ch in chunks)
+        comps = [Component("embedding", 0.0, n * self._embedding_per_token, "memory")]
+        for name in ("qkv_proj", "o_proj"):
+            f, b = self._matmul[name]
+            comps.append(Component(name, f * n, b, "matmul"))
+        for name in ("attention_scores", "attention_values"):
+            a, b = self._att[name]
+            flops = decodes * a + b * decode_ctx_sum + self._pre_att[name] * pairs
+            comps.append(Component(name, flops, 0.0, "attention"))
+        for name in ("mlp", "router", "shared_experts"):
+            f, b = self._matmul[name]
+            comps.append(Component(name, f * n, b, "matmul"))
+        touched = None
+        if self.model.moe is not None:
+            touched = experts_touched(self.model.moe.num_experts, self._k, n)
+            comps.append(
+                Component(
+                    "routed_experts", self._routed.flops * n, self._bytes_per_expert * touched, "matmul"
+                )
+            )
+        else:
+            comps.append(Component("routed_experts", 0.0, 0.0, "matmul"))
+        comps.append(Component("norms_biases", 0.0, self._norms, "memory"))
+        comps.append(Component("activations", 0.0, chunk_tokens * self._act_per_token, "memory"))
+        f, b = self._matmul["lm_head"]
+        comps.append(Component("lm_head", f * logits, b, "matmul"))
+        comps.append(Component("kv_read", 0.0, kv_read, "memory"))
+        comps.append(Component("kv_write", 0.0, n * self._kv_write_per_token, "memory"))
+        t = self._template
+        phase = "prefill" if chunks else "decode"
+        return StepCost(
+            phase=phase,
+            model=t.model,
+            batch=decodes if not chunks else 1,
+            new_tokens=1 if not chunks else n,
+            ctx=max(1, round(decode_ctx_sum / decodes)) if decodes else chunks[0].prefix + chunks[0].tokens,
+            tp=t.tp,
+            weight_dtype=t.weight_dtype,
+            kv_dtype=t.kv_dtype,
+            components=tuple(comps),
+            experts_touched_per_layer=touched,
+        )
+
+    def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
+        cost = self.cost(decodes, decode_ctx_sum, chunks)
+        return predict_step(self.model, self.gpu, cost, self.compute_dtype, self.efficiency)
+
+    def time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
+        return self.predict(decodes, decode_ctx_sum, chunks).time_s

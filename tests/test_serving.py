@@ -1,0 +1,192 @@
+"""The serving replica under load (capcalc.serving.engine): scheduler, mixed step, fit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capcalc.perf.efficiency import default_efficiency
+from capcalc.perf.latency import predict_latency
+from capcalc.serving.calibrate import ServedPoint, apply, fit_serving, predict_point, serving_defaults
+from capcalc.serving.engine import Replica, Simulation, Workload, predict_serving, step_model
+from capcalc.serving.engines import EngineConfig, engine_defaults
+from capcalc.serving.stepmodel import Chunk, MixedStepModel
+
+
+@pytest.fixture(scope="module")
+def llama8b(registry):
+    return registry.model("llama-3.1-8b")
+
+
+@pytest.fixture(scope="module")
+def h100(registry):
+    return registry.gpu("h100-sxm")
+
+
+def sim(model, gpu, config, kv_tokens=10**7, eff=None, prompt=512):
+    eff = eff or default_efficiency(gpu)
+    return Simulation(MixedStepModel(model, gpu, eff, ctx_floor=prompt), config, kv_tokens)
+
+
+VLLM = EngineConfig("vllm", max_num_batched_tokens=8192, max_num_seqs=1024, frontend_s=0.004)
+
+
+def test_littles_law_closed_loop(llama8b, h100):
+    """C clients always inside a request: C = requests/s x mean e2e (frontend included)."""
+    for c in (3, 24):
+        r = sim(llama8b, h100, VLLM).run(
+            Workload(512, 128, concurrency=c, warmup_requests=c, num_requests=8 * c)
+        )
+        assert r.requests_per_s * r.e2e_s == pytest.approx(c, rel=0.05)
+
+
+def test_concurrency_one_is_batch_one_plus_frontend(llama8b, h100):
+    eff = default_efficiency(h100)
+    lat = predict_latency(llama8b, h100, 1024, 256, batch=1, efficiency=eff)
+    r = sim(llama8b, h100, VLLM, eff=eff, prompt=1024).run(Workload(1024, 256, concurrency=1))
+    assert r.ttft_s == pytest.approx(lat.ttft_s + VLLM.frontend_s, rel=1e-6)
+    # latency's ITL averages 33 evenly spaced contexts of a linear step time: the exact mean
+    assert r.tpot_s == pytest.approx(lat.itl_s, rel=1e-4)
+    assert r.e2e_s == pytest.approx(lat.e2e_s + VLLM.frontend_s, rel=1e-4)
+    assert r.queue_s == 0 and r.binding_limit == "none"
+
+
+def test_ttft_grows_once_kv_capacity_binds(llama8b, h100):
+    """Room for 64 requests of 640 tokens: at C=64 nobody waits, at C=256 most queue."""
+    wl = dict(prompt_tokens=512, output_tokens=128, warmup_requests=0)
+    for admission in ("on_demand", "reserve"):
+        cfg = replace(VLLM, admission=admission)
+        free = sim(llama8b, h100, cfg, kv_tokens=10**7).run(Workload(**wl, concurrency=256))
+        tight = sim(llama8b, h100, cfg, kv_tokens=64 * 640).run(Workload(**wl, concurrency=256))
+        assert free.binding_limit == "none"
+        assert tight.binding_limit == "kv_capacity"
+        assert tight.ttft_s > 2 * free.ttft_s
+        assert tight.queue_s > free.queue_s
+        assert tight.running_batch <= 64 * 640 / 512  # every admitted request holds its prompt
+
+
+def test_max_num_seqs_binds(llama8b, h100):
+    cfg = replace(VLLM, max_num_seqs=16)
+    r = sim(llama8b, h100, cfg).run(Workload(512, 128, concurrency=64))
+    assert r.binding_limit == "max_num_seqs"
+    assert r.running_batch <= 16 + 1e-9
+
+
+def test_mixed_step_by_hand(llama8b, h100):
+    """Llama-3.1-8B, tp 1, bf16: two decodes at contexts 100 and 300 plus one chunk of 32
+    prompt tokens after 64 computed ones: n = 34 tokens, 3 logit positions.
+    KV per token: 2 (K, V) x 8 heads x 128 x 2 B x 32 layers = 131,072 B.
+      kv_read  = (100 + 300) x 131,072 + (64 + 32) x 131,072 = 65,011,712 B
+      kv_write = 34 x 131,072 = 4,456,448 B
+    attention scores, 2 x 32 heads x 128 = 8,192 FLOP per attended pair:
+      decodes 400 pairs x 32 layers; chunk 32 x 64 + 32 x 33 / 2 = 2,576 pairs x 32 layers
+      = 8,192 x 32 x 2,976 = 780,140,544 FLOP
+    q/k/v projection: 4096 x (4096 + 2 x 1024) = 25,165,824 weights x 32 layers, 2 FLOP per
+    weight per token: 2 x 34 x 805,306,368 = 54,760,833,024 FLOP, its weights read once
+    (805,306,368 x 2 B). LM head: 2 x 3 x 128,256 x 4,096 FLOP."""
+    sm = MixedStepModel(llama8b, h100, default_efficiency(h100))
+    cost = sm.cost(2, 400, (Chunk(prefix=64, tokens=32),))
+    assert cost.tokens == 34
+    assert cost.component("kv_read").bytes == pytest.approx(65_011_712)
+    assert cost.component("kv_write").bytes == pytest.approx(4_456_448)
+    assert cost.component("attention_scores").flops == pytest.approx(780_140_544)
+    assert cost.component("qkv_proj").flops == pytest.approx(54_760_833_024)
+    assert cost.component("qkv_proj").bytes == pytest.approx(805_306_368 * 2)
+    assert cost.component("lm_head").flops == pytest.approx(2 * 3 * 128_256 * 4_096)
+    assert cost.phase == "prefill"  # a step holding a chunk gets eff(n) of its 34 tokens
+
+
+def test_open_loop_low_rate_is_concurrency_one(llama8b, h100):
+    one = sim(llama8b, h100, VLLM).run(Workload(512, 64, concurrency=1))
+    slow = sim(llama8b, h100, VLLM).run(Workload(512, 64, rate_per_s=1e-4, num_requests=50))
+    assert slow.ttft_s == pytest.approx(one.ttft_s, rel=1e-6)
+    assert slow.tpot_s == pytest.approx(one.tpot_s, rel=1e-6)
+    assert slow.running_batch < 0.01
+
+
+def test_open_loop_is_deterministic_and_queues_near_saturation(llama8b, h100):
+    a = sim(llama8b, h100, VLLM).run(Workload(512, 64, rate_per_s=20, seed=3))
+    b = sim(llama8b, h100, VLLM).run(Workload(512, 64, rate_per_s=20, seed=3))
+    assert a == b
+    fast = sim(llama8b, h100, VLLM).run(Workload(512, 64, rate_per_s=200, seed=3))
+    assert fast.tpot_s > a.tpot_s and fast.running_batch > a.running_batch
+
+
+def test_sglang_prefill_stalls_decodes(llama8b, h100):
+    """Open loop (arrivals spread out): without mixed chunks every arriving prompt gets a step of its own, which the
+    running decodes wait through: TPOT under load is higher than vLLM's mixed steps."""
+    mixed = sim(llama8b, h100, VLLM).run(Workload(2048, 256, rate_per_s=8))
+    split = sim(llama8b, h100, replace(VLLM, mixed_batches=False)).run(Workload(2048, 256, rate_per_s=8))
+    assert split.tpot_s > mixed.tpot_s
+
+
+def test_engine_defaults_follow_gpu_memory(registry):
+    h100, b200, l4 = registry.gpu("h100-sxm"), registry.gpu("b200"), registry.gpu("l4")
+    assert engine_defaults("vllm", h100).max_num_batched_tokens == 8192
+    assert engine_defaults("vllm", l4).max_num_seqs == 256
+    assert engine_defaults("sglang", h100).max_num_batched_tokens == 8192
+    assert engine_defaults("sglang", b200).max_num_batched_tokens == 16384
+    assert engine_defaults("sglang", l4).max_num_batched_tokens == 2048
+    assert engine_defaults("trtllm", b200).max_num_seqs == 2048
+
+
+def test_fit_recovers_known_parameters(registry):
+    """Synthetic points made with frontend 20 ms and 0.8x bandwidth: the fit finds both."""
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    replica = Replica(model, gpu)
+    truth = {"frontend_s": 0.020, "bandwidth_scale": 0.8}
+    points = []
+    for c, p, o in ((1, 512, 64), (8, 1024, 64), (32, 512, 128), (4, 2048, 32)):
+        wl = Workload(p, o, concurrency=c)
+        probe = ServedPoint(replica, wl, "vllm", 1.0, 1.0)
+        r = predict_point(probe, apply(serving_defaults(probe), truth))
+        points.append(replace(probe, ttft_s=r.ttft_s, tpot_s=r.tpot_s))
+    fit = fit_serving(points, parameters=("frontend_s", "bandwidth_scale"), rounds=3, evaluations=14)
+    assert fit.values["frontend_s"] == pytest.approx(0.020, rel=0.05)
+    assert fit.values["bandwidth_scale"] == pytest.approx(0.8, rel=0.03)
+    assert fit.loss_after < fit.loss_before
+    assert max(abs(e) for pair in fit.after for e in pair) < 0.02
+
+
+def test_predict_serving_sizes_kv_from_fit(llama8b, h100):
+    replica = Replica(llama8b, h100)
+    cfg = engine_defaults("vllm", h100)
+    r = predict_serving(replica, Workload(1024, 128, concurrency=4), cfg, default_efficiency(h100))
+    assert r.kv_capacity_tokens > 100_000  # ~55 GiB of a 80 GiB card at 128 KiB per token
+    assert r.output_tokens_per_s_per_gpu == pytest.approx(r.output_tokens_per_s)
+
+
+@settings(max_examples=12, deadline=None)
+@given(scale=st.floats(1.05, 3.0), c=st.integers(1, 48))
+def test_more_bandwidth_never_slower(registry, scale, c):
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    wl = Workload(512, 64, concurrency=c)
+    base = sim(model, gpu, VLLM).run(wl)
+    faster_gpu = replace(gpu, bandwidth_bytes_per_s=gpu.bandwidth_bytes_per_s * scale)
+    fast = sim(model, faster_gpu, VLLM, eff=default_efficiency(gpu)).run(wl)
+    assert fast.e2e_s <= base.e2e_s * (1 + 1e-9)
+    assert fast.requests_per_s >= base.requests_per_s * (1 - 1e-9)
+
+
+@settings(max_examples=12, deadline=None)
+@given(c=st.integers(1, 63))
+def test_more_concurrency_never_fewer_requests_per_s(registry, c):
+    """Below saturation (KV and max_num_seqs ample) one more client never lowers throughput."""
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    s = sim(model, gpu, VLLM)
+    lo = s.run(Workload(512, 64, concurrency=c, warmup_requests=c, num_requests=6 * c))
+    hi = s.run(Workload(512, 64, concurrency=c + 1, warmup_requests=c + 1, num_requests=6 * (c + 1)))
+    assert hi.requests_per_s >= lo.requests_per_s * 0.97
+
+
+def test_step_model_reused_by_predict_serving(llama8b, h100):
+    replica = Replica(llama8b, h100)
+    eff = default_efficiency(h100)
+    sm = step_model(replica, eff, 1024)
+    cfg = engine_defaults("trtllm", h100)
+    a = predict_serving(replica, Workload(1024, 64, concurrency=2), cfg, eff, steps=sm)
+    b = predict_serving(replica, Workload(1024, 64, concurrency=2), cfg, eff)
+    assert a == b
