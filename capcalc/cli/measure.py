@@ -28,6 +28,7 @@ from capcalc.cli.common import (
     parse_int_list,
     resolve_model,
 )
+from capcalc.cli.usage import error_message
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
 from capcalc.report.output import TableSpec, humanize, record, rows_table, stderr_console
@@ -347,10 +348,10 @@ def _measure_model(
                 )
         fitting, refused = plan_points(profile_m, dtype, info, specs, repeats)
         if not fitting and len(models) == 1:
-            raise CapcalcError(refused[0][1], exit_code=1)
+            raise refused[0][1]
         refused_count += len(refused)
         for _spec, reason in refused:
-            _warn(f"skipping: {reason}")
+            _warn(f"skipping: {error_message(reason, 'measure')}")
         if fitting:
             plans.append((profile_m, fitting))
     if not plans:

@@ -33,7 +33,7 @@ from capcalc.cli.sweep_spec import (
     record_rows,
     sweep_exit_code,
 )
-from capcalc.cli.usage import USAGE_ERRORS
+from capcalc.cli.usage import USAGE_ERRORS, error_message
 from capcalc.core.errors import CapcalcError
 from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
 
@@ -87,7 +87,7 @@ def run_one(command, name: str, combination: Combination) -> tuple[list[dict], s
         ):
             result = command.invoke(sub)
     except CapcalcError as exc:
-        return [], exc.message, exc.exit_code
+        return [], error_message(exc, name), exc.exit_code
     except typer.Exit as exc:
         if exc.exit_code:
             return [], f"exited with code {exc.exit_code}", exc.exit_code

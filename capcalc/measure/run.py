@@ -80,13 +80,14 @@ def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) 
 
 def plan_points(
     model: ModelProfile, dtype: str, info: DeviceInfo, specs: list[PointSpec], repeats: int | None = None
-) -> tuple[list[tuple[PointSpec, MemoryEstimate]], list[tuple[PointSpec, str]]]:
-    """Split ``specs`` into those that fit (with their estimate) and those refused (with why)."""
+) -> tuple[list[tuple[PointSpec, MemoryEstimate]], list[tuple[PointSpec, CapcalcError]]]:
+    """Split ``specs`` into those that fit (with their estimate) and those refused (with
+    the :class:`CapcalcError` that says why)."""
     check_supported(model, dtype)
     fitting, refused = [], []
     for spec in specs:
         if spec.phase == "decode" and spec.tokens < 1:
-            raise CapcalcError(f"--ctx must be at least 1, got {spec.tokens}")
+            raise CapcalcError(f"ctx must be at least 1, got {spec.tokens}", parameter="ctx")
         try:
             estimate = check_point(
                 model,
@@ -101,7 +102,7 @@ def plan_points(
             )
             fitting.append((spec, estimate))
         except CapcalcError as exc:
-            refused.append((spec, exc.message))
+            refused.append((spec, exc))
     return fitting, refused
 
 
