@@ -132,8 +132,12 @@ class Session:
 
     # ------------------------------------------------------------------ sources
 
-    def note(self, note: Note | str) -> None:
-        note = note if isinstance(note, Note) else Note(note)
+    def note(self, note: Note | CapcalcError | str) -> None:
+        """Add a note (an error that did not stop the work, e.g. a point refused, too)."""
+        if isinstance(note, CapcalcError):
+            note = Note(note.message, note.parameter, note.template)
+        elif not isinstance(note, Note):
+            note = Note(str(note))
         if note not in self.notes:
             self.notes.append(note)
 

@@ -183,3 +183,27 @@ def test_import_capcalc_does_not_import_the_api():
     code = "import sys, capcalc; print('capcalc.api' in sys.modules, 'capcalc.serving.fit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_measure_returns_the_records_the_command_prints_and_its_warnings_as_notes(monkeypatch):
+    pytest.importorskip("torch")
+    from capcalc.measure import bench
+    from tests.conftest import TEST_PROFILES
+
+    for name, value in (
+        ("CPU_COPY_BYTES", 4 * 2**20),
+        ("CPU_STREAM_BYTES", 4 * 2**20),
+        ("CPU_MATMUL_N", 128),
+    ):
+        monkeypatch.setattr(bench, name, value)
+    s = Session(profiles=[TEST_PROFILES])
+    result = s.measure(
+        "tiny-test", device="cpu", batches=(1, 100_000_000), contexts=(24,), prompts=(16,), repeats=2
+    )
+    points, summary = result.records[:-1], result.records[-1]
+    assert [(p["record"], p["batch"]) for p in points] == [("decode", 1), ("prefill", 1)]
+    # the median of 2 timed steps after 2 warm-up steps attends ctx + 3 tokens (measure.run.attended_tokens)
+    assert points[0]["ctx_attended"] == 24 + 3
+    assert summary["record"] == "calibration" and summary["skipped_points"] == 1
+    # the refused point is a note (an error naming its parameters), not a line on stderr
+    assert any("tiny-test decode at batch 100000000, ctx 24 needs" in str(n) for n in s.notes)

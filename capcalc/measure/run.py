@@ -69,6 +69,16 @@ def default_repeats(info: DeviceInfo, phase: str) -> tuple[int, int]:
     return (2, 5) if phase == "decode" else (1, 3)
 
 
+def attended_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+    """Tokens the median timed step of ``spec`` attends to, as the latency model is asked:
+    a decode point's context plus the warm-up steps and half the timed ones (each step
+    adds one token; the schedule is :func:`default_repeats`'); a prefill's prompt."""
+    if spec.phase != "decode":
+        return spec.tokens
+    warm, timed = default_repeats(info, "decode")
+    return spec.tokens + warm + ((repeats or timed) + 1) // 2
+
+
 def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
     warmup, timed = default_repeats(info, spec.phase)
     if spec.phase == "prefill":
