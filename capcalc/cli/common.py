@@ -7,9 +7,7 @@ import functools
 import inspect
 import sys
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -72,27 +70,6 @@ ProfilesOpt = Annotated[
 ]
 
 
-#: Where ``Output.emit`` hands records instead of printing them, while set (see
-#: :func:`collect_records`).
-_RECORD_SINK: ContextVar[Optional[Callable[[list[dict]], None]]] = ContextVar(
-    "capcalc_record_sink", default=None
-)
-
-
-@contextmanager
-def collect_records(sink: Callable[[list[dict]], None]) -> Iterator[None]:
-    """While inside, every ``Output.emit`` calls ``sink(records)`` and prints nothing.
-
-    ``sweep`` runs a command's own Click command once per combination inside this, so
-    it gets exactly the records the command would print, without formatting them or
-    reading them back from JSON."""
-    token = _RECORD_SINK.set(sink)
-    try:
-        yield
-    finally:
-        _RECORD_SINK.reset(token)
-
-
 class Output:
     """The output options of one invocation, parsed once."""
 
@@ -100,10 +77,6 @@ class Output:
         self.format = choose_format(json_, jsonl, csv_)
 
     def emit(self, records, spec: TableSpec | None = None, single: bool = False) -> None:
-        sink = _RECORD_SINK.get()
-        if sink is not None:
-            sink(list(records))
-            return
         emit(records, self.format, spec, single)
 
 
@@ -179,6 +152,10 @@ def _option_group(target: str, params: list[inspect.Parameter], build: Callable[
 
         command.__signature__ = inspect.Signature(merged)
         command.__annotations__ = {p.name: p.annotation for p in merged}
+        command.option_groups = (
+            *getattr(func, "option_groups", ()),
+            (target, [p.name for p in params], build),
+        )
         return command
 
     return decorate
@@ -227,6 +204,31 @@ def efficiency_options(func):
         return {names[k]: v for k, v in values.items() if v is not None}
 
     return _option_group("efficiency", params, build)(func)
+
+
+def collapse_groups(command, params: dict) -> dict:
+    """A command's parsed option values with its option groups built, as the command
+    itself receives them (``deployment``, ``efficiency``)."""
+    params = dict(params)
+    for target, names, build in reversed(getattr(command, "option_groups", ())):
+        params[target] = build({n: params.pop(n) for n in names})
+    return params
+
+
+#: name -> (command function, compute(session, **params), records(result)): what ``sweep``
+#: runs for each combination, the same calls the command makes, without rendering
+COMPUTE: dict[str, tuple[Callable, Callable, Callable]] = {}
+
+
+def sweepable(name: str, compute: Callable, records: Callable):
+    """Register a command for ``sweep``: ``compute(session, **params)`` is what the command
+    calls with its parsed options, ``records(result)`` the records it prints."""
+
+    def register(command):
+        COMPUTE[name] = (command, compute, records)
+        return command
+
+    return register
 
 
 def parse_int_list(text: str, what: str) -> list[int]:

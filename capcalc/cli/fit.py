@@ -21,6 +21,7 @@ from capcalc.cli.common import (
     parse_bytes_option,
     session,
     show_notes,
+    sweepable,
 )
 from capcalc.cli.usage import suggestion_text
 from capcalc.core.errors import CapcalcError
@@ -49,6 +50,7 @@ def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
 
 
 @app.command("fit")
+@sweepable("fit", lambda s, **params: compute(s, **params), lambda outcome: records(outcome))
 @deployment_options("weight_dtype", "kv_dtype", "pp", "group_size", "quantize_embeddings")
 def fit_command(
     model: ModelArg,
@@ -111,6 +113,55 @@ def fit_command(
     """Does it fit on these GPUs, how many sequences at once, and what will vLLM say?"""
     out = Output(json_, jsonl, csv_)
     s = session(profiles)
+    try:
+        result, notes = compute(
+            s,
+            model,
+            deployment,
+            gpu,
+            gpu_memory,
+            tp,
+            n_gpus,
+            concurrency,
+            max_model_len,
+            gpu_memory_utilization,
+            block_size,
+            max_num_seqs,
+            max_num_batched_tokens,
+            activation_bytes,
+            overhead_bytes,
+            cudagraph_bytes,
+            kv_cache_memory,
+            disable_hybrid_kv_cache_manager,
+        )
+    finally:
+        show_notes(s)
+    out.emit(
+        records((result, notes)), TableSpec(render=lambda recs, con: render(result, con, notes)), single=True
+    )
+
+
+def compute(
+    s,
+    model,
+    deployment,
+    gpu=None,
+    gpu_memory=None,
+    tp=None,
+    n_gpus=None,
+    concurrency=None,
+    max_model_len=None,
+    gpu_memory_utilization=DEFAULT_UTILIZATION,
+    block_size=DEFAULT_BLOCK_SIZE,
+    max_num_seqs=None,
+    max_num_batched_tokens=None,
+    activation_bytes=None,
+    overhead_bytes=None,
+    cudagraph_bytes=None,
+    kv_cache_memory=None,
+    disable_hybrid_kv_cache_manager=False,
+):
+    """The fit for the parsed options, and the table's notes."""
     if (gpu is None) == (gpu_memory is None):
         raise CapcalcError("give exactly one of --gpu GPU or --gpu-memory BYTES")
     tp_value = _tp(tp, n_gpus)
@@ -118,35 +169,38 @@ def fit_command(
         raise CapcalcError(f"--concurrency must be positive, got {concurrency:g}")
     if tp_value is not None and concurrency is not None:
         raise CapcalcError("--concurrency needs --tp auto or --n-gpus to search over")
-    try:
-        result = s.fit(
-            model,
-            gpu,
-            parse_bytes_option(gpu_memory, "--gpu-memory") if gpu is None else None,
-            deployment,
-            concurrency,
-            tp=tp_value if tp_value is not None else "auto",
-            n_gpus=n_gpus,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            block_size=block_size,
-            max_num_seqs=max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens,
-            activation_bytes=_bytes(activation_bytes, "--activation-bytes"),
-            overhead_bytes=_bytes(overhead_bytes, "--overhead-bytes"),
-            cudagraph_bytes=_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
-            kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
-            hybrid=not disable_hybrid_kv_cache_manager,
-        )
-    finally:
-        show_notes(s)
+    result = s.fit(
+        model,
+        gpu,
+        parse_bytes_option(gpu_memory, "--gpu-memory") if gpu is None else None,
+        deployment,
+        concurrency,
+        tp=tp_value if tp_value is not None else "auto",
+        n_gpus=n_gpus,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        block_size=block_size,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        activation_bytes=_bytes(activation_bytes, "--activation-bytes"),
+        overhead_bytes=_bytes(overhead_bytes, "--overhead-bytes"),
+        cudagraph_bytes=_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
+        kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
+        hybrid=not disable_hybrid_kv_cache_manager,
+    )
     notes = []
     if tp_value is None and result.fits and (concurrency is None or result.max_concurrency >= concurrency):
         goal = f"serves {concurrency:g} sequences" if concurrency is not None else "fits"
         notes.append(f"tp search: tp={result.tp} is the smallest valid tp that {goal}.")
+    return result, notes
+
+
+def records(outcome) -> list[dict]:
+    """fit's record, its suggestions as the flags that apply them."""
+    result, _ = outcome
     rec = result.record()
     rec["suggestions"] = suggestion_flags(result)
-    out.emit([rec], TableSpec(render=lambda recs, con: render(result, con, notes)), single=True)
+    return [rec]
 
 
 def suggestion_flags(r: FitResult) -> list[str]:

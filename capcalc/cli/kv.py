@@ -18,12 +18,18 @@ from capcalc.cli.common import (
     parse_bytes_option,
     session,
     show_notes,
+    sweepable,
 )
 from capcalc.core.units import format_bytes
 from capcalc.report.output import TableSpec
 
 
+def compute(s, model, deployment, ctx=None, batch=1, memory=None):
+    return s.kv(model, ctx, batch, parse_bytes_option(memory, "--memory"), deployment)
+
+
 @app.command()
+@sweepable("kv", compute, lambda result: [result.record()])
 @deployment_options("kv_dtype", "tp")
 def kv(
     model: ModelArg,
@@ -44,7 +50,7 @@ def kv(
     out = Output(json_, jsonl, csv_)
     s = session(profiles)
     try:
-        result = s.kv(model, ctx, batch, parse_bytes_option(memory, "--memory"), deployment)
+        result = compute(s, model, deployment, ctx, batch, memory)
     finally:
         show_notes(s)
     tp = result.tp

@@ -21,6 +21,7 @@ from capcalc.cli.common import (
     efficiency_options,
     session,
     show_notes,
+    sweepable,
 )
 from capcalc.perf.efficiency import ResolvedEfficiency
 from capcalc.report.output import TableSpec, humanize
@@ -55,7 +56,12 @@ def render(title: str):
     return draw
 
 
+def compute(s, model, gpu, deployment, efficiency, prompt=1024, output=256, batch=1):
+    return s.latency(model, gpu, prompt, output, batch, deployment, efficiency)
+
+
 @app.command(name="latency")
+@sweepable("latency", compute, lambda report: [report.record()])
 @deployment_options("weight_dtype", "kv_dtype", "compute_dtype", "tp", "group_size", "quantize_embeddings")
 @efficiency_options
 def latency_command(
@@ -78,7 +84,7 @@ def latency_command(
     out = Output(json_, jsonl, csv_)
     s = session(profiles, no_calibration)
     try:
-        report = s.latency(model, gpu, prompt, output, batch, deployment, efficiency)
+        report = compute(s, model, gpu, deployment, efficiency, prompt, output, batch)
     finally:
         show_notes(s)
     result = report.result

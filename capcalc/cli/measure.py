@@ -145,6 +145,10 @@ def measure(
         save,
         _progress,
         _warn,
+        lambda names, dtype, dev: (
+            f"capcalc measure {','.join(names)} --batch {batch} --ctx {ctx} --prompt {prompt} "
+            f"--prefill-batch {prefill_batch} --weight-dtype {dtype} --device {dev} --save"
+        ),
     )
     for note in result.notes:
         print(f"capcalc: {note}", file=sys.stderr)

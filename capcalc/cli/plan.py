@@ -22,6 +22,7 @@ from capcalc.cli.common import (
     parse_int_list,
     session,
     show_notes,
+    sweepable,
 )
 from capcalc.core.errors import CapcalcError
 from capcalc.core.units import format_duration, parse_duration, parse_rate
@@ -60,7 +61,51 @@ def parse_prices(values: Optional[list[str]]) -> dict[str, float]:
     return prices
 
 
+def compute(
+    s,
+    model,
+    rps,
+    prompt,
+    output,
+    deployment,
+    efficiency,
+    gpu=None,
+    tp=None,
+    weight_dtype="auto",
+    kv_dtype="auto",
+    ttft_slo=None,
+    itl_slo=None,
+    e2e_slo=None,
+    price=None,
+    gpu_memory_utilization=DEFAULT_UTILIZATION,
+    max_num_seqs=None,
+):
+    """The plan for the parsed options."""
+    rate, unit = parse_rate(rps, "--rps")
+    if unit != "req":
+        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
+    return s.plan(
+        model,
+        rate,
+        prompt,
+        output,
+        gpus=_names(gpu) or None,
+        tps=parse_int_list(tp, "--tp") if tp is not None else None,
+        weight_dtypes=_names(weight_dtype) or ["auto"],
+        kv_dtypes=_names(kv_dtype) or ["auto"],
+        ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
+        itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
+        e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
+        prices=parse_prices(price),
+        deployment=deployment,
+        efficiency=efficiency,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_num_seqs=max_num_seqs,
+    )
+
+
 @app.command(name="plan")
+@sweepable("plan", compute, lambda report: report.records())
 @deployment_options("compute_dtype", "group_size", "quantize_embeddings")
 @efficiency_options
 def plan_command(
@@ -104,30 +149,12 @@ def plan_command(
     """How many GPUs for this traffic and these SLOs, and what does a million tokens cost?"""
     out = Output(json_, jsonl, csv_)
     s = session(profiles, no_calibration)
-    rate, unit = parse_rate(rps, "--rps")
-    if unit != "req":
-        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
     try:
-        report = s.plan(
-            model,
-            rate,
-            prompt,
-            output,
-            gpus=_names(gpu) or None,
-            tps=parse_int_list(tp, "--tp") if tp is not None else None,
-            weight_dtypes=_names(weight_dtype) or ["auto"],
-            kv_dtypes=_names(kv_dtype) or ["auto"],
-            ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
-            itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
-            e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
-            prices=parse_prices(price),
-            deployment=deployment,
-            efficiency=efficiency,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_num_seqs=max_num_seqs,
-        )
+        report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
+                         ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs)  # fmt: skip
     finally:
         show_notes(s)
+    rate = report.traffic.requests_per_s
     slos = report.slos
     title = (
         f"Plan: {report.model}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"

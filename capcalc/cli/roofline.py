@@ -19,6 +19,7 @@ from capcalc.cli.common import (
     deployment_options,
     session,
     show_notes,
+    sweepable,
 )
 from capcalc.core.units import format_bytes
 from capcalc.model.flops import COMPONENTS
@@ -108,7 +109,17 @@ def render(records: list[dict], console) -> None:
     )
 
 
+def compute(s, model, gpu, deployment, batch=1, ctx=1024, prompt=1024, plot=None):
+    """The roofline, and its chart drawn to ``plot`` when given."""
+    plot_path = check_plot_path(plot) if plot is not None else None
+    result = s.roofline(model, gpu, batch, ctx, prompt, deployment)
+    if plot_path is not None:
+        save_roofline_chart(plot_path, result, chart_points(s.model(model), s.gpu(gpu), result))
+    return result
+
+
 @app.command(name="roofline")
+@sweepable("roofline", compute, lambda result: [result.record()])
 @deployment_options("weight_dtype", "kv_dtype", "compute_dtype", "tp", "group_size", "quantize_embeddings")
 def roofline_command(
     model: ModelArg,
@@ -130,13 +141,10 @@ def roofline_command(
 ):
     """Where is the bottleneck: FLOPs, bytes, intensity and bound of a decode step and a prefill."""
     out = Output(json_, jsonl, csv_)
-    plot_path = check_plot_path(plot) if plot is not None else None
     s = session(profiles)
     try:
-        result = s.roofline(model, gpu, batch, ctx, prompt, deployment)
+        result = compute(s, model, gpu, deployment, batch, ctx, prompt, plot)
     finally:
         show_notes(s)
     rec = result.record()
     out.emit([rec], TableSpec(render=render, notes=landmark_notes(rec)), single=True)
-    if plot_path is not None:
-        save_roofline_chart(plot_path, result, chart_points(s.model(model), s.gpu(gpu), result))

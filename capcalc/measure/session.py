@@ -219,11 +219,13 @@ def measure_models(
     save: bool = False,
     progress=None,
     warn: Callable[[str], None] = _ignore,
+    describe: Callable[[list[str], str, str], str] | None = None,
 ) -> MeasureResult:
     """Build each model (random weights) with torch, time decode steps of ``batches`` x
     ``contexts`` and prefills of ``prefill_batches`` x ``prompts``, compare each with the
     latency model and fit the efficiency parameters to all the points together (one
-    fit per model too); ``save`` writes the fit to the calibration file."""
+    fit per model too); ``save`` writes the fit to the calibration file, recording how to
+    repeat the run: ``describe(model names, dtype, device)`` (default: this call)."""
     from capcalc.core.dtypes import canonical_dtype
     from capcalc.measure.model import LOOP_DTYPES
 
@@ -376,10 +378,13 @@ def measure_models(
         measured_figures = {"bandwidth_bytes_per_s": copy.bandwidth_bytes_per_s}
         if peaks:
             measured_figures["peak_flops_per_s"] = peaks
+        names = [p.name for p, _ in plans]
         command = (
-            f"capcalc measure {','.join(p.name for p, _ in plans)} --batch {_csv(batches)} --ctx {_csv(contexts)} "
-            f"--prompt {_csv(prompts)} --prefill-batch {_csv(prefill_batches)} --weight-dtype {dtype} "
-            f"--device {info.device} --save"
+            describe(names, dtype, info.device)
+            if describe is not None
+            else f"Session.measure({','.join(names)!r}, batches={list(batches)}, contexts={list(contexts)}, "
+            f"prompts={list(prompts)}, prefill_batches={list(prefill_batches)}, weight_dtype={dtype!r}, "
+            f"device={info.device!r}, save=True)"
         )
         saved = str(
             save_entry(
@@ -430,11 +435,6 @@ def measure_models(
     return MeasureResult(
         "model", records, notes, info.device, info.device_name, info.torch_version, profile_g.name
     )
-
-
-def _csv(values: Sequence[int]) -> str:
-    """A list as the command line gives it ('none' when empty)."""
-    return ",".join(str(v) for v in values) or "none"
 
 
 def _progress_or_none(progress):
