@@ -12,6 +12,8 @@ from capcalc.core.errors import CapcalcError
 from capcalc.model.parallel import MAX_TP, pp_layer_ranges, valid_tp_degrees
 from capcalc.model.params import count_params
 from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
+from capcalc.schema.deployment import Deployment
 from capcalc.serving.fit import GIB, FitRequest, check_request, fit, kv_cache_groups, search_tp
 from capcalc.sources.loader import model_from_dict
 
@@ -43,7 +45,8 @@ REQUIRED_KEYS = {
 def req(**kw) -> FitRequest:
     kw.setdefault("memory_bytes", 80 * GIB)
     kw.setdefault("memory_source", "flag")
-    return FitRequest(**kw)
+    deployment = Deployment(**{k: kw.pop(k) for k in list(kw) if k in DEPLOYMENT_FIELDS})
+    return FitRequest(deployment=deployment, **kw)
 
 
 # --------------------------------------------------------------------------- the seed's 70B case
@@ -155,13 +158,13 @@ def test_budget_equation(registry):
 
 def test_weights_split_by_tp_with_kv_projection_replication(registry):
     m = registry.model("llama-3-8b")  # 8 KV heads
-    one = weight_bytes_per_gpu(m, "bf16")[0].bytes
+    one = weight_bytes_per_gpu(m, weight_dtype="bf16")[0].bytes
     h, hd = 4096, 128
     for tp in (2, 4, 8):
-        assert weight_bytes_per_gpu(m, "bf16", tp=tp)[0].bytes < one
+        assert weight_bytes_per_gpu(m, weight_dtype="bf16", tp=tp)[0].bytes < one
     # past 8 GPUs each still holds one KV head: k/v stop shrinking (replicated)
-    tp8 = weight_bytes_per_gpu(m, "bf16", tp=8)[0].bytes
-    tp16 = weight_bytes_per_gpu(m, "bf16", tp=16)[0].bytes
+    tp8 = weight_bytes_per_gpu(m, weight_dtype="bf16", tp=8)[0].bytes
+    tp16 = weight_bytes_per_gpu(m, weight_dtype="bf16", tp=16)[0].bytes
     q_o = 2 * h * 32 * hd * 2
     mlp_embed = (3 * h * 14336 * 32 + 2 * 128256 * h) * 2
     # k/v (one head per GPU at tp=8 and tp=16 alike) and the norms do not change
@@ -170,7 +173,7 @@ def test_weights_split_by_tp_with_kv_projection_replication(registry):
 
 def test_pipeline_stages_hold_layers_embedding_and_head(registry):
     m = registry.model("llama-3-8b")  # untied
-    stages = weight_bytes_per_gpu(m, "bf16", pp=2)
+    stages = weight_bytes_per_gpu(m, weight_dtype="bf16", pp=2)
     assert [(s.first_layer, s.end_layer) for s in stages] == [(0, 16), (16, 32)]
     assert stages[0].holds_embedding and not stages[0].holds_lm_head
     assert stages[1].holds_lm_head and not stages[1].holds_embedding
@@ -180,16 +183,16 @@ def test_pipeline_stages_hold_layers_embedding_and_head(registry):
 def test_tied_head_needs_its_own_copy_on_the_last_stage(registry):
     m = registry.model("gemma-3-12b")  # tie_word_embeddings: true
     table = count_params(m).embedding * 2
-    stages = weight_bytes_per_gpu(m, "bf16", pp=2)
+    stages = weight_bytes_per_gpu(m, weight_dtype="bf16", pp=2)
     assert sum(s.bytes for s in stages) == pytest.approx(weight_bytes(m, "bf16").bytes + table)
 
 
 def test_int4_weights_carry_group_scales(registry):
     m = registry.model("llama-3-8b")
-    w = weight_bytes_per_gpu(m, "int4", group_size=128)[0].bytes
+    w = weight_bytes_per_gpu(m, weight_dtype="int4", group_size=128)[0].bytes
     # 6,979,321,856 matmul weights at 4 + 20/128 bits + 1,050,939,392 others at 2 B (test_params)
     assert w == 5_727_854_592
-    assert weight_bytes_per_gpu(m, "int4", group_size=32)[0].bytes > w
+    assert weight_bytes_per_gpu(m, weight_dtype="int4", group_size=32)[0].bytes > w
 
 
 def test_vllm_pp_split_gives_the_remainder_to_the_stages_before_the_last():
@@ -245,19 +248,8 @@ def test_every_suggestion_makes_it_fit(registry):
     base = req(memory_bytes=24 * GIB, max_model_len=131072)
     r = fit(model, base)
     assert not r.fits and r.suggestions
-    flags = {
-        "--max-model-len": ("max_model_len", int),
-        "--gpu-memory-utilization": ("gpu_memory_utilization", float),
-        "--kv-cache-dtype": ("kv_dtype", str),
-        "--weight-dtype": ("weight_dtype", str),
-        "--tp": ("tp", int),
-    }
-    from dataclasses import replace
-
-    for suggestion in r.suggestions:
-        flag, value = suggestion.split()
-        field, kind = flags[flag]
-        assert fit(model, replace(base, **{field: kind(value)})).fits, suggestion
+    for parameter, value in r.suggestions:
+        assert fit(model, base.changed(**{parameter: value})).fits, (parameter, value)
 
 
 def test_search_tp_returns_the_smallest_fitting_degree(registry):
@@ -288,8 +280,9 @@ def test_search_tp_without_n_gpus_stops_at_max_tp(registry):
 def test_check_request_is_the_usage_check_and_leaves_tp_to_fit(registry):
     model = registry.model("llama-3.1-8b")
     check_request(req(tp=3), model)  # an invalid tp is a per-candidate matter (plan rejects it)
-    with pytest.raises(CapcalcError, match=r"^--gpu-memory-utilization must be in \(0, 1\], got 1.5$"):
+    with pytest.raises(CapcalcError, match=r"^gpu_memory_utilization must be in \(0, 1\], got 1.5$") as err:
         check_request(req(gpu_memory_utilization=1.5), model)
+    assert err.value.parameter == "gpu_memory_utilization"
     with pytest.raises(CapcalcError, match="^unknown KV dtype 'fp9'"):
         check_request(req(kv_dtype="fp9"), model)
     with pytest.raises(CapcalcError, match="^unknown weight dtype 'fp9'"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 
+from capcalc.schema.deployment import Deployment
 from capcalc.serving.fit import GIB, FitRequest, fit, kv_cache_groups
 
 MIB = 2**20
@@ -107,10 +108,9 @@ def test_deepseek_v2_lite_mla_tp2_pp2(cli, registry):
         FitRequest(
             memory_bytes=23034 * MIB,
             memory_source="flag",
-            tp=2,
-            pp=2,
             max_model_len=1024,
             kv_cache_memory=12.13 * GIB,
+            deployment=Deployment(tp=2, pp=2),
         ),
     )
     assert r.page_bytes == DSV2_LITE_PAGE  # 18,432 B
@@ -127,10 +127,9 @@ def test_deepseek_v2_lite_mla_tp2_pp2(cli, registry):
         FitRequest(
             memory_bytes=23034 * MIB,
             memory_source="flag",
-            tp=2,
-            pp=2,
             max_model_len=1024,
             kv_cache_memory=blocks * 14 * DSV2_LITE_PAGE,
+            deployment=Deployment(tp=2, pp=2),
         ),
     )
     assert exact.kv_cache_tokens == 807_792
@@ -142,7 +141,10 @@ def test_mla_kv_per_gpu_does_not_shrink_with_tp(registry):
     model = registry.model("deepseek-v2-lite")
     per_gpu = [
         fit(
-            model, FitRequest(memory_bytes=80 * GIB, memory_source="flag", tp=tp, max_model_len=4096)
+            model,
+            FitRequest(
+                memory_bytes=80 * GIB, memory_source="flag", max_model_len=4096, deployment=Deployment(tp=tp)
+            ),
         ).page_bytes
         for tp in (1, 2, 4, 8, 16)
     ]
@@ -165,7 +167,11 @@ def test_budget_matches_vllm_011_on_h100(registry, model, tp, weights_gib, activ
     r = fit(
         registry.model(model),
         FitRequest(
-            memory_bytes=79.18 * GIB, memory_source="flag", tp=tp, max_model_len=16000, block_size=128
+            memory_bytes=79.18 * GIB,
+            memory_source="flag",
+            max_model_len=16000,
+            block_size=128,
+            deployment=Deployment(tp=tp),
         ),
     )
     assert (r.max_num_seqs, r.max_num_batched_tokens) == (1024, 8192)  # vllm serve on a >= 70 GiB GPU
@@ -251,7 +257,12 @@ def test_window_saves_memory_only_when_window_plus_batch_is_below_max_model_len(
 
 def test_qwen3_235b_tp8_weights_replicate_the_kv_projections(registry):
     model = registry.model("qwen3-235b-a22b")
-    r = fit(model, FitRequest(memory_bytes=80 * GIB, memory_source="flag", tp=8, max_model_len=8192))
+    r = fit(
+        model,
+        FitRequest(
+            memory_bytes=80 * GIB, memory_source="flag", max_model_len=8192, deployment=Deployment(tp=8)
+        ),
+    )
     assert r.weights_bytes_per_gpu / GIB == pytest.approx(54.9206, rel=5e-4)
     # splitting the 4 KV heads' k/v projections 8 ways instead would miss the log by 5x more:
     # each GPU holds a whole head, 94 layers x 2 (k, v) x 4096 x 128 x 2 B, not half of one
@@ -261,7 +272,12 @@ def test_qwen3_235b_tp8_weights_replicate_the_kv_projections(registry):
     )
     assert r.kv_heads_per_gpu == 1 and r.kv_replicated
     assert r.kv_bytes_per_token_per_gpu == 94 * 2 * 1 * 128 * 2  # the same as at tp=4
-    tp4 = fit(model, FitRequest(memory_bytes=80 * GIB, memory_source="flag", tp=4, max_model_len=8192))
+    tp4 = fit(
+        model,
+        FitRequest(
+            memory_bytes=80 * GIB, memory_source="flag", max_model_len=8192, deployment=Deployment(tp=4)
+        ),
+    )
     assert tp4.kv_bytes_per_token_per_gpu == r.kv_bytes_per_token_per_gpu and not tp4.kv_replicated
 
 
@@ -274,9 +290,9 @@ def test_qwen3_30b_a3b_tp4_log(registry):
         FitRequest(
             memory_bytes=80 * GIB,
             memory_source="flag",
-            tp=4,
             max_model_len=8192,
             kv_cache_memory=blocks * 48 * page,
+            deployment=Deployment(tp=4),
         ),
     )
     assert r.weights_bytes_per_gpu / GIB == pytest.approx(14.2474, rel=1e-3)
@@ -289,9 +305,9 @@ def test_qwen3_30b_a3b_tp4_log(registry):
         FitRequest(
             memory_bytes=80 * GIB,
             memory_source="flag",
-            tp=8,
             max_model_len=8192,
             kv_cache_memory=blocks * 48 * page,
+            deployment=Deployment(tp=8),
         ),
     )
     assert tp8.page_bytes == page and tp8.kv_replicated and tp8.kv_cache_tokens == 198_784
@@ -315,10 +331,10 @@ def test_gemma3_27b_tp2_log_before_the_hybrid_manager(registry):
         FitRequest(
             memory_bytes=80 * GIB,
             memory_source="flag",
-            tp=2,
             max_model_len=4096,
             kv_cache_memory=budget,
             hybrid=False,
+            deployment=Deployment(tp=2),
         ),
     )
     assert old.page_bytes == page and old.kv_cache_groups == 1
@@ -329,7 +345,11 @@ def test_gemma3_27b_tp2_log_before_the_hybrid_manager(registry):
     new = fit(
         model,
         FitRequest(
-            memory_bytes=80 * GIB, memory_source="flag", tp=2, max_model_len=4096, kv_cache_memory=budget
+            memory_bytes=80 * GIB,
+            memory_source="flag",
+            max_model_len=4096,
+            kv_cache_memory=budget,
+            deployment=Deployment(tp=2),
         ),
     )
     assert new.blocks_per_request == 256 + 6 * 257

@@ -187,7 +187,7 @@ def test_pre_check_refuses_with_the_numbers_and_a_suggestion():
     assert err.value.message == (
         "tiny-test decode at batch 64, ctx 1024 needs 0.0691 GB (weights 0.000428 GB + KV cache "
         "0.0336 GB + activations 0.00152 GB + workspace 0.0336 GB) but cpu has 0.048 GB usable "
-        "(0.06 GB free); try --batch 25 at this ctx or --ctx 400 at this batch"
+        "(0.06 GB free); try batch 25 at this ctx or ctx 400 at this batch"
     )
     # and the suggestions do fit
     check_point(TINY, "fp32", "decode", 25, 1024, 1024, 60e6, False, "cpu")

@@ -123,6 +123,6 @@ def test_unsupported_architectures_are_refused(registry):
     with pytest.raises(CapcalcError, match=r"multi-head latent attention \(MLA\)"):
         check_supported(registry.model("deepseek-v2-lite"), "bf16")
     with pytest.raises(
-        CapcalcError, match=r"--weight-dtype int4: the measure loop runs in bf16, fp16, fp32 only"
+        CapcalcError, match=r"^weight_dtype int4: the measure loop runs in bf16, fp16, fp32 only"
     ):
         check_supported(TINY, "int4")

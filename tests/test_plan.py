@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.schema.deployment import Deployment
 from capcalc.serving.plan import Candidate, Replica, SLOs, Traffic, littles_rate, plan, replica_capacity
 
 BASE = ("plan", "llama-3-8b", "--gpu", "h100-sxm", "--tp", "1", "--prompt", "1000", "--output", "200")
@@ -199,7 +200,7 @@ def test_an_invalid_tp_is_rejected_per_candidate_in_the_api(registry):
     model, gpu = registry.model("llama-3-8b"), registry.gpu("h100-sxm")
     results = plan(
         model,
-        [Candidate(gpu, 3), Candidate(gpu, 1)],
+        [Candidate(gpu, Deployment(tp=3)), Candidate(gpu, Deployment(tp=1))],
         Traffic(1.0, 1000, 200),
         SLOs(),
         lambda g: resolve_efficiency(g, None, None),

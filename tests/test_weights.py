@@ -114,7 +114,7 @@ def test_a_decode_step_streams_the_weights_fit_holds(registry, name, tp, dtype, 
     m = registry.model(name)
     p = count_params(m)
     assert p.position_embedding == p.extra == 0
-    held = weight_bytes_per_gpu(m, dtype, quantize_embeddings=quantize_embeddings, tp=tp)
+    held = weight_bytes_per_gpu(m, weight_dtype=dtype, quantize_embeddings=quantize_embeddings, tp=tp)
     assert len(held) == 1  # pp=1: one stage holds every layer, the embedding and the head
     kw = dict(weight_dtype=dtype, kv_dtype="bf16", tp=tp, quantize_embeddings=quantize_embeddings)
     cost = decode_cost(m, 1_000_000, 1, **kw)

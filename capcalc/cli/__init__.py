@@ -15,7 +15,7 @@ import typer
 from capcalc.cli import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
 from capcalc.cli.common import app
 from capcalc.cli.strict import harden
-from capcalc.cli.usage import USAGE_ERRORS
+from capcalc.cli.usage import USAGE_ERRORS, error_message
 from capcalc.core.errors import CapcalcError
 
 __all__ = ["app", "main"]
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=argv, prog_name="capcalc", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except CapcalcError as exc:
-        _error(exc.message)
+        _error(error_message(exc, _command_name(argv)))
         return exc.exit_code
     except USAGE_ERRORS as exc:
         # bad flag value, missing argument, unknown option
@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (set CAPCALC_DEBUG=1 for a traceback)")
         return 1
+
+
+def _command_name(argv: list[str] | None) -> str | None:
+    """The subcommand of ``argv`` (its first word), for the flags its errors name."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
 
 
 def _error(message: str) -> None:

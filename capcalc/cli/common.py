@@ -3,27 +3,24 @@ and the one function that hands records to the renderer."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from capcalc.core.dtypes import KV_DTYPES
+from capcalc.cli.usage import error_message, flag_for
+from capcalc.core.dtypes import COMPUTE_DTYPES, KV_DTYPES, WEIGHT_DTYPES
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt, parse_int
 from capcalc.core.units import parse_quantity
-from capcalc.model.weights import WEIGHT_DTYPES
-from capcalc.perf.efficiency import ResolvedEfficiency
-from capcalc.perf.latency import COMPUTE_DTYPES
+from capcalc.perf.efficiency import DESCRIPTIONS, PARAMETERS
 from capcalc.report.output import TableSpec, choose_format, emit
 from capcalc.schema.profiles import ModelProfile
-from capcalc.sources.calibration import load_calibration
-from capcalc.sources.dirs import profile_dirs
-from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
 app = typer.Typer(
@@ -51,6 +48,11 @@ ComputeDtypeOpt = Annotated[
 TpOpt = Annotated[
     int, typer.Option(help="Tensor-parallel GPUs (heads, weights and FLOPs split across them).")
 ]
+PpOpt = Annotated[int, typer.Option(help="Pipeline-parallel stages.")]
+GroupSizeOpt = Annotated[int, typer.Option(help="Quantisation group size (int4/int8 scales).")]
+QuantizeEmbeddingsOpt = Annotated[
+    bool, typer.Option(help="Quantise the embedding and LM head too (default: 16-bit).")
+]
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (base units: bytes, seconds, FLOP).")]
 JsonlFlag = Annotated[bool, typer.Option("--jsonl", help="Print one JSON record per line.")]
@@ -69,27 +71,6 @@ ProfilesOpt = Annotated[
 ]
 
 
-#: Where ``Output.emit`` hands records instead of printing them, while set (see
-#: :func:`collect_records`).
-_RECORD_SINK: ContextVar[Optional[Callable[[list[dict]], None]]] = ContextVar(
-    "capcalc_record_sink", default=None
-)
-
-
-@contextmanager
-def collect_records(sink: Callable[[list[dict]], None]) -> Iterator[None]:
-    """While inside, every ``Output.emit`` calls ``sink(records)`` and prints nothing.
-
-    ``sweep`` runs a command's own Click command once per combination inside this, so
-    it gets exactly the records the command would print, without formatting them or
-    reading them back from JSON."""
-    token = _RECORD_SINK.set(sink)
-    try:
-        yield
-    finally:
-        _RECORD_SINK.reset(token)
-
-
 class Output:
     """The output options of one invocation, parsed once."""
 
@@ -97,74 +78,49 @@ class Output:
         self.format = choose_format(json_, jsonl, csv_)
 
     def emit(self, records, spec: TableSpec | None = None, single: bool = False) -> None:
-        sink = _RECORD_SINK.get()
-        if sink is not None:
-            sink(list(records))
-            return
         emit(records, self.format, spec, single)
 
 
-_REGISTRY_CACHE: dict[tuple, Registry] = {}
-_CALIBRATION_CACHE: dict[tuple, dict] = {}
-_CALIBRATION_NOTED: set[tuple] = set()
-
-
-def _profile_files_state(dirs: list[Path]) -> tuple:
-    """(path, inode, mtime, size) of every YAML file capcalc would read from ``dirs`` (the
-    inode: an atomic rewrite within the clock's granularity may keep mtime and size)."""
-    state = []
-    for path in dirs:
-        if path.is_dir():
-            for file in sorted(path.iterdir()):
-                if file.suffix in (".yaml", ".yml"):
-                    try:
-                        stat = file.stat()
-                    except OSError:  # a dangling link: the loader says so, in one line
-                        state.append((str(file), None, None, None))
-                        continue
-                    state.append((str(file), stat.st_ino, stat.st_mtime_ns, stat.st_size))
-        else:
-            state.append((str(path), None, None, None))
-    return tuple(state)
-
-
-def _files_key(profiles: Optional[list[Path]]) -> tuple:
-    """What a registry or calibration read for these ``--profiles`` depends on: the
-    directories read (:func:`capcalc.sources.dirs.profile_dirs`) and their files' state."""
-    dirs = profile_dirs(profiles or ())
-    return (tuple(str(d) for d in dirs), _profile_files_state(dirs))
-
-
-def load_registry(profiles: Optional[list[Path]]) -> Registry:
-    """The registry for these ``--profiles`` directories, loaded once per process
-    (``sweep`` runs a command thousands of times) and reloaded when any profile
-    file in play changes."""
-    key = _files_key(profiles)
-    if key not in _REGISTRY_CACHE:
-        _REGISTRY_CACHE.clear()
-        registry = Registry.load([str(d) for d in (profiles or ())])
-        for message in registry.notes:
-            note(message)
-        _REGISTRY_CACHE[key] = registry
-        _RESOLVERS.clear()
-    return _REGISTRY_CACHE[key]
-
-
-_RESOLVERS: dict[int, ModelResolver] = {}
 _NOTED: set[str] = set()
 
 
-def note(message: str) -> None:
+def note(message) -> None:
     """The one notes channel: ``capcalc: note: ...`` on stderr, each message once per
-    process (a sweep would otherwise repeat it for every combination)."""
-    if message in _NOTED:
+    process (a sweep would otherwise repeat it for every combination). A library
+    :class:`~capcalc.core.errors.Note` names its parameters as flags."""
+    text = error_message(message) if hasattr(message, "parameters") else str(message)
+    if text in _NOTED:
         return
-    _NOTED.add(message)
-    print(f"capcalc: note: {message}", file=sys.stderr)
+    _NOTED.add(text)
+    print(f"capcalc: note: {text}", file=sys.stderr)
 
 
-def resolve_model(reg: Registry, name: str) -> ModelProfile:
+def session(profiles: Optional[list[Path]] = None, no_calibration: bool = False):
+    """The library session for these ``--profiles`` (the registry, calibration and resolved
+    models are cached for the process by :mod:`capcalc.api`)."""
+    from capcalc.api import Session
+
+    return Session(profiles or (), use_calibration=not no_calibration)
+
+
+def show_notes(s) -> None:
+    """Print the session's notes (each once per process)."""
+    for message in s.notes:
+        note(message)
+
+
+def load_registry(profiles: Optional[list[Path]]):
+    """The registry for these ``--profiles`` directories, its notes shown."""
+    s = session(profiles)
+    registry = s.registry
+    show_notes(s)
+    return registry
+
+
+def resolve_model(reg, name: str) -> ModelProfile:
     """A model by profile name, folder or Hub id (:class:`ModelResolver`), its notes shown."""
+    from capcalc.api import _RESOLVERS
+
     resolver = _RESOLVERS.setdefault(id(reg), ModelResolver(reg))
     resolved = resolver.resolve(name)
     for message in resolved.notes:
@@ -172,29 +128,108 @@ def resolve_model(reg: Registry, name: str) -> ModelProfile:
     return resolved.profile
 
 
-def load_calibration_cached(profiles: Optional[list[Path]]) -> dict:
-    """:func:`capcalc.sources.calibration.load_calibration` for these ``--profiles``, read once
-    per process like :func:`load_registry` and reread when a file in play changes.
-    The mapping is shared between calls: do not modify it."""
-    key = _files_key(profiles)
-    if key not in _CALIBRATION_CACHE:
-        _CALIBRATION_CACHE.clear()
-        _CALIBRATION_CACHE[key] = load_calibration(profiles or ())
-    return _CALIBRATION_CACHE[key]
+# --------------------------------------------------------------------------- option groups
+#
+# Options that several commands share and that the command receives as one value: a
+# decorator adds them to the command's signature (Typer reads ``__signature__``), and
+# calls the command with the value built from them. ``sweep`` sees ordinary options.
 
 
-def note_calibration(gpu_name: str, resolved: ResolvedEfficiency) -> None:
-    """Say on stderr that ``gpu_name``'s calibration is used: once per process for each
-    entry (``sweep`` resolves the same one for every combination)."""
-    if not resolved.calibrated:
-        return
-    key = (gpu_name, resolved.calibration_path, resolved.calibration_date)
-    if key in _CALIBRATION_NOTED:
-        return
-    _CALIBRATION_NOTED.add(key)
-    when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
-    where = resolved.calibration_path or "calibration.yaml"
-    note(f"using the calibration of {gpu_name}{when} from {where}")
+def _option_group(target: str, params: list[inspect.Parameter], build: Callable[[dict], Any]):
+    def decorate(func):
+        hints = typing.get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(func).parameters.values()
+            if p.name != target
+        ]
+        at = next((i for i, p in enumerate(own) if p.name in ("json_", "no_calibration")), len(own))
+        merged = own[:at] + params + own[at:]
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            values = {p.name: kwargs.pop(p.name) for p in params}
+            return func(**kwargs, **{target: build(values)})
+
+        command.__signature__ = inspect.Signature(merged)
+        command.__annotations__ = {p.name: p.annotation for p in merged}
+        command.option_groups = (
+            *getattr(func, "option_groups", ()),
+            (target, [p.name for p in params], build),
+        )
+        return command
+
+    return decorate
+
+
+def _param(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+_DEPLOYMENT_OPTIONS = {
+    "weight_dtype": (WeightDtypeOpt, "auto"),
+    "kv_dtype": (KvDtypeOpt, "auto"),
+    "compute_dtype": (ComputeDtypeOpt, "auto"),
+    "tp": (TpOpt, 1),
+    "pp": (PpOpt, 1),
+    "group_size": (GroupSizeOpt, 128),
+    "quantize_embeddings": (QuantizeEmbeddingsOpt, False),
+}
+
+
+def deployment_options(*names: str):
+    """Add the deployment flags ``names`` (fields of :class:`Deployment`; all when none are
+    named) to a command, which receives them as ``deployment: Deployment``. The other
+    fields keep their defaults."""
+    from capcalc.schema.deployment import Deployment
+
+    chosen = names or tuple(_DEPLOYMENT_OPTIONS)
+    params = [_param(n, *_DEPLOYMENT_OPTIONS[n]) for n in chosen]
+    return _option_group("deployment", params, lambda values: Deployment(**values))
+
+
+def _efficiency_option(name: str):
+    unit = " (e.g. 10us, 0.3ms, or seconds)" if name.endswith("_s") else ""
+    kind = Optional[str] if name.endswith("_s") else Optional[float]
+    option = typer.Option(flag_for(name), help=f"Assume {DESCRIPTIONS[name]}{unit}.")
+    return _param(name.removesuffix("_s"), Annotated[kind, option], None)
+
+
+def efficiency_options(func):
+    """Add the nine efficiency flags (:data:`capcalc.perf.efficiency.PARAMETERS`) to a
+    command, which receives the ones given as ``efficiency: dict`` (parameter -> value)."""
+    params = [_efficiency_option(name) for name in PARAMETERS]
+    names = dict(zip((p.name for p in params), PARAMETERS, strict=True))
+
+    def build(values: dict) -> dict:
+        return {names[k]: v for k, v in values.items() if v is not None}
+
+    return _option_group("efficiency", params, build)(func)
+
+
+def collapse_groups(command, params: dict) -> dict:
+    """A command's parsed option values with its option groups built, as the command
+    itself receives them (``deployment``, ``efficiency``)."""
+    params = dict(params)
+    for target, names, build in reversed(getattr(command, "option_groups", ())):
+        params[target] = build({n: params.pop(n) for n in names})
+    return params
+
+
+#: name -> (command function, compute(session, **params), records(result)): what ``sweep``
+#: runs for each combination, the same calls the command makes, without rendering
+COMPUTE: dict[str, tuple[Callable, Callable, Callable]] = {}
+
+
+def sweepable(name: str, compute: Callable, records: Callable):
+    """Register a command for ``sweep``: ``compute(session, **params)`` is what the command
+    calls with its parsed options, ``records(result)`` the records it prints."""
+
+    def register(command):
+        COMPUTE[name] = (command, compute, records)
+        return command
+
+    return register
 
 
 def parse_int_list(text: str, what: str, kind: str = "count") -> list[int]:

@@ -14,29 +14,22 @@ from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
-    KvDtypeOpt,
     ModelArg,
     Output,
     ProfilesOpt,
-    WeightDtypeOpt,
     app,
-    load_registry,
+    deployment_options,
     parse_bytes_option,
-    resolve_model,
+    session,
+    show_notes,
+    sweepable,
 )
+from capcalc.cli.usage import suggestion_text
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt, parse_int
 from capcalc.core.units import format_bytes, parse_quantity
-from capcalc.report.output import TableSpec, field_table, record
-from capcalc.serving.fit import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_UTILIZATION,
-    FitRequest,
-    FitResult,
-    fit,
-    memory_of,
-    search_tp,
-)
+from capcalc.report.output import TableSpec, field_table
+from capcalc.serving.fit import DEFAULT_BLOCK_SIZE, DEFAULT_UTILIZATION, FitResult
 
 BAR_WIDTH = 50
 
@@ -59,8 +52,11 @@ def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
 
 
 @app.command("fit")
+@sweepable("fit", lambda s, **params: compute(s, **params), lambda outcome: records(outcome))
+@deployment_options("weight_dtype", "kv_dtype", "pp", "group_size", "quantize_embeddings")
 def fit_command(
     model: ModelArg,
+    deployment,
     gpu: Annotated[
         Optional[str], typer.Option(help="GPU profile (memory: reported if known, else datasheet).")
     ] = None,
@@ -72,7 +68,6 @@ def fit_command(
         Optional[str],
         typer.Option(help="Tensor-parallel GPUs (default 1), or 'auto': the smallest valid tp that fits."),
     ] = None,
-    pp: Annotated[int, typer.Option(help="Pipeline-parallel stages.")] = 1,
     n_gpus: Annotated[
         Optional[int], typer.Option(help="GPUs available: search tp up to this and count replicas.")
     ] = None,
@@ -86,12 +81,6 @@ def fit_command(
             "--max-model-len", "--ctx", help="Tokens per request (default: the model's max context)."
         ),
     ] = None,
-    weight_dtype: WeightDtypeOpt = "auto",
-    kv_dtype: KvDtypeOpt = "auto",
-    group_size: Annotated[int, typer.Option(help="Quantisation group size (int4/int8 scales).")] = 128,
-    quantize_embeddings: Annotated[
-        bool, typer.Option(help="Quantise the embedding and LM head too (default: 16-bit).")
-    ] = False,
     gpu_memory_utilization: Annotated[
         float, typer.Option(help="Fraction of the GPU's total memory vLLM may use.")
     ] = DEFAULT_UTILIZATION,
@@ -125,30 +114,75 @@ def fit_command(
 ):
     """Does it fit on these GPUs, how many sequences at once, and what will vLLM say?"""
     out = Output(json_, jsonl, csv_)
-    reg = load_registry(profiles)
-    profile = resolve_model(reg, model)
+    s = session(profiles)
+    try:
+        result, notes = compute(
+            s,
+            model,
+            deployment,
+            gpu,
+            gpu_memory,
+            tp,
+            n_gpus,
+            concurrency,
+            max_model_len,
+            gpu_memory_utilization,
+            block_size,
+            max_num_seqs,
+            max_num_batched_tokens,
+            activation_bytes,
+            overhead_bytes,
+            cudagraph_bytes,
+            kv_cache_memory,
+            disable_hybrid_kv_cache_manager,
+        )
+    finally:
+        show_notes(s)
+    out.emit(
+        records((result, notes)), TableSpec(render=lambda recs, con: render(result, con, notes)), single=True
+    )
+    if not result.fits:  # as `plan` does when no candidate carries the load
+        print(f"capcalc: error: {result.model} does not fit (see the verdict above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def compute(
+    s,
+    model,
+    deployment,
+    gpu=None,
+    gpu_memory=None,
+    tp=None,
+    n_gpus=None,
+    concurrency=None,
+    max_model_len=None,
+    gpu_memory_utilization=DEFAULT_UTILIZATION,
+    block_size=DEFAULT_BLOCK_SIZE,
+    max_num_seqs=None,
+    max_num_batched_tokens=None,
+    activation_bytes=None,
+    overhead_bytes=None,
+    cudagraph_bytes=None,
+    kv_cache_memory=None,
+    disable_hybrid_kv_cache_manager=False,
+):
+    """The fit for the parsed options, and the table's notes."""
     if (gpu is None) == (gpu_memory is None):
         raise CapcalcError("give exactly one of --gpu GPU or --gpu-memory BYTES")
-    if gpu is not None:
-        hw = reg.gpu(gpu)
-        memory, source = memory_of(hw)
-        gpu_name = hw.name
-    else:
-        memory, source = parse_bytes_option(gpu_memory, "--gpu-memory"), "flag"
-        gpu_name = ""
     tp_value = _tp(tp, n_gpus)
     if concurrency is not None and concurrency <= 0:
         raise CapcalcError(f"--concurrency must be positive, got {concurrency:g}")
-    req = FitRequest(
-        memory_bytes=memory,
-        memory_source=source,
-        gpu=gpu_name,
-        tp=tp_value or 1,
-        pp=pp,
-        weight_dtype=weight_dtype,
-        kv_dtype=kv_dtype,
-        group_size=group_size,
-        quantize_embeddings=quantize_embeddings,
+    if tp_value is not None and concurrency is not None:
+        raise CapcalcError("--concurrency needs --tp auto or --n-gpus to search over")
+    result = s.fit(
+        model,
+        gpu,
+        parse_bytes_option(gpu_memory, "--gpu-memory") if gpu is None else None,
+        deployment,
+        concurrency,
+        tp=tp_value if tp_value is not None else "auto",
+        n_gpus=n_gpus,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
         block_size=block_size,
@@ -159,29 +193,25 @@ def fit_command(
         cudagraph_bytes=_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
         kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
         hybrid=not disable_hybrid_kv_cache_manager,
-        n_gpus=n_gpus,
     )
     notes = []
-    if tp_value is None:
-        result, found = search_tp(profile, req, concurrency)
+    if tp_value is None and result.fits and (concurrency is None or result.max_concurrency >= concurrency):
         goal = f"serves {concurrency:g} sequences" if concurrency is not None else "fits"
-        if found:
-            notes.append(f"tp search: tp={result.tp} is the smallest valid tp that {goal}.")
-        else:
-            limit = f" within {n_gpus} GPUs" if n_gpus else ""
-            print(
-                f"capcalc: note: no valid tp{limit} {goal}; showing the largest, tp={result.tp}",
-                file=sys.stderr,
-            )
-    else:
-        if concurrency is not None:
-            raise CapcalcError("--concurrency needs --tp auto or --n-gpus to search over")
-        result = fit(profile, req)
-    out.emit([record(result)], TableSpec(render=lambda recs, con: render(result, con, notes)), single=True)
-    if not result.fits:  # as `plan` does when no candidate carries the load
-        print(f"capcalc: error: {result.model} does not fit (see the verdict above)", file=sys.stderr)
-        return 1
-    return 0
+        notes.append(f"tp search: tp={result.tp} is the smallest valid tp that {goal}.")
+    return result, notes
+
+
+def records(outcome) -> list[dict]:
+    """fit's record, its suggestions as the flags that apply them."""
+    result, _ = outcome
+    rec = result.record()
+    rec["suggestions"] = suggestion_flags(result)
+    return [rec]
+
+
+def suggestion_flags(r: FitResult) -> list[str]:
+    """fit's (parameter, value) suggestions as the flags that apply them: ``--tp 2``."""
+    return [suggestion_text(parameter, value, "fit") for parameter, value in r.suggestions]
 
 
 # --------------------------------------------------------------------------- table
@@ -278,6 +308,6 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
     if error:
         console.print(f"vLLM would stop: {error}")
     if r.suggestions:
-        console.print("would fit with: " + " · ".join(r.suggestions))
+        console.print("would fit with: " + " · ".join(suggestion_flags(r)))
     for note in notes:
         console.print(note)

@@ -10,30 +10,34 @@ from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
-    KvDtypeOpt,
     ModelArg,
     Output,
     ProfilesOpt,
-    TpOpt,
     app,
-    load_registry,
+    deployment_options,
     parse_bytes_option,
-    resolve_model,
+    session,
+    show_notes,
+    sweepable,
 )
 from capcalc.core.units import format_bytes
-from capcalc.model.kv import kv_cache
-from capcalc.report.output import TableSpec, record
+from capcalc.report.output import TableSpec
+
+
+def compute(s, model, deployment, ctx=None, batch=1, memory=None):
+    return s.kv(model, ctx, batch, parse_bytes_option(memory, "--memory"), deployment)
 
 
 @app.command()
+@sweepable("kv", compute, lambda result: [result.record()])
+@deployment_options("kv_dtype", "tp")
 def kv(
     model: ModelArg,
+    deployment,
     ctx: Annotated[
         Optional[int], typer.Option(help="Tokens per sequence (default: the model's max context).")
     ] = None,
     batch: Annotated[int, typer.Option(help="Sequences.")] = 1,
-    kv_dtype: KvDtypeOpt = "auto",
-    tp: TpOpt = 1,
     memory: Annotated[
         Optional[str], typer.Option(help="KV memory per GPU (e.g. 8GB): how many sequences fit in it.")
     ] = None,
@@ -44,16 +48,12 @@ def kv(
 ):
     """How big is the KV cache for this model, context, batch and dtype?"""
     out = Output(json_, jsonl, csv_)
-    reg = load_registry(profiles)
-    profile = resolve_model(reg, model)
-    result = kv_cache(
-        profile,
-        ctx=ctx if ctx is not None else profile.max_context,
-        batch=batch,
-        kv_dtype=kv_dtype,
-        tp=tp,
-        memory_bytes=parse_bytes_option(memory, "--memory"),
-    )
+    s = session(profiles)
+    try:
+        result = compute(s, model, deployment, ctx, batch, memory)
+    finally:
+        show_notes(s)
+    tp = result.tp
     notes = []
     if result.kv_replicated:
         if result.mla_layers:
@@ -72,4 +72,4 @@ def kv(
         notes.append(
             f"{result.sequences_fit} sequences of {result.ctx} tokens fit in {format_bytes(result.memory_bytes)} per GPU."
         )
-    out.emit([record(result)], TableSpec(title=f"KV cache: {result.model}", notes=notes), single=True)
+    out.emit([result.record()], TableSpec(title=f"KV cache: {result.model}", notes=notes), single=True)

@@ -17,23 +17,19 @@ from capcalc.cli.common import (
     Output,
     ProfilesOpt,
     app,
-    load_calibration_cached,
-    load_registry,
+    deployment_options,
+    efficiency_options,
     parse_int_list,
-    resolve_model,
+    session,
+    show_notes,
+    sweepable,
 )
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt, parse_float
 from capcalc.core.units import format_duration, parse_duration, parse_rate
-from capcalc.model.parallel import check_tp, valid_tp_degrees
-from capcalc.perf.efficiency import resolve_efficiency
-from capcalc.report.output import TableSpec, humanize, record
+from capcalc.report.output import TableSpec, humanize
 from capcalc.serving.fit import DEFAULT_UTILIZATION
-from capcalc.serving.plan import Candidate as PlanCandidate
-from capcalc.serving.plan import SLOs, Traffic, plan
 
-#: tensor-parallel degrees tried when --tp is not given (those valid for the model)
-DEFAULT_TPS = (1, 2, 4, 8)
 #: feasible candidates the table shows (the machine formats carry all of them)
 TABLE_ROWS = 15
 
@@ -48,9 +44,9 @@ def _names(text: Optional[str]) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()] if text else []
 
 
-def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str]]:
-    """'--price h100-sxm=2.49' (repeatable, or comma-separated) -> {gpu name: (USD per GPU-hour, 'flag')}."""
-    prices: dict[str, tuple[float, str]] = {}
+def parse_prices(values: Optional[list[str]]) -> dict[str, float]:
+    """'--price h100-sxm=2.49' (repeatable, or comma-separated) -> {GPU name as given: USD per GPU-hour}."""
+    prices: dict[str, float] = {}
     for value in values or ():
         for item in _names(value):
             name, eq, amount = item.partition("=")
@@ -66,16 +62,64 @@ def parse_prices(values: Optional[list[str]], reg) -> dict[str, tuple[float, str
                 ) from None
             if not usd > 0:
                 raise CapcalcError(f"--price {excerpt(item)}: the price must be positive")
-            prices[reg.gpu(name.strip()).name] = (usd, "flag")
+            prices[name.strip()] = usd
     return prices
 
 
+def compute(
+    s,
+    model,
+    rps,
+    prompt,
+    output,
+    deployment,
+    efficiency,
+    gpu=None,
+    tp=None,
+    weight_dtype="auto",
+    kv_dtype="auto",
+    ttft_slo=None,
+    itl_slo=None,
+    e2e_slo=None,
+    price=None,
+    gpu_memory_utilization=DEFAULT_UTILIZATION,
+    max_num_seqs=None,
+):
+    """The plan for the parsed options."""
+    rate, unit = parse_rate(rps, "--rps")
+    if unit != "req":
+        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {rps!r}")
+    return s.plan(
+        model,
+        rate,
+        prompt,
+        output,
+        gpus=_names(gpu) or None,
+        tps=parse_int_list(tp, "--tp") if tp is not None else None,
+        weight_dtypes=_names(weight_dtype) or ["auto"],
+        kv_dtypes=_names(kv_dtype) or ["auto"],
+        ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
+        itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
+        e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
+        prices=parse_prices(price),
+        deployment=deployment,
+        efficiency=efficiency,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_num_seqs=max_num_seqs,
+    )
+
+
 @app.command(name="plan")
+@sweepable("plan", compute, lambda report: report.records())
+@deployment_options("compute_dtype", "group_size", "quantize_embeddings")
+@efficiency_options
 def plan_command(
     model: ModelArg,
     rps: Annotated[str, typer.Option("--rps", help="Requests per second to carry, e.g. 200 or 12000/min.")],
     prompt: Annotated[int, typer.Option(help="Prompt tokens per request.")],
     output: Annotated[int, typer.Option(help="Output tokens per request.")],
+    deployment,
+    efficiency,
     gpu: Annotated[
         Optional[str],
         typer.Option(help="GPU profiles to consider, comma-separated (default: every known GPU)."),
@@ -109,54 +153,27 @@ def plan_command(
 ):
     """How many GPUs for this traffic and these SLOs, and what does a million tokens cost?"""
     out = Output(json_, jsonl, csv_)
-    reg = load_registry(profiles)
-    profile = resolve_model(reg, model)
-    rate, unit = parse_rate(rps, "--rps")
-    if unit != "req":
-        raise CapcalcError(f"--rps is requests per second (e.g. 200 or 200/s), got {excerpt(rps)}")
-    traffic = Traffic(rate, prompt, output)
-    slos = SLOs(
-        ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
-        itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
-        e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
-    )
-    gpus = [reg.gpu(name) for name in _names(gpu)] if gpu else [reg.gpus[n] for n in sorted(reg.gpus)]
-    if tp is not None:
-        tps = [check_tp(profile, t) for t in parse_int_list(tp, "--tp", "tp")]
-    else:
-        tps = [t for t in DEFAULT_TPS if t in valid_tp_degrees(profile, max(DEFAULT_TPS))]
-    weight_dtypes = _names(weight_dtype) or ["auto"]
-    kv_dtypes = _names(kv_dtype) or ["auto"]
-    candidates = [
-        PlanCandidate(g, t, w, k) for g in gpus for t in tps for w in weight_dtypes for k in kv_dtypes
-    ]
-    prices = {g.name: (g.price_per_hour, g.sources.get("price", "profile")) for g in gpus if g.price_per_hour}
-    prices.update(parse_prices(price, reg))
-    calibration = None if no_calibration else load_calibration_cached(profiles)
-    results = plan(
-        profile,
-        candidates,
-        traffic,
-        slos,
-        lambda g: resolve_efficiency(g, None, calibration),
-        prices,
-        gpu_memory_utilization,
-        max_num_seqs,
-    )
-    records = [record(r) for r in results]
+    s = session(profiles, no_calibration)
+    try:
+        report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
+                         ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs)  # fmt: skip
+    finally:
+        show_notes(s)
+    rate = report.traffic.requests_per_s
+    slos = report.slos
     title = (
-        f"Plan: {profile.name}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"
+        f"Plan: {report.model}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"
         + "".join(
             f", {name} ≤ {format_duration(v)}"
             for name, v in (("TTFT", slos.ttft_s), ("ITL", slos.itl_s), ("E2E", slos.e2e_s))
             if v is not None
         )
     )
-    out.emit(records, TableSpec(render=lambda recs, console: render(recs, console, title)))
-    if not any(r.feasible for r in results):
+    out.emit(report.records(), TableSpec(render=lambda recs, console: render(recs, console, title)))
+    if report.best is None:
         print(
             f"capcalc: error: no candidate carries {rate:g} requests/s within the SLOs "
-            f"({len(results)} rejected; see rejected_because)",
+            f"({len(report)} rejected; see rejected_because)",
             file=sys.stderr,
         )
         return 1

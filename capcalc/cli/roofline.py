@@ -8,25 +8,23 @@ import typer
 from rich.table import Table
 
 from capcalc.cli.common import (
-    ComputeDtypeOpt,
     CsvFlag,
     GpuOpt,
     JsonFlag,
     JsonlFlag,
-    KvDtypeOpt,
     ModelArg,
     Output,
     ProfilesOpt,
-    TpOpt,
-    WeightDtypeOpt,
     app,
-    load_registry,
-    resolve_model,
+    deployment_options,
+    session,
+    show_notes,
+    sweepable,
 )
 from capcalc.core.units import format_bytes
 from capcalc.model.flops import COMPONENTS
-from capcalc.perf.roofline import chart_points, roofline
-from capcalc.report.output import TableSpec, humanize, record
+from capcalc.perf.roofline import chart_points
+from capcalc.report.output import TableSpec, humanize
 from capcalc.report.plot import check_plot_path, save_roofline_chart
 
 
@@ -111,19 +109,27 @@ def render(records: list[dict], console) -> None:
     )
 
 
+def compute(s, model, gpu, deployment, batch=1, ctx=1024, prompt=1024, plot=None):
+    """The roofline, and its chart drawn to ``plot`` when given."""
+    plot_path = check_plot_path(plot) if plot is not None else None
+    result = s.roofline(model, gpu, batch, ctx, prompt, deployment)
+    if plot_path is not None:
+        save_roofline_chart(plot_path, result, chart_points(s.model(model), s.gpu(gpu), result))
+    return result
+
+
 @app.command(name="roofline")
+@sweepable("roofline", compute, lambda result: [result.record()])
+@deployment_options("weight_dtype", "kv_dtype", "compute_dtype", "tp", "group_size", "quantize_embeddings")
 def roofline_command(
     model: ModelArg,
     gpu: GpuOpt,
+    deployment,
     batch: Annotated[
         int, typer.Option(help="Sequences decoded together (and prompts prefilled together).")
     ] = 1,
     ctx: Annotated[int, typer.Option(help="Context each decoding sequence attends to, in tokens.")] = 1024,
     prompt: Annotated[int, typer.Option(help="Prompt tokens of the prefill.")] = 1024,
-    weight_dtype: WeightDtypeOpt = "auto",
-    kv_dtype: KvDtypeOpt = "auto",
-    compute_dtype: ComputeDtypeOpt = "auto",
-    tp: TpOpt = 1,
     plot: Annotated[
         Optional[str],
         typer.Option(help="Also draw the roofline chart to FILE.png or FILE.svg (needs matplotlib)."),
@@ -135,22 +141,10 @@ def roofline_command(
 ):
     """Where is the bottleneck: FLOPs, bytes, intensity and bound of a decode step and a prefill."""
     out = Output(json_, jsonl, csv_)
-    plot_path = check_plot_path(plot) if plot is not None else None
-    reg = load_registry(profiles)
-    profile = resolve_model(reg, model)
-    device = reg.gpu(gpu)
-    result = roofline(
-        profile,
-        device,
-        batch=batch,
-        ctx=ctx,
-        prompt_tokens=prompt,
-        weight_dtype=weight_dtype,
-        kv_dtype=kv_dtype,
-        tp=tp,
-        compute_dtype=compute_dtype,
-    )
-    rec = record(result.record())
+    s = session(profiles)
+    try:
+        result = compute(s, model, gpu, deployment, batch, ctx, prompt, plot)
+    finally:
+        show_notes(s)
+    rec = result.record()
     out.emit([rec], TableSpec(render=render, notes=landmark_notes(rec)), single=True)
-    if plot_path is not None:
-        save_roofline_chart(plot_path, result, chart_points(profile, device, result))

@@ -1,10 +1,10 @@
 """`capcalc sweep`: a grid of any of kv, fit, roofline, latency, plan, for a spreadsheet.
 
-Each combination runs the target command's own Click command in this process with
-:func:`capcalc.cli.common.collect_records` set, so its records arrive as Python
-dicts (no JSON round trip) and the command's parsing, validation and keys are used
-unchanged. The Click command is built once; the profile registry is loaded once
-(:func:`capcalc.cli.common.load_registry` caches it). Rows stream to stdout as they
+Each combination's arguments are parsed by the target command's own Click command
+(its types, defaults and checks), then the command's compute function -- the library
+calls the command makes (:data:`capcalc.cli.common.COMPUTE`) -- gives its records as
+Python dicts, with no rendering and no JSON round trip. The Click command is built
+once; the profiles and calibration are read once (:mod:`capcalc.api` caches them). Rows stream to stdout as they
 are produced; a failed combination is a row with an ``error`` field.
 """
 
@@ -18,7 +18,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from capcalc.cli.common import CsvFlag, JsonFlag, JsonlFlag, app, collect_records
+from capcalc.cli.common import (
+    COMPUTE,
+    CsvFlag,
+    JsonFlag,
+    JsonlFlag,
+    app,
+    collapse_groups,
+    session,
+    show_notes,
+)
 from capcalc.cli.sweep_spec import (
     ERROR_KEY,
     INDEX_KEY,
@@ -33,7 +42,7 @@ from capcalc.cli.sweep_spec import (
     record_rows,
     sweep_exit_code,
 )
-from capcalc.cli.usage import USAGE_ERRORS
+from capcalc.cli.usage import USAGE_ERRORS, error_message
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt
 from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
@@ -79,20 +88,24 @@ def click_params(command) -> list[Param]:
 
 
 def run_one(command, name: str, combination: Combination) -> tuple[list[dict], str | None, int]:
-    """Run ``capcalc NAME ARGV`` in-process: (records, error message or None, exit code)."""
-    collected: list[dict] = []
+    """``capcalc NAME ARGV`` as library calls: Click parses the arguments (the command's own
+    types, defaults and checks), then the command's compute function runs on a session
+    and gives the records the command would print. (records, error message or None, exit code)."""
+    function, compute, to_records = COMPUTE[name]
     try:
-        with (
-            collect_records(collected.extend),
-            command.make_context(f"capcalc {name}", list(combination.argv)) as sub,
-        ):
-            result = command.invoke(sub)
+        with command.make_context(f"capcalc {name}", list(combination.argv)) as sub:
+            params = collapse_groups(function, sub.params)
+        for own in ("json_", "jsonl", "csv_"):
+            params.pop(own, None)
+        s = session(params.pop("profiles", None), params.pop("no_calibration", False))
+        try:
+            return to_records(compute(s, **params)), None, 0
+        finally:
+            show_notes(s)
     except CapcalcError as exc:
-        return [], exc.message, exc.exit_code
+        return [], error_message(exc, name), exc.exit_code
     except typer.Exit as exc:
-        if exc.exit_code:
-            return [], f"exited with code {exc.exit_code}", exc.exit_code
-        result = 0
+        return [], f"exited with code {exc.exit_code}", exc.exit_code or 1
     except USAGE_ERRORS as exc:  # Click usage errors: bad value, missing option
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         return [], message, getattr(exc, "exit_code", 2)
@@ -100,9 +113,6 @@ def run_one(command, name: str, combination: Combination) -> tuple[list[dict], s
         if os.environ.get("CAPCALC_DEBUG"):
             raise
         return [], f"internal error: {type(exc).__name__}: {exc}", 1
-    if not collected and isinstance(result, int) and result:
-        return [], f"exited with code {result}", result
-    return collected, None, 0
 
 
 def available_cpus() -> int:

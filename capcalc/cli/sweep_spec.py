@@ -1,10 +1,10 @@
 """`capcalc sweep`: one command over the cartesian product of option values.
 
 ``capcalc sweep latency llama-3-8b,qwen3-8b --gpu h100-sxm,a100-80gb-sxm --batch 1,8,64``
-runs ``capcalc latency`` once per combination (2 x 2 x 3 = 12 runs). Each run is
-the target command's own Click command, so parsing, validation and the record keys
-are exactly those of the single command; its records are collected in-process
-(:func:`capcalc.cli.common.collect_records`), never re-parsed from JSON.
+runs ``capcalc latency`` once per combination (2 x 2 x 3 = 12 runs). Each run's
+arguments are parsed by the target command's own Click command and computed by the
+library calls the command makes, so validation and the record keys are exactly those
+of the single command; the records are never re-parsed from JSON.
 
 How the sweep's own arguments are read (:func:`parse_sweep_args`):
 

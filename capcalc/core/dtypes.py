@@ -39,19 +39,30 @@ _SYNONYMS = {
 #: dtypes a KV cache may be stored in (``auto`` resolves to the model's dtype)
 KV_DTYPES = ("auto", "bf16", "fp16", "fp8", "int8", "fp32")
 
+#: dtypes weights may be stored in (``auto``: the checkpoint's, see
+#: :func:`capcalc.model.weights.resolve_weight_dtype`)
+WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4")
+
+#: dtypes whose peak may bound the matrix products (``auto``: from the weights, see
+#: :func:`capcalc.perf.latency.resolve_compute_dtype`)
+COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
+
 #: dtypes a hardware profile may list a peak rate for
 PEAK_DTYPES = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
 
 
-def canonical_dtype(name: str, allowed=None, what: str = "dtype") -> str:
-    """Normalise a dtype name ('bfloat16' -> 'bf16') and check it is allowed."""
+def canonical_dtype(name: str, allowed=None, what: str = "dtype", parameter: str | None = None) -> str:
+    """Normalise a dtype name ('bfloat16' -> 'bf16') and check it is allowed
+    (``parameter``: the argument at fault, for the error)."""
     if allowed is None and name in DTYPE_BYTES:  # already canonical: the hot path
         return name
     key = str(name).strip().lower()
     key = _SYNONYMS.get(key, key)
     choices = tuple(allowed) if allowed is not None else tuple(DTYPE_BYTES)
     if key not in choices:
-        raise CapcalcError(f"unknown {what} {excerpt(name)}: expected one of {', '.join(choices)}")
+        raise CapcalcError(
+            f"unknown {what} {excerpt(name)}: expected one of {', '.join(choices)}", parameter=parameter
+        )
     return key
 
 
@@ -67,5 +78,5 @@ def serving_dtype(native_dtype: str) -> str:
 def resolve_kv_dtype(kv_dtype: str, native_dtype: str) -> str:
     """``auto`` stores KV in the serving activation dtype, as vLLM's
     ``--kv-cache-dtype auto`` does (see :func:`serving_dtype`)."""
-    kv = canonical_dtype(kv_dtype, KV_DTYPES, "KV dtype")
+    kv = canonical_dtype(kv_dtype, KV_DTYPES, "KV dtype", "kv_dtype")
     return serving_dtype(native_dtype) if kv == "auto" else kv

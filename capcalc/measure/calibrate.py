@@ -96,12 +96,19 @@ def check_save_target(
     mismatch = cpu_as_gpu or matched is None or matched.name != profile.name
     if mismatch and not allow:
         what = "a CPU" if cpu_as_gpu else "a device"
+        names = ", ".join((profile.name, *profile.aliases))
+        found = _literal(f"{excerpt(device_name)} is {what}, not {profile.name} (its names: {names})")
         raise CapcalcError(
-            f"--save: the measured device {excerpt(device_name)} is {what}, not {profile.name} "
-            f"(its names: {', '.join((profile.name, *profile.aliases))}); a calibration is saved only for the "
-            "device measured: drop --hardware, or pass --allow-device-mismatch to save it marked as such"
+            template=f"{{save}}: the measured device {found}; a calibration is saved only for the device "
+            "measured: drop {hardware}, or pass {allow_device_mismatch} to save it marked as such",
+            parameter=("save", "hardware", "allow_device_mismatch"),
         )
     return mismatch
+
+
+def _literal(text: str) -> str:
+    """``text`` as it reads inside a :class:`CapcalcError` template (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def profile_origin(profile: HardwareProfile) -> str:

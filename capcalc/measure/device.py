@@ -55,19 +55,21 @@ def resolve_device(spec: str | None) -> str:
         return "cpu"
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if not match:
-        raise CapcalcError(f"--device: expected cpu, cuda or cuda:N, got {excerpt(spec)}")
+        raise CapcalcError(f"device: expected cpu, cuda or cuda:N, got {excerpt(spec)}", parameter="device")
     if not torch.cuda.is_available():
         raise CapcalcError(
-            f"--device {spec}: torch {torch.__version__} sees no CUDA device (a CPU-only build, or no driver); "
-            "use --device cpu",
+            f"device {spec}: torch {torch.__version__} sees no CUDA device (a CPU-only build, or no driver); "
+            "use device cpu",
             exit_code=1,
+            parameter="device",
         )
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
         raise CapcalcError(
-            f"--device {spec}: there is no CUDA device {index} (torch sees {count}: "
-            f"{', '.join(f'cuda:{i}' for i in range(count))})"
+            f"device {spec}: there is no CUDA device {index} (torch sees {count}: "
+            f"{', '.join(f'cuda:{i}' for i in range(count))})",
+            parameter="device",
         )
     return f"cuda:{index}"
 

@@ -138,7 +138,11 @@ def check_point(
         )
     options = []
     if best_batch:
-        options.append(f"--batch {best_batch} at this {what}")
+        options.append(f"{{batch}} {best_batch} at this {what}")
     if best_tokens:
-        options.append(f"--{what} {best_tokens} at this batch")
-    raise CapcalcError(f"{head}; try {' or '.join(options) or 'a smaller batch and ' + what}", exit_code=1)
+        options.append(f"{{{what}}} {best_tokens} at this batch")
+    tail = " or ".join(options) or "a smaller batch and " + what
+    template = f"{head}; try {tail}".replace("{", "{{").replace("}", "}}")
+    for name in ("batch", what):
+        template = template.replace("{{" + name + "}}", "{" + name + "}")
+    raise CapcalcError(template=template, parameter=("batch", what), exit_code=1)

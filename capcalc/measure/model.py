@@ -48,8 +48,9 @@ def check_supported(profile: ModelProfile, dtype: str) -> None:
         raise CapcalcError(f"{profile.name} uses ALiBi positions, which the measure loop does not build")
     if dtype not in LOOP_DTYPES:
         raise CapcalcError(
-            f"--weight-dtype {dtype}: the measure loop runs in {', '.join(LOOP_DTYPES)} only "
-            "(quantised kernels are not built)"
+            parameter="weight_dtype",
+            message=f"weight_dtype {dtype}: the measure loop runs in {', '.join(LOOP_DTYPES)} only "
+            "(quantised kernels are not built)",
         )
 
 

@@ -69,6 +69,16 @@ def default_repeats(info: DeviceInfo, phase: str) -> tuple[int, int]:
     return (2, 5) if phase == "decode" else (1, 3)
 
 
+def attended_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
+    """Tokens the median timed step of ``spec`` attends to, as the latency model is asked:
+    a decode point's context plus the warm-up steps and half the timed ones (each step
+    adds one token; the schedule is :func:`default_repeats`'); a prefill's prompt."""
+    if spec.phase != "decode":
+        return spec.tokens
+    warm, timed = default_repeats(info, "decode")
+    return spec.tokens + warm + ((repeats or timed) + 1) // 2
+
+
 def positions_needed(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) -> int:
     """The positions a point uses: the prompt, or the context plus one per decode step
     (3 steps before the graph capture, then the position is reset; then the warm-up and
@@ -86,20 +96,22 @@ def cache_tokens(spec: PointSpec, info: DeviceInfo, repeats: int | None = None) 
 
 def plan_points(
     model: ModelProfile, dtype: str, info: DeviceInfo, specs: list[PointSpec], repeats: int | None = None
-) -> tuple[list[tuple[PointSpec, MemoryEstimate]], list[tuple[PointSpec, str]]]:
-    """Split ``specs`` into those that fit (with their estimate) and those refused (with why)."""
+) -> tuple[list[tuple[PointSpec, MemoryEstimate]], list[tuple[PointSpec, CapcalcError]]]:
+    """Split ``specs`` into those that fit (with their estimate) and those refused (with
+    the :class:`CapcalcError` that says why)."""
     check_supported(model, dtype)
     fitting, refused = [], []
     for spec in specs:
         if spec.phase == "decode" and spec.tokens < 1:
-            raise CapcalcError(f"--ctx must be at least 1, got {spec.tokens}")
+            raise CapcalcError(f"ctx must be at least 1, got {spec.tokens}", parameter="ctx")
         needed = positions_needed(spec, info, repeats)
         if model.position_embedding == "learned" and needed > model.max_context:
-            flag = "--ctx" if spec.phase == "decode" else "--prompt"
+            what = "ctx" if spec.phase == "decode" else "prompt"
             raise CapcalcError(
-                f"{flag} {spec.tokens}: {model.name} has a learned position table of {model.max_context} "
+                f"{what} {spec.tokens}: {model.name} has a learned position table of {model.max_context} "
                 f"positions and this point needs {needed} (the {spec.phase} and its timed steps); "
-                f"use {flag} at most {model.max_context - (needed - spec.tokens)}"
+                f"use {what} at most {model.max_context - (needed - spec.tokens)}",
+                parameter=what,
             )
         try:
             estimate = check_point(
@@ -115,7 +127,7 @@ def plan_points(
             )
             fitting.append((spec, estimate))
         except CapcalcError as exc:
-            refused.append((spec, exc.message))
+            refused.append((spec, exc))
     return fitting, refused
 
 

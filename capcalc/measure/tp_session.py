@@ -196,7 +196,7 @@ def measure_model_tp(
     for _spec, reason in refused:
         _note(f"warning: skipping (per rank, tp={tp}): {reason}")
     if not fitting:
-        raise CapcalcError(refused[0][1], exit_code=1)
+        raise refused[0][1]
     gpu, origin = _gpu_profile(registry, info, hardware)
     sizes = {}
     for spec, _ in fitting:

@@ -69,6 +69,7 @@ from capcalc.core.dtypes import resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.model.kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
 from capcalc.model.weights import gpu_weights
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import ModelProfile
 
 #: component names, in the order tables print them
@@ -209,28 +210,23 @@ def attention_dims(model: ModelProfile, phase: str) -> tuple[int, int]:
 
 
 def step_cost(
-    model: ModelProfile,
-    phase: str,
-    batch: int,
-    ctx: int,
-    weight_dtype: str = "auto",
-    kv_dtype: str = "auto",
-    tp: int = 1,
-    group_size: int = 128,
-    quantize_embeddings: bool = False,
+    model: ModelProfile, phase: str, batch: int, ctx: int, deployment: Deployment | None = None, **fields
 ) -> StepCost:
     """Itemised FLOPs and bytes of a decode step (``ctx``: tokens attended) or of the
-    prefill of ``batch`` prompts of ``ctx`` tokens, on one of ``tp`` GPUs."""
+    prefill of ``batch`` prompts of ``ctx`` tokens, on one of the deployment's ``tp`` GPUs
+    (``fields``: changes to ``deployment``, :meth:`Deployment.of`)."""
     if phase not in ("decode", "prefill"):
         raise ValueError(phase)
     if batch < 1:
-        raise CapcalcError(f"--batch must be at least 1, got {batch}")
+        raise CapcalcError(f"batch must be at least 1, got {batch}", parameter="batch")
     if ctx < 1:
-        what = "--ctx" if phase == "decode" else "--prompt"
-        raise CapcalcError(f"{what} must be at least 1, got {ctx}")
-    g = gpu_weights(model, weight_dtype, group_size, quantize_embeddings, tp)  # checks tp
+        what = "ctx" if phase == "decode" else "prompt_tokens"
+        raise CapcalcError(f"{what} must be at least 1, got {ctx}", parameter=what)
+    d = Deployment.of(deployment, **fields)
+    tp = d.tp
+    g = gpu_weights(model, d)  # checks tp
     w = g.widths
-    kdtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
+    kdtype = resolve_kv_dtype(d.kv_dtype, model.native_dtype)
     new_tokens = 1 if phase == "decode" else ctx
     tokens = batch * new_tokens
     logit_tokens = batch  # decode: every token; prefill: the last of each prompt
@@ -292,17 +288,23 @@ def step_cost(
     )
 
 
-def decode_cost(model: ModelProfile, batch: int, ctx: int, **kw) -> StepCost:
+def decode_cost(
+    model: ModelProfile, batch: int, ctx: int, deployment: Deployment | None = None, **fields
+) -> StepCost:
     """One decode step: ``batch`` sequences, each attending to ``ctx`` tokens."""
-    return step_cost(model, "decode", batch, ctx, **kw)
+    return step_cost(model, "decode", batch, ctx, deployment, **fields)
 
 
-def prefill_cost(model: ModelProfile, batch: int, prompt_tokens: int, **kw) -> StepCost:
+def prefill_cost(
+    model: ModelProfile, batch: int, prompt_tokens: int, deployment: Deployment | None = None, **fields
+) -> StepCost:
     """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens, as one step."""
-    return step_cost(model, "prefill", batch, prompt_tokens, **kw)
+    return step_cost(model, "prefill", batch, prompt_tokens, deployment, **fields)
 
 
-def decode_costs(model: ModelProfile, batch: int, contexts: list[int], **kw) -> dict[int, StepCost]:
+def decode_costs(
+    model: ModelProfile, batch: int, contexts: list[int], deployment: Deployment | None = None, **fields
+) -> dict[int, StepCost]:
     """Decode steps at many contexts, computed exactly from a few.
 
     Every component of a decode step is affine in the context between kinks: KV
@@ -319,7 +321,8 @@ def decode_costs(model: ModelProfile, batch: int, contexts: list[int], **kw) -> 
     anchors = {lo, hi}
     if model.sliding_window is not None and lo < model.sliding_window < hi:
         anchors.add(model.sliding_window)
-    computed = {c: decode_cost(model, batch, c, **kw) for c in sorted(anchors)}
+    d = Deployment.of(deployment, **fields)
+    computed = {c: decode_cost(model, batch, c, d) for c in sorted(anchors)}
     points = sorted(computed)
     out: dict[int, StepCost] = {}
     for ctx in wanted:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
+from capcalc.core.records import flat_record
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
 from capcalc.schema.profiles import ModelProfile
 
@@ -77,6 +78,10 @@ class KVResult:
     sequences_fit: int | None  # sequences whose KV fits in the --memory budget per GPU
     memory_bytes: float | None
 
+    def record(self) -> dict:
+        """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
+        return flat_record(self)
+
 
 def kv_cache(
     model: ModelProfile,
@@ -88,11 +93,11 @@ def kv_cache(
 ) -> KVResult:
     """Size the KV cache of ``batch`` sequences of ``ctx`` tokens."""
     if ctx < 1:
-        raise CapcalcError(f"--ctx must be at least 1, got {ctx}")
+        raise CapcalcError(f"ctx must be at least 1, got {ctx}", parameter="ctx")
     if batch < 1:
-        raise CapcalcError(f"--batch must be at least 1, got {batch}")
+        raise CapcalcError(f"batch must be at least 1, got {batch}", parameter="batch")
     if memory_bytes is not None and memory_bytes <= 0:
-        raise CapcalcError(f"--memory must be positive, got {memory_bytes:g}")
+        raise CapcalcError(f"memory_bytes must be positive, got {memory_bytes:g}", parameter="memory_bytes")
     check_tp(model, tp)
     dtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
     per_sequence = kv_bytes_per_sequence(model, ctx, dtype)

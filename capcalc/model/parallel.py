@@ -32,9 +32,11 @@ def check_tp(model: ModelProfile, tp: int) -> int:
     if tp_is_valid(model, tp):
         return tp
     degrees = ", ".join(str(d) for d in valid_tp_degrees(model))
+    # a template without fields: the message reads the same on the command line
     raise CapcalcError(
-        f"tp={tp} is not valid for {model.name} ({model.num_attention_heads} attention heads, "
-        f"{model.num_kv_heads} KV heads): valid tp degrees are {degrees}"
+        parameter="tp",
+        template=f"tp={tp} is not valid for {model.name} ({model.num_attention_heads} attention heads, "
+        f"{model.num_kv_heads} KV heads): valid tp degrees are {degrees}",
     )
 
 
@@ -59,9 +61,9 @@ def pp_layer_ranges(num_layers: int, pp: int) -> list[tuple[int, int]]:
     before the last (27 layers on pp=2 -> 14 + 13; a DeepSeek-V2-Lite tp=2 pp=2 log
     in vLLM PR 20665 shows the 14-layer first stage bounding the KV blocks)."""
     if pp < 1:
-        raise CapcalcError(f"--pp must be at least 1, got {pp}")
+        raise CapcalcError(f"pp must be at least 1, got {pp}", parameter="pp")
     if pp > num_layers:
-        raise CapcalcError(f"--pp {pp} exceeds the model's {num_layers} layers")
+        raise CapcalcError(f"pp {pp} exceeds the model's {num_layers} layers", parameter="pp")
     parts = [num_layers // pp] * pp
     for i in range(2, num_layers % pp + 2):
         parts[-i] += 1

@@ -28,19 +28,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from capcalc.core.dtypes import canonical_dtype, serving_dtype
+from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
 from capcalc.model.params import ParamCount, count_params, layer_shapes
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import ModelProfile
 
-WEIGHT_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4", "mxfp4", "nvfp4")
+__all__ = ["WEIGHT_DTYPES", "bits_per_weight", "gpu_weights", "weight_bytes", "weight_bytes_per_gpu"]
 
 
 def bits_per_weight(dtype: str, group_size: int = 128) -> float:
     """Storage bits per quantised weight, scales included (see module docstring)."""
     if group_size < 1:
-        raise CapcalcError(f"--group-size must be at least 1, got {group_size}")
+        raise CapcalcError(f"group_size must be at least 1, got {group_size}", parameter="group_size")
     return {
         "fp32": 32.0,
         "bf16": 16.0,
@@ -57,7 +58,7 @@ def resolve_weight_dtype(weight_dtype: str, model: ModelProfile) -> str:
     """``auto`` means the dtype the official checkpoint ships in, except that fp32
     checkpoints are served in their serving dtype (:func:`capcalc.core.dtypes.serving_dtype`,
     fp16, as vLLM's ``--dtype auto`` does)."""
-    dtype = canonical_dtype(weight_dtype, WEIGHT_DTYPES, "weight dtype")
+    dtype = canonical_dtype(weight_dtype, WEIGHT_DTYPES, "weight dtype", "weight_dtype")
     if dtype == "auto":
         native = model.native_dtype
         if native == "fp32":
@@ -165,14 +166,10 @@ class GpuWeights:
         )
 
 
-def gpu_weights(
-    model: ModelProfile,
-    weight_dtype: str = "auto",
-    group_size: int = 128,
-    quantize_embeddings: bool = False,
-    tp: int = 1,
-) -> GpuWeights:
-    """The weights one GPU holds under tensor parallelism ``tp``, by kind.
+def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fields) -> GpuWeights:
+    """The weights one GPU holds under the deployment's tensor parallelism ``tp``, by kind,
+    at its weight dtype, group size and embedding quantisation (``fields``: changes to
+    ``deployment``, :meth:`Deployment.of`; its ``pp`` plays no part here).
 
     Tensor parallelism (Megatron-style, as vLLM shards): the q and o projections,
     the MLP, every expert and the shared experts are divided by ``tp``; the k and v
@@ -184,8 +181,9 @@ def gpu_weights(
     and so are learned positions. The extra (vision) weights are assumed split by
     ``tp`` like the decoder.
     """
-    check_tp(model, tp)
-    dtype = resolve_weight_dtype(weight_dtype, model)
+    d = Deployment.of(deployment, **fields)
+    tp = check_tp(model, d.tp)
+    dtype = resolve_weight_dtype(d.weight_dtype, model)
     s = layer_shapes(model)
     p = count_params(model)
     h = model.hidden_size
@@ -199,7 +197,7 @@ def gpu_weights(
         qkv = o / tp + 2 * h * kv_heads_per_gpu(model, tp) * model.head_dim  # q split, k and v per head
     return GpuWeights(
         dtype=dtype,
-        widths=weight_widths(dtype, group_size, quantize_embeddings),
+        widths=weight_widths(dtype, d.group_size, d.quantize_embeddings),
         qkv=qkv,
         o=o / tp,
         dense_mlp=s.dense_mlp / tp + s.dense_mlp_bias,
@@ -229,15 +227,10 @@ class StageWeights:
 
 
 def weight_bytes_per_gpu(
-    model: ModelProfile,
-    weight_dtype: str = "auto",
-    group_size: int = 128,
-    quantize_embeddings: bool = False,
-    tp: int = 1,
-    pp: int = 1,
+    model: ModelProfile, deployment: Deployment | None = None, **fields
 ) -> list[StageWeights]:
-    """Weight bytes on one GPU of each pipeline stage under tensor parallelism ``tp``
-    (the layout of :func:`gpu_weights`).
+    """Weight bytes on one GPU of each of the deployment's ``pp`` pipeline stages under its
+    tensor parallelism ``tp`` (the layout of :func:`gpu_weights`; ``fields`` as there).
 
     Pipeline parallelism: each stage holds the layers of
     :func:`capcalc.model.parallel.pp_layer_ranges`; the first stage also holds the
@@ -248,13 +241,14 @@ def weight_bytes_per_gpu(
     Quantised widths follow :func:`weight_bytes` (the same parameters are quantised),
     so at tp=1, pp=1 the one stage holds exactly ``weight_bytes(...).bytes``.
     """
-    g = gpu_weights(model, weight_dtype, group_size, quantize_embeddings, tp)
+    d = Deployment.of(deployment, **fields)
+    g = gpu_weights(model, d)
     w = g.widths
     dense, moe_layer = g.dense_layer_bytes(), g.moe_layer_bytes()
     first_moe = model.moe.first_dense_layers if model.moe is not None else model.num_layers
     table = g.embedding * w.embedding
     stages = []
-    ranges = pp_layer_ranges(model.num_layers, pp)
+    ranges = pp_layer_ranges(model.num_layers, d.pp)
     for i, (start, end) in enumerate(ranges):
         first, last = i == 0, i == len(ranges) - 1
         n_dense = max(0, min(end, first_moe) - start)

@@ -196,35 +196,40 @@ def default_efficiency(gpu: HardwareProfile) -> Efficiency:
 # --------------------------------------------------------------------------- validation
 
 
-def check_value(name: str, value: Any, where: str) -> float:
+def check_value(name: str, value: Any, where: str | None = None) -> float:
     """Validate one efficiency parameter: a fraction in (0, 1], a non-negative token count,
-    or a non-negative duration ('10 us', '0.3 ms' or seconds). Returns base units."""
+    or a non-negative duration ('10 us', '0.3 ms' or seconds). Returns base units.
+    ``where``: the file or block it comes from; None for a value given directly (an
+    override), whose errors then name the parameter alone."""
+    prefix = f"{where}: " if where else ""
+    parameter = None if where else name
     if name not in PARAMETERS:
         import difflib
 
         close = difflib.get_close_matches(str(name), PARAMETERS, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(PARAMETERS)}"
-        raise CapcalcError(f"{where}: unknown efficiency parameter {excerpt(name)} ({hint})")
-    if name in _DURATIONS:
-        number = parse_duration(value, f"{where}: {name}") if not isinstance(value, bool) else None
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CapcalcError(f"{prefix}unknown efficiency parameter {excerpt(name)} ({hint})")
+    if name in _DURATIONS and not isinstance(value, bool):
+        try:
+            number = parse_duration(value, f"{prefix}{name}")
+        except CapcalcError as exc:
+            exc.parameter = parameter
+            raise
+    elif name in _DURATIONS or isinstance(value, bool) or not isinstance(value, (int, float)):
         number = None
     else:
         number = check_number(value, f"{where}: {name}")
     if number is None:
-        raise CapcalcError(f"{where}: {name} expected a number, got {excerpt(value)}")
+        raise CapcalcError(f"{prefix}{name} expected a number, got {excerpt(value)}", parameter=parameter)
     if not math.isfinite(number):
-        raise CapcalcError(f"{where}: {name} must be finite, got {excerpt(value)}")
+        raise CapcalcError(f"{prefix}{name} must be finite, got {excerpt(value)}", parameter=parameter)
     if name in _FRACTIONS and not 0 < number <= 1:
-        raise CapcalcError(f"{where}: {name} must be a fraction in (0, 1], got {excerpt(value)}")
+        raise CapcalcError(
+            f"{prefix}{name} must be a fraction in (0, 1], got {excerpt(value)}", parameter=parameter
+        )
     if number < 0 or number != number:
-        raise CapcalcError(f"{where}: {name} must be >= 0, got {excerpt(value)}")
+        raise CapcalcError(f"{prefix}{name} must be >= 0, got {excerpt(value)}", parameter=parameter)
     return number
-
-
-def flag_name(name: str) -> str:
-    """The command-line flag of a parameter: ``layer_overhead_s`` -> ``--layer-overhead``."""
-    return "--" + name.removesuffix("_s").replace("_", "-")
 
 
 def check_mapping(mapping: Any, where: str) -> dict[str, float]:
@@ -273,7 +278,7 @@ def resolve_efficiency(
     entry for ``gpu.name`` is used) > ``gpu.efficiency`` > vendor default."""
     layers: list[tuple[str, dict[str, float]]] = []
     flag_values = {k: v for k, v in (flags or {}).items() if v is not None}
-    layers.append(("flag", {k: check_value(k, v, flag_name(k)) for k, v in flag_values.items()}))
+    layers.append(("flag", {k: check_value(k, v) for k, v in flag_values.items()}))
     entry = calibration_entry(calibration, gpu.name)
     if entry is not None:
         layers.append(("calibration", check_mapping(entry.get("efficiency"), f"calibration for {gpu.name}")))

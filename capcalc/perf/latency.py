@@ -41,14 +41,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capcalc.core.dtypes import canonical_dtype, serving_dtype
+from capcalc.core.dtypes import COMPUTE_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
+from capcalc.core.records import flat_record
 from capcalc.model.flops import StepCost, decode_cost, decode_costs, prefill_cost
 from capcalc.model.weights import resolve_weight_dtype
 from capcalc.perf.efficiency import Efficiency, ResolvedEfficiency
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
-COMPUTE_DTYPES = ("auto", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "fp4", "int4")
+__all__ = ["COMPUTE_DTYPES", "LatencyResult", "predict_decode_step", "predict_latency", "predict_prefill"]
 #: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts.
 #: The step time is piecewise linear in the context (kinks at a sliding window and where
 #: compute overtakes memory), so evenly spaced samples including both ends average it to
@@ -68,7 +70,7 @@ def resolve_compute_dtype(
     (:func:`capcalc.core.dtypes.serving_dtype`; weight-only W8A16 / W4A16 kernels, e.g.
     Marlin); fp32 weights use fp32.
     """
-    dtype = canonical_dtype(compute_dtype, COMPUTE_DTYPES, "compute dtype")
+    dtype = canonical_dtype(compute_dtype, COMPUTE_DTYPES, "compute dtype", "compute_dtype")
     if dtype != "auto":
         gpu.peak(dtype)  # raises a clear error when the GPU has no such rate
         return dtype
@@ -200,16 +202,15 @@ def predict_decode_step(
     gpu: HardwareProfile,
     batch: int,
     ctx: int,
-    weight_dtype: str = "auto",
-    kv_dtype: str = "auto",
-    tp: int = 1,
+    deployment: Deployment | None = None,
     efficiency: Efficiency | None = None,
-    compute_dtype: str = "auto",
+    **fields,
 ) -> StepPrediction:
-    """One decode step of ``batch`` sequences each attending to ``ctx`` tokens.
+    """One decode step of ``batch`` sequences each attending to ``ctx`` tokens under
+    ``deployment`` (``fields``: changes to it, :meth:`Deployment.of`).
     ``efficiency`` None means the datasheet roofline (:meth:`Efficiency.ideal`)."""
-    cost = decode_cost(model, batch, ctx, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
-    return _predict(model, gpu, cost, weight_dtype, compute_dtype, efficiency)
+    d = Deployment.of(deployment, **fields)
+    return _predict(model, gpu, decode_cost(model, batch, ctx, d), d, efficiency)
 
 
 def predict_prefill(
@@ -217,19 +218,17 @@ def predict_prefill(
     gpu: HardwareProfile,
     batch: int,
     prompt_tokens: int,
-    weight_dtype: str = "auto",
-    kv_dtype: str = "auto",
-    tp: int = 1,
+    deployment: Deployment | None = None,
     efficiency: Efficiency | None = None,
-    compute_dtype: str = "auto",
+    **fields,
 ) -> StepPrediction:
     """The prefill of ``batch`` prompts of ``prompt_tokens`` tokens as one step."""
-    cost = prefill_cost(model, batch, prompt_tokens, weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
-    return _predict(model, gpu, cost, weight_dtype, compute_dtype, efficiency)
+    d = Deployment.of(deployment, **fields)
+    return _predict(model, gpu, prefill_cost(model, batch, prompt_tokens, d), d, efficiency)
 
 
-def _predict(model, gpu, cost: StepCost, weight_dtype, compute_dtype, efficiency) -> StepPrediction:
-    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
+def _predict(model, gpu, cost: StepCost, d: Deployment, efficiency) -> StepPrediction:
+    dtype = resolve_compute_dtype(d.compute_dtype, d.weight_dtype, model, gpu)
     return predict_step(model, gpu, cost, dtype, efficiency or Efficiency.ideal())
 
 
@@ -278,6 +277,10 @@ class LatencyResult:
     weight_bytes_per_step: float  # per GPU, first decode step
     kv_bytes_per_gpu_last_step: float
 
+    def record(self) -> dict:
+        """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
+        return flat_record(self)
+
 
 def predict_latency(
     model: ModelProfile,
@@ -285,29 +288,32 @@ def predict_latency(
     prompt_tokens: int,
     output_tokens: int,
     batch: int = 1,
-    weight_dtype: str = "auto",
-    kv_dtype: str = "auto",
-    tp: int = 1,
+    deployment: Deployment | None = None,
     efficiency: Efficiency | ResolvedEfficiency | None = None,
-    compute_dtype: str = "auto",
+    **fields,
 ) -> LatencyResult:
-    """TTFT, inter-token latency and throughput of ``batch`` requests run together."""
+    """TTFT, inter-token latency and throughput of ``batch`` requests run together under
+    ``deployment`` (``fields``: changes to it, :meth:`Deployment.of`; its ``pp`` plays no
+    part: one GPU of ``tp`` runs every layer)."""
     if output_tokens < 1:
-        raise CapcalcError(f"--output must be at least 1, got {output_tokens}")
+        raise CapcalcError(
+            f"output_tokens must be at least 1, got {output_tokens}", parameter="output_tokens"
+        )
+    d = Deployment.of(deployment, **fields)
+    tp = d.tp
     if isinstance(efficiency, ResolvedEfficiency):
         efficiency = efficiency.efficiency
     eff = efficiency or Efficiency.ideal()
     # Each step's FLOPs and bytes are computed once and timed twice: at the achievable
     # rates and at the datasheet roofline (sweeps run this thousands of times).
     ideal = Efficiency.ideal()
-    dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
-    cost_kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp)
-    prefill_step = prefill_cost(model, batch, prompt_tokens, **cost_kw)
+    dtype = resolve_compute_dtype(d.compute_dtype, d.weight_dtype, model, gpu)
+    prefill_step = prefill_cost(model, batch, prompt_tokens, d)
     prefill = predict_step(model, gpu, prefill_step, dtype, eff)
     ideal_prefill = predict_step(model, gpu, prefill_step, dtype, ideal)
     contexts = decode_contexts(prompt_tokens, output_tokens)
     mid = (contexts[0] + contexts[-1]) // 2  # the mean decode context, for the itemised split
-    costs = decode_costs(model, batch, [*contexts, mid], **cost_kw)
+    costs = decode_costs(model, batch, [*contexts, mid], d)
     steps = [predict_step(model, gpu, costs[c], dtype, eff) for c in contexts]
     itl = sum(s.time_s for s in steps) / len(steps)
     middle = predict_step(model, gpu, costs[mid], dtype, eff)

@@ -28,10 +28,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from capcalc.core.records import SCHEMA_VERSION
 from capcalc.model.flops import COMPONENTS
 from capcalc.model.kv import kv_bytes_per_sequence
 from capcalc.perf.efficiency import Efficiency
 from capcalc.perf.latency import StepPrediction, predict_decode_step, predict_prefill
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 #: searched up to this batch (and context) for the critical batch
@@ -61,10 +63,13 @@ class RooflineResult:
     critical_batch_kv_bytes_per_gpu: float | None
     memory_bytes: float
     ridge_points: dict[str, float] = field(default_factory=dict)
+    deployment: Deployment = field(default_factory=Deployment)  # as asked (dtypes unresolved)
 
     def record(self) -> dict[str, Any]:
-        """The flat output record: inputs, then the two phases, itemised, then landmarks."""
+        """The flat output record: ``schema_version``, the inputs, then the two phases,
+        itemised, then landmarks."""
         rec: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "gpu": self.gpu,
             "batch": self.batch,
@@ -162,14 +167,15 @@ def roofline(
     batch: int = 1,
     ctx: int = 1024,
     prompt_tokens: int = 1024,
-    weight_dtype: str = "auto",
-    kv_dtype: str = "auto",
-    tp: int = 1,
-    compute_dtype: str = "auto",
+    deployment: Deployment | None = None,
+    **fields,
 ) -> RooflineResult:
     """The datasheet roofline of a decode step (``batch`` sequences at ``ctx``) and of the
-    prefill of ``batch`` prompts of ``prompt_tokens`` tokens, with the seed's landmarks."""
-    kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, compute_dtype=compute_dtype)
+    prefill of ``batch`` prompts of ``prompt_tokens`` tokens, with the seed's landmarks,
+    under ``deployment`` (``fields``: changes to it, :meth:`Deployment.of`)."""
+    d = Deployment.of(deployment, **fields)
+    tp = d.tp
+    kw = dict(deployment=d)
     ideal = Efficiency.ideal()
     decode = predict_decode_step(model, gpu, batch, ctx, efficiency=ideal, **kw)
     prefill = predict_prefill(model, gpu, batch, prompt_tokens, efficiency=ideal, **kw)
@@ -198,7 +204,8 @@ def roofline(
         critical_batch_ctx_limit_tokens=critical_ctx_limit(model, gpu, **kw),
         critical_batch_kv_bytes_per_gpu=crit_kv,
         memory_bytes=gpu.memory_bytes,
-        ridge_points={d: gpu.ridge_point(d) for d in gpu.peak_flops_per_s if d != "fp64"},
+        ridge_points={t: gpu.ridge_point(t) for t in gpu.peak_flops_per_s if t != "fp64"},
+        deployment=d,
     )
 
 
@@ -218,8 +225,7 @@ def chart_points(
 ) -> list[RooflinePoint]:
     """Decode points across batches (1, 2, 4 ... past the critical batch) and the prefill
     point, for the chart."""
-    kw = dict(weight_dtype=result.weight_dtype, kv_dtype=result.kv_dtype, tp=result.tp)
-    kw["compute_dtype"] = result.compute_dtype
+    kw = dict(deployment=result.deployment)
     if batches is None:
         top = max(1024, 4 * (result.critical_batch or 0), result.batch)
         batches = tuple(2**i for i in range(0, min(top, 2**16).bit_length()))

@@ -9,7 +9,6 @@ JSON array, one JSONL line each, or one CSV row each. Tables label their units.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import re
@@ -23,27 +22,20 @@ from rich.table import Table
 
 from capcalc.core import units
 from capcalc.core.errors import CapcalcError
+from capcalc.core.records import SCHEMA_VERSION
+from capcalc.core.records import flat_record as record
 
-SCHEMA_VERSION = 1
+__all__ = ["FORMATS", "SCHEMA_VERSION", "choose_format", "emit", "humanize", "record"]
+
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
-def record(result: Any = None, /, **fields: Any) -> dict[str, Any]:
-    """A flat output record: ``schema_version`` first, then the result's fields
-    (a dataclass or a mapping), then ``fields``."""
-    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-    if dataclasses.is_dataclass(result):
-        out.update(dataclasses.asdict(result))
-    elif result is not None:
-        out.update(result)
-    out.update(fields)
-    return out
-
-
 def choose_format(json_: bool = False, jsonl: bool = False, csv_: bool = False) -> str:
+    """The one format asked for (``table`` when none); asking for several is an error
+    that names them as the ``json``, ``jsonl`` and ``csv`` parameters."""
     chosen = [name for name, on in (("json", json_), ("jsonl", jsonl), ("csv", csv_)) if on]
     if len(chosen) > 1:
-        raise CapcalcError(f"choose one output format, not {' and '.join('--' + c for c in chosen)}")
+        raise CapcalcError(f"choose one output format, not {' and '.join(chosen)}", parameter=tuple(chosen))
     return chosen[0] if chosen else "table"
 
 

@@ -20,15 +20,15 @@ from capcalc.core.inputs import excerpt
 #: figure size in inches and resolution: PNG files are 1000 x 600 pixels
 FIGSIZE = (10.0, 6.0)
 DPI = 100
-INSTALL_HINT = "--plot needs matplotlib: pip install 'capcalc[plot]' (or pip install matplotlib)"
+INSTALL_HINT = "plot needs matplotlib: pip install 'capcalc[plot]' (or pip install matplotlib)"
 FORMATS = (".png", ".svg")
 
 
 def check_plot_path(path: str | Path) -> Path:
-    """Validate ``--plot FILE`` before any work: a .png or .svg name, matplotlib importable."""
+    """Validate a chart's file name before any work: a .png or .svg name, matplotlib importable."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise CapcalcError(f"--plot: {excerpt(str(path))} must end in .png or .svg")
+        raise CapcalcError(f"plot: {excerpt(str(path))} must end in .png or .svg", parameter="plot")
     require_matplotlib()
     return path
 
@@ -37,7 +37,7 @@ def require_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CapcalcError(INSTALL_HINT) from None
+        raise CapcalcError(INSTALL_HINT, parameter="plot") from None
 
 
 def save_roofline_chart(path: str | Path, result, points) -> Path:

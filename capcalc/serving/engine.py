@@ -59,6 +59,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from capcalc.core.errors import CapcalcError
+from capcalc.schema.deployment import Deployment
 from capcalc.serving.engines import EngineConfig
 from capcalc.serving.stepmodel import Chunk, MixedStepModel
 
@@ -554,6 +555,17 @@ class Replica:
     group_size: int = 128
     gpu_memory_utilization: float = 0.9
 
+    @property
+    def deployment(self) -> Deployment:
+        """The replica's dtypes and tensor-parallel layout as the step and memory models take them."""
+        return Deployment(
+            weight_dtype=self.weight_dtype,
+            kv_dtype=self.kv_dtype,
+            compute_dtype=self.compute_dtype,
+            tp=self.tp,
+            group_size=self.group_size,
+        )
+
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
     """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
@@ -565,10 +577,7 @@ def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: in
         memory_bytes=memory,
         memory_source=source,
         gpu=replica.gpu.name,
-        tp=replica.tp,
-        weight_dtype=replica.weight_dtype,
-        kv_dtype=replica.kv_dtype,
-        group_size=replica.group_size,
+        deployment=replica.deployment,
         gpu_memory_utilization=replica.gpu_memory_utilization,
         max_model_len=min(max_model_len, replica.model.max_context),
         max_num_seqs=config.max_num_seqs,

@@ -75,13 +75,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
-from capcalc.core.errors import CapcalcError
+from capcalc.core.errors import CapcalcError, Note
+from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
 from capcalc.model.kv import kv_bytes_per_token_per_layer
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
+from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 GIB = 2**30
@@ -210,12 +214,7 @@ class FitRequest:
     memory_bytes: float
     memory_source: str  # 'reported' | 'datasheet' | 'flag'
     gpu: str = ""
-    tp: int = 1
-    pp: int = 1
-    weight_dtype: str = "auto"
-    kv_dtype: str = "auto"
-    group_size: int = 128
-    quantize_embeddings: bool = False
+    deployment: Deployment = field(default_factory=Deployment)
     gpu_memory_utilization: float = DEFAULT_UTILIZATION
     max_model_len: int | None = None
     block_size: int = DEFAULT_BLOCK_SIZE
@@ -227,6 +226,21 @@ class FitRequest:
     kv_cache_memory: float | None = None
     hybrid: bool = True
     n_gpus: int | None = None
+
+    @property
+    def tp(self) -> int:
+        return self.deployment.tp
+
+    @property
+    def pp(self) -> int:
+        return self.deployment.pp
+
+    def changed(self, **changes) -> FitRequest:
+        """This request with ``changes``, deployment fields (``tp``, ``kv_dtype``...) included."""
+        moved = {k: changes.pop(k) for k in list(changes) if k in DEPLOYMENT_FIELDS}
+        if moved:
+            changes["deployment"] = replace(self.deployment, **moved)
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -272,7 +286,13 @@ class FitResult:
     weights_shortfall_bytes: float
     max_model_len_that_fits: int
     binding_stage: int
-    suggestions: list[str] = field(default_factory=list)
+    #: changes that would make it fit, each checked by fitting again: (parameter, value)
+    #: pairs of :class:`FitRequest` or its deployment, e.g. ``("max_model_len", 43696)``
+    suggestions: tuple[tuple[str, Any], ...] = ()
+
+    def record(self) -> dict:
+        """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
+        return flat_record(self)
 
     def vllm_error(self) -> str | None:
         """The message vLLM would stop with, or None when it starts."""
@@ -301,40 +321,43 @@ def memory_of(gpu: HardwareProfile) -> tuple[float, str]:
 
 
 def check_request(req: FitRequest, model: ModelProfile) -> None:
-    """Raise a usage error for a setting no GPU or tp could make valid: the flags'
-    ranges and the dtypes. The tensor-parallel degree is checked by :func:`fit`
-    (``plan`` rejects an invalid tp per candidate)."""
+    """Raise a usage error for a setting no GPU or tp could make valid: the ranges of
+    the request's fields and the dtypes. The tensor-parallel degree is checked by
+    :func:`fit` (``plan`` rejects an invalid tp per candidate)."""
     if not req.memory_bytes > 0:
-        raise CapcalcError(f"GPU memory must be positive, got {req.memory_bytes:g} bytes")
+        raise CapcalcError(
+            f"memory_bytes must be positive, got {req.memory_bytes:g} bytes", parameter="memory_bytes"
+        )
     if not 0 < req.gpu_memory_utilization <= 1:
-        raise CapcalcError(f"--gpu-memory-utilization must be in (0, 1], got {req.gpu_memory_utilization:g}")
+        raise CapcalcError(
+            f"gpu_memory_utilization must be in (0, 1], got {req.gpu_memory_utilization:g}",
+            parameter="gpu_memory_utilization",
+        )
     if req.max_model_len is not None:
         if req.max_model_len < 1:
-            raise CapcalcError(f"--max-model-len must be at least 1, got {req.max_model_len}")
+            raise CapcalcError(
+                f"max_model_len must be at least 1, got {req.max_model_len}", parameter="max_model_len"
+            )
         if req.max_model_len > model.max_context:
             raise CapcalcError(
-                f"--max-model-len {req.max_model_len} exceeds {model.name}'s maximum context of "
-                f"{model.max_context} tokens"
+                f"max_model_len {req.max_model_len} exceeds {model.name}'s maximum context of "
+                f"{model.max_context} tokens",
+                parameter="max_model_len",
             )
-    for name, value in (
-        ("--block-size", req.block_size),
-        ("--max-num-seqs", req.max_num_seqs),
-        ("--max-num-batched-tokens", req.max_num_batched_tokens),
-        ("--n-gpus", req.n_gpus),
-    ):
+    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "n_gpus"):
+        value = getattr(req, name)
         if value is not None and value < 1:
-            raise CapcalcError(f"{name} must be at least 1, got {value}")
-    for name, value in (
-        ("--activation-bytes", req.activation_bytes),
-        ("--overhead-bytes", req.overhead_bytes),
-        ("--cudagraph-bytes", req.cudagraph_bytes),
-    ):
+            raise CapcalcError(f"{name} must be at least 1, got {value}", parameter=name)
+    for name in ("activation_bytes", "overhead_bytes", "cudagraph_bytes"):
+        value = getattr(req, name)
         if value is not None and value < 0:
-            raise CapcalcError(f"{name} must not be negative, got {value:g}")
+            raise CapcalcError(f"{name} must not be negative, got {value:g}", parameter=name)
     if req.kv_cache_memory is not None and not req.kv_cache_memory > 0:
-        raise CapcalcError(f"--kv-cache-memory must be positive, got {req.kv_cache_memory:g}")
-    resolve_kv_dtype(req.kv_dtype, model.native_dtype)
-    resolve_weight_dtype(req.weight_dtype, model)
+        raise CapcalcError(
+            f"kv_cache_memory must be positive, got {req.kv_cache_memory:g}", parameter="kv_cache_memory"
+        )
+    resolve_kv_dtype(req.deployment.kv_dtype, model.native_dtype)
+    resolve_weight_dtype(req.deployment.weight_dtype, model)
 
 
 def _check(req: FitRequest, model: ModelProfile) -> None:
@@ -342,7 +365,8 @@ def _check(req: FitRequest, model: ModelProfile) -> None:
     check_tp(model, req.tp)
     if req.n_gpus is not None and req.tp * req.pp > req.n_gpus:
         raise CapcalcError(
-            f"tp={req.tp} x pp={req.pp} needs {req.tp * req.pp} GPUs, more than --n-gpus {req.n_gpus}"
+            f"tp={req.tp} x pp={req.pp} needs {req.tp * req.pp} GPUs, more than n_gpus {req.n_gpus}",
+            parameter="n_gpus",
         )
 
 
@@ -353,13 +377,11 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
     default_seqs, default_tokens = default_batch_limits(req.memory_bytes, req.gpu)
     max_num_batched_tokens = req.max_num_batched_tokens or default_tokens
     max_num_seqs = req.max_num_seqs or min(default_seqs, max_num_batched_tokens)
-    kv_dtype = resolve_kv_dtype(req.kv_dtype, model.native_dtype)
-    weight_dtype = resolve_weight_dtype(req.weight_dtype, model)
+    kv_dtype = resolve_kv_dtype(req.deployment.kv_dtype, model.native_dtype)
+    weight_dtype = resolve_weight_dtype(req.deployment.weight_dtype, model)
     bs = req.block_size
 
-    stages = weight_bytes_per_gpu(
-        model, weight_dtype, req.group_size, req.quantize_embeddings, req.tp, req.pp
-    )
+    stages = weight_bytes_per_gpu(model, req.deployment)
     usable = req.memory_bytes * req.gpu_memory_utilization
     activation = (
         req.activation_bytes
@@ -456,34 +478,34 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
     return result
 
 
-def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> list[str]:
-    """Flags that would make it fit, each checked by fitting again."""
-    out = []
+def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> tuple[tuple[str, Any], ...]:
+    """(parameter, value) changes that would make it fit, each checked by fitting again."""
+    out: list[tuple[str, Any]] = []
 
     def works(**changes) -> bool:
         try:
-            return fit(model, replace(req, **changes), suggest=False).fits
+            return fit(model, req.changed(**changes), suggest=False).fits
         except CapcalcError:
             return False
 
     if r.weights_fit and 0 < r.max_model_len_that_fits < r.max_model_len:
-        out.append(f"--max-model-len {r.max_model_len_that_fits}")
+        out.append(("max_model_len", r.max_model_len_that_fits))
     if req.kv_cache_memory is None:
         non_kv = r.usable_bytes_per_gpu - r.kv_cache_bytes_per_gpu + r.kv_cache_shortfall_bytes_per_gpu
         util = math.ceil((non_kv + r.kv_needed_bytes) / r.memory_bytes * 100) / 100
         if util <= 1 and works(gpu_memory_utilization=util):
-            out.append(f"--gpu-memory-utilization {util:.2f}")
+            out.append(("gpu_memory_utilization", util))
     if r.kv_dtype != "fp8" and works(kv_dtype="fp8"):
-        out.append("--kv-cache-dtype fp8")
+        out.append(("kv_dtype", "fp8"))
     for dtype in ("fp8", "int4"):
         if r.weight_dtype not in ("fp8", "int4", "mxfp4", "nvfp4") and works(weight_dtype=dtype):
-            out.append(f"--weight-dtype {dtype}")
+            out.append(("weight_dtype", dtype))
             break
     for tp in valid_tp_degrees(model):
         if tp > req.tp and (req.n_gpus is None or tp * req.pp <= req.n_gpus) and works(tp=tp):
-            out.append(f"--tp {tp}")
+            out.append(("tp", tp))
             break
-    return out
+    return tuple(out)
 
 
 def search_tp(
@@ -495,11 +517,40 @@ def search_tp(
     limit = (req.n_gpus // req.pp) if req.n_gpus else MAX_TP
     degrees = [tp for tp in valid_tp_degrees(model) if tp <= limit]
     if not degrees:
-        raise CapcalcError(f"no valid tp degree for {model.name} fits in {req.n_gpus} GPUs with pp={req.pp}")
+        raise CapcalcError(
+            f"no valid tp degree for {model.name} fits in {req.n_gpus} GPUs with pp={req.pp}",
+            parameter="n_gpus",
+        )
     for tp in degrees:
-        result = fit(model, replace(req, tp=tp), suggest=False)
+        result = fit(model, req.changed(tp=tp), suggest=False)
         if result.fits and (concurrency is None or result.max_concurrency >= concurrency):
             return result, True
     if not result.fits:  # as fit(..., suggest=True) of the largest degree would give it
-        result = replace(result, suggestions=_suggestions(model, replace(req, tp=degrees[-1]), result))
+        result = replace(result, suggestions=_suggestions(model, req.changed(tp=degrees[-1]), result))
     return result, False
+
+
+def serving_note(
+    model: ModelProfile, gpu: HardwareProfile, deployment: Deployment, batch: int, context: int
+) -> Note | None:
+    """What :func:`fit` says against a prediction of ``batch`` requests of ``context``
+    tokens under ``deployment``, when vLLM would not serve it as asked: beyond the model's
+    context, the weights or one request do not fit, or the KV cache holds fewer requests
+    than the batch. None when it would."""
+    if context > model.max_context:
+        return Note(f"{context:,} tokens exceed {model.name}'s max context ({model.max_context:,})")
+    memory, source = memory_of(gpu)
+    request = FitRequest(memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context)
+    capacity = fit(model, request, suggest=False)
+    if not capacity.fits:
+        return Note(
+            f"{model.name} at tp={deployment.tp} on {gpu.name} with {context:,}-token requests: "
+            "does not fit (see `capcalc fit`)"
+        )
+    if capacity.max_concurrency < batch:
+        return Note(
+            template=f"vLLM's KV cache on {gpu.name} holds {capacity.max_concurrency:.2f} requests of {context:,} "
+            f"tokens, fewer than {{batch}} {batch} (see `capcalc fit`)",
+            parameter="batch",
+        )
+    return None

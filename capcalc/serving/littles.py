@@ -34,32 +34,40 @@ def littles_law(
     unit: str = "requests",
 ) -> LittlesResult:
     """Solve N = X * L for whichever of the three is missing."""
-    given = {"concurrency": concurrency, "throughput": throughput_per_s, "latency": latency_s}
+    given = {"concurrency": concurrency, "throughput_per_s": throughput_per_s, "latency_s": latency_s}
     for name, value in given.items():
         if value is not None and not value > 0:
-            raise CapcalcError(f"--{name} must be positive, got {value:g}")
+            raise CapcalcError(f"{name} must be positive, got {value:g}", parameter=name)
         if value is not None and not math.isfinite(value):
-            raise CapcalcError(f"--{name} must be finite, got {value:g}")
+            raise CapcalcError(f"{name} must be finite, got {value:g}", parameter=name)
     missing = [name for name, value in given.items() if value is None]
     if len(missing) > 1:
-        raise CapcalcError("give two of --concurrency, --throughput and --latency (Little's law: N = X x L)")
+        raise CapcalcError(
+            "give two of concurrency, throughput_per_s and latency_s (Little's law: N = X x L)",
+            parameter=tuple(given),
+        )
     if not missing:
         implied = throughput_per_s * latency_s
         if abs(implied - concurrency) > CONSISTENCY_TOLERANCE * max(implied, concurrency):
             raise CapcalcError(
-                f"inconsistent: throughput x latency = {implied:g} but --concurrency is {concurrency:g}; "
-                "give only two of the three"
+                f"inconsistent: throughput x latency = {implied:g} but concurrency is {concurrency:g}; "
+                "give only two of the three",
+                parameter="concurrency",
             )
         return LittlesResult(concurrency, throughput_per_s, latency_s, unit, "none")
     if missing == ["concurrency"]:
         concurrency = throughput_per_s * latency_s
-    elif missing == ["throughput"]:
+    elif missing == ["throughput_per_s"]:
         throughput_per_s = concurrency / latency_s
     else:
         latency_s = concurrency / throughput_per_s
-    solved = {"concurrency": concurrency, "throughput": throughput_per_s, "latency": latency_s}[missing[0]]
-    if not (math.isfinite(solved) and solved > 0):
+    solved_value = {"concurrency": concurrency, "throughput_per_s": throughput_per_s, "latency_s": latency_s}[
+        missing[0]
+    ]
+    solved = {"throughput_per_s": "throughput", "latency_s": "latency"}.get(missing[0], missing[0])
+    if not (math.isfinite(solved_value) and solved_value > 0):
         raise CapcalcError(
-            f"the {missing[0]} implied, {solved:g}, is outside what a float holds: the inputs are too far apart"
+            f"the {solved} implied, {solved_value:g}, is outside what a float holds: the inputs are too far apart",
+            parameter=missing[0],
         )
-    return LittlesResult(concurrency, throughput_per_s, latency_s, unit, missing[0])
+    return LittlesResult(concurrency, throughput_per_s, latency_s, unit, solved)

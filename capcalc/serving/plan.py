@@ -61,17 +61,17 @@ Simplifications, stated because they matter:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from capcalc.core.dtypes import resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
+from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true, smallest_true
 from capcalc.core.units import format_bytes, format_duration
-from capcalc.model.parallel import check_tp
-from capcalc.model.weights import resolve_weight_dtype
+from capcalc.model.parallel import check_tp, valid_tp_degrees
 from capcalc.perf.efficiency import Efficiency
 from capcalc.perf.latency import LatencyResult, predict_latency
+from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 from capcalc.serving.fit import DEFAULT_UTILIZATION, FitRequest, check_request, fit, memory_of
 
@@ -83,6 +83,9 @@ from capcalc.serving.fit import DEFAULT_UTILIZATION, FitRequest, check_request, 
 #: below which "add memory" is not worth naming as the fix. It only names the binding
 #: constraint: replicas, GPUs and cost do not depend on it.
 COMPUTE_SATURATION = 0.9
+
+#: tensor-parallel degrees tried when none are given (those valid for the model)
+DEFAULT_TPS = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,22 @@ class SLOs:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A GPU type and how the model is deployed on it (one replica = ``deployment.tp`` GPUs)."""
+
     gpu: HardwareProfile
-    tp: int
-    weight_dtype: str = "auto"
-    kv_dtype: str = "auto"
+    deployment: Deployment = Deployment()
+
+    @property
+    def tp(self) -> int:
+        return self.deployment.tp
+
+    @property
+    def weight_dtype(self) -> str:
+        return self.deployment.weight_dtype
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.deployment.kv_dtype
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,10 @@ class PlanResult:
     price_source: str | None = None
     cost_usd_per_hour: float | None = None
     cost_usd_per_million_output_tokens: float | None = None
+
+    def record(self) -> dict:
+        """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
+        return flat_record(self)
 
 
 # --------------------------------------------------------------------------- the fixed point
@@ -284,9 +303,7 @@ def _latency_fn(model: ModelProfile, cand: Candidate, traffic: Traffic, efficien
             prompt_tokens=traffic.prompt_tokens,
             output_tokens=traffic.output_tokens,
             batch=batch,
-            weight_dtype=cand.weight_dtype,
-            kv_dtype=cand.kv_dtype,
-            tp=cand.tp,
+            deployment=cand.deployment,
             efficiency=efficiency,
         )
 
@@ -305,9 +322,7 @@ def fit_request(
         memory_bytes=memory,
         memory_source=source,
         gpu=cand.gpu.name,
-        tp=cand.tp,
-        weight_dtype=cand.weight_dtype,
-        kv_dtype=cand.kv_dtype,
+        deployment=cand.deployment,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=traffic.prompt_tokens + traffic.output_tokens,
         max_num_seqs=max_num_seqs,
@@ -469,10 +484,6 @@ def plan(
     """Every candidate planned, best first; rejected ones last, in the order given.
     A setting or dtype no candidate could use is a usage error, raised before any."""
     check_traffic(model, traffic, slos)
-    for weight_dtype in dict.fromkeys(c.weight_dtype for c in candidates):
-        resolve_weight_dtype(weight_dtype, model)
-    for kv_dtype in dict.fromkeys(c.kv_dtype for c in candidates):
-        resolve_kv_dtype(kv_dtype, model.native_dtype)
     if candidates:  # the settings are the same in every candidate's request
         check_request(fit_request(candidates[0], traffic, gpu_memory_utilization, max_num_seqs), model)
     prices = prices or {}
@@ -492,19 +503,53 @@ def plan(
     return sorted(results, key=sort_key)  # stable: rejected ones keep their order
 
 
+def candidates(
+    model: ModelProfile,
+    gpus: Sequence[HardwareProfile],
+    tps: Sequence[int] | None = None,
+    weight_dtypes: Sequence[str] = ("auto",),
+    kv_dtypes: Sequence[str] = ("auto",),
+    deployment: Deployment | None = None,
+) -> list[Candidate]:
+    """Every combination of GPU, tp, weight dtype and KV dtype, in that order (the last
+    fastest), each with ``deployment``'s other fields (compute dtype, group size, embedding
+    quantisation). ``tps`` None: those of :data:`DEFAULT_TPS` valid for the model; a tp
+    given that the model's heads do not divide into is a usage error."""
+    base = deployment or Deployment()
+    if tps is None:
+        tps = [t for t in DEFAULT_TPS if t in valid_tp_degrees(model, max(DEFAULT_TPS))]
+    else:
+        tps = [check_tp(model, t) for t in tps]
+    return [
+        Candidate(g, replace(base, tp=t, weight_dtype=w, kv_dtype=k))
+        for g in gpus
+        for t in tps
+        for w in (weight_dtypes or ("auto",))
+        for k in (kv_dtypes or ("auto",))
+    ]
+
+
 def check_traffic(model: ModelProfile, traffic: Traffic, slos: SLOs) -> None:
     if not traffic.requests_per_s > 0:
-        raise CapcalcError(f"--rps must be positive, got {traffic.requests_per_s:g}")
+        raise CapcalcError(
+            f"requests_per_s must be positive, got {traffic.requests_per_s:g}", parameter="requests_per_s"
+        )
     if traffic.prompt_tokens < 1:
-        raise CapcalcError(f"--prompt must be at least 1, got {traffic.prompt_tokens}")
+        raise CapcalcError(
+            f"prompt_tokens must be at least 1, got {traffic.prompt_tokens}", parameter="prompt_tokens"
+        )
     if traffic.output_tokens < 1:
-        raise CapcalcError(f"--output must be at least 1, got {traffic.output_tokens}")
+        raise CapcalcError(
+            f"output_tokens must be at least 1, got {traffic.output_tokens}", parameter="output_tokens"
+        )
     context = traffic.prompt_tokens + traffic.output_tokens
     if context > model.max_context:
         raise CapcalcError(
-            f"--prompt + --output = {context:,} tokens exceeds {model.name}'s maximum context of "
-            f"{model.max_context:,} tokens"
+            f"prompt_tokens + output_tokens = {context:,} tokens exceeds {model.name}'s maximum context of "
+            f"{model.max_context:,} tokens",
+            parameter=("prompt_tokens", "output_tokens"),
         )
-    for name, value in (("--ttft-slo", slos.ttft_s), ("--itl-slo", slos.itl_s), ("--e2e-slo", slos.e2e_s)):
+    for name in ("ttft_s", "itl_s", "e2e_s"):
+        value = getattr(slos, name)
         if value is not None and not value > 0:
-            raise CapcalcError(f"{name} must be positive, got {value:g} s")
+            raise CapcalcError(f"{name} must be positive, got {value:g} s", parameter=name)

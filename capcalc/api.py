@@ -1,0 +1,387 @@
+"""The Python API: one :class:`Session` for kv, fit, roofline, latency, plan and measure.
+
+    from capcalc import Session
+
+    s = Session()
+    s.kv("llama-3-70b", ctx=8192).kv_bytes_per_sequence
+    s.fit("llama-3-70b", "h100-sxm", tp=2, max_model_len=8192).fits
+    s.latency("llama-3-8b", "h100-sxm", prompt_tokens=1000, output_tokens=200).ttft_s
+
+A session reads the profiles (the shipped ones, ``profiles`` and ``$CAPCALC_PROFILES``)
+and the calibration once, rereading them when a file changes, and resolves each model
+name (profile, checkpoint folder or Hugging Face id) once. Models and GPUs are given by
+name or as profile objects; the deployment as a :class:`~capcalc.schema.deployment.Deployment`
+or its fields as keywords (``tp=2, weight_dtype="int4"``). Every result has
+``.record()``: the flat dict the CLI's ``--json`` prints.
+
+Nothing here prints. What a user should know about how a result was reached (a profile
+overridden, a Hub read, the calibration used, a prediction vLLM would not serve as
+asked) is appended to :attr:`Session.notes`, each message once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capcalc.core.errors import CapcalcError, Note
+from capcalc.core.records import flat_record
+from capcalc.model.kv import KVResult, kv_cache
+from capcalc.perf.efficiency import PARAMETERS, ResolvedEfficiency, resolve_efficiency
+from capcalc.perf.latency import LatencyResult, predict_latency
+from capcalc.perf.roofline import RooflineResult, roofline
+from capcalc.schema.deployment import FIELDS, Deployment
+from capcalc.schema.profiles import HardwareProfile, ModelProfile
+from capcalc.serving.fit import FitRequest, FitResult, fit, memory_of, search_tp, serving_note
+from capcalc.serving.plan import PlanResult, SLOs, Traffic, candidates, plan
+from capcalc.sources.calibration import load_calibration
+from capcalc.sources.dirs import profile_dirs
+from capcalc.sources.registry import Registry
+from capcalc.sources.resolve import ModelResolver
+
+__all__ = ["Deployment", "LatencyReport", "PlanReport", "Session"]
+
+# Shared by every session of the process (a sweep or a test suite makes many), keyed by
+# the state of the files read, so that an edited profile is read again.
+_REGISTRIES: dict[tuple, Registry] = {}
+_CALIBRATIONS: dict[tuple, dict] = {}
+_RESOLVERS: dict[int, ModelResolver] = {}
+
+
+def _files_state(dirs: list[Path]) -> tuple:
+    """(path, inode, mtime, size) of every YAML file capcalc would read from ``dirs`` (the
+    inode: an atomic rewrite within the clock's granularity may keep mtime and size)."""
+    state = []
+    for path in dirs:
+        if path.is_dir():
+            for file in sorted(path.iterdir()):
+                if file.suffix in (".yaml", ".yml"):
+                    try:
+                        stat = file.stat()
+                    except OSError:  # a dangling link or a loop: the loader says so, in one line
+                        state.append((str(file), None, None, None))
+                        continue
+                    state.append((str(file), stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        else:
+            state.append((str(path), None, None, None))
+    return tuple(state)
+
+
+def _split_deployment(deployment: Deployment | None, kwargs: dict[str, Any]) -> Deployment:
+    """``deployment`` with the deployment fields of ``kwargs`` (removed from it) applied."""
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in FIELDS}
+    return Deployment.of(deployment, **fields)
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """A latency prediction and the efficiency it assumed (each parameter's value and source).
+    The prediction's fields read through: ``report.ttft_s``."""
+
+    result: LatencyResult
+    efficiency: ResolvedEfficiency
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def record(self) -> dict:
+        """The CLI's ``latency --json`` record: the prediction, then ``assume_*`` and ``efficiency_source``."""
+        return flat_record(self.result, **self.efficiency.as_record())
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Every candidate planned, best first; rejected ones last."""
+
+    model: str
+    traffic: Traffic
+    slos: SLOs
+    results: tuple[PlanResult, ...]
+
+    @property
+    def feasible(self) -> tuple[PlanResult, ...]:
+        return tuple(r for r in self.results if r.feasible)
+
+    @property
+    def best(self) -> PlanResult | None:
+        return next(iter(self.feasible), None)
+
+    def records(self) -> list[dict]:
+        """One record per candidate, as ``plan --json`` prints them."""
+        return [r.record() for r in self.results]
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+class Session:
+    """Profiles, calibration and resolved models, read once; the calculations as methods.
+
+    ``profiles``: extra directories of model/GPU profiles (a same-named one wins over a
+    shipped one). ``use_calibration`` False ignores ``calibration.yaml`` (efficiency then
+    comes from overrides, the GPU profile and built-in defaults)."""
+
+    def __init__(self, profiles: Iterable[str | Path] = (), use_calibration: bool = True):
+        self.profiles = tuple(Path(p) for p in profiles)
+        self.use_calibration = use_calibration
+        #: what a user should know about the results so far, in order, each once
+        self.notes: list[Note] = []
+
+    # ------------------------------------------------------------------ sources
+
+    def note(self, note: Note | CapcalcError | str) -> None:
+        """Add a note (an error that did not stop the work, e.g. a point refused, too)."""
+        if isinstance(note, CapcalcError):
+            note = Note(note.message, note.parameter, note.template)
+        elif not isinstance(note, Note):
+            note = Note(str(note))
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _key(self) -> tuple:
+        dirs = profile_dirs(self.profiles)
+        return (tuple(str(d) for d in dirs), _files_state(dirs))
+
+    @property
+    def registry(self) -> Registry:
+        """The profiles in play, loaded once per process and reloaded when a file changes."""
+        key = self._key()
+        if key not in _REGISTRIES:
+            _REGISTRIES.clear()
+            _RESOLVERS.clear()
+            _REGISTRIES[key] = Registry.load([str(d) for d in self.profiles])
+        registry = _REGISTRIES[key]
+        for message in registry.notes:
+            self.note(message)
+        return registry
+
+    def calibration(self) -> dict | None:
+        """The calibration files' entries (None with ``use_calibration=False``); shared: do not modify."""
+        if not self.use_calibration:
+            return None
+        key = self._key()
+        if key not in _CALIBRATIONS:
+            _CALIBRATIONS.clear()
+            _CALIBRATIONS[key] = load_calibration(self.profiles)
+        return _CALIBRATIONS[key]
+
+    def model(self, model: str | ModelProfile) -> ModelProfile:
+        """A model profile by name, alias, checkpoint folder or Hub id (or the profile itself)."""
+        if isinstance(model, ModelProfile):
+            return model
+        registry = self.registry
+        resolver = _RESOLVERS.setdefault(id(registry), ModelResolver(registry))
+        resolved = resolver.resolve(model)
+        for message in resolved.notes:
+            self.note(message)
+        return resolved.profile
+
+    def gpu(self, gpu: str | HardwareProfile) -> HardwareProfile:
+        """A GPU profile by name or alias (or the profile itself)."""
+        return gpu if isinstance(gpu, HardwareProfile) else self.registry.gpu(gpu)
+
+    def gpus(self, names: Sequence[str | HardwareProfile] | None = None) -> list[HardwareProfile]:
+        """The GPUs named, or every known one (sorted by name)."""
+        if names is None:
+            registry = self.registry
+            return [registry.gpus[n] for n in sorted(registry.gpus)]
+        return [self.gpu(g) for g in names]
+
+    def efficiency(
+        self, gpu: str | HardwareProfile, overrides: dict[str, Any] | None = None
+    ) -> ResolvedEfficiency:
+        """Each efficiency parameter for ``gpu``: override > calibration > profile > default."""
+        device = self.gpu(gpu)
+        resolved = resolve_efficiency(device, overrides, self.calibration())
+        if resolved.calibrated:
+            when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
+            where = resolved.calibration_path or "calibration.yaml"
+            self.note(f"using the calibration of {device.name}{when} from {where}")
+        return resolved
+
+    # ------------------------------------------------------------------ calculations
+
+    def kv(
+        self,
+        model: str | ModelProfile,
+        ctx: int | None = None,
+        batch: int = 1,
+        memory_bytes: float | None = None,
+        deployment: Deployment | None = None,
+        **fields,
+    ) -> KVResult:
+        """KV-cache size of ``batch`` sequences of ``ctx`` tokens (default: the model's max
+        context); with ``memory_bytes`` per GPU, how many sequences fit in it."""
+        profile = self.model(model)
+        d = Deployment.of(deployment, **fields)
+        return kv_cache(
+            profile,
+            ctx=ctx if ctx is not None else profile.max_context,
+            batch=batch,
+            kv_dtype=d.kv_dtype,
+            tp=d.tp,
+            memory_bytes=memory_bytes,
+        )
+
+    def fit(
+        self,
+        model: str | ModelProfile,
+        gpu: str | HardwareProfile | None = None,
+        memory_bytes: float | None = None,
+        deployment: Deployment | None = None,
+        concurrency: float | None = None,
+        **settings,
+    ) -> FitResult:
+        """vLLM's memory fit on ``gpu`` (its reported memory, else its datasheet size) or on
+        ``memory_bytes`` per GPU. ``settings``: the fields of :class:`FitRequest`
+        (``max_model_len``, ``gpu_memory_utilization``, ``n_gpus``...) and of the deployment.
+        ``tp="auto"`` (or ``n_gpus`` without ``tp``) searches for the smallest valid tp that
+        fits, and with ``concurrency`` serves that many sequences."""
+        profile = self.model(model)
+        if (gpu is None) == (memory_bytes is None):
+            raise CapcalcError("give exactly one of gpu or memory_bytes", parameter=("gpu", "memory_bytes"))
+        if gpu is not None:
+            device = self.gpu(gpu)
+            memory, source, gpu_name = *memory_of(device), device.name
+        else:
+            memory, source, gpu_name = memory_bytes, "flag", ""
+        tp = settings.pop("tp", None)
+        search = tp == "auto" or (tp is None and settings.get("n_gpus") is not None)
+        if not search and tp is not None:
+            settings["tp"] = tp
+        d = _split_deployment(deployment, settings)
+        if concurrency is not None and concurrency <= 0:
+            raise CapcalcError(f"concurrency must be positive, got {concurrency:g}", parameter="concurrency")
+        req = FitRequest(memory_bytes=memory, memory_source=source, gpu=gpu_name, deployment=d, **settings)
+        if not search:
+            if concurrency is not None:
+                raise CapcalcError(
+                    "concurrency needs a tp search: tp 'auto' or n_gpus", parameter=("concurrency", "n_gpus")
+                )
+            return fit(profile, req)
+        result, found = search_tp(profile, req, concurrency)
+        if not found:
+            goal = f"serves {concurrency:g} sequences" if concurrency is not None else "fits"
+            limit = f" within {req.n_gpus} GPUs" if req.n_gpus else ""
+            self.note(f"no valid tp{limit} {goal}; showing the largest, tp={result.tp}")
+        return result
+
+    def roofline(
+        self,
+        model: str | ModelProfile,
+        gpu: str | HardwareProfile,
+        batch: int = 1,
+        ctx: int = 1024,
+        prompt_tokens: int = 1024,
+        deployment: Deployment | None = None,
+        **fields,
+    ) -> RooflineResult:
+        """The datasheet roofline of a decode step and a prefill (:func:`capcalc.perf.roofline.roofline`)."""
+        return roofline(
+            self.model(model),
+            self.gpu(gpu),
+            batch=batch,
+            ctx=ctx,
+            prompt_tokens=prompt_tokens,
+            deployment=Deployment.of(deployment, **fields),
+        )
+
+    def latency(
+        self,
+        model: str | ModelProfile,
+        gpu: str | HardwareProfile,
+        prompt_tokens: int = 1024,
+        output_tokens: int = 256,
+        batch: int = 1,
+        deployment: Deployment | None = None,
+        efficiency: dict[str, Any] | None = None,
+        **fields,
+    ) -> LatencyReport:
+        """TTFT, inter-token latency and throughput at achievable rates. ``efficiency``:
+        overrides by parameter name (``{"step_overhead_s": "0.3 ms"}``); keywords named as
+        an efficiency parameter are overrides too. A batch vLLM would not serve as asked
+        (see :func:`capcalc.serving.fit.serving_note`) adds a note."""
+        overrides = dict(efficiency or {})
+        overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
+        profile, device = self.model(model), self.gpu(gpu)
+        d = Deployment.of(deployment, **fields)
+        resolved = self.efficiency(device, overrides)
+        result = predict_latency(
+            profile,
+            device,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            batch=batch,
+            deployment=d,
+            efficiency=resolved,
+        )
+        warning = serving_note(profile, device, d, batch, prompt_tokens + output_tokens)
+        if warning is not None:
+            self.note(warning)
+        return LatencyReport(result, resolved)
+
+    def plan(
+        self,
+        model: str | ModelProfile,
+        requests_per_s: float,
+        prompt_tokens: int,
+        output_tokens: int,
+        gpus: Sequence[str | HardwareProfile] | None = None,
+        tps: Sequence[int] | None = None,
+        weight_dtypes: Sequence[str] = ("auto",),
+        kv_dtypes: Sequence[str] = ("auto",),
+        ttft_s: float | None = None,
+        itl_s: float | None = None,
+        e2e_s: float | None = None,
+        prices: dict[str, float] | None = None,
+        deployment: Deployment | None = None,
+        efficiency: dict[str, Any] | None = None,
+        gpu_memory_utilization: float | None = None,
+        max_num_seqs: int | None = None,
+        **fields,
+    ) -> PlanReport:
+        """The fewest GPUs carrying ``requests_per_s`` requests of ``prompt_tokens`` in and
+        ``output_tokens`` out within the SLOs, over every candidate GPU x tp x weight dtype x
+        KV dtype (:func:`capcalc.serving.plan.candidates`; ``gpus`` None: every known GPU).
+        ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``."""
+        overrides = dict(efficiency or {})
+        overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
+        profile = self.model(model)
+        devices = self.gpus(gpus)
+        d = Deployment.of(deployment, **fields)
+        cands = candidates(profile, devices, tps, weight_dtypes, kv_dtypes, d)
+        price_of = {
+            g.name: (g.price_per_hour, g.sources.get("price", "profile")) for g in devices if g.price_per_hour
+        }
+        for name, usd in (prices or {}).items():
+            if not usd > 0:
+                raise CapcalcError(f"price of {name} must be positive, got {usd:g}", parameter="price")
+            price_of[self.gpu(name).name] = (usd, "flag")
+        traffic = Traffic(requests_per_s, prompt_tokens, output_tokens)
+        slos = SLOs(ttft_s=ttft_s, itl_s=itl_s, e2e_s=e2e_s)
+        extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+        results = plan(
+            profile,
+            cands,
+            traffic,
+            slos,
+            lambda g: resolve_efficiency(g, overrides, self.calibration()).efficiency,
+            price_of,
+            max_num_seqs=max_num_seqs,
+            **extra,
+        )
+        return PlanReport(profile.name, traffic, slos, tuple(results))
+
+    def measure(self, model: str | ModelProfile, **options):
+        """Time the model's decode steps and prefills on this machine with torch
+        (:func:`capcalc.measure.session.measure`; needs ``capcalc[measure]``)."""
+        from capcalc.measure.session import measure
+
+        return measure(self, model, **options)
