@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from capcalc.cli.startup import LazyGroup
 from capcalc.core.dtypes import KV_DTYPES
 from capcalc.core.errors import CapcalcError
 from capcalc.core.units import parse_quantity
@@ -28,11 +29,33 @@ from capcalc.sources.resolve import ModelResolver
 app = typer.Typer(
     name="capcalc",
     help="Capacity and roofline calculator for LLM inference.",
-    add_completion=False,
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from capcalc import __version__
+
+        print(f"capcalc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print capcalc's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Capacity and roofline calculator for LLM inference."""
+
 
 # The arguments and options several commands share (one definition each).
 ModelArg = Annotated[str, typer.Argument(help="Model name, alias, Hugging Face id or checkpoint folder.")]

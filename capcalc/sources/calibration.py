@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
 from capcalc.perf.efficiency import check_mapping
@@ -53,6 +51,8 @@ def _check_entry(entry: Any, where: str) -> None:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import yaml  # here, not at the top: start-up of a run that reads no calibration
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -106,6 +106,8 @@ def update_calibration(
     entry = update(data["gpus"].get(gpu_name))
     _check_entry(entry, f"{path}: gpus.{gpu_name}")
     data["gpus"][gpu_name] = _plain(entry)
+    import yaml
+
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return write_atomic(path, text)
 

@@ -11,13 +11,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capcalc.core.dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
 from capcalc.core.errors import CapcalcError, ProfileError
 from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
 from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
+from capcalc.sources.yamlcache import YamlCache
 
 # --------------------------------------------------------------------------- validation
 
@@ -114,11 +113,23 @@ class _Reader:
             self.fail(key, f"unknown key{hint}")
 
 
-def _load_yaml(path: Path):
+def _load_yaml(path: Path, cache: YamlCache | None = None):
+    """The parsed YAML of ``path`` (through ``cache`` when given: a registry load)."""
+    if cache is None:
+        return _parse_yaml(path, _read(path))
+    return cache.parse(path, _read, lambda text: _parse_yaml(path, text))
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProfileError(path, "", f"cannot read file: {exc.strerror}") from None
+
+
+def _parse_yaml(path: Path, text: str):
+    import yaml  # imported only to parse: a cached run does without it
+
     try:
         # the C loader is the same safe loader, ~10x faster (shipped profiles are read on every run)
         return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -366,9 +377,10 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
     return profile
 
 
-def load_profile_file(path: Path):
-    """Load one YAML file as a model or GPU profile, deciding by its keys."""
-    data = _load_yaml(path)
+def load_profile_file(path: Path, cache: YamlCache | None = None):
+    """Load one YAML file as a model or GPU profile, deciding by its keys (its parsed
+    YAML from ``cache`` when that holds this very file)."""
+    data = _load_yaml(path, cache)
     if not isinstance(data, dict):
         raise ProfileError(
             path, "(top level)", "expected a mapping with 'name' and either 'architecture' or 'bandwidth'"
