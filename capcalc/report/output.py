@@ -189,6 +189,11 @@ def fit_table(table: Table, width: int) -> list[str]:
     for column in table.columns:
         column.overflow = "fold"
         column.no_wrap = False
+    # the widest it could be drawn: each column as wide as its longest cell, two spaces of
+    # padding and one rule each; within the width, nothing needs drawing to check
+    longest = [max(len(w) for w in [str(c.header), *map(_plain_text, c._cells)]) for c in table.columns]
+    if sum(longest) + 3 * len(longest) + 1 <= width:
+        return []
     widen(lambda c, first: [c] if len(c) <= WHOLE_CELL else _pieces(c, first))
     moved: list[str] = []
     while _needed_width(table) > width:
