@@ -58,9 +58,12 @@ class Result:
 
 
 @pytest.fixture(autouse=True)
-def isolated_user_config(tmp_path, monkeypatch):
-    """No test reads or writes the real ~/.config/capcalc or $CAPCALC_PROFILES."""
+def isolated_user_config(tmp_path, tmp_path_factory, monkeypatch):
+    """No test reads or writes the real ~/.config/capcalc, $CAPCALC_PROFILES or the
+    real parsed-profile cache (one cache for the whole session, as for a user)."""
     monkeypatch.delenv("CAPCALC_PROFILES", raising=False)
+    monkeypatch.delenv("CAPCALC_NO_CACHE", raising=False)
+    monkeypatch.setenv("CAPCALC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "capcalc-cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     return tmp_path / "xdg-config" / "capcalc"
 

@@ -6,6 +6,8 @@ are exercised by replacing hf_hub_download."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -27,6 +29,7 @@ from capcalc.core.errors import CapcalcError
 from capcalc.sources import hub
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: an empty offline Hub cache
 
@@ -322,3 +325,68 @@ def test_show_takes_a_folder_like_every_model_command(cli, tmp_path, registry):
     shipped = registry.model("llama-3-8b")
     assert record["kv_bytes_per_token"] == 131_072
     assert record["num_layers"] == shipped.num_layers
+
+
+# --------------------------------------------------------------------------- no network, not offline
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+def _run_without_network(tmp_path, *args: str):
+    import subprocess
+    import sys
+    import time
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HTTP", "http", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"))
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
+        HF_HUB_CACHE=str(tmp_path / "hf-cache"),
+        HF_HOME=str(tmp_path / "hf-home"),
+        XDG_CONFIG_HOME=str(tmp_path / "xdg"),
+    )
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "capcalc", *args], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    return done, time.perf_counter() - start
+
+
+def test_uncached_hub_id_without_network_fails_fast(tmp_path):
+    done, elapsed = _run_without_network(tmp_path, "kv", "acme/not-cached", "--json")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "acme/not-cached: config.json is not in the Hugging Face cache" in lines[0]
+    assert "the Hub cannot be reached" in lines[0]
+    assert elapsed < 2.0  # huggingface-hub's own retries took about 24 s
+
+
+def test_cached_hub_id_without_network_is_read_from_the_cache(tmp_path):
+    make_hub_cache(tmp_path / "hf-cache", "acme/tiny-llama", TINY_LLAMA)
+    done, elapsed = _run_without_network(tmp_path, "kv", "acme/tiny-llama", "--ctx", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["kv_bytes_per_token"] > 0
+    assert elapsed < 2.0
+
+
+def test_reachability_probe(monkeypatch):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.hub_reachable()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    assert not hub.hub_reachable()

@@ -12,8 +12,8 @@ import sys
 
 import typer
 
-from capcalc.cli import catalog, fit, imports, kv, latency, littles, measure, plan, roofline, sweep  # noqa: F401  (each module registers its commands)
-from capcalc.cli.common import app
+from capcalc.cli.common import app  # the commands' modules load when used (COMMAND_MODULES)
+from capcalc.cli.startup import light_coercion
 from capcalc.cli.strict import harden
 from capcalc.cli.usage import USAGE_ERRORS, error_message
 from capcalc.core.errors import CapcalcError
@@ -22,7 +22,8 @@ __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = harden(typer.main.get_command(app))
+    command = harden(typer.main.get_command(app), subcommands=False)
+    light_coercion(command)  # the completion options typer adds to the group
     try:
         result = command.main(args=argv, prog_name="capcalc", standalone_mode=False)
         return result if isinstance(result, int) else 0

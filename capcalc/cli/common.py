@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from capcalc.cli.startup import LazyGroup, bind_app
 from capcalc.cli.usage import error_message, flag_for
 from capcalc.core.dtypes import COMPUTE_DTYPES, KV_DTYPES, WEIGHT_DTYPES
 from capcalc.core.errors import CapcalcError
@@ -26,11 +27,34 @@ from capcalc.sources.resolve import ModelResolver
 app = typer.Typer(
     name="capcalc",
     help="Capacity and roofline calculator for LLM inference.",
-    add_completion=False,
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+bind_app(app)  # the lazy command table builds commands from this app's registrations
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from capcalc import __version__
+
+        print(f"capcalc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print capcalc's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Capacity and roofline calculator for LLM inference."""
+
 
 # The arguments and options several commands share (one definition each).
 ModelArg = Annotated[str, typer.Argument(help="Model name, alias, Hugging Face id or checkpoint folder.")]

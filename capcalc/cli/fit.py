@@ -245,6 +245,8 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
     )
     segments = _segments(r)
     scale = max(r.memory_bytes, sum(s[1] for s in segments))
+    # the part, size and share columns take about 60 characters; the bar gets the rest
+    bar_width = max(10, min(BAR_WIDTH, console.width - 60))
     table = Table(title="Memory per GPU", header_style="bold", title_justify="left")
     table.add_column("part")
     table.add_column("size", justify="right")
@@ -253,9 +255,9 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
     offset = 0.0
     whole = Text()
     for label, size, char, style in segments:
-        start = round(offset / scale * BAR_WIDTH)
+        start = round(offset / scale * bar_width)
         offset += size
-        end = round(offset / scale * BAR_WIDTH)
+        end = round(offset / scale * bar_width)
         bar = Text(" " * start) + Text(char * (end - start), style=style)
         whole.append(char * (end - start), style=style)
         table.add_row(label, format_bytes(size), f"{100 * size / r.memory_bytes:.1f} %", bar)
@@ -265,7 +267,7 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
         ("GPU memory", r.memory_bytes),
         (f"vLLM's share (x {r.gpu_memory_utilization:g})", r.usable_bytes_per_gpu),
     ):
-        end = round(size / scale * BAR_WIDTH)
+        end = round(size / scale * bar_width)
         table.add_row(
             label,
             format_bytes(size),

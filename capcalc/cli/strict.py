@@ -85,9 +85,11 @@ def check_raw(param, value: Any) -> Any:
     return value
 
 
-def harden(command):
-    """Run every parameter of ``command`` and its subcommands through :func:`check_raw`
-    before Typer converts it (in place); returns ``command``."""
+def harden(command, subcommands: bool = True):
+    """Run every parameter of ``command`` (and, with ``subcommands``, of the subcommands it
+    holds) through :func:`check_raw` before Typer converts it (in place); returns
+    ``command``. The top-level group passes False: its commands load lazily and are
+    hardened as they are built (:mod:`capcalc.cli.startup`)."""
     stack = [command]
     while stack:
         cmd = stack.pop()
@@ -96,7 +98,8 @@ def harden(command):
                 continue
             param.process_value = _checked(param, param.process_value)
             param._capcalc_strict = True
-        stack.extend(getattr(cmd, "commands", {}).values())
+        if subcommands:
+            stack.extend(getattr(cmd, "commands", {}).values())
     return command
 
 

@@ -8,11 +8,11 @@ import typer
 
 def _usage_error_types() -> tuple[type[BaseException], ...]:
     """typer >= 0.29 vendors Click (its errors derive from ``typer.TyperException``);
-    older typer uses the ``click`` package. Both are caught so the CLI also runs on
+    older typer uses the ``click`` package, which is imported only then (it costs start-up time). Both are handled so the CLI also runs on
     machines with an older typer (such as the GPU machine used for validation)."""
-    types: list[type[BaseException]] = []
     if hasattr(typer, "TyperException"):
-        types.append(typer.TyperException)
+        return (typer.TyperException,)  # nothing of capcalc raises the click package's errors
+    types: list[type[BaseException]] = []
     try:
         import click
 

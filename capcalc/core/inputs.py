@@ -184,6 +184,7 @@ MAX_BYTES = {
     "config": 16 << 20,  # a transformers config.json is tens of KB
     "index": 256 << 20,  # a safetensors index lists every tensor: a few MB for the largest models
     "ref": 4096,  # a Hub cache refs/ file holds one commit hash
+    "cache": 64 << 20,  # capcalc's own parsed-profile cache: tens of KB per profile file
     "results": 64 << 20,  # benchmark results (JSON, JSONL, CSV): a row per request of a long run
 }
 
@@ -285,10 +286,15 @@ def load_yaml(path: str | os.PathLike, kind: str = "profile") -> Any:
 
     Errors are :class:`ProfileError` lines naming the file, the line (and the key on it)
     and the problem; a duplicate key is an error, as is an alias bomb."""
+    path = Path(path)
+    return parse_yaml(read_text(path, kind), path)
+
+
+def parse_yaml(text: str, path: str | os.PathLike) -> Any:
+    """Parse YAML ``text`` read from ``path`` within the limits of :func:`load_yaml`."""
     import yaml
 
     path = Path(path)
-    text = read_text(path, kind)
     loader_class = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     loader = loader_class(text)
     try:

@@ -218,7 +218,11 @@ def check_value(name: str, value: Any, where: str | None = None) -> float:
     elif name in _DURATIONS or isinstance(value, bool) or not isinstance(value, (int, float)):
         number = None
     else:
-        number = check_number(value, f"{where}: {name}")
+        try:
+            number = check_number(value, f"{prefix}{name}")
+        except CapcalcError as exc:
+            exc.parameter = parameter
+            raise
     if number is None:
         raise CapcalcError(f"{prefix}{name} expected a number, got {excerpt(value)}", parameter=parameter)
     if not math.isfinite(number):

@@ -9,16 +9,20 @@ JSON array, one JSONL line each, or one CSV row each. Tables label their units.
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # rich is imported when a table is drawn: machine formats do without it
+    from rich.console import Console
+    from rich.table import Table
 
 from capcalc.core import units
 from capcalc.core.errors import CapcalcError
@@ -118,14 +122,128 @@ class TableSpec:
     render: Callable[[list[dict], Console], None] | None = None
 
 
+#: width of a piped table when ``COLUMNS`` does not say (a file or `less`; rich would use 80)
+PIPED_WIDTH = 160
+#: a cell up to this long is never broken (numbers, names, units); longer text may wrap
+WHOLE_CELL = 24
+
+
+def console_width(stream) -> int | None:
+    """``COLUMNS`` when set (a terminal or a pipe), else None for a terminal (rich asks
+    it) and :data:`PIPED_WIDTH` for a pipe."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if stream.isatty() else PIPED_WIDTH
+
+
+def _plain_text(cell) -> str:
+    return cell.plain if hasattr(cell, "plain") else str(cell)
+
+
+def _needed_width(table: Table) -> int:
+    """How wide rich draws ``table`` when nothing squeezes it (drawn, then measured: rich's
+    own measurement leaves out part of the padding)."""
+    from rich.console import Console
+
+    console = Console(width=100_000, file=io.StringIO(), color_system=None)
+    console.print(table)
+    return max((len(line) for line in console.file.getvalue().splitlines()), default=0)
+
+
+def _pieces(cell: str, first: bool) -> list[str]:
+    """The parts of a cell that must stay on one line when the table is tight: a name
+    (first column) whole; a number with its unit whole, apart from a bracketed second
+    unit ("15.1 GB (14.1 GiB)"); other text by word."""
+    if first or len(cell) <= 1:
+        return [cell]
+    if cell[0].isdigit() or cell[0] in "+-$~":
+        return cell.replace(" (", "\0(").split("\0")
+    return cell.split() or [cell]
+
+
+def fit_table(table: Table, width: int) -> list[str]:
+    """Make ``table`` readable in ``width`` columns without cutting a number or a name,
+    and never show '…'. In order, until the table fits: every cell of at most
+    :data:`WHOLE_CELL` characters and every header word stays whole; columns with one
+    value in every row leave the table, longest first, and come back as a line under it
+    (returned); the padding narrows to one space; cells wrap between the pieces of
+    :func:`_pieces` (a number and its unit stay together); the last columns leave the
+    table, named in a line under it."""
+
+    def widen(pieces) -> None:
+        for i, column in enumerate(table.columns):
+            cells = [_plain_text(c) for c in column._cells]
+            words = str(column.header).split() or [""]
+            whole = [len(p) for c in cells for p in pieces(c, i == 0)] + [len(w) for w in words]
+            column.min_width = max(whole)
+
+    for column in table.columns:
+        column.overflow = "fold"
+        column.no_wrap = False
+    # the widest it could be drawn: each column as wide as its longest cell, two spaces of
+    # padding and one rule each; within the width, nothing needs drawing to check
+    longest = [max(len(w) for w in [str(c.header), *map(_plain_text, c._cells)]) for c in table.columns]
+    if sum(longest) + 3 * len(longest) + 1 <= width:
+        return []
+    widen(lambda c, first: [c] if len(c) <= WHOLE_CELL else _pieces(c, first))
+    moved: list[str] = []
+    while _needed_width(table) > width:
+        constant = [
+            c for c in table.columns[1:] if len(c._cells) > 1 and len({_plain_text(x) for x in c._cells}) == 1
+        ]
+        if not constant:
+            break
+        column = max(constant, key=lambda c: c.min_width or 0)
+        table.columns.remove(column)
+        moved.append(f"{column.header}: {_plain_text(column._cells[0])}")
+    if _needed_width(table) > width:  # one space between columns instead of two
+        table.padding = (0, 1, 0, 0)
+        table.pad_edge = False
+    if _needed_width(table) > width:
+        widen(_pieces)
+    dropped: list[str] = []
+    while _needed_width(table) > width and len(table.columns) > 2:
+        dropped.insert(0, str(table.columns.pop().header))
+    lines = [f"every row: {', '.join(moved)}"] if moved else []
+    if dropped:
+        lines.append(f"left out to fit {width} columns: {', '.join(dropped)} (all in --json/--csv)")
+    return lines
+
+
 def stdout_console() -> Console:
-    # Piped tables (a file, `less`) would otherwise wrap at 80 columns.
-    width = None if sys.stdout.isatty() else 160
-    return Console(file=sys.stdout, soft_wrap=False, highlight=False, width=width)
+    return _fitting_console()(
+        file=sys.stdout, soft_wrap=False, highlight=False, width=console_width(sys.stdout)
+    )
 
 
 def stderr_console() -> Console:
-    return Console(file=sys.stderr, highlight=False)
+    from rich.console import Console
+
+    return Console(file=sys.stderr, highlight=False, width=console_width(sys.stderr))
+
+
+@functools.cache
+def _fitting_console() -> type:
+    """The console class of tables (defined on first use: importing this module does
+    not import rich)."""
+    from rich.console import Console
+
+    class FittingConsole(Console):
+        """A console that fits every table it prints to its width (:func:`fit_table`)."""
+
+        def print(self, *objects, **kwargs):
+            from rich.table import Table
+
+            after: list[str] = []
+            for obj in objects:
+                if isinstance(obj, Table):
+                    after += fit_table(obj, self.width)
+            super().print(*objects, **kwargs)
+            for line in after:
+                super().print(line)
+
+    return FittingConsole
 
 
 def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, single: bool = False) -> None:
@@ -171,6 +289,8 @@ def write_csv(records: list[dict], out) -> None:
 
 
 def field_table(rec: dict, title: str = "", hide: set[str] | None = None) -> Table:
+    from rich.table import Table
+
     table = Table(title=title or None, show_header=True, header_style="bold")
     table.add_column("field")
     table.add_column("value")
@@ -182,6 +302,8 @@ def field_table(rec: dict, title: str = "", hide: set[str] | None = None) -> Tab
 
 
 def rows_table(records: list[dict], spec: TableSpec) -> Table:
+    from rich.table import Table
+
     columns = spec.columns or [(k, k) for k in records[0] if k not in spec.hide]
     table = Table(title=spec.title or None, header_style="bold")
     for i, (_, header) in enumerate(columns):

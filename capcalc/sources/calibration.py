@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capcalc.core.errors import CapcalcError
 from capcalc.core.fileio import write_atomic
 from capcalc.core.inputs import check_number, excerpt, load_yaml
@@ -127,6 +125,8 @@ def update_calibration(
     entry = update(data["gpus"].get(gpu_name))
     _check_entry(entry, f"{path}: gpus.{gpu_name}")
     data["gpus"][gpu_name] = _plain(entry)
+    import yaml
+
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return write_atomic(path, text)
 

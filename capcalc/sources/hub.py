@@ -78,13 +78,44 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+#: seconds to wait for the Hub's (or the proxy's) TCP handshake before calling it unreachable
+PROBE_TIMEOUT_S = 1.0
+
+
+def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the Hub endpoint (``HF_ENDPOINT``, default
+    huggingface.co), or to the proxy the environment names for it, opens within
+    ``timeout_s``. One try: huggingface-hub itself retries an unreachable host for
+    tens of seconds before it gives up."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    target = endpoint
+    if endpoint.hostname and not urllib.request.proxy_bypass(endpoint.hostname):
+        proxy = urllib.request.getproxies().get(endpoint.scheme)
+        if proxy:
+            target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not target.hostname:
+        return True  # nothing to probe: let the client say what is wrong
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)
+        with socket.create_connection((target.hostname, port), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def fetch_config(repo_id: str, revision: str | None = None) -> Path:
     """Path of ``config.json`` of a Hub repo in the local cache, downloading that one file if
-    needed and allowed. Each failure is one CapcalcError line."""
+    needed and allowed. Each failure is one CapcalcError line. When the Hub cannot be
+    reached (:func:`hub_reachable`) only the cache is read, as with ``HF_HUB_OFFLINE=1``."""
     import huggingface_hub
     from huggingface_hub import errors
 
     cache = hub_cache_dir()
+    cache_only = offline() or not hub_reachable()
     at = f"@{revision}" if revision else ""
     fetch_hint = f"`hf download {repo_id} config.json{' --revision ' + revision if revision else ''}`"
     try:
@@ -93,7 +124,7 @@ def fetch_config(repo_id: str, revision: str | None = None) -> Path:
             "config.json",
             revision=revision,
             cache_dir=str(cache),
-            local_files_only=offline(),
+            local_files_only=cache_only,
             token=os.environ.get("HF_TOKEN") or None,
         )
     except errors.GatedRepoError:

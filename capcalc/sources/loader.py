@@ -13,10 +13,11 @@ from typing import Any
 
 from capcalc.core.dtypes import DTYPE_BYTES, PEAK_DTYPES, canonical_dtype
 from capcalc.core.errors import CapcalcError, ProfileError
-from capcalc.core.inputs import BOUNDS, check_number, excerpt, load_yaml
+from capcalc.core.inputs import BOUNDS, check_number, excerpt, load_yaml, parse_yaml, read_text
 from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
 from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
+from capcalc.sources.yamlcache import YamlCache
 
 # --------------------------------------------------------------------------- validation
 
@@ -119,10 +120,13 @@ class _Reader:
             )
 
 
-def _load_yaml(path: Path):
-    """The file's YAML, within the input layer's limits (:func:`capcalc.core.inputs.load_yaml`)."""
+def _load_yaml(path: Path, cache: YamlCache | None = None):
+    """The file's YAML, within the input layer's limits (:func:`capcalc.core.inputs.load_yaml`),
+    through ``cache`` when given (a registry load)."""
     try:
-        return load_yaml(path, "profile")
+        if cache is None:
+            return load_yaml(path, "profile")
+        return cache.parse(path, lambda p: read_text(p, "profile"), lambda text: parse_yaml(text, path))
     except ProfileError:
         raise
     except CapcalcError as exc:
@@ -403,9 +407,10 @@ def hardware_from_dict(data: dict, path="<gpu>") -> HardwareProfile:
     return profile
 
 
-def load_profile_file(path: Path):
-    """Load one YAML file as a model or GPU profile, deciding by its keys."""
-    data = _load_yaml(path)
+def load_profile_file(path: Path, cache: YamlCache | None = None):
+    """Load one YAML file as a model or GPU profile, deciding by its keys (its parsed
+    YAML from ``cache`` when that holds this very file)."""
+    data = _load_yaml(path, cache)
     if not isinstance(data, dict):
         raise ProfileError(
             path, "(top level)", "expected a mapping with 'name' and either 'architecture' or 'bandwidth'"

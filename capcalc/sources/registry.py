@@ -9,6 +9,7 @@ from capcalc.core.inputs import excerpt
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 from capcalc.sources.dirs import profile_dirs, shipped_dir
 from capcalc.sources.loader import load_profile_file
+from capcalc.sources.yamlcache import YamlCache
 
 # --------------------------------------------------------------------------- registry
 
@@ -47,9 +48,10 @@ class Registry:
         warn = notes.append
         models: dict[str, ModelProfile] = {}
         gpus: dict[str, HardwareProfile] = {}
+        cache = YamlCache()
         for directory in (shipped_dir("model_profiles"), shipped_dir("hardware_profiles")):
             for path in sorted(directory.glob("*.yaml")):
-                _add(load_profile_file(path), models, gpus, shipped=True, warn=warn)
+                _add(load_profile_file(path, cache), models, gpus, shipped=True, warn=warn)
         for path in profile_dirs(user_dirs, include_env):
             if not path.is_dir():
                 raise CapcalcError(
@@ -59,7 +61,7 @@ class Registry:
             for file in sorted([*path.glob("*.yaml"), *path.glob("*.yml")]):
                 if file.name.startswith("calibration"):
                     continue
-                profile = load_profile_file(file)
+                profile = load_profile_file(file, cache)
                 key = (isinstance(profile, ModelProfile), profile.name)
                 if key in here:
                     raise ProfileError(
@@ -67,6 +69,7 @@ class Registry:
                     )
                 here[key] = profile.path
                 _add(profile, models, gpus, shipped=False, warn=warn)
+        cache.save()
         registry = cls(models, gpus)
         registry.notes = tuple(notes)
         return registry
