@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from capcalc.core.errors import CapcalcError, Note
+from capcalc.core.inputs import excerpt
 from capcalc.core.records import flat_record
 from capcalc.model.kv import KVResult, kv_cache
 from capcalc.perf.efficiency import PARAMETERS, ResolvedEfficiency, resolve_efficiency
@@ -41,7 +42,7 @@ from capcalc.sources.dirs import profile_dirs
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
-__all__ = ["Deployment", "LatencyReport", "PlanReport", "Session"]
+__all__ = ["CalibrationReport", "Deployment", "LatencyReport", "PlanReport", "ServingReport", "Session"]
 
 # Shared by every session of the process (a sweep or a test suite makes many), keyed by
 # the state of the files read, so that an edited profile is read again.
@@ -119,6 +120,187 @@ class PlanReport:
 
     def __len__(self) -> int:
         return len(self.results)
+
+
+#: the serving parameters ``calibrate`` fits by default: the decode stream, the prefill rate,
+#: the per-layer fixed cost and the per-request cost (those benchmarks/served_validation.py
+#: cross-validates; the MoE and per-sequence costs need many runs to tell apart)
+CALIBRATED = ("bandwidth_scale", "flops_scale", "layer_overhead_s", "frontend_s")
+
+
+@dataclass(frozen=True)
+class ServingReport:
+    """One replica under load (:class:`capcalc.serving.engine.ServingResult`, whose fields
+    read through: ``report.ttft_p90_s``) and what it assumed."""
+
+    model: str
+    gpu: str
+    deployment: Deployment
+    weight_dtype: str
+    result: Any  # ServingResult
+    serving: Any  # capcalc.sources.calibration.ResolvedServing
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def record(self) -> dict:
+        """``latency --concurrency/--rps --json``: the deployment, the prediction, then
+        ``assume_*`` and ``efficiency_source``."""
+        from dataclasses import asdict
+
+        d = self.deployment
+        result = asdict(self.result)
+        head = {
+            "model": self.model,
+            "gpu": self.gpu,
+            "engine": result.pop("engine"),
+            "tp": d.tp,
+            "weight_dtype": self.weight_dtype,
+            "kv_dtype": d.kv_dtype,
+            "compute_dtype": d.compute_dtype,
+        }
+        return flat_record(
+            head,
+            **result,
+            seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
+            **self.serving.efficiency.as_record(),
+            efficiency_source=self.serving.source,
+        )
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """A serving fit: each run measured and predicted before (defaults) and after."""
+
+    gpu: str
+    engine: str
+    values: dict[str, float]
+    points: tuple[dict, ...]  # one record per run
+    loss_before: float
+    loss_after: float
+    calibration_file: str | None = None
+
+    def summary(self) -> dict:
+        """The fit as one record: the values, the mean |error| before and after, the file."""
+
+        def mean(key: str) -> float | None:
+            values = [abs(p[key]) for p in self.points if p.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        errors = {
+            f"{m}_mean_abs_error_{when}_pct": mean(f"{m}_error_{when}_pct")
+            for when in ("before", "after")
+            for m in ("ttft", "tpot", "tokens_per_s")
+        }
+        fitted = {f"fitted_{k}": v for k, v in self.values.items()}
+        return flat_record(
+            record="calibration",
+            gpu=self.gpu,
+            engine=self.engine,
+            points=len(self.points),
+            **fitted,
+            **errors,
+            loss_before=self.loss_before,
+            loss_after=self.loss_after,
+            calibration_file=self.calibration_file,
+        )
+
+    def records(self) -> list[dict]:
+        """``calibrate --json``: one ``point`` record per run, then the ``calibration`` summary."""
+        return [*self.points, self.summary()]
+
+
+def _duration(value: Any, parameter: str) -> float:
+    from capcalc.core.units import parse_duration
+
+    try:
+        seconds = parse_duration(value, parameter)
+    except CapcalcError as exc:
+        raise CapcalcError(exc.message, parameter=parameter) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise CapcalcError(f"{parameter} must be a duration of 0 or more, got {value!r}", parameter=parameter)
+    return seconds
+
+
+def _calibrate(session, runs, device, engine, points, names, save, directory, command) -> CalibrationReport:
+    """Fit, predict every run before and after, and save when asked (``Session.calibrate``)."""
+    import datetime
+
+    from capcalc.serving.calibrate import fit_serving, predict_point, serving_defaults
+    from capcalc.sources.calibration import save_engine_calibration
+
+    fit = fit_serving(points, parameters=names)
+    records = []
+    for run, point in zip(runs, points, strict=True):
+        before = predict_point(point, serving_defaults(point))
+        after = predict_point(point, fit.params_for(point))
+        w = point.workload
+        measured_tps = run.output_tokens_per_s
+        if measured_tps is None and w.concurrency:  # closed loop: Little's law over one request
+            measured_tps = (
+                w.concurrency * w.output_tokens / (run.ttft_mean_s + (w.output_tokens - 1) * run.tpot_mean_s)
+            )
+        elif measured_tps is None and run.requests_per_s is not None:
+            measured_tps = run.requests_per_s * w.output_tokens
+
+        def err(predicted: float, measured: float | None) -> float | None:
+            return None if not measured else (predicted / measured - 1) * 100
+
+        records.append(
+            flat_record(
+                record="point",
+                id=run.id,
+                source=run.source_format,
+                model=point.replica.model.name,
+                tp=point.replica.tp,
+                weight_dtype=point.replica.weight_dtype,
+                concurrency=w.concurrency,
+                requests_per_s=w.rate_per_s,
+                prompt_tokens=w.prompt_tokens,
+                output_tokens=w.output_tokens,
+                ttft_measured_s=run.ttft_mean_s,
+                ttft_before_s=before.ttft_s,
+                ttft_after_s=after.ttft_s,
+                tpot_measured_s=run.tpot_mean_s,
+                tpot_before_s=before.tpot_s,
+                tpot_after_s=after.tpot_s,
+                tokens_per_s_measured=measured_tps,
+                tokens_per_s_before=before.output_tokens_per_s,
+                tokens_per_s_after=after.output_tokens_per_s,
+                ttft_error_before_pct=err(before.ttft_s, run.ttft_mean_s),
+                ttft_error_after_pct=err(after.ttft_s, run.ttft_mean_s),
+                tpot_error_before_pct=err(before.tpot_s, run.tpot_mean_s),
+                tpot_error_after_pct=err(after.tpot_s, run.tpot_mean_s),
+                tokens_per_s_error_before_pct=err(before.output_tokens_per_s, measured_tps),
+                tokens_per_s_error_after_pct=err(after.output_tokens_per_s, measured_tps),
+            )
+        )
+    report = CalibrationReport(
+        device.name, engine, dict(fit.values), tuple(records), fit.loss_before, fit.loss_after
+    )
+    if not fit.values:
+        session.note("the fit found nothing better than the defaults; they are kept")
+    if save:
+        summary = report.summary()
+        entry = {
+            "calibrated_at": datetime.date.today().isoformat(),
+            "command": command or f"Session.calibrate({len(runs)} runs)",
+            "points": len(points),
+            "models": sorted({p.replica.model.name for p in points}),
+            "sources": sorted({str(Path(r.source_path).resolve()) for r in runs}),
+            "parameters": dict(fit.values),
+            "mean_abs_error_before": {
+                f"{m}_pct": summary[f"{m}_mean_abs_error_before_pct"] for m in ("ttft", "tpot")
+            },
+            "mean_abs_error_after": {
+                f"{m}_pct": summary[f"{m}_mean_abs_error_after_pct"] for m in ("ttft", "tpot")
+            },
+        }
+        path = save_engine_calibration(device.name, engine, entry, directory)
+        report = CalibrationReport(**{**report.__dict__, "calibration_file": str(path)})
+    return report
 
 
 class Session:
@@ -378,6 +560,210 @@ class Session:
             **extra,
         )
         return PlanReport(profile.name, traffic, slos, tuple(results))
+
+    # ------------------------------------------------------------------ serving under load
+
+    def serving_parameters(
+        self,
+        gpu: str | HardwareProfile,
+        engine: str = "vllm",
+        weight_dtype: str = "auto",
+        model: str | ModelProfile | None = None,
+        efficiency: dict[str, Any] | None = None,
+        **config,
+    ):
+        """The step efficiencies and engine configuration ``engine`` serving on ``gpu``
+        assumes: flags (``efficiency`` overrides; ``config``: max_num_batched_tokens,
+        max_num_seqs, frontend_s) > this GPU and engine's ``capcalc calibrate --save``
+        entry > engine defaults (:func:`capcalc.sources.calibration.resolve_serving`).
+        ``weight_dtype`` ``auto`` is resolved against ``model``."""
+        from capcalc.model.weights import resolve_weight_dtype
+        from capcalc.serving.engines import ENGINES
+        from capcalc.sources.calibration import resolve_serving
+
+        name = str(engine).strip().lower()
+        if name not in ENGINES:
+            raise CapcalcError(
+                parameter="engine",
+                template=f"{{engine}}: unknown engine {excerpt(engine).replace('{', '{{').replace('}', '}}')}: expected one of {', '.join(ENGINES)}",
+            )
+        device = self.gpu(gpu)
+        if model is not None:
+            weight_dtype = resolve_weight_dtype(weight_dtype, self.model(model))
+        if config.get("frontend_s") is not None:
+            config["frontend_s"] = _duration(config["frontend_s"], "frontend_s")
+        for key in ("max_num_batched_tokens", "max_num_seqs"):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CapcalcError(
+                    f"{key} must be a whole number of at least 1, got {value!r}", parameter=key
+                )
+        resolved = resolve_serving(device, name, weight_dtype, efficiency, self.calibration(), **config)
+        if resolved.calibration_path:
+            self.note(f"using the {name} calibration of {device.name} from {resolved.calibration_path}")
+        return resolved
+
+    def serving(
+        self,
+        model: str | ModelProfile,
+        gpu: str | HardwareProfile,
+        prompt_tokens: int = 1024,
+        output_tokens: int = 256,
+        concurrency: int | None = None,
+        requests_per_s: float | None = None,
+        engine: str = "vllm",
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+        frontend_s: float | str | None = None,
+        seed: int = 0,
+        num_requests: int | None = None,
+        deployment: Deployment | None = None,
+        efficiency: dict[str, Any] | None = None,
+        **fields,
+    ) -> ServingReport:
+        """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
+        ``concurrency`` closed-loop clients (``vllm bench serve --max-concurrency``) or
+        Poisson arrivals at ``requests_per_s`` (``seed`` draws them), exactly one of the
+        two. Mean and p50/p90/p99 TTFT, TPOT, E2E, ITL, requests/s, tokens/s per GPU and
+        per user, the running batch, the queueing time and the limit that binds.
+        ``num_requests``: measured requests (default: 5 per client; open loop 400)."""
+        from capcalc.model.weights import resolve_weight_dtype
+        from capcalc.serving.engine import Replica, Workload, predict_serving
+
+        if (concurrency is None) == (requests_per_s is None):
+            raise CapcalcError(
+                "give exactly one of concurrency and requests_per_s",
+                parameter=("concurrency", "requests_per_s"),
+            )
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise CapcalcError(
+                f"concurrency must be a whole number of at least 1, got {concurrency!r}",
+                parameter="concurrency",
+            )
+        if requests_per_s is not None and not (
+            isinstance(requests_per_s, (int, float)) and 0 < requests_per_s < float("inf")
+        ):
+            raise CapcalcError(
+                f"requests_per_s must be a positive number, got {requests_per_s!r}",
+                parameter="requests_per_s",
+            )
+        for key, value, low in (
+            ("prompt_tokens", prompt_tokens, 1),
+            ("output_tokens", output_tokens, 1),
+            ("num_requests", num_requests, 1),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise CapcalcError(
+                    f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
+                )
+        overrides = dict(efficiency or {})
+        overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
+        profile, device = self.model(model), self.gpu(gpu)
+        d = Deployment.of(deployment, **fields)
+        weight = resolve_weight_dtype(d.weight_dtype, profile)
+        resolved = self.serving_parameters(
+            device,
+            engine,
+            weight,
+            efficiency=overrides,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            frontend_s=frontend_s,
+        )
+        replica = Replica(
+            profile,
+            device,
+            tp=d.tp,
+            weight_dtype=weight,
+            kv_dtype=d.kv_dtype,
+            compute_dtype=d.compute_dtype,
+            group_size=d.group_size,
+        )
+        workload = Workload(
+            prompt_tokens,
+            output_tokens,
+            concurrency=concurrency,
+            rate_per_s=None if requests_per_s is None else float(requests_per_s),
+            num_requests=num_requests,
+            seed=seed,
+        )
+        result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
+        return ServingReport(profile.name, device.name, d, weight, result, resolved)
+
+    def calibrate(
+        self,
+        paths: Sequence[str | Path],
+        gpu: str | HardwareProfile | None = None,
+        engine: str | None = None,
+        model: str | ModelProfile | None = None,
+        result_format: str = "auto",
+        parameters: Sequence[str] | None = None,
+        save: bool = False,
+        directory: str | Path | None = None,
+        command: str | None = None,
+        weight_dtype: str | None = None,
+        kv_dtype: str | None = None,
+        compute_dtype: str | None = None,
+        tp: int | None = None,
+        group_size: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+    ) -> CalibrationReport:
+        """Fit the serving model to measured benchmark runs (``paths``: ``vllm bench serve``
+        results, aiperf / genai-perf profile exports, guidellm reports, served-runs CSVs;
+        :mod:`capcalc.sources.benchresults`) of one GPU and engine, with
+        :func:`capcalc.serving.calibrate.fit_serving`. The deployment comes from each file
+        where it says so, else from these arguments (:mod:`capcalc.sources.served`); a file
+        that cannot be read or contradicts them raises, exit code 1. ``parameters``: the
+        ones fitted (default :data:`CALIBRATED`). ``save`` writes the values into
+        ``directory``'s calibration file (default: the user profile directory)."""
+        from capcalc.serving.calibrate import FIT_PARAMETERS
+        from capcalc.sources.benchresults import read_results
+        from capcalc.sources.served import FORMAT_NAMES, Requested, to_points
+
+        if result_format not in FORMAT_NAMES:
+            raise CapcalcError(
+                f"unknown result_format {result_format!r}: expected one of {', '.join(FORMAT_NAMES)}",
+                parameter="result_format",
+            )
+        names = tuple(parameters) if parameters else CALIBRATED
+        for name in names:
+            if name not in FIT_PARAMETERS:
+                raise CapcalcError(
+                    f"unknown parameters entry {name!r}: expected some of {', '.join(FIT_PARAMETERS)}",
+                    parameter="parameters",
+                )
+        if not paths:
+            raise CapcalcError("give at least one result file", parameter="paths")
+        wanted = FORMAT_NAMES[result_format]
+        runs = []
+        try:
+            for path in paths:
+                got = read_results(path)
+                if wanted is not None and got and got[0].source_format != wanted:
+                    raise CapcalcError(f"{path}: is a {got[0].source_format} file, not {result_format}")
+                runs.extend(got)
+            requested = Requested(
+                gpu=gpu.name if isinstance(gpu, HardwareProfile) else gpu,
+                engine=engine,
+                model=model.name if isinstance(model, ModelProfile) else model,
+                weight_dtype=weight_dtype,
+                kv_dtype=kv_dtype,
+                compute_dtype=compute_dtype,
+                tp=tp,
+                group_size=group_size,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+            )
+            device, name, points = to_points(
+                runs, requested, self.model, self.gpu, lambda m: self.registry.find_model(m)
+            )
+        except CapcalcError as exc:
+            exc.exit_code = 1
+            raise
+        return _calibrate(self, runs, device, name, points, names, save, directory, command)
 
     def measure(self, model: str | ModelProfile, **options):
         """Time the model's decode steps and prefills on this machine with torch

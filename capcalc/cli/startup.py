@@ -35,6 +35,7 @@ COMMAND_MODULES = {
     "kv": "kv",
     "latency": "latency",
     "littles": "littles",
+    "calibrate": "calibrate",
     "measure": "measure",
     "plan": "plan",
     "roofline": "roofline",
