@@ -737,6 +737,15 @@ class Session:
                 )
         if not paths:
             raise CapcalcError("give at least one result file", parameter="paths")
+        if engine is not None:
+            from capcalc.serving.engines import ENGINES
+
+            if str(engine).strip().lower() not in ENGINES:
+                shown = excerpt(engine).replace("{", "{{").replace("}", "}}")
+                raise CapcalcError(
+                    parameter="engine",
+                    template=f"{{engine}}: unknown engine {shown}: expected one of {', '.join(ENGINES)}",
+                )
         wanted = FORMAT_NAMES[result_format]
         runs = []
         try:

@@ -280,7 +280,7 @@ def resolve_serving(
     if entry is not None:
         params = apply(params, entry.get("parameters") or {})
         path, points = entry.get("path") or CALIBRATION_FILE, entry.get("points")
-        counted = f", {points} points" if points else ""
+        counted = f", {points} point{'s' if points != 1 else ''}" if points else ""
         source = f"calibration:{path} ({params.config.engine}{counted})"
     flags = {k: check_value(k, v) for k, v in (overrides or {}).items() if v is not None}
     changes = {k: v for k, v in config.items() if v is not None}

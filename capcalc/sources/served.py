@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype
 from capcalc.core.errors import CapcalcError
@@ -46,6 +47,9 @@ assert set(FORMAT_NAMES.values()) - {None} == set(FORMATS)
 #: closed-loop runs longer than this many requests per client are simulated this long (the
 #: waves have settled by then; a longer run costs time and changes the means little)
 MAX_REQUESTS_PER_CLIENT = 20
+#: open-loop runs are simulated for as many requests as they measured, at most this many
+#: (the serving model's own default for Poisson arrivals)
+MAX_OPEN_LOOP_REQUESTS = 400
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,12 @@ def to_points(
     engines: set[str] = set()
     chosen_gpu = flag_gpu
     for run in runs:
-        where = f"{run.source_path}: {run.id}" if run.id != run.source_path else run.source_path
+        name = Path(run.source_path).name
+        where = (
+            run.source_path + run.id[len(name) :]
+            if run.id.startswith(name)
+            else f"{run.source_path}: {run.id}"
+        )
 
         def fail(problem: str, parameter=None, where=where) -> CapcalcError:
             """One line about this run; with ``parameter``, ``problem`` is a template whose
@@ -195,15 +204,17 @@ def to_points(
             tp = run.tp
         weight = resolve_weight_dtype(requested.weight_dtype or "auto", model)
         kv = requested.kv_dtype or "auto"
-        if run.precision:
+        # the served-runs CSV leaves precision empty for bf16 (its README); other files do not say
+        precision = run.precision or ("bf16" if run.source_format == "served-csv" else None)
+        if precision:
             try:
-                own_weight, own_kv = precision_dtypes(run.precision, run.gemm_quant_mode, model)
+                own_weight, own_kv = precision_dtypes(precision, run.gemm_quant_mode, model)
             except CapcalcError as exc:
                 raise fail(exc.message) from None
             own_weight = resolve_weight_dtype(own_weight, model)
             if requested.weight_dtype is not None and own_weight != weight:
                 raise fail(
-                    f"the file says precision {_braces(run.precision)} ({own_weight} weights) but {{weight_dtype}} is {weight}",
+                    f"the file says precision {_braces(precision)} ({own_weight} weights) but {{weight_dtype}} is {weight}",
                     "weight_dtype",
                 )
             weight, kv = own_weight, requested.kv_dtype or own_kv
@@ -260,7 +271,8 @@ def _workload(run: MeasuredRun, fail) -> Workload:
             count = min(max(count, 1), MAX_REQUESTS_PER_CLIENT * run.concurrency)
         return Workload(prompt, output, concurrency=run.concurrency, num_requests=count)
     if rate is not None:
-        return Workload(prompt, output, rate_per_s=rate)
+        count = None if run.num_requests is None else min(max(run.num_requests, 10), MAX_OPEN_LOOP_REQUESTS)
+        return Workload(prompt, output, rate_per_s=rate, num_requests=count)
     raise fail("neither a concurrency nor a finite request rate: the load is not known")
 
 
