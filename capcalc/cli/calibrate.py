@@ -34,18 +34,38 @@ from capcalc.cli.common import (
 from capcalc.core.dtypes import COMPUTE_DTYPES, KV_DTYPES, WEIGHT_DTYPES
 from capcalc.report.output import TableSpec
 
+#: the table view: one row per run (its id, lengths and measured values are in --json / --csv)
 COLUMNS = [
-    ("id", "run"),
+    ("run", "#"),
+    ("model", "model"),
+    ("tp", "tp"),
     ("concurrency", "C"),
-    ("ttft_measured_s", "TTFT"),
-    ("ttft_error_before_pct", "before"),
-    ("ttft_error_after_pct", "after"),
-    ("tpot_measured_s", "TPOT"),
-    ("tpot_error_before_pct", "before"),
-    ("tpot_error_after_pct", "after"),
-    ("tokens_per_s_error_before_pct", "tok/s before"),
-    ("tokens_per_s_error_after_pct", "after"),
+    ("requests_per_s", "rps"),
+    ("ttft_error_before_pct", "TTFT dflt"),
+    ("ttft_error_after_pct", "TTFT fit"),
+    ("tpot_error_before_pct", "TPOT dflt"),
+    ("tpot_error_after_pct", "TPOT fit"),
+    ("tokens_per_s_error_before_pct", "tok/s dflt"),
+    ("tokens_per_s_error_after_pct", "tok/s fit"),
 ]
+
+
+def table_rows(points: list[dict]) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The runs numbered for the table, and its columns: a column that is the same for
+    every run (the model, tp) or empty (rps in closed loop) is left out."""
+    rows = [
+        {**p, "run": i, **{k: _signed(v) for k, v in p.items() if k.endswith("_pct")}}
+        for i, p in enumerate(points, 1)
+    ]
+    columns = [
+        (key, header)
+        for key, header in COLUMNS
+        if key == "run"
+        or key.endswith("_pct")
+        or (len({r.get(key) for r in rows}) > 1 or key == "concurrency")
+        and any(r.get(key) is not None for r in rows)
+    ]
+    return rows, columns
 
 
 def summary_notes(summary: dict) -> list[str]:
@@ -54,7 +74,8 @@ def summary_notes(summary: dict) -> list[str]:
 
     fitted = [(k.removeprefix("fitted_"), v) for k, v in summary.items() if k.startswith("fitted_")]
     lines = [
-        f"{summary['points']} runs, {summary['gpu']} / {summary['engine']}; errors are predicted / measured - 1",
+        f"{summary['points']} runs, {summary['gpu']} / {summary['engine']}; errors are predicted / measured - 1, "
+        "with the shipped defaults (dflt) and fitted (fit)",
         "mean |error| before -> after: "
         + ", ".join(
             f"{m} {humanize('x_pct', summary[f'{m}_mean_abs_error_before_pct'])}"
@@ -69,6 +90,10 @@ def summary_notes(summary: dict) -> list[str]:
     else:
         lines.append("not saved (add --save to use these values in latency --concurrency / --rps)")
     return lines
+
+
+def _signed(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.1f} %"
 
 
 def _value(key: str, value: float) -> str:
@@ -160,7 +185,9 @@ def calibrate_command(
         show_notes(s)
     summary = report.summary()
     if out.format == "table":
-        title = f"Calibration: {report.gpu} / {report.engine}, error of TTFT, TPOT and tokens/s per run"
-        out.emit(list(report.points), TableSpec(title=title, columns=COLUMNS, notes=summary_notes(summary)))
+        models = ", ".join(sorted({p["model"] for p in report.points}))
+        title = f"Calibration: {models} on {report.gpu} / {report.engine}"
+        rows, columns = table_rows(list(report.points))
+        out.emit(rows, TableSpec(title=title, columns=columns, notes=summary_notes(summary)))
     else:
         out.emit(report.records())
