@@ -448,7 +448,7 @@ def test_table_view_fits_100_columns(cli, tmp_path, monkeypatch):
     path = write_csv(tmp_path, QWEN_ROWS[:2])
     got = cli("calibrate", path, "--parameters", "frontend_s")
     assert got.code == 0, got.err
-    assert "Calibration: h100-sxm / vllm" in got.out and "fitted: frontend_s =" in got.out
+    assert "Calibration: qwen3-32b on h100-sxm / vllm" in got.out and "fitted: frontend_s =" in got.out
     assert "not saved" in got.out
     assert max(len(line) for line in got.out.splitlines()) <= 100
 
