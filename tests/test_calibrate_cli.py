@@ -166,6 +166,13 @@ def test_find_gpu_reads_benchmark_spellings(registry):
         find_gpu("zz_sxm", registry.gpu)
 
 
+def test_every_gpu_profile_is_found_under_a_benchmark_spelling(registry):
+    """Suites write GPU names upper-case with underscores (H100_SXM): each profile is found back."""
+    for name in registry.gpus:
+        assert find_gpu(name.replace("-", "_").upper(), registry.gpu).name == name
+        assert find_gpu(f"{name}_sxm", registry.gpu).name == name
+
+
 @pytest.mark.parametrize(
     "precision, gemm, model, want",
     [

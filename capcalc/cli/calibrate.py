@@ -15,7 +15,6 @@ file under the GPU and engine, which ``latency --concurrency`` / ``--rps`` then 
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -90,6 +89,15 @@ def summary_notes(summary: dict) -> list[str]:
     else:
         lines.append("not saved (add --save to use these values in latency --concurrency / --rps)")
     return lines
+
+
+def _command_line(results: list[Path], options: dict) -> str:
+    """The calibrate command as given (for the calibration file's ``command``)."""
+    words = ["capcalc", "calibrate", *(str(p) for p in results)]
+    for name, value in options.items():
+        if value is not None:
+            words += [f"--{'format' if name == 'result_format' else name.replace('_', '-')}", str(value)]
+    return shlex.join([*words, "--save"])
 
 
 def _signed(value: float | None) -> str | None:
@@ -172,7 +180,23 @@ def calibrate_command(
             result_format=result_format,
             parameters=names,
             save=save,
-            command=shlex.join(["capcalc", "calibrate", *sys.argv[2:]]) if len(sys.argv) > 2 else None,
+            command=_command_line(
+                results,
+                dict(
+                    gpu=gpu,
+                    engine=engine,
+                    model=model,
+                    tp=tp,
+                    weight_dtype=weight_dtype,
+                    kv_dtype=kv_dtype,
+                    compute_dtype=compute_dtype,
+                    group_size=group_size,
+                    parameters=parameters,
+                    max_num_batched_tokens=max_num_batched_tokens,
+                    max_num_seqs=max_num_seqs,
+                    result_format=None if result_format == "auto" else result_format,
+                ),
+            ),  # fmt: skip
             weight_dtype=weight_dtype,
             kv_dtype=kv_dtype,
             compute_dtype=compute_dtype,
