@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.inputs import excerpt
@@ -42,7 +42,10 @@ from capcalc.sources.dirs import profile_dirs
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
-__all__ = ["CalibrationReport", "Deployment", "LatencyReport", "PlanReport", "ServingReport", "Session"]
+if TYPE_CHECKING:
+    from capcalc.sources.served import CalibrationReport
+
+__all__ = ["Deployment", "LatencyReport", "PlanReport", "ServingReport", "Session"]
 
 # Shared by every session of the process (a sweep or a test suite makes many), keyed by
 # the state of the files read, so that an edited profile is read again.
@@ -122,12 +125,6 @@ class PlanReport:
         return len(self.results)
 
 
-#: the serving parameters ``calibrate`` fits by default: the decode stream, the prefill rate,
-#: the per-layer fixed cost and the per-request cost (those benchmarks/served_validation.py
-#: cross-validates; the MoE and per-sequence costs need many runs to tell apart)
-CALIBRATED = ("bandwidth_scale", "flops_scale", "layer_overhead_s", "frontend_s")
-
-
 @dataclass(frozen=True)
 class ServingReport:
     """One replica under load (:class:`capcalc.serving.engine.ServingResult`, whose fields
@@ -170,48 +167,6 @@ class ServingReport:
         )
 
 
-@dataclass(frozen=True)
-class CalibrationReport:
-    """A serving fit: each run measured and predicted before (defaults) and after."""
-
-    gpu: str
-    engine: str
-    values: dict[str, float]
-    points: tuple[dict, ...]  # one record per run
-    loss_before: float
-    loss_after: float
-    calibration_file: str | None = None
-
-    def summary(self) -> dict:
-        """The fit as one record: the values, the mean |error| before and after, the file."""
-
-        def mean(key: str) -> float | None:
-            values = [abs(p[key]) for p in self.points if p.get(key) is not None]
-            return sum(values) / len(values) if values else None
-
-        errors = {
-            f"{m}_mean_abs_error_{when}_pct": mean(f"{m}_error_{when}_pct")
-            for when in ("before", "after")
-            for m in ("ttft", "tpot", "tokens_per_s")
-        }
-        fitted = {f"fitted_{k}": v for k, v in self.values.items()}
-        return flat_record(
-            record="calibration",
-            gpu=self.gpu,
-            engine=self.engine,
-            points=len(self.points),
-            **fitted,
-            **errors,
-            loss_before=self.loss_before,
-            loss_after=self.loss_after,
-            calibration_file=self.calibration_file,
-        )
-
-    def records(self) -> list[dict]:
-        """``calibrate --json``: one ``point`` record per run, then the ``calibration`` summary."""
-        return [*self.points, self.summary()]
-
-
 def _duration(value: Any, parameter: str) -> float:
     from capcalc.core.units import parse_duration
 
@@ -222,85 +177,6 @@ def _duration(value: Any, parameter: str) -> float:
     if not seconds >= 0 or seconds == float("inf"):
         raise CapcalcError(f"{parameter} must be a duration of 0 or more, got {value!r}", parameter=parameter)
     return seconds
-
-
-def _calibrate(session, runs, device, engine, points, names, save, directory, command) -> CalibrationReport:
-    """Fit, predict every run before and after, and save when asked (``Session.calibrate``)."""
-    import datetime
-
-    from capcalc.serving.calibrate import fit_serving, predict_point, serving_defaults
-    from capcalc.sources.calibration import save_engine_calibration
-
-    fit = fit_serving(points, parameters=names)
-    records = []
-    for run, point in zip(runs, points, strict=True):
-        before = predict_point(point, serving_defaults(point))
-        after = predict_point(point, fit.params_for(point))
-        w = point.workload
-        measured_tps = run.output_tokens_per_s
-        if measured_tps is None and w.concurrency:  # closed loop: Little's law over one request
-            measured_tps = (
-                w.concurrency * w.output_tokens / (run.ttft_mean_s + (w.output_tokens - 1) * run.tpot_mean_s)
-            )
-        elif measured_tps is None and run.requests_per_s is not None:
-            measured_tps = run.requests_per_s * w.output_tokens
-
-        def err(predicted: float, measured: float | None) -> float | None:
-            return None if not measured else (predicted / measured - 1) * 100
-
-        records.append(
-            flat_record(
-                record="point",
-                id=run.id,
-                source=run.source_format,
-                model=point.replica.model.name,
-                tp=point.replica.tp,
-                weight_dtype=point.replica.weight_dtype,
-                concurrency=w.concurrency,
-                requests_per_s=w.rate_per_s,
-                prompt_tokens=w.prompt_tokens,
-                output_tokens=w.output_tokens,
-                ttft_measured_s=run.ttft_mean_s,
-                ttft_before_s=before.ttft_s,
-                ttft_after_s=after.ttft_s,
-                tpot_measured_s=run.tpot_mean_s,
-                tpot_before_s=before.tpot_s,
-                tpot_after_s=after.tpot_s,
-                tokens_per_s_measured=measured_tps,
-                tokens_per_s_before=before.output_tokens_per_s,
-                tokens_per_s_after=after.output_tokens_per_s,
-                ttft_error_before_pct=err(before.ttft_s, run.ttft_mean_s),
-                ttft_error_after_pct=err(after.ttft_s, run.ttft_mean_s),
-                tpot_error_before_pct=err(before.tpot_s, run.tpot_mean_s),
-                tpot_error_after_pct=err(after.tpot_s, run.tpot_mean_s),
-                tokens_per_s_error_before_pct=err(before.output_tokens_per_s, measured_tps),
-                tokens_per_s_error_after_pct=err(after.output_tokens_per_s, measured_tps),
-            )
-        )
-    report = CalibrationReport(
-        device.name, engine, dict(fit.values), tuple(records), fit.loss_before, fit.loss_after
-    )
-    if not fit.values:
-        session.note("the fit found nothing better than the defaults; they are kept")
-    if save:
-        summary = report.summary()
-        entry = {
-            "calibrated_at": datetime.date.today().isoformat(),
-            "command": command or f"Session.calibrate({len(runs)} runs)",
-            "points": len(points),
-            "models": sorted({p.replica.model.name for p in points}),
-            "sources": sorted({str(Path(r.source_path).resolve()) for r in runs}),
-            "parameters": dict(fit.values),
-            "mean_abs_error_before": {
-                f"{m}_pct": summary[f"{m}_mean_abs_error_before_pct"] for m in ("ttft", "tpot")
-            },
-            "mean_abs_error_after": {
-                f"{m}_pct": summary[f"{m}_mean_abs_error_after_pct"] for m in ("ttft", "tpot")
-            },
-        }
-        path = save_engine_calibration(device.name, engine, entry, directory)
-        report = CalibrationReport(**{**report.__dict__, "calibration_file": str(path)})
-    return report
 
 
 class Session:
@@ -717,11 +593,11 @@ class Session:
         :func:`capcalc.serving.calibrate.fit_serving`. The deployment comes from each file
         where it says so, else from these arguments (:mod:`capcalc.sources.served`); a file
         that cannot be read or contradicts them raises, exit code 1. ``parameters``: the
-        ones fitted (default :data:`CALIBRATED`). ``save`` writes the values into
+        ones fitted (default :data:`capcalc.sources.served.CALIBRATED`). ``save`` writes the values into
         ``directory``'s calibration file (default: the user profile directory)."""
         from capcalc.serving.calibrate import FIT_PARAMETERS
         from capcalc.sources.benchresults import read_results
-        from capcalc.sources.served import FORMAT_NAMES, Requested, to_points
+        from capcalc.sources.served import CALIBRATED, FORMAT_NAMES, Requested, fit_runs, to_points
 
         if result_format not in FORMAT_NAMES:
             raise CapcalcError(
@@ -772,7 +648,10 @@ class Session:
         except CapcalcError as exc:
             exc.exit_code = 1
             raise
-        return _calibrate(self, runs, device, name, points, names, save, directory, command)
+        report = fit_runs(runs, device, name, points, names, save, directory, command)
+        if not report.values:
+            self.note("the fit found nothing better than the defaults; they are kept")
+        return report
 
     def measure(self, model: str | ModelProfile, **options):
         """Time the model's decode steps and prefills on this machine with torch

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt
+from capcalc.core.records import flat_record
 from capcalc.model.weights import resolve_weight_dtype
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 from capcalc.serving.calibrate import ServedPoint
@@ -32,6 +33,12 @@ from capcalc.serving.engine import Replica, Workload
 from capcalc.serving.engines import ENGINES
 from capcalc.sources.benchresults import FORMATS
 from capcalc.sources.benchresults import ServedPoint as MeasuredRun
+
+#: the serving parameters ``calibrate`` fits by default: the decode stream, the prefill rate,
+#: the per-layer fixed cost and the per-request cost (those benchmarks/served_validation.py
+#: cross-validates; the MoE and per-sequence costs need many runs to tell apart)
+CALIBRATED = ("bandwidth_scale", "flops_scale", "layer_overhead_s", "frontend_s")
+
 
 #: ``--format`` names -> :data:`capcalc.sources.benchresults.FORMATS` (auto: told by content)
 FORMAT_NAMES = {
@@ -279,3 +286,130 @@ def _workload(run: MeasuredRun, fail) -> Workload:
 def _braces(text: str) -> str:
     """``text`` (a value read from a file) safe inside a message template."""
     return str(text).replace("{", "{{").replace("}", "}}")
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """A serving fit: each run measured and predicted before (defaults) and after."""
+
+    gpu: str
+    engine: str
+    values: dict[str, float]
+    points: tuple[dict, ...]  # one record per run
+    loss_before: float
+    loss_after: float
+    calibration_file: str | None = None
+
+    def summary(self) -> dict:
+        """The fit as one record: the values, the mean |error| before and after, the file."""
+
+        def mean(key: str) -> float | None:
+            values = [abs(p[key]) for p in self.points if p.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        errors = {
+            f"{m}_mean_abs_error_{when}_pct": mean(f"{m}_error_{when}_pct")
+            for when in ("before", "after")
+            for m in ("ttft", "tpot", "tokens_per_s")
+        }
+        fitted = {f"fitted_{k}": v for k, v in self.values.items()}
+        return flat_record(
+            record="calibration",
+            gpu=self.gpu,
+            engine=self.engine,
+            points=len(self.points),
+            **fitted,
+            **errors,
+            loss_before=self.loss_before,
+            loss_after=self.loss_after,
+            calibration_file=self.calibration_file,
+        )
+
+    def records(self) -> list[dict]:
+        """``calibrate --json``: one ``point`` record per run, then the ``calibration`` summary."""
+        return [*self.points, self.summary()]
+
+
+def fit_runs(
+    runs, device, engine, points, names, save=False, directory=None, command=None
+) -> CalibrationReport:
+    """Fit ``names`` to the served ``points`` of the measured ``runs`` (one GPU ``device``
+    and ``engine``; :func:`to_points`), predict every run with the shipped defaults and
+    with the fit, and with ``save`` write the values into ``directory``'s calibration
+    file (``Session.calibrate``)."""
+    import datetime
+
+    from capcalc.serving.calibrate import fit_serving, predict_point, serving_defaults
+    from capcalc.sources.calibration import save_engine_calibration
+
+    fit = fit_serving(points, parameters=names)
+    records = []
+    for run, point in zip(runs, points, strict=True):
+        before = predict_point(point, serving_defaults(point))
+        after = predict_point(point, fit.params_for(point))
+        w = point.workload
+        measured_tps = run.output_tokens_per_s
+        if measured_tps is None and w.concurrency:  # closed loop: Little's law over one request
+            measured_tps = (
+                w.concurrency * w.output_tokens / (run.ttft_mean_s + (w.output_tokens - 1) * run.tpot_mean_s)
+            )
+        elif measured_tps is None and run.requests_per_s is not None:
+            measured_tps = run.requests_per_s * w.output_tokens
+
+        def err(predicted: float, measured: float | None) -> float | None:
+            return None if not measured else (predicted / measured - 1) * 100
+
+        records.append(
+            flat_record(
+                record="point",
+                id=run.id,
+                source=run.source_format,
+                model=point.replica.model.name,
+                tp=point.replica.tp,
+                weight_dtype=point.replica.weight_dtype,
+                concurrency=w.concurrency,
+                requests_per_s=w.rate_per_s,
+                prompt_tokens=w.prompt_tokens,
+                output_tokens=w.output_tokens,
+                ttft_measured_s=run.ttft_mean_s,
+                ttft_before_s=before.ttft_s,
+                ttft_after_s=after.ttft_s,
+                tpot_measured_s=run.tpot_mean_s,
+                tpot_before_s=before.tpot_s,
+                tpot_after_s=after.tpot_s,
+                tokens_per_s_measured=measured_tps,
+                tokens_per_s_before=before.output_tokens_per_s,
+                tokens_per_s_after=after.output_tokens_per_s,
+                ttft_error_before_pct=err(before.ttft_s, run.ttft_mean_s),
+                ttft_error_after_pct=err(after.ttft_s, run.ttft_mean_s),
+                tpot_error_before_pct=err(before.tpot_s, run.tpot_mean_s),
+                tpot_error_after_pct=err(after.tpot_s, run.tpot_mean_s),
+                tokens_per_s_error_before_pct=err(before.output_tokens_per_s, measured_tps),
+                tokens_per_s_error_after_pct=err(after.output_tokens_per_s, measured_tps),
+            )
+        )
+    report = CalibrationReport(
+        device.name, engine, dict(fit.values), tuple(records), fit.loss_before, fit.loss_after
+    )
+    if save:
+        summary = report.summary()
+        entry = {
+            "calibrated_at": datetime.date.today().isoformat(),
+            "command": command or f"Session.calibrate({len(runs)} runs)",
+            "points": len(points),
+            "models": sorted({p.replica.model.name for p in points}),
+            "sources": sorted({str(Path(r.source_path).resolve()) for r in runs}),
+            "parameters": dict(fit.values),
+            "mean_abs_error_before": {
+                f"{m}_pct": summary[f"{m}_mean_abs_error_before_pct"] for m in ("ttft", "tpot")
+            },
+            "mean_abs_error_after": {
+                f"{m}_pct": summary[f"{m}_mean_abs_error_after_pct"] for m in ("ttft", "tpot")
+            },
+        }
+        path = save_engine_calibration(device.name, engine, entry, directory)
+        report = replace(report, calibration_file=str(path))
+    return report
