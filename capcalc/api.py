@@ -505,6 +505,7 @@ class Session:
         ``num_requests``: measured requests (default: 5 per client; open loop 400)."""
         from capcalc.model.weights import resolve_weight_dtype
         from capcalc.serving.engine import Replica, Workload, predict_serving
+        from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
         if (concurrency is None) == (requests_per_s is None):
             raise CapcalcError(
@@ -518,6 +519,16 @@ class Session:
                 f"concurrency must be a whole number of at least 1, got {concurrency!r}",
                 parameter="concurrency",
             )
+        for key, value, most in (
+            ("concurrency", concurrency, MAX_CLIENTS),
+            ("num_requests", num_requests, MAX_REQUESTS),
+        ):
+            if isinstance(value, int) and value > most:
+                raise CapcalcError(
+                    f"{key} {value} is over the {most:,} the simulation runs "
+                    "(its time grows with the requests; more clients than the running batch only queue)",
+                    parameter=key,
+                )
         if requests_per_s is not None and not (
             isinstance(requests_per_s, (int, float)) and 0 < requests_per_s < float("inf")
         ):

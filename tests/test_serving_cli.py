@@ -167,6 +167,8 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--concurrency", "4", "--batch", "8"), ("--batch", "--concurrency")),
         (("--concurrency", "4", "--engine", "tgi"), ("--engine", "tgi")),
         (("--concurrency", "0"), ("--concurrency",)),
+        (("--concurrency", "1000000000"), ("--concurrency", "65,536")),
+        (("--concurrency", "4", "--num-requests", "99999999"), ("--num-requests",)),
         (("--rps", "0"), ("--rps",)),
         (("--concurrency", "4", "--frontend-overhead", "fast"), ("--frontend-overhead",)),
     ],

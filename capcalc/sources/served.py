@@ -51,6 +51,13 @@ FORMAT_NAMES = {
 }
 assert set(FORMAT_NAMES.values()) - {None} == set(FORMATS)
 
+#: most closed-loop clients and measured requests simulated: the simulation's time grows
+#: with the requests (about 0.4 ms each on one core; 2^16 clients x 5 requests take 30 s),
+#: and 2^16 clients are 32x the largest default running batch (2048), past which more
+#: clients only queue
+MAX_CLIENTS = 65_536
+MAX_REQUESTS = 5 * MAX_CLIENTS
+
 #: closed-loop runs longer than this many requests per client are simulated this long (the
 #: waves have settled by then; a longer run costs time and changes the means little)
 MAX_REQUESTS_PER_CLIENT = 20
@@ -205,6 +212,8 @@ def to_points(
 
         # deployment
         tp = requested.tp
+        if run.tp is not None and run.tp < 1:
+            raise fail(f"tp {run.tp}: expected at least 1")
         if run.tp:
             if requested.tp is not None and run.tp != requested.tp:
                 raise fail(f"the file says tp {run.tp} but {{tp}} is {requested.tp}", "tp")
@@ -272,6 +281,8 @@ def _workload(run: MeasuredRun, fail) -> Workload:
             f"both a concurrency cap ({run.concurrency}) and a request rate ({rate:g}/s): not modelled; "
             "calibrate on closed-loop or on open-loop runs"
         )
+    if run.concurrency is not None and run.concurrency > MAX_CLIENTS:
+        raise fail(f"concurrency {run.concurrency} is over the {MAX_CLIENTS:,} clients simulated")
     if run.concurrency is not None:
         count = run.num_requests
         if count is not None:
