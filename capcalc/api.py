@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capcalc.core.errors import CapcalcError, Note
+from capcalc.core.inputs import excerpt
 from capcalc.core.records import flat_record
 from capcalc.model.kv import KVResult, kv_cache
 from capcalc.perf.efficiency import PARAMETERS, ResolvedEfficiency, resolve_efficiency
@@ -41,7 +42,10 @@ from capcalc.sources.dirs import profile_dirs
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
-__all__ = ["Deployment", "LatencyReport", "PlanReport", "Session"]
+if TYPE_CHECKING:
+    from capcalc.sources.served import CalibrationReport
+
+__all__ = ["Deployment", "LatencyReport", "PlanReport", "ServingReport", "Session"]
 
 # Shared by every session of the process (a sweep or a test suite makes many), keyed by
 # the state of the files read, so that an edited profile is read again.
@@ -119,6 +123,60 @@ class PlanReport:
 
     def __len__(self) -> int:
         return len(self.results)
+
+
+@dataclass(frozen=True)
+class ServingReport:
+    """One replica under load (:class:`capcalc.serving.engine.ServingResult`, whose fields
+    read through: ``report.ttft_p90_s``) and what it assumed."""
+
+    model: str
+    gpu: str
+    deployment: Deployment
+    weight_dtype: str
+    result: Any  # ServingResult
+    serving: Any  # capcalc.sources.calibration.ResolvedServing
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def record(self) -> dict:
+        """``latency --concurrency/--rps --json``: the deployment, the prediction, then
+        ``assume_*`` and ``efficiency_source``."""
+        from dataclasses import asdict
+
+        d = self.deployment
+        result = asdict(self.result)
+        head = {
+            "model": self.model,
+            "gpu": self.gpu,
+            "engine": result.pop("engine"),
+            "tp": d.tp,
+            "weight_dtype": self.weight_dtype,
+            "kv_dtype": d.kv_dtype,
+            "compute_dtype": d.compute_dtype,
+        }
+        return flat_record(
+            head,
+            **result,
+            seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
+            **self.serving.efficiency.as_record(),
+            efficiency_source=self.serving.source,
+        )
+
+
+def _duration(value: Any, parameter: str) -> float:
+    from capcalc.core.units import parse_duration
+
+    try:
+        seconds = parse_duration(value, parameter)
+    except CapcalcError as exc:
+        raise CapcalcError(exc.message, parameter=parameter) from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise CapcalcError(f"{parameter} must be a duration of 0 or more, got {value!r}", parameter=parameter)
+    return seconds
 
 
 class Session:
@@ -378,6 +436,233 @@ class Session:
             **extra,
         )
         return PlanReport(profile.name, traffic, slos, tuple(results))
+
+    # ------------------------------------------------------------------ serving under load
+
+    def serving_parameters(
+        self,
+        gpu: str | HardwareProfile,
+        engine: str = "vllm",
+        weight_dtype: str = "auto",
+        model: str | ModelProfile | None = None,
+        efficiency: dict[str, Any] | None = None,
+        **config,
+    ):
+        """The step efficiencies and engine configuration ``engine`` serving on ``gpu``
+        assumes: flags (``efficiency`` overrides; ``config``: max_num_batched_tokens,
+        max_num_seqs, frontend_s) > this GPU and engine's ``capcalc calibrate --save``
+        entry > engine defaults (:func:`capcalc.sources.calibration.resolve_serving`).
+        ``weight_dtype`` ``auto`` is resolved against ``model``."""
+        from capcalc.model.weights import resolve_weight_dtype
+        from capcalc.serving.engines import ENGINES
+        from capcalc.sources.calibration import resolve_serving
+
+        name = str(engine).strip().lower()
+        if name not in ENGINES:
+            raise CapcalcError(
+                parameter="engine",
+                template=f"{{engine}}: unknown engine {excerpt(engine).replace('{', '{{').replace('}', '}}')}: expected one of {', '.join(ENGINES)}",
+            )
+        device = self.gpu(gpu)
+        if model is not None:
+            weight_dtype = resolve_weight_dtype(weight_dtype, self.model(model))
+        if config.get("frontend_s") is not None:
+            config["frontend_s"] = _duration(config["frontend_s"], "frontend_s")
+        for key in ("max_num_batched_tokens", "max_num_seqs"):
+            value = config.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CapcalcError(
+                    f"{key} must be a whole number of at least 1, got {value!r}", parameter=key
+                )
+        resolved = resolve_serving(device, name, weight_dtype, efficiency, self.calibration(), **config)
+        if resolved.calibration_path:
+            self.note(f"using the {name} calibration of {device.name} from {resolved.calibration_path}")
+        return resolved
+
+    def serving(
+        self,
+        model: str | ModelProfile,
+        gpu: str | HardwareProfile,
+        prompt_tokens: int = 1024,
+        output_tokens: int = 256,
+        concurrency: int | None = None,
+        requests_per_s: float | None = None,
+        engine: str = "vllm",
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+        frontend_s: float | str | None = None,
+        seed: int = 0,
+        num_requests: int | None = None,
+        deployment: Deployment | None = None,
+        efficiency: dict[str, Any] | None = None,
+        **fields,
+    ) -> ServingReport:
+        """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
+        ``concurrency`` closed-loop clients (``vllm bench serve --max-concurrency``) or
+        Poisson arrivals at ``requests_per_s`` (``seed`` draws them), exactly one of the
+        two. Mean and p50/p90/p99 TTFT, TPOT, E2E, ITL, requests/s, tokens/s per GPU and
+        per user, the running batch, the queueing time and the limit that binds.
+        ``num_requests``: measured requests (default: 5 per client; open loop 400)."""
+        from capcalc.model.weights import resolve_weight_dtype
+        from capcalc.serving.engine import Replica, Workload, predict_serving
+        from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
+
+        if (concurrency is None) == (requests_per_s is None):
+            raise CapcalcError(
+                "give exactly one of concurrency and requests_per_s",
+                parameter=("concurrency", "requests_per_s"),
+            )
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise CapcalcError(
+                f"concurrency must be a whole number of at least 1, got {concurrency!r}",
+                parameter="concurrency",
+            )
+        for key, value, most in (
+            ("concurrency", concurrency, MAX_CLIENTS),
+            ("num_requests", num_requests, MAX_REQUESTS),
+        ):
+            if isinstance(value, int) and value > most:
+                raise CapcalcError(
+                    f"{key} {value} is over the {most:,} the simulation runs "
+                    "(its time grows with the requests; more clients than the running batch only queue)",
+                    parameter=key,
+                )
+        if requests_per_s is not None and not (
+            isinstance(requests_per_s, (int, float)) and 0 < requests_per_s < float("inf")
+        ):
+            raise CapcalcError(
+                f"requests_per_s must be a positive number, got {requests_per_s!r}",
+                parameter="requests_per_s",
+            )
+        for key, value, low in (
+            ("prompt_tokens", prompt_tokens, 1),
+            ("output_tokens", output_tokens, 1),
+            ("num_requests", num_requests, 1),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise CapcalcError(
+                    f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
+                )
+        overrides = dict(efficiency or {})
+        overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
+        profile, device = self.model(model), self.gpu(gpu)
+        d = Deployment.of(deployment, **fields)
+        weight = resolve_weight_dtype(d.weight_dtype, profile)
+        resolved = self.serving_parameters(
+            device,
+            engine,
+            weight,
+            efficiency=overrides,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            frontend_s=frontend_s,
+        )
+        replica = Replica(
+            profile,
+            device,
+            tp=d.tp,
+            weight_dtype=weight,
+            kv_dtype=d.kv_dtype,
+            compute_dtype=d.compute_dtype,
+            group_size=d.group_size,
+        )
+        workload = Workload(
+            prompt_tokens,
+            output_tokens,
+            concurrency=concurrency,
+            rate_per_s=None if requests_per_s is None else float(requests_per_s),
+            num_requests=num_requests,
+            seed=seed,
+        )
+        result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
+        return ServingReport(profile.name, device.name, d, weight, result, resolved)
+
+    def calibrate(
+        self,
+        paths: Sequence[str | Path],
+        gpu: str | HardwareProfile | None = None,
+        engine: str | None = None,
+        model: str | ModelProfile | None = None,
+        result_format: str = "auto",
+        parameters: Sequence[str] | None = None,
+        save: bool = False,
+        directory: str | Path | None = None,
+        command: str | None = None,
+        weight_dtype: str | None = None,
+        kv_dtype: str | None = None,
+        compute_dtype: str | None = None,
+        tp: int | None = None,
+        group_size: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+    ) -> CalibrationReport:
+        """Fit the serving model to measured benchmark runs (``paths``: ``vllm bench serve``
+        results, aiperf / genai-perf profile exports, guidellm reports, served-runs CSVs;
+        :mod:`capcalc.sources.benchresults`) of one GPU and engine, with
+        :func:`capcalc.serving.calibrate.fit_serving`. The deployment comes from each file
+        where it says so, else from these arguments (:mod:`capcalc.sources.served`); a file
+        that cannot be read or contradicts them raises, exit code 1. ``parameters``: the
+        ones fitted (default :data:`capcalc.sources.served.CALIBRATED`). ``save`` writes the values into
+        ``directory``'s calibration file (default: the user profile directory)."""
+        from capcalc.serving.calibrate import FIT_PARAMETERS
+        from capcalc.sources.benchresults import read_results
+        from capcalc.sources.served import CALIBRATED, FORMAT_NAMES, Requested, fit_runs, to_points
+
+        if result_format not in FORMAT_NAMES:
+            raise CapcalcError(
+                f"unknown result_format {result_format!r}: expected one of {', '.join(FORMAT_NAMES)}",
+                parameter="result_format",
+            )
+        names = tuple(parameters) if parameters else CALIBRATED
+        for name in names:
+            if name not in FIT_PARAMETERS:
+                raise CapcalcError(
+                    f"unknown parameters entry {name!r}: expected some of {', '.join(FIT_PARAMETERS)}",
+                    parameter="parameters",
+                )
+        if not paths:
+            raise CapcalcError("give at least one result file", parameter="paths")
+        if engine is not None:
+            from capcalc.serving.engines import ENGINES
+
+            if str(engine).strip().lower() not in ENGINES:
+                shown = excerpt(engine).replace("{", "{{").replace("}", "}}")
+                raise CapcalcError(
+                    parameter="engine",
+                    template=f"{{engine}}: unknown engine {shown}: expected one of {', '.join(ENGINES)}",
+                )
+        wanted = FORMAT_NAMES[result_format]
+        runs = []
+        try:
+            for path in paths:
+                got = read_results(path)
+                if wanted is not None and got and got[0].source_format != wanted:
+                    raise CapcalcError(f"{path}: is a {got[0].source_format} file, not {result_format}")
+                runs.extend(got)
+            requested = Requested(
+                gpu=gpu.name if isinstance(gpu, HardwareProfile) else gpu,
+                engine=engine,
+                model=model.name if isinstance(model, ModelProfile) else model,
+                weight_dtype=weight_dtype,
+                kv_dtype=kv_dtype,
+                compute_dtype=compute_dtype,
+                tp=tp,
+                group_size=group_size,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+            )
+            device, name, points = to_points(
+                runs, requested, self.model, self.gpu, lambda m: self.registry.find_model(m)
+            )
+        except CapcalcError as exc:
+            exc.exit_code = 1
+            raise
+        report = fit_runs(runs, device, name, points, names, save, directory, command)
+        if not report.values:
+            self.note("the fit found nothing better than the defaults; they are kept")
+        return report
 
     def measure(self, model: str | ModelProfile, **options):
         """Time the model's decode steps and prefills on this machine with torch

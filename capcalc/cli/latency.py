@@ -1,8 +1,18 @@
-"""`capcalc latency`: TTFT, inter-token latency and throughput to expect."""
+"""`capcalc latency`: TTFT, inter-token latency and throughput to expect.
+
+    capcalc latency MODEL --gpu G [--prompt P] [--output O] [--batch B]
+    capcalc latency MODEL --gpu G [--prompt P] [--output O] --concurrency C | --rps R
+        [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
+        [--frontend-overhead 9ms] [--num-requests N] [--seed S]
+
+Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
+of them a continuously batching server under load (``Session.serving``, docs/serving.md).
+The serving flags without either are an error: a static batch has no engine.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -23,6 +33,7 @@ from capcalc.cli.common import (
     show_notes,
     sweepable,
 )
+from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import ResolvedEfficiency
 from capcalc.report.output import TableSpec, humanize
 
@@ -56,8 +67,79 @@ def render(title: str):
     return draw
 
 
-def compute(s, model, gpu, deployment, efficiency, prompt=1024, output=256, batch=1):
-    return s.latency(model, gpu, prompt, output, batch, deployment, efficiency)
+def compute(
+    s,
+    model,
+    gpu,
+    deployment,
+    efficiency,
+    prompt=1024,
+    output=256,
+    batch=1,
+    concurrency=None,
+    rps=None,
+    engine=None,
+    max_num_batched_tokens=None,
+    max_num_seqs=None,
+    frontend_overhead=None,
+    num_requests=None,
+    seed=0,
+):
+    """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
+    under load (``Session.serving``)."""
+    if concurrency is None and rps is None:
+        given = {
+            "engine": engine,
+            "max_num_batched_tokens": max_num_batched_tokens,
+            "max_num_seqs": max_num_seqs,
+            "frontend_s": frontend_overhead,
+            "num_requests": num_requests,
+        }
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise CapcalcError(
+                parameter=(named[0], "concurrency", "requests_per_s"),
+                template=f"{{{named[0]}}} needs {{concurrency}} or {{requests_per_s}} "
+                "(a static batch has no serving engine)",
+            )
+        return s.latency(model, gpu, prompt, output, batch, deployment, efficiency)
+    if concurrency is not None and rps is not None:
+        raise CapcalcError(
+            "give concurrency or requests_per_s, not both", parameter=("concurrency", "requests_per_s")
+        )
+    if batch != 1:
+        raise CapcalcError(
+            parameter=("batch", "concurrency", "requests_per_s"),
+            template="{batch} sets a static batch; under {concurrency} or {requests_per_s} "
+            "the running batch is predicted",
+        )
+    return s.serving(
+        model,
+        gpu,
+        prompt,
+        output,
+        concurrency=concurrency,
+        requests_per_s=rps,
+        engine=engine or "vllm",
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        frontend_s=frontend_overhead,
+        seed=seed,
+        num_requests=num_requests,
+        deployment=deployment,
+        efficiency=efficiency,
+    )
+
+
+def serving_notes(report) -> list[str]:
+    """Where the serving prediction's assumptions came from (table view)."""
+    cfg = report.serving.config
+    limits = f"max_num_batched_tokens {cfg.max_num_batched_tokens:,}, max_num_seqs {cfg.max_num_seqs:,}"
+    return [
+        f"Assumptions: {report.serving.source} (flag > capcalc calibrate --save > engine defaults; "
+        "see docs/serving.md)",
+        f"  {cfg.engine}: {limits}, frontend {humanize('frontend_s', cfg.frontend_s)} per request",
+    ]
 
 
 @app.command(name="latency")
@@ -74,6 +156,35 @@ def latency_command(
     batch: Annotated[
         int, typer.Option(help="Requests run together (prefilled together, decoded in lock step).")
     ] = 1,
+    concurrency: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Serve under load: this many closed-loop clients (vllm bench serve --max-concurrency)."
+        ),
+    ] = None,
+    rps: Annotated[
+        Optional[float],
+        typer.Option("--rps", help="Serve under load: Poisson arrivals at this many requests/s."),
+    ] = None,
+    engine: Annotated[
+        Optional[str],
+        typer.Option(help="Serving engine under load: vllm, sglang or trtllm (default vllm)."),
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        Optional[int], typer.Option(help="Token budget per engine step (default: the engine's for this GPU).")
+    ] = None,
+    max_num_seqs: Annotated[
+        Optional[int],
+        typer.Option(help="Most requests running at once (default: the engine's for this GPU)."),
+    ] = None,
+    frontend_overhead: Annotated[
+        Optional[str],
+        typer.Option(help="Fixed cost per request outside the engine steps: HTTP, tokenising (e.g. 9ms)."),
+    ] = None,
+    num_requests: Annotated[
+        Optional[int], typer.Option(help="Requests measured under load (default: 5 per client; --rps 400).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --rps arrival times.")] = 0,
     no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
@@ -84,9 +195,21 @@ def latency_command(
     out = Output(json_, jsonl, csv_)
     s = session(profiles, no_calibration)
     try:
-        report = compute(s, model, gpu, deployment, efficiency, prompt, output, batch)
+        report = compute(
+            s, model, gpu, deployment, efficiency, prompt, output, batch,
+            concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
+            num_requests, seed,
+        )  # fmt: skip
     finally:
         show_notes(s)
+    if concurrency is not None or rps is not None:
+        load = f"{concurrency} clients" if concurrency is not None else f"{rps:g} requests/s"
+        title = (
+            f"Serving: {report.model} on {report.gpu} x{report.deployment.tp}, {report.result.engine}, "
+            f"{load} ({prompt:,} in, {output:,} out)"
+        )
+        out.emit([report.record()], TableSpec(render=render(title), notes=serving_notes(report)), single=True)
+        return
     result = report.result
     title = (
         f"Latency: {result.model} on {result.gpu}, {batch} x ({prompt:,} in, {output:,} out), tp={result.tp}"

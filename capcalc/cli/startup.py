@@ -35,6 +35,7 @@ COMMAND_MODULES = {
     "kv": "kv",
     "latency": "latency",
     "littles": "littles",
+    "calibrate": "calibrate",
     "measure": "measure",
     "plan": "plan",
     "roofline": "roofline",
@@ -162,7 +163,10 @@ def _to_float(value: Any) -> float:
     text = value.strip() if isinstance(value, str) else None
     if text is None or not _FLOAT.fullmatch(text):
         raise ValueError(FLOAT_ERROR)
-    return float(text)
+    try:
+        return float(text)
+    except ValueError:  # the pattern lets a few non-numbers through ('.0.')
+        raise ValueError(FLOAT_ERROR) from None
 
 
 _TRUE = {"1", "on", "t", "true", "y", "yes"}

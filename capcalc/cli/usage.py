@@ -40,6 +40,9 @@ FLAGS = {
     "memory_bytes": "--memory",
     "plot": "--plot",
     "throughput_per_s": "--throughput",
+    "frontend_s": "--frontend-overhead",
+    "result_format": "--format",
+    "paths": "RESULT",
 }
 #: the same parameter under another flag in one command
 COMMAND_FLAGS = {

@@ -157,6 +157,8 @@ class ServedPoint:
     requests_per_s: float | None
     percentiles: dict[str, float] = field(default_factory=dict, hash=False)
     disagg: dict[str, int] | None = field(default=None, hash=False)
+    #: the served-runs CSV's ``gemm_quant_mode`` (tells NVFP4 from MXFP4 where ``precision`` says fp4)
+    gemm_quant_mode: str | None = None
 
 
 def read_many(paths: Iterable[str | os.PathLike]) -> list[ServedPoint]:
@@ -756,6 +758,7 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int) -> ServedPo
         tp=num("tp_size", integer=True),
         pp=num("pp_size", integer=True),
         precision=cell("precision") or None,
+        gemm_quant_mode=cell("gemm_quant_mode") or None,
         mode=mode,
         attention_dp=adp,
         moe_tp=num("moe_tp_size", integer=True),

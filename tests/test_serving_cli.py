@@ -1,0 +1,201 @@
+"""`capcalc latency --concurrency C | --rps R`: one serving replica under load, through the CLI.
+
+The numbers come from the library (Session.serving, capcalc.serving.engine); these tests
+check that the command prints the library's record, that its flags reach it, and the
+invariants a person can check on the output: Little's law, concurrency 1 = the static
+batch of one plus the frontend cost, a per-request cost added once per request.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from capcalc.api import Session
+
+MODEL, GPU = "llama-3.1-8b", "h100-sxm"
+#: the keys the brief of `latency --concurrency` promises
+SERVING_KEYS = (
+    "ttft_s",
+    "tpot_s",
+    "itl_s",
+    "e2e_s",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "tpot_p90_s",
+    "tpot_p99_s",
+    "e2e_p50_s",
+    "e2e_p90_s",
+    "e2e_p99_s",
+    "requests_per_s",
+    "output_tokens_per_s",
+    "output_tokens_per_s_per_gpu",
+    "output_tokens_per_s_per_user",
+    "running_batch",
+    "queue_s",
+    "binding_limit",
+    "engine",
+    "efficiency_source",
+)
+
+
+def _same(cli_record: dict, library_record: dict) -> None:
+    assert list(cli_record) == list(library_record)
+    for key, value in library_record.items():
+        if isinstance(value, float):
+            assert cli_record[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+        else:
+            assert cli_record[key] == value, key
+
+
+def test_concurrency_record_is_the_library_record(cli):
+    got = cli(
+        "latency", MODEL, "--gpu", GPU, "--prompt", "1024", "--output", "128", "--concurrency", "8", "--json"
+    )
+    assert got.code == 0, got.err
+    record = got.json()
+    for key in SERVING_KEYS:
+        assert key in record, key
+    want = Session().serving(MODEL, GPU, 1024, 128, concurrency=8).record()
+    _same(record, want)
+    assert record["engine"] == "vllm" and record["efficiency_source"] == "engine:vllm"
+    assert record["binding_limit"] in ("kv_capacity", "max_num_seqs", "none")
+
+
+def test_rps_record_is_the_library_record_and_the_seed_reaches_it(cli):
+    args = ("latency", MODEL, "--gpu", GPU, "--prompt", "512", "--output", "64", "--rps", "4", "--json")
+    a = cli(*args, "--seed", "3")
+    assert a.code == 0, a.err
+    _same(a.json(), Session().serving(MODEL, GPU, 512, 64, requests_per_s=4.0, seed=3).record())
+    b = cli(*args, "--seed", "4").json()
+    assert b["rate_per_s"] == 4 and b["concurrency"] is None
+    assert b["ttft_p99_s"] != a.json()["ttft_p99_s"]  # other arrival times
+
+
+def test_littles_law_in_the_printed_record(cli):
+    """Closed loop: every client is always inside a request, so C = requests/s x mean e2e."""
+    for c in (4, 32):
+        r = cli("latency", MODEL, "--gpu", GPU, "--output", "128", "--concurrency", str(c), "--json").json()
+        assert r["requests_per_s"] * r["e2e_s"] == pytest.approx(c, rel=0.05)
+        assert r["output_tokens_per_s"] == pytest.approx(r["requests_per_s"] * 128)
+
+
+def test_concurrency_one_is_the_static_batch_of_one_plus_the_frontend(cli):
+    """One client: nothing queues and nothing shares a step, so TTFT and E2E are the static
+    batch-1 prediction (`latency --batch 1` with the same efficiencies) plus the per-request
+    frontend cost, and TPOT is its inter-token latency."""
+    served = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "1", "--json").json()
+    flags = []
+    for key, value in served.items():
+        if key.startswith("assume_"):
+            flags += [f"--{key.removeprefix('assume_').removesuffix('_s').replace('_', '-')}", repr(value)]
+    static = cli("latency", MODEL, "--gpu", GPU, "--batch", "1", *flags, "--json")
+    assert static.code == 0, static.err
+    static = static.json()
+    assert served["ttft_s"] == pytest.approx(static["ttft_s"] + served["frontend_s"], rel=1e-6)
+    assert served["tpot_s"] == pytest.approx(static["itl_s"], rel=1e-4)
+    assert served["e2e_s"] == pytest.approx(static["e2e_s"] + served["frontend_s"], rel=1e-4)
+    assert served["queue_s"] == 0 and served["binding_limit"] == "none"
+
+
+def test_frontend_overhead_is_paid_once_per_request(cli):
+    """At one client the frontend cost is the only difference: 12 ms - 2 ms = 10 ms of TTFT and E2E."""
+
+    def run(cost: str) -> dict:
+        args = ("latency", MODEL, "--gpu", GPU, "--concurrency", "1", "--frontend-overhead", cost, "--json")
+        return cli(*args).json()
+
+    low, high = run("2ms"), run("12ms")
+    assert low["frontend_s"] == pytest.approx(0.002) and high["frontend_s"] == pytest.approx(0.012)
+    assert high["ttft_s"] - low["ttft_s"] == pytest.approx(0.010, rel=1e-6)
+    assert high["e2e_s"] - low["e2e_s"] == pytest.approx(0.010, rel=1e-6)
+    assert high["tpot_s"] == pytest.approx(low["tpot_s"], rel=1e-9)
+    assert low["efficiency_source"] == "flag + engine:vllm"
+
+
+def test_max_num_seqs_flag_binds(cli):
+    """16 clients and 4 slots: at most 4 run, the others queue, and max_num_seqs binds."""
+    r = cli(
+        "latency",
+        MODEL,
+        "--gpu",
+        GPU,
+        "--output",
+        "64",
+        "--concurrency",
+        "16",
+        "--max-num-seqs",
+        "4",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    r = r.json()
+    assert r["max_num_seqs"] == 4
+    assert r["running_batch"] <= 4 + 1e-9
+    assert r["binding_limit"] == "max_num_seqs"
+    assert r["queue_s"] > 0
+
+
+def test_token_budget_and_engine_flags(cli):
+    r = cli("latency", MODEL, "--gpu", GPU, "--engine", "sglang", "--concurrency", "4", "--max-num-batched-tokens", "4096", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    r = r.json()
+    assert r["engine"] == "sglang" and r["max_num_batched_tokens"] == 4096
+
+
+def test_per_gpu_throughput_divides_by_tp(cli):
+    r = cli("latency", MODEL, "--gpu", GPU, "--tp", "2", "--concurrency", "8", "--json").json()
+    assert r["gpus"] == 2
+    assert r["output_tokens_per_s_per_gpu"] == pytest.approx(r["output_tokens_per_s"] / 2)
+
+
+def test_static_batch_keys_are_unchanged(cli):
+    """Without --concurrency / --rps the command is the static batch, the library's latency record."""
+    got = cli("latency", MODEL, "--gpu", GPU, "--batch", "4", "--json").json()
+    assert list(got) == list(Session().latency(MODEL, GPU, batch=4).record())
+    assert "binding_limit" not in got
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--concurrency", "4", "--rps", "2"), ("--concurrency", "--rps")),
+        (("--engine", "sglang"), ("--engine", "--concurrency")),
+        (("--max-num-seqs", "8"), ("--max-num-seqs", "--concurrency")),
+        (("--frontend-overhead", "2ms"), ("--frontend-overhead",)),
+        (("--concurrency", "4", "--batch", "8"), ("--batch", "--concurrency")),
+        (("--concurrency", "4", "--engine", "tgi"), ("--engine", "tgi")),
+        (("--concurrency", "0"), ("--concurrency",)),
+        (("--concurrency", "1000000000"), ("--concurrency", "65,536")),
+        (("--concurrency", "4", "--num-requests", "99999999"), ("--num-requests",)),
+        (("--rps", "0"), ("--rps",)),
+        (("--concurrency", "4", "--frontend-overhead", "fast"), ("--frontend-overhead",)),
+    ],
+)
+def test_bad_serving_flags_are_one_line(cli, args, words):
+    got = cli("latency", MODEL, "--gpu", GPU, *args)
+    assert got.code == 2
+    lines = got.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("capcalc: error:"), got.err
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in got.err and got.out == ""
+
+
+def test_table_fits_100_columns_and_says_where_assumptions_came_from(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    got = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "8")
+    assert got.code == 0, got.err
+    assert "Serving: llama-3.1-8b on h100-sxm x1, vllm, 8 clients" in got.out
+    assert "ttft_p90_s" in got.out and "engine:vllm" in got.out
+    assert max(len(line) for line in got.out.splitlines()) <= 100
+
+
+def test_sweep_over_concurrency_runs_the_same_calls(cli):
+    got = cli("sweep", "latency", MODEL, "--gpu", GPU, "--output", "64", "--concurrency", "2,8", "--json")
+    assert got.code == 0, got.err
+    rows = got.json()
+    assert [r["concurrency"] for r in rows] == [2, 8]
+    want = Session().serving(MODEL, GPU, 1024, 64, concurrency=8).record()
+    assert rows[1]["ttft_s"] == pytest.approx(want["ttft_s"], rel=1e-12)
