@@ -148,12 +148,16 @@ def parse_slo(value, parameter: str) -> tuple[float, str]:
         head, colon, tail = text.partition(":")
         if colon:
             stat = head.strip().lower()
-            if stat not in allowed:
-                offered = ", ".join(allowed)
-                what = "the mean only" if allowed == ("mean",) else f"{offered}"
+            if stat not in allowed and allowed == ("mean",):
                 raise CapcalcError(
-                    f"{parameter} {excerpt(text)}: the serving model gives {what}; "
-                    f"expected e.g. {'p90:' if len(allowed) > 1 else 'mean:'}500ms or 500ms",
+                    f"{parameter} {excerpt(text)}: ITL is the mean of every gap between tokens, pooled "
+                    f"over requests; a percentile binds tpot_s, e.g. p99:50ms",
+                    parameter=(parameter, "tpot_s"),
+                )
+            if stat not in allowed:
+                raise CapcalcError(
+                    f"{parameter} {excerpt(text)}: the serving model gives the {', '.join(allowed)}; "
+                    f"expected e.g. p90:500ms or 500ms (the mean)",
                     parameter=parameter,
                 )
             seconds = tail.strip()
