@@ -85,7 +85,7 @@ def assert_operating_point(rec: dict, registry=None) -> None:
     if registry is not None and rec["batch_per_replica"] > 1:  # the operating point is the fewest clients
         below = served(registry, rec["batch_per_replica"] - 1, rec["model"], rec["gpu"], rec["tp"],
                        rec["prompt_tokens"], rec["output_tokens"], rec["engine"])  # fmt: skip
-        assert below.requests_per_s < lam
+        assert (rec["batch_per_replica"] - 1) / below.e2e_s < lam
 
 
 # --------------------------------------------------------------------------- SLO statistics
@@ -157,7 +157,7 @@ def test_the_chosen_load_is_the_largest_meeting_the_slo(cli, registry, slo, key,
     assert rec["binding_slo"] == (key.upper() if stat == "mean" else f"{key.upper()} {stat}")
     at, beyond = served(registry, c), served(registry, c + 1)
     assert slo_value(at, key, stat) <= target < slo_value(beyond, key, stat)  # holds at C, breaks at C + 1
-    assert rec["max_requests_per_s_per_replica"] == pytest.approx(at.requests_per_s)
+    assert rec["max_requests_per_s_per_replica"] == pytest.approx(c / at.e2e_s)  # Little's law
     assert_operating_point(rec, registry)
 
 
@@ -169,7 +169,7 @@ def test_memory_bound_plan_by_hand(cli, registry):
     # the simulation's cache, 26349 x 16 = 421,584 tokens, holds 421,584 // 1200 = 351 too
     assert rec["kv_capacity_requests"] == 351 and rec["kv_capacity_tokens"] == 26349 * 16
     assert rec["batch_at_max_load"] == 351 and rec["binding_constraint"] in ("memory", "compute")
-    x = served(registry, 351).requests_per_s
+    x = 351 / served(registry, 351).e2e_s  # 351 clients, each always inside a request (Little's law)
     assert rec["max_requests_per_s_per_replica"] == pytest.approx(x)
     assert rec["replicas"] == math.ceil(100 / x) == rec["gpus"]
     # cost: GPUs x $2.50 an hour; 100 req/s x 200 tokens x 3600 s = 72 M output tokens an hour
@@ -202,16 +202,33 @@ def test_one_request_at_a_time_by_hand(cli, registry):
 
 
 def test_littles_law_in_the_plan_output(cli, registry):
-    # C clients always inside a request: C = requests/s x mean e2e at the operating point and at the
-    # largest load. The served requests/s come from the send times of a finite run that opens with all
-    # C prompts at once, so the law holds to within the serving model's own 10 % (docs/serving.md).
+    # C clients, each always inside a request: a replica serves C / mean e2e requests/s, at the
+    # operating point and at the largest load, with the e2e the serving model gives there
     for args in (["--rps", "40"], ["--rps", "100", "--ttft-slo", "p90:1s"]):
         rec = one_plan(cli, *args)
         assert rec["batch_per_replica"] > 1
-        flow = rec["served_requests_per_s_per_replica"] * rec["e2e_s"]
-        assert rec["concurrency_per_replica"] == pytest.approx(flow, rel=0.10)
-        at_max = served(registry, rec["batch_at_max_load"])
-        assert rec["batch_at_max_load"] == pytest.approx(at_max.requests_per_s * at_max.e2e_s, rel=0.10)
+        assert rec["concurrency_per_replica"] == pytest.approx(
+            rec["served_requests_per_s_per_replica"] * rec["e2e_s"]
+        )
+        c = rec["batch_at_max_load"]
+        assert rec["max_requests_per_s_per_replica"] * served(registry, c).e2e_s == pytest.approx(c)
+
+
+def test_no_replica_computes_more_than_its_arithmetic_can(cli, registry):
+    # Prompts of 4000 tokens, 20 out, at the KV limit: prefill-bound. Each request computes
+    # P + O - 1 = 4019 tokens through the matrices: attention 1,342,177,280 + MLP 5,637,144,576 =
+    # 6,979,321,856 weights (`capcalc show llama-3-8b`; the LM head runs on one position per
+    # sequence), 2 FLOP each: 13.96 GFLOP per token. An H100's 989.4 TFLOP/s (bf16, dense) at the
+    # best single matmul's 86.9 % (capcalc.serving.engines.MAX_MATMUL_FRACTION) computes at most
+    # 859.8e12 / 13.96e9 = 61,594 tokens/s, 15.33 requests/s. The simulation's own send-count rate
+    # (15.7 here: a run that opens with all clients sending at once) would exceed it; C / e2e does not.
+    r = cli(*BASE[:-4], "--prompt", "4000", "--output", "20", "--rps", "100", "--json")
+    (rec,) = r.json()
+    assert rec["feasible"] and rec["batch_at_max_load"] == rec["kv_capacity_requests"]
+    ceiling = 989.4e12 * 0.869 / (2 * 6_979_321_856) / 4019
+    assert ceiling == pytest.approx(15.33, rel=1e-3)
+    assert rec["max_requests_per_s_per_replica"] <= ceiling
+    assert rec["served_requests_per_s_per_replica"] <= ceiling
 
 
 def test_itl_bound_plan(cli, registry):
@@ -222,7 +239,7 @@ def test_itl_bound_plan(cli, registry):
     c = rec["batch_at_max_load"]
     assert served(registry, c).itl_s <= 0.030 < served(registry, c + 1).itl_s
     assert c < rec["kv_capacity_requests"]  # memory is not what binds
-    assert rec["replicas"] == math.ceil(50 / served(registry, c).requests_per_s)
+    assert rec["replicas"] == math.ceil(50 / (c / served(registry, c).e2e_s))
     assert_operating_point(rec, registry)
 
 

@@ -11,8 +11,12 @@ the discrete-event simulation of the engine's scheduler (mixed prefill/decode st
 chunked prefill, KV admission and preemption, queueing, a frontend cost per request),
 run closed loop: ``C`` clients, each sending its next request when its last completes,
 as ``vllm bench serve --max-concurrency C`` measures. For each ``C`` it gives the mean
-and p50/p90/p99 TTFT, TPOT and E2E, the mean ITL and the requests/s ``X(C)``, and
-``C = X(C) x mean e2e(C)`` (Little's law, seed section 0.12) holds in it.
+and p50/p90/p99 TTFT, TPOT and E2E and the mean ITL. Each client is always inside a
+request, so the replica serves ``X(C) = C / mean e2e(C)`` requests/s (Little's law, seed
+section 0.12). The simulation's own ``requests_per_s`` counts the run's sends instead, and
+a benchmark-length run that opens with all C clients sending at once sends C requests at
+no cost: near saturation that count is 8-11 % above ``C / e2e`` (and, for prefill-heavy
+traffic, above what the GPU's arithmetic can compute), so the plan takes Little's.
 
 The largest load a replica carries, ``C_max``, is the largest concurrency at which every
 SLO holds, found by doubling ``C`` from 1 until an SLO breaks, then bisecting
@@ -340,8 +344,9 @@ class LoadedReplica:
         return self._cache[concurrency]
 
     def rate(self, concurrency: int) -> float:
-        """X(C): requests/s at ``concurrency`` clients."""
-        return self.at(concurrency).requests_per_s
+        """X(C) = C / mean e2e(C): requests/s at ``concurrency`` clients, by Little's law on
+        the simulated latencies (module docstring: why not the run's send count)."""
+        return concurrency / self.at(concurrency).e2e_s
 
     def violations(self, concurrency: int) -> dict[str, float]:
         return violations(self.at(concurrency), self.slos)
@@ -351,16 +356,15 @@ class LoadedReplica:
 
     def operating_concurrency(self, lam: float, limit: int) -> int:
         """C_op: the smallest concurrency in [1, limit] whose X(C) reaches ``lam``, for
-        ``X(limit) >= lam``. X(C) = C / e(C) with e(C) (the e2e Little's law gives) nearly
-        affine in C -- the more clients, the longer each waits -- so each probe of
-        :func:`bracket` solves ``C = lam e(C)`` with e interpolated linearly between the
-        bracket's ends."""
+        ``X(limit) >= lam``. X(C) = C / e2e(C) with e2e(C) nearly affine in C -- the more
+        clients, the longer each waits -- so each probe of :func:`bracket` solves
+        ``C = lam e2e(C)`` with e2e interpolated linearly between the bracket's ends."""
 
         def short(c: int) -> bool:
             return self.rate(c) < lam * (1 - 1e-12)
 
         def estimate(lo: int, hi: int) -> float | None:
-            e_lo, e_hi = lo / self.rate(lo), hi / self.rate(hi)
+            e_lo, e_hi = self.at(lo).e2e_s, self.at(hi).e2e_s
             b = (e_hi - e_lo) / (hi - lo)
             room = 1 - lam * b
             return lam * (e_lo - b * lo) / room if room > 0 else None
@@ -623,7 +627,7 @@ def plan_candidate(
     at = loaded.at(c_op)
     busy = compute_busy(loaded, cap)
     binding = cap.binding
-    if binding in ("memory", "max_num_seqs") and busy >= COMPUTE_SATURATION:
+    if binding in ("memory", "max_num_seqs", "search_limit") and busy >= COMPUTE_SATURATION:
         binding = "compute"
     gpus = replicas * cand.tp
     cost = rate_price * gpus if rate_price is not None else None
@@ -641,7 +645,7 @@ def plan_candidate(
         batch_per_replica=c_op,
         concurrency_per_replica=float(c_op),
         requests_per_s_per_replica=lam,
-        served_requests_per_s_per_replica=at.requests_per_s,
+        served_requests_per_s_per_replica=loaded.rate(c_op),
         max_requests_per_s_per_replica=cap.max_load,
         batch_at_max_load=cap.concurrency,
         load_fraction=traffic.requests_per_s / (replicas * cap.max_load),
@@ -675,15 +679,18 @@ def decode_step(replica: LoadedReplica, batch: float) -> float:
 
 
 def compute_busy(replica: LoadedReplica, cap: Capacity) -> float:
-    """Share of time the GPU's arithmetic is busy at lam_max: each request's compute time
-    (its prompt as one chunk, plus O - 1 decode tokens at the running batch's share of a
-    decode step's compute) times lam_max, at most 1."""
+    """Share of time the GPU's arithmetic is busy at lam_max, at most 1: lam_max x the
+    P + O - 1 tokens each request computes x the compute time of one token in a step
+    that fills the engine's token budget with whole prompts (``k = budget // P`` chunks of
+    P tokens, or one of the budget when P is longer: the matrix products at the efficiency
+    the engine packs them to), so a lower bound where decode attention over long contexts
+    adds to the work."""
     t = replica.traffic
-    at = replica.at(cap.concurrency)
-    prefill = replica.steps.predict(0, 0.0, (Chunk(0, t.prompt_tokens),)).compute_s
-    d = max(1, round(at.running_batch))
-    decode = replica.steps.predict(d, d * (t.prompt_tokens + t.output_tokens / 2)).compute_s / d
-    return min(1.0, cap.max_load * (prefill + (t.output_tokens - 1) * decode))
+    budget = replica.config.max_num_batched_tokens
+    n = min(t.prompt_tokens, budget)
+    k = max(1, budget // n)
+    per_token = replica.steps.predict(0, 0.0, (Chunk(0, n),) * k).compute_s / (k * n)
+    return min(1.0, cap.max_load * (t.prompt_tokens + t.output_tokens - 1) * per_token)
 
 
 # --------------------------------------------------------------------------- all candidates
