@@ -478,3 +478,31 @@ def test_bracket_with_a_good_estimate_takes_few_probes():
 
     assert bracket(below, 1, 1024, lambda lo, hi: 637.4) == (637, 638)
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- the library and sweep
+
+
+def test_the_session_takes_slo_statistics(cli):
+    from capcalc import Session
+
+    report = Session().plan(
+        "llama-3-8b", 20, 1000, 200, gpus=["h100-sxm"], tps=[1], ttft_s="p90:1s", tpot_s=0.03
+    )
+    (rec,) = report.records()
+    assert (rec["ttft_slo_s"], rec["ttft_slo_stat"], rec["tpot_slo_s"], rec["tpot_slo_stat"]) == (
+        1.0, "p90", 0.03, "mean"
+    )  # fmt: skip
+    assert rec == one_plan(cli, "--rps", "20", "--ttft-slo", "p90:1s", "--tpot-slo", "30ms")
+
+
+def test_sweep_varies_the_engine_and_the_slo_statistic(cli):
+    r = cli("sweep", *BASE, "--rps", "20", "--engine", "vllm,trtllm", "--ttft-slo", "p90:1s,1s", "--json")
+    assert r.code == 0, r.err
+    rows = r.json()
+    assert [(row["engine"], row["ttft_slo_stat"]) for row in rows] == [
+        ("vllm", "p90"), ("vllm", "mean"), ("trtllm", "p90"), ("trtllm", "mean")
+    ]  # fmt: skip
+    for row in rows:
+        value = row["ttft_p90_s"] if row["ttft_slo_stat"] == "p90" else row["ttft_s"]
+        assert row["feasible"] and value <= 1.0
