@@ -19,26 +19,31 @@ no cost: near saturation that count is 8-11 % above ``C / e2e`` (and, for prefil
 traffic, above what the GPU's arithmetic can compute), so the plan takes Little's.
 
 The largest load a replica carries, ``C_max``, is the largest concurrency at which every
-SLO holds, found by doubling ``C`` from 1 until an SLO breaks, then bisecting
-(:func:`capcalc.core.search.largest_true`) between the last concurrency that held and
-the first that did not; the SLOs are taken to break monotonically in ``C`` (a queue only
-gets longer), and whatever the search meets, the answer holds at ``C_max`` and breaks at
-``C_max + 1``. ``C`` is capped by memory, ``C <= floor(max_concurrency)`` of ``fit`` at
-``max_model_len = P + O`` (every request counted at its full length, as vLLM's "Maximum
-concurrency" line counts it: the conservative end, since blocks are taken as a request
-grows), and by the engine's ``max_num_seqs``. Then::
+SLO holds, found by doubling ``C`` from 1 until an SLO breaks, then :func:`bracket`
+between the last concurrency that held and the first that did not (probes where the SLO
+metrics, interpolated, cross their targets; bisection when that is slow). The SLOs are
+taken to break monotonically in ``C`` (a queue only gets longer), but whatever the search
+meets, the SLOs hold at ``C_max`` and break at ``C_max + 1``. ``C`` is capped by memory,
+``C <= floor(max_concurrency)`` of ``fit`` at ``max_model_len = P + O`` (every request
+counted at its full length, as vLLM's "Maximum concurrency" line counts it: the
+conservative end, since blocks are taken as a request grows) and the simulation's
+cache in tokens over ``P + O`` (it counts every layer at the full context), by the
+engine's ``max_num_seqs`` and token budget, and by :data:`SEARCH_LIMIT`. Then::
 
     lam_max  = X(C_max)                        requests/s one replica carries
     replicas = ceil(R / lam_max)               gpus = replicas x tp
 
-and the replica's operating point is the smallest concurrency ``C_op <= C_max`` whose
-``X(C_op) >= lam = R / replicas`` (bisection, :func:`capcalc.core.search.smallest_true`):
-its latencies are reported, a slight overestimate since a whole client is rounded up.
+(``lam_max`` is the highest X among the concurrencies simulated up to ``C_max`` that
+meet the SLOs: X(C_max) unless the cache overflowed and recomputation made more clients
+serve less), and the replica's operating point is the smallest concurrency
+``C_op <= C_max`` whose ``X(C_op) >= lam = R / replicas`` (:func:`bracket` again): its
+latencies are reported, a slight overestimate since a whole client is rounded up.
 
 An SLO binds a statistic of a metric: the mean (the default) or a percentile the
 simulation gives (p50, p90, p99), written ``p90:500ms``; TTFT, TPOT and E2E have all four,
 ITL (gaps pooled over requests) has its mean only. ``binding_constraint`` names what stops
-``C_max`` growing: ``memory`` (``C`` reached the KV capacity), ``max_num_seqs``, the SLO
+``C_max`` growing: ``memory`` (``C`` reached the KV capacity), ``max_num_seqs``,
+``search_limit``, the SLO
 broken at ``C_max + 1`` (``TTFT``, ``TPOT``, ``ITL``, ``E2E``; ``binding_slo`` says which
 statistic), or ``compute`` when a batch limit binds with the GPU's arithmetic at least
 :data:`COMPUTE_SATURATION` busy (``compute_busy_fraction``), so that more memory adds little.
