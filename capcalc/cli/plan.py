@@ -39,7 +39,7 @@ MODEL_NOTE = (
     "(docs/plan.md)."
 )
 
-#: the SLO options: flag, library parameter, what it is
+#: the help of an SLO option that takes a statistic
 SLO_HELP = "{what} target: TIME binds the mean, pNN:TIME a percentile (p50, p90, p99), e.g. {example}."
 
 

@@ -172,7 +172,7 @@ def parse_slo(value, parameter: str) -> tuple[float, str]:
             seconds = tail.strip()
             if not seconds:
                 raise CapcalcError(
-                    f"{parameter} {excerpt(text)}: no time after '{head}:'", parameter=parameter
+                    f"{parameter} {excerpt(text)}: no time after '{stat}:'", parameter=parameter
                 )
         elif re.fullmatch(r"(?i)(mean|p\d+(\.\d*)?)", text):
             raise CapcalcError(
