@@ -36,7 +36,7 @@ from capcalc.perf.roofline import RooflineResult, roofline
 from capcalc.schema.deployment import FIELDS, Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 from capcalc.serving.fit import FitRequest, FitResult, fit, memory_of, search_tp, serving_note
-from capcalc.serving.plan import PlanResult, SLOs, Traffic, candidates, plan
+from capcalc.serving.plan import PlanResult, SLOs, Traffic, candidates, plan, slos_of
 from capcalc.sources.calibration import load_calibration
 from capcalc.sources.dirs import profile_dirs
 from capcalc.sources.registry import Registry
@@ -395,19 +395,24 @@ class Session:
         tps: Sequence[int] | None = None,
         weight_dtypes: Sequence[str] = ("auto",),
         kv_dtypes: Sequence[str] = ("auto",),
-        ttft_s: float | None = None,
-        itl_s: float | None = None,
-        e2e_s: float | None = None,
+        ttft_s: float | str | None = None,
+        itl_s: float | str | None = None,
+        e2e_s: float | str | None = None,
         prices: dict[str, float] | None = None,
         deployment: Deployment | None = None,
         efficiency: dict[str, Any] | None = None,
         gpu_memory_utilization: float | None = None,
         max_num_seqs: int | None = None,
+        tpot_s: float | str | None = None,
+        engine: str = "vllm",
         **fields,
     ) -> PlanReport:
         """The fewest GPUs carrying ``requests_per_s`` requests of ``prompt_tokens`` in and
         ``output_tokens`` out within the SLOs, over every candidate GPU x tp x weight dtype x
-        KV dtype (:func:`capcalc.serving.plan.candidates`; ``gpus`` None: every known GPU).
+        KV dtype (:func:`capcalc.serving.plan.candidates`; ``gpus`` None: every known GPU),
+        each a replica of ``engine`` (vllm, sglang, trtllm) on the serving model.
+        An SLO is seconds (the mean) or a string binding a statistic, ``'p90:500ms'``
+        (:func:`capcalc.serving.plan.parse_slo`).
         ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``."""
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
@@ -423,16 +428,17 @@ class Session:
                 raise CapcalcError(f"price of {name} must be positive, got {usd:g}", parameter="price")
             price_of[self.gpu(name).name] = (usd, "flag")
         traffic = Traffic(requests_per_s, prompt_tokens, output_tokens)
-        slos = SLOs(ttft_s=ttft_s, itl_s=itl_s, e2e_s=e2e_s)
+        slos = slos_of(ttft_s=ttft_s, itl_s=itl_s, tpot_s=tpot_s, e2e_s=e2e_s)
         extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
         results = plan(
             profile,
             cands,
             traffic,
             slos,
-            lambda g: resolve_efficiency(g, overrides, self.calibration()).efficiency,
+            lambda g: resolve_efficiency(g, overrides, self.calibration()),
             price_of,
             max_num_seqs=max_num_seqs,
+            engine=engine,
             **extra,
         )
         return PlanReport(profile.name, traffic, slos, tuple(results))

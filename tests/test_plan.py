@@ -1,31 +1,44 @@
-"""`capcalc plan`: Little's law as a fixed point, each binding constraint, rejections, cost.
+"""`capcalc plan` on the serving model: the largest load meeting the SLOs, replicas, cost.
 
-The traffic of most cases: Llama-3-8B on one H100-SXM (tp=1), 1000 prompt tokens and 200
-output tokens per request. The numbers a person needs to check them come from `latency`
-and `fit` (default efficiencies, no calibration), quoted in the comments where they are used.
-They are capcalc's own output (at commit 9337b1a), so the asserts that pin numbers derived
-from them are regression pins (marked ``regression_pin``), not independent figures; the hand
-arithmetic shows how each follows from them, and the operating-point checks hold whatever they are:
+Most cases: Llama-3-8B on one H100-SXM (tp=1), 1000 prompt tokens and 200 output tokens per
+request, vLLM. What a replica does at C closed-loop clients is the serving model's answer,
+:func:`capcalc.serving.engine.predict_serving`, called here the way docs/serving.md shows
+(``served`` below: the engine's own KV sizing, defaults and efficiencies), independently of
+the plan's own calls, so that it is an oracle the plan can disagree with.
 
-    capcalc latency llama-3-8b --gpu h100-sxm --prompt 1000 --output 200 --batch 1
-        ttft_s 0.0258306   itl_s 0.00627454
-    ... --batch 350: itl_s 0.0250683          ... --batch 351: itl_s 0.0251221
     capcalc fit llama-3-8b --gpu h100-sxm --ctx 1200
         num_blocks 26349, blocks_per_request 75 -> max_concurrency 351.3, max_num_seqs 1024
+
+Until the plan moved onto the serving model, these tests pinned the old model's numbers (a
+replica at batch b, itl = step(b) / (1 - f), TTFT = one prompt's prefill, capacity from a
+quadratic in the load). Those numbers are gone with that model; each test below says what
+replaced its pin.
 """
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capcalc.perf.efficiency import resolve_efficiency
+from capcalc.perf.latency import predict_latency
 from capcalc.schema.deployment import Deployment
-from capcalc.serving.plan import Candidate, Replica, SLOs, Traffic, littles_rate, plan, replica_capacity
+from capcalc.serving.engine import Replica, Workload, predict_serving
+from capcalc.serving.engines import FIXED_COSTS, engine_defaults, engine_efficiency
+from capcalc.serving.plan import (
+    Candidate,
+    SLOs,
+    Traffic,
+    bracket,
+    parse_slo,
+    plan,
+    plan_candidate,
+    slo_value,
+)
 
 BASE = ("plan", "llama-3-8b", "--gpu", "h100-sxm", "--tp", "1", "--prompt", "1000", "--output", "200")
 
@@ -38,103 +51,200 @@ def one_plan(cli, *args) -> dict:
     return rec
 
 
-def latency(cli, batch: int) -> dict:
-    r = cli(
-        "latency",
-        "llama-3-8b",
-        "--gpu",
-        "h100-sxm",
-        "--prompt",
-        "1000",
-        "--output",
-        "200",
-        "--batch",
-        batch,
-        "--json",
+def served(
+    registry, concurrency, model="llama-3-8b", gpu="h100-sxm", tp=1, prompt=1000, output=200, engine="vllm"
+):
+    """The serving model at ``concurrency`` clients, as docs/serving.md calls it."""
+    m, g = registry.model(model), registry.gpu(gpu)
+    replica = Replica(m, g, tp=tp)
+    eff = engine_efficiency(engine, resolve_efficiency(g).efficiency, "bf16")
+    return predict_serving(
+        replica, Workload(prompt, output, concurrency=concurrency), engine_defaults(engine, g), eff
     )
-    assert r.code == 0, r.err
-    return r.json()
 
 
-def assert_operating_point(rec: dict) -> None:
-    """What every feasible plan satisfies: Little's law at the operating point, the
-    SLOs, the memory limit, and the replicas being the fewest that carry the load."""
+def assert_operating_point(rec: dict, registry=None) -> None:
+    """What every feasible plan satisfies: the replicas are the fewest that carry the load at
+    the replica's capacity, the operating point carries its share, the SLOs hold there, and
+    KV in use fits."""
     lam = rec["requests_per_s"] / rec["replicas"]
     assert rec["requests_per_s_per_replica"] == pytest.approx(lam)
-    assert rec["concurrency_per_replica"] == pytest.approx(lam * rec["e2e_s"])  # N = X x L
-    assert rec["concurrency_per_replica"] <= rec["batch_per_replica"] + 1e-9
-    assert rec["batch_per_replica"] <= min(rec["kv_capacity_requests"], rec["max_num_seqs"])
-    assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"]
     assert rec["replicas"] == math.ceil(rec["requests_per_s"] / rec["max_requests_per_s_per_replica"] - 1e-9)
     assert rec["gpus"] == rec["replicas"] * rec["tp"]
-    for slo in ("ttft", "itl", "e2e"):
-        if rec[f"{slo}_slo_s"] is not None:
-            assert rec[f"{slo}_s"] <= rec[f"{slo}_slo_s"]
-    # the prefill share stretches decode: itl = step / (1 - f), f = lam x t_p
-    assert rec["prefill_share"] == pytest.approx(lam * rec["prefill_s"])
-    assert rec["itl_s"] == pytest.approx(rec["decode_step_s"] / (1 - rec["prefill_share"]))
-    assert rec["e2e_s"] == pytest.approx(rec["ttft_s"] + (rec["output_tokens"] - 1) * rec["itl_s"])
+    assert rec["served_requests_per_s_per_replica"] >= lam * (1 - 1e-9)
+    assert rec["concurrency_per_replica"] == rec["batch_per_replica"] <= rec["batch_at_max_load"]
+    assert rec["batch_at_max_load"] <= min(rec["kv_capacity_requests"], rec["max_num_seqs"])
+    assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"]
+    for key in ("ttft", "itl", "tpot", "e2e"):
+        if rec[f"{key}_slo_s"] is not None:
+            stat = rec[f"{key}_slo_stat"]
+            value = rec[f"{key}_s"] if stat == "mean" else rec[f"{key}_{stat}_s"]
+            assert value <= rec[f"{key}_slo_s"]
+    assert rec["ttft_p50_s"] <= rec["ttft_p90_s"] <= rec["ttft_p99_s"]
+    assert rec["e2e_s"] > rec["ttft_s"]
+    if registry is not None and rec["batch_per_replica"] > 1:  # the operating point is the fewest clients
+        below = served(registry, rec["batch_per_replica"] - 1, rec["model"], rec["gpu"], rec["tp"],
+                       rec["prompt_tokens"], rec["output_tokens"], rec["engine"])  # fmt: skip
+        assert (rec["batch_per_replica"] - 1) / below.e2e_s < lam
 
 
-# --------------------------------------------------------------------------- the four bindings
+# --------------------------------------------------------------------------- SLO statistics
 
 
-@pytest.mark.regression_pin
-def test_memory_bound_plan_by_hand(cli):
-    rec = one_plan(cli, "--rps", "100")
-    assert rec["binding_constraint"] == "memory"
-    # fit at max_model_len = 1000 + 200: 26349 blocks // 75 blocks per request = 351.3 -> 351 requests
-    assert rec["kv_capacity_requests"] == 351 and rec["batch_at_max_load"] == 351  # regression pin (fit)
-    # lam(351): A = t_p + step(350) = 0.0258306 + 0.0250683 = 0.0508989 s
-    #           B = (O - 1) step(351) = 199 x 0.0251221 = 4.999298 s
-    #           s = A + B + 351 t_p = 0.0508989 + 4.999298 + 9.066544 = 14.116741
-    #           lam = 2 x 351 / (s + sqrt(s^2 - 4 A t_p 351)) = 702 / (14.116741 + 14.051208) = 24.9219 req/s
-    # replicas = ceil(100 / 24.9219) = ceil(4.0125) = 5
-    t_p, s350, s351 = latency(cli, 1)["ttft_s"], latency(cli, 350)["itl_s"], latency(cli, 351)["itl_s"]
-    a, b = t_p + s350, 199 * s351
-    s = a + b + 351 * t_p
-    lam_max = 702 / (s + math.sqrt(s * s - 4 * a * t_p * 351))
-    assert rec["max_requests_per_s_per_replica"] == pytest.approx(lam_max)
-    assert lam_max == pytest.approx(24.9219, rel=1e-4)  # regression pin: capcalc's latencies above
-    assert rec["replicas"] == 5 and rec["gpus"] == 5  # regression pin
-    # each replica then carries 20 req/s: f = 20 x 0.0258306 = 0.5166 of its time prefilling
-    assert rec["prefill_share"] == pytest.approx(20 * t_p)
-    assert rec["compute_busy_fraction"] < 0.9  # not "compute"
-    # KV in use at the operating batch (20 req/s per replica: batch 94), each request 75 blocks x 16 tokens
-    # x 131,072 B/token (32 layers x 2 x 8 KV heads x 128 x 2 B): 94 x 157,286,400 = 14,784,921,600 B
-    assert rec["batch_per_replica"] == 94  # regression pin
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("500ms", (0.5, "mean")),
+        ("p90:500ms", (0.5, "p90")),
+        (" P99 : 2s ", (2.0, "p99")),
+        ("mean:1.5s", (1.5, "mean")),
+        ("p50:250 ms", (0.25, "p50")),
+        (0.25, (0.25, "mean")),  # a number of seconds, through the library
+    ],
+)
+def test_slo_statistics_parse(text, expected):
+    assert parse_slo(text, "ttft_s") == expected
+
+
+def test_a_percentile_slo_reaches_the_records_and_the_table(cli):
+    rec = one_plan(cli, "--rps", "20", "--ttft-slo", "p90:1s", "--tpot-slo", "p99:40ms")
+    assert (rec["ttft_slo_s"], rec["ttft_slo_stat"]) == (1.0, "p90")
+    assert (rec["tpot_slo_s"], rec["tpot_slo_stat"]) == (0.040, "p99")
+    assert rec["itl_slo_stat"] is None and rec["itl_slo_s"] is None
+    assert rec["ttft_p90_s"] <= 1.0 and rec["tpot_p99_s"] <= 0.040
+    table = cli(*BASE, "--rps", "20", "--ttft-slo", "p90:1s", "--tpot-slo", "p99:40ms").out
+    assert "TTFT p90 ≤ 1.00 s, TPOT p99 ≤ 40.0 ms" in table  # the title
+    assert "TTFT p90" in table.split("Candidates")[1]  # the column shows the statistic the SLO binds
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ttft-slo", "p95:1s"], "--ttft-slo 'p95:1s': the serving model gives the mean, p50, p90, p99; "
+         "expected e.g. p90:500ms or 500ms (the mean)"),
+        (["--itl-slo", "p99:50ms"], "--itl-slo 'p99:50ms': ITL is the mean of every gap between tokens, pooled "
+         "over requests; a percentile binds --tpot-slo, e.g. p99:50ms"),
+        (["--ttft-slo", "p90:"], "--ttft-slo 'p90:': no time after 'p90:'"),
+        (["--ttft-slo", "p90"], "--ttft-slo 'p90': expected STAT:TIME, e.g. p90:500ms"),
+        (["--tpot-slo", "p99:0ms"], "--tpot-slo must be positive, got 0 s"),
+        (["--e2e-slo", "mean:-1s"], "--e2e-slo must be positive, got -1 s"),
+        (["--ttft-slo", "p90:fast"], "cannot read --ttft-slo 'fast': expected a number with an optional unit"),
+        (["--engine", "vlm"], "--engine 'vlm' is not known: expected one of vllm, sglang, trtllm"),
+    ],
+)  # fmt: skip
+def test_bad_slos_are_one_line(cli, args, message):
+    r = cli(*BASE, "--rps", "1", *args)
+    assert r.code == 2 and r.out == ""
+    assert r.err.strip() == f"capcalc: error: {message}"
+
+
+# --------------------------------------------------------------------------- the largest load
+
+
+@pytest.mark.parametrize(
+    "slo, key, stat, target",
+    [
+        (["--ttft-slo", "p90:1s"], "ttft", "p90", 1.0),
+        (["--itl-slo", "30ms"], "itl", "mean", 0.030),
+        (["--tpot-slo", "p99:25ms"], "tpot", "p99", 0.025),
+        (["--e2e-slo", "p50:5s"], "e2e", "p50", 5.0),
+    ],
+)
+def test_the_chosen_load_is_the_largest_meeting_the_slo(cli, registry, slo, key, stat, target):
+    rec = one_plan(cli, "--rps", "100", *slo)
+    c = rec["batch_at_max_load"]
+    assert rec["binding_constraint"] == key.upper()
+    assert rec["binding_slo"] == (key.upper() if stat == "mean" else f"{key.upper()} {stat}")
+    at, beyond = served(registry, c), served(registry, c + 1)
+    assert slo_value(at, key, stat) <= target < slo_value(beyond, key, stat)  # holds at C, breaks at C + 1
+    assert rec["max_requests_per_s_per_replica"] == pytest.approx(c / at.e2e_s)  # Little's law
+    assert_operating_point(rec, registry)
+
+
+def test_memory_bound_plan_by_hand(cli, registry):
+    # Was: lam(351) = 24.92 req/s from the old quadratic, 5 replicas. Now the replica's capacity is
+    # the serving model's requests/s at the KV limit, and the count follows from it by hand.
+    rec = one_plan(cli, "--rps", "100", "--price", "h100-sxm=2.50")
+    # fit at max_model_len = 1000 + 200: 26349 blocks // 75 blocks per request = 351.3 -> 351 requests;
+    # the simulation's cache, 26349 x 16 = 421,584 tokens, holds 421,584 // 1200 = 351 too
+    assert rec["kv_capacity_requests"] == 351 and rec["kv_capacity_tokens"] == 26349 * 16
+    assert rec["batch_at_max_load"] == 351 and rec["binding_constraint"] in ("memory", "compute")
+    x = 351 / served(registry, 351).e2e_s  # 351 clients, each always inside a request (Little's law)
+    assert rec["max_requests_per_s_per_replica"] == pytest.approx(x)
+    assert rec["replicas"] == math.ceil(100 / x) == rec["gpus"]
+    # cost: GPUs x $2.50 an hour; 100 req/s x 200 tokens x 3600 s = 72 M output tokens an hour
+    assert rec["cost_usd_per_hour"] == pytest.approx(2.50 * rec["gpus"])
+    assert rec["cost_usd_per_million_output_tokens"] == pytest.approx(2.50 * rec["gpus"] / 72)
+    # KV in use at the operating point, each request 75 blocks x 16 tokens x 131,072 B/token
+    # (32 layers x 2 x 8 KV heads x 128 x 2 B)
     assert rec["kv_bytes_used_per_gpu"] == rec["batch_per_replica"] * 75 * 16 * 131072
-    assert_operating_point(rec)
+    assert_operating_point(rec, registry)
 
 
-@pytest.mark.regression_pin
-def test_itl_bound_plan(cli):
+def test_one_request_at_a_time_by_hand(cli, registry):
+    # Was: a trickle matched `latency --batch 1`, ITL stretched by 1 / (1 - 0.01 t_p). Now: at 0.01
+    # req/s one client suffices, and one request alone is the batch-1 step model at the engine's
+    # efficiencies plus vLLM's frontend cost, 9.16 ms (capcalc.serving.engines.FIXED_COSTS).
+    rec = one_plan(cli, "--rps", "0.01")
+    assert rec["replicas"] == 1 and rec["batch_per_replica"] == 1
+    g = registry.gpu("h100-sxm")
+    eff = engine_efficiency("vllm", resolve_efficiency(g).efficiency, "bf16")
+    one = predict_latency(registry.model("llama-3-8b"), g, 1000, 200, batch=1, efficiency=eff)
+    frontend = FIXED_COSTS["vllm"]["frontend_s"]
+    assert frontend == 9.16e-3
+    assert rec["ttft_s"] == pytest.approx(one.ttft_s + frontend, rel=1e-6)
+    assert rec["tpot_s"] == pytest.approx(one.itl_s, rel=1e-4)
+    assert rec["e2e_s"] == pytest.approx(one.ttft_s + 199 * one.itl_s + frontend, rel=1e-4)
+    assert rec["ttft_p99_s"] == pytest.approx(rec["ttft_s"])  # alone, every request is the same
+    assert rec["prefill_s"] == pytest.approx(one.ttft_s, rel=1e-6)
+    # one client sends its next request as the last ends: exactly 1 / e2e requests/s
+    assert rec["served_requests_per_s_per_replica"] * rec["e2e_s"] == pytest.approx(1.0)
+
+
+def test_littles_law_in_the_plan_output(cli, registry):
+    # C clients, each always inside a request: a replica serves C / mean e2e requests/s, at the
+    # operating point and at the largest load, with the e2e the serving model gives there
+    for args in (["--rps", "40"], ["--rps", "100", "--ttft-slo", "p90:1s"]):
+        rec = one_plan(cli, *args)
+        assert rec["batch_per_replica"] > 1
+        assert rec["concurrency_per_replica"] == pytest.approx(
+            rec["served_requests_per_s_per_replica"] * rec["e2e_s"]
+        )
+        c = rec["batch_at_max_load"]
+        assert rec["max_requests_per_s_per_replica"] * served(registry, c).e2e_s == pytest.approx(c)
+
+
+def test_no_replica_computes_more_than_its_arithmetic_can(cli, registry):
+    # Prompts of 4000 tokens, 20 out, at the KV limit: prefill-bound. Each request computes
+    # P + O - 1 = 4019 tokens through the matrices: attention 1,342,177,280 + MLP 5,637,144,576 =
+    # 6,979,321,856 weights (`capcalc show llama-3-8b`; the LM head runs on one position per
+    # sequence), 2 FLOP each: 13.96 GFLOP per token. An H100's 989.4 TFLOP/s (bf16, dense) at the
+    # best single matmul's 86.9 % (capcalc.serving.engines.MAX_MATMUL_FRACTION) computes at most
+    # 859.8e12 / 13.96e9 = 61,594 tokens/s, 15.33 requests/s. The simulation's own send-count rate
+    # (15.7 here: a run that opens with all clients sending at once) would exceed it; C / e2e does not.
+    r = cli(*BASE[:-4], "--prompt", "4000", "--output", "20", "--rps", "100", "--json")
+    (rec,) = r.json()
+    assert rec["feasible"] and rec["batch_at_max_load"] == rec["kv_capacity_requests"]
+    ceiling = 989.4e12 * 0.869 / (2 * 6_979_321_856) / 4019
+    assert ceiling == pytest.approx(15.33, rel=1e-3)
+    assert rec["max_requests_per_s_per_replica"] <= ceiling
+    assert rec["served_requests_per_s_per_replica"] <= ceiling
+
+
+def test_itl_bound_plan(cli, registry):
+    # Was: replicas == 3 from itl = step(b) / (1 - lam t_p) <= 30 ms. Now the mean ITL of the serving
+    # model binds: within 30 ms at batch_at_max_load clients, over it one client more.
     rec = one_plan(cli, "--rps", "50", "--itl-slo", "30ms")
-    assert rec["binding_constraint"] == "ITL"
-    # the largest load lam_max runs at batch b = batch_at_max_load with itl = step(b) / (1 - lam_max t_p)
-    # within 30 ms; one more request in flight (batch b + 1) would break it at any load above lam_max
-    b, lam_max, t_p = rec["batch_at_max_load"], rec["max_requests_per_s_per_replica"], rec["prefill_s"]
-    assert latency(cli, b)["itl_s"] / (1 - lam_max * t_p) <= 0.030 * (1 + 1e-9)
-    assert latency(cli, b + 1)["itl_s"] / (1 - lam_max * t_p) > 0.030
-    assert b < rec["kv_capacity_requests"]  # memory is not what binds
-    assert rec["replicas"] == 3  # regression pin: ceil(50 / lam_max) at capcalc's latencies
-    assert rec["replicas"] == math.ceil(50 / lam_max - 1e-9)
-    assert_operating_point(rec)
-
-
-def test_ttft_bound_plan(cli):
-    rec = one_plan(cli, "--rps", "100", "--ttft-slo", "40ms")
-    assert rec["binding_constraint"] == "TTFT"
-    # ttft(b) = t_p + step(b - 1): within 40 ms at batch_at_max_load, not one batch further
-    b = rec["batch_at_max_load"]
-    t_p = rec["prefill_s"]
-    assert t_p + latency(cli, b - 1)["itl_s"] <= 0.040 < t_p + latency(cli, b)["itl_s"]
-    assert rec["replicas"] == math.ceil(100 / rec["max_requests_per_s_per_replica"])
-    assert_operating_point(rec)
+    assert rec["binding_constraint"] == "ITL" and rec["binding_slo"] == "ITL"
+    c = rec["batch_at_max_load"]
+    assert served(registry, c).itl_s <= 0.030 < served(registry, c + 1).itl_s
+    assert c < rec["kv_capacity_requests"]  # memory is not what binds
+    assert rec["replicas"] == math.ceil(50 / (c / served(registry, c).e2e_s))
+    assert_operating_point(rec, registry)
 
 
 def test_compute_bound_plan(cli):
-    # long prompts, short answers: prefill alone fills most of each GPU-second
+    # long prompts, short answers: the prefills keep the arithmetic busy at the KV limit
     r = cli(*BASE[:-4], "--prompt", "4000", "--output", "20", "--rps", "100", "--json")
     (rec,) = r.json()
     assert rec["binding_constraint"] == "compute"
@@ -143,15 +253,15 @@ def test_compute_bound_plan(cli):
 
 
 @pytest.mark.regression_pin
-def test_impossible_plan(cli):
-    # batch-1 ITL on an H100 is 6.27 ms: 5 ms cannot be met at any load
+def test_impossible_plan(cli, registry):
+    # Was: 6.27 ms, `latency --batch 1`'s ITL. Now one request alone on vLLM's efficiencies (a bandwidth
+    # scale of 0.95 and 48.3 us per layer, capcalc.serving.engines): 7.80 ms, over 5 ms at any load.
     r = cli(*BASE, "--rps", "10", "--itl-slo", "5ms", "--json")
     assert r.code == 1
     (rec,) = r.json()
     assert rec["feasible"] is False and rec["replicas"] is None
-    # regression pin: 6.27 ms is capcalc's own batch-1 ITL (latency, above)
-    assert rec["rejected_because"] == "ITL SLO unreachable even at batch 1: ITL 6.27 ms > 5.00 ms"
-    assert rec["batch1_itl_s"] == pytest.approx(latency(cli, 1)["itl_s"])
+    assert rec["rejected_because"] == "ITL SLO unreachable even at concurrency 1: ITL 7.80 ms > 5.00 ms"
+    assert rec["batch1_itl_s"] == pytest.approx(served(registry, 1).itl_s)
     assert r.err.strip() == (
         "capcalc: error: no candidate carries 10 requests/s within the SLOs (1 rejected; see rejected_because)"
     )
@@ -169,30 +279,31 @@ def test_weights_that_do_not_fit_are_rejected_with_the_numbers(cli):
 
 
 @pytest.mark.regression_pin
-def test_kv_used_counts_sliding_windows_and_blocks_as_fit_does(cli):
+def test_kv_used_counts_sliding_windows_and_blocks_as_fit_does(cli, registry):
     # gemma-3-27b: 62 layers (52 sliding, window 1024; 10 full), 16 KV heads x 128, bf16; tp=2 -> 8 heads.
     # fit at P + O = 30,200 tokens: page = 16 x 2 x 8 x 128 x 2 B = 65,536 B; groups of g = 10 layers
     # (1 full + cdiv(52, 10) = 6 sliding). One request holds cdiv(30200, 16) = 1888 full blocks and,
     # per sliding group, cdiv(min(1024 - 1 + 8192, 30200), 16) + 1 = 577: 1888 + 6 x 577 = 5350 blocks,
-    # kv_needed = 10 x 65,536 x 5350 = 3,506,176,000 B. At batch 9: 31,555,584,000 B (31.6 GB),
-    # within the 38.2 GB KV cache -- not 9 x 30,200 x 253,952 B/token = 69.0 GB, which ignored the windows.
-    r = cli("plan", "gemma-3-27b", "--gpu", "h100-sxm", "--rps", "10", "--prompt", "30000", "--output", "200",
-            "--tp", "2", "--json")  # fmt: skip
+    # kv_needed = 10 x 65,536 x 5350 = 3,506,176,000 B: fit holds 10 such requests in its 38.2 GB.
+    # Was: batch 9 at 10 req/s. The serving model counts its cache in tokens, every layer at the full
+    # context: 133,056 tokens // 30,200 = 4 requests, so the plan's memory limit is 4 (below fit's 10)
+    # and each replica runs at most 4 clients.
+    args = ("plan", "gemma-3-27b", "--gpu", "h100-sxm", "--prompt", "30000", "--output", "200", "--tp", "2")
+    r = cli(*args, "--rps", "10", "--json")
     assert r.code == 0, r.err
     (rec,) = r.json()
-    assert rec["feasible"] and rec["batch_per_replica"] == 9  # regression pin
-    assert rec["kv_bytes_used_per_gpu"] == 9 * 3_506_176_000  # 31,555,584,000 B
+    assert rec["kv_capacity_requests"] == 10 and rec["kv_capacity_tokens"] == 133_056  # regression pin (fit)
+    assert rec["batch_at_max_load"] == 133_056 // 30_200 == 4 and rec["binding_constraint"] == "memory"
     # regression pin: fit's KV cache for gemma-3-27b at tp=2 on an H100
-    assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"] == pytest.approx(38.154e9, rel=1e-4)
+    assert rec["kv_cache_bytes_per_gpu"] == pytest.approx(38.154e9, rel=1e-4)
     fitted = cli("fit", "gemma-3-27b", "--gpu", "h100-sxm", "--tp", "2", "--ctx", "30200", "--json").json()
     assert fitted["blocks_per_request"] == 5350 and fitted["kv_needed_bytes"] == 3_506_176_000
-    # at every load up to the KV limit, the requests in flight fit in the cache
-    for rps in ("0.1", "1", "5", "20"):
-        r = cli("plan", "gemma-3-27b", "--gpu", "h100-sxm", "--rps", rps, "--prompt", "30000", "--output", "200",
-                "--tp", "2", "--json")  # fmt: skip
-        (rec,) = r.json()
+    # at every load, the requests in flight fit in the cache, each counted at its 5350 blocks
+    for rps in ("0.1", "1", "10"):
+        (rec,) = cli(*args, "--rps", rps, "--json").json()
         assert rec["kv_bytes_used_per_gpu"] <= rec["kv_cache_bytes_per_gpu"]
         assert rec["kv_bytes_used_per_gpu"] == rec["batch_per_replica"] * 3_506_176_000
+        assert_operating_point(rec, registry)
 
 
 def test_an_invalid_tp_is_rejected_per_candidate_in_the_api(registry):
@@ -211,18 +322,19 @@ def test_an_invalid_tp_is_rejected_per_candidate_in_the_api(registry):
     )
 
 
-# --------------------------------------------------------------------------- at low load
+# --------------------------------------------------------------------------- engines
 
 
-def test_a_trickle_runs_at_batch_one_and_matches_latency(cli):
-    rec = one_plan(cli, "--rps", "0.01")
-    one = latency(cli, 1)
-    assert rec["replicas"] == 1 and rec["batch_per_replica"] == 1
-    # alone on the GPU: TTFT is the prompt's prefill, as `latency --batch 1` says
-    assert rec["ttft_s"] == pytest.approx(one["ttft_s"])
-    assert rec["batch1_e2e_s"] == pytest.approx(one["e2e_s"])
-    # the prefill share at 0.01 req/s: 0.01 x 25.8 ms = 0.026 %; itl barely stretched
-    assert rec["itl_s"] == pytest.approx(one["itl_s"] / (1 - 0.01 * one["ttft_s"]))
+@pytest.mark.parametrize("engine", ["sglang", "trtllm"])
+def test_each_engine_plans_on_its_own_scheduler(cli, registry, engine):
+    rec = one_plan(cli, "--rps", "50", "--ttft-slo", "p90:2s", "--engine", engine)
+    assert rec["engine"] == engine
+    defaults = engine_defaults(engine, registry.gpu("h100-sxm"))
+    assert rec["max_num_seqs"] == defaults.max_num_seqs and rec["frontend_s"] == defaults.frontend_s
+    c = rec["batch_at_max_load"]
+    one = served(registry, c, engine=engine)
+    assert one.ttft_p90_s <= 2.0 < served(registry, c + 1, engine=engine).ttft_p90_s
+    assert_operating_point(rec, registry)
 
 
 # --------------------------------------------------------------------------- candidates, sorting, cost
@@ -250,11 +362,37 @@ def test_more_traffic_never_needs_fewer_gpus(cli):
     assert gpus == sorted(gpus) and gpus[-1] > gpus[0]
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    faster=st.floats(1.0, 3.0),
+    rps=st.floats(0.5, 60),
+    prompt=st.integers(64, 2048),
+    output=st.integers(8, 256),
+    slo=st.sampled_from([SLOs(), SLOs(ttft_s=0.5, ttft_stat="p90"), SLOs(tpot_s=0.004), SLOs(e2e_s=1.5)]),
+)
+def test_more_bandwidth_never_needs_more_replicas(registry, faster, rps, prompt, output, slo):
+    # The same GPU with its memory bandwidth scaled up: every step is as fast or faster, so at every
+    # concurrency latencies fall and requests/s rise, and the capacity can only grow.
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("l4")
+    quick = replace(gpu, bandwidth_bytes_per_s=gpu.bandwidth_bytes_per_s * faster)
+    traffic = Traffic(rps, prompt, output)
+    slow_plan, quick_plan = (
+        plan_candidate(model, Candidate(g), traffic, slo, resolve_efficiency(gpu)) for g in (gpu, quick)
+    )
+    if slow_plan.feasible:
+        assert quick_plan.feasible
+        assert quick_plan.replicas <= slow_plan.replicas
+        assert quick_plan.max_requests_per_s_per_replica >= slow_plan.max_requests_per_s_per_replica * (
+            1 - 1e-9
+        )
+
+
 def test_table_view(cli):
     r = cli(*BASE, "--rps", "50", "--itl-slo", "30ms", "--price", "h100-sxm=2.5")
     assert r.code == 0
-    assert "Candidates, best first" in r.out and "$7.50" in r.out
-    assert "Simplification: prefill and decode share each GPU" in r.out
+    assert "Candidates, best first" in r.out and "$5.00" in r.out
+    assert "Each replica is the serving model of its engine under load" in r.out
+    assert "Plan: llama-3-8b on vllm, 50 requests/s" in r.out
 
 
 UNKNOWN_KV_FP9 = "unknown KV dtype 'fp9': expected one of auto, bf16, fp16, fp8, int8, fp32"
@@ -305,68 +443,66 @@ def test_context_beyond_the_model_is_an_error(cli):
     )
 
 
-# --------------------------------------------------------------------------- the fixed point itself
+# --------------------------------------------------------------------------- the search
+# Was: tests of the old fixed point's quadratic (littles_rate) and of a replica with made-up
+# latencies under it; that model is gone. What replaced it is a search, tested on any shape.
 
 
 @settings(max_examples=300)
 @given(
-    batch=st.integers(1, 4096),
-    wait=st.floats(0, 1),
-    step=st.floats(1e-5, 1),
-    output=st.integers(2, 8192),
-    prefill=st.floats(1e-5, 10),
+    flags=st.lists(st.booleans(), min_size=1, max_size=300),
+    guess=st.one_of(st.none(), st.floats(-1e3, 1e3), st.just(math.inf), st.just(math.nan)),
 )
-def test_littles_rate_solves_littles_law(batch, wait, step, output, prefill):
-    ttft = prefill + wait  # ttft(b) = t_p + step(b - 1)
-    lam = littles_rate(batch, ttft, step, output, prefill)
-    assert 0 < lam < 1 / prefill  # prefill cannot take more than all of the time
-    e2e = ttft + (output - 1) * step / (1 - lam * prefill)
-    assert lam * e2e == pytest.approx(batch, rel=1e-6)  # N = X x L
-    # more requests in flight at the same latencies: a higher rate
-    assert littles_rate(batch + 1, ttft, step, output, prefill) > lam
+def test_bracket_returns_a_boundary_the_predicate_gave(flags, guess):
+    # below(0) holds and below(len + 1) does not; in between, anything: the answer is adjacent and
+    # each end is as the predicate said, whatever the (even useless) estimate
+    values = [True, *flags, False]
+    calls = []
+
+    def below(c: int) -> bool:
+        calls.append(c)
+        return values[c]
+
+    lo, hi = bracket(below, 0, len(values) - 1, lambda lo, hi: guess)
+    assert hi == lo + 1 and values[lo] and not values[hi]
+    assert len(calls) <= 2 * math.ceil(math.log2(len(values))) + 2  # never much worse than bisection
 
 
-def test_littles_rate_with_one_output_token_is_capped_by_prefill():
-    # O = 1: nothing to decode, e2e = ttft, so lam = b / ttft -- but never above 1 / t_p
-    assert littles_rate(2, 0.5, 0.01, 1, 0.1) == pytest.approx(4.0)
-    assert littles_rate(20, 0.5, 0.01, 1, 0.1) == pytest.approx(10.0)
+def test_bracket_with_a_good_estimate_takes_few_probes():
+    # a monotone predicate whose boundary the estimate knows: two probes, not bisection's ten
+    calls = []
+
+    def below(c: int) -> bool:
+        calls.append(c)
+        return c <= 637
+
+    assert bracket(below, 1, 1024, lambda lo, hi: 637.4) == (637, 638)
+    assert len(calls) == 2
 
 
-# --------------------------------------------------------------------------- a replica with made-up latencies
-
-# t_p = 100 ms for a prompt; a decode step of b sequences takes 10 ms + 0.1 ms per sequence; O = 101.
-TOY = Traffic(requests_per_s=10.0, prompt_tokens=1000, output_tokens=101)
+# --------------------------------------------------------------------------- the library and sweep
 
 
-def toy_latency(batch: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        ttft_s=0.1, itl_s=0.010 + 0.0001 * batch, prefill_compute_s=0.1, decode_compute_s=0.001
+def test_the_session_takes_slo_statistics(cli):
+    from capcalc import Session
+
+    report = Session().plan(
+        "llama-3-8b", 20, 1000, 200, gpus=["h100-sxm"], tps=[1], ttft_s="p90:1s", tpot_s=0.03
     )
+    (rec,) = report.records()
+    assert (rec["ttft_slo_s"], rec["ttft_slo_stat"], rec["tpot_slo_s"], rec["tpot_slo_stat"]) == (
+        1.0, "p90", 0.03, "mean"
+    )  # fmt: skip
+    assert rec == one_plan(cli, "--rps", "20", "--ttft-slo", "p90:1s", "--tpot-slo", "30ms")
 
 
-def test_fixed_point_by_hand_memory_bound():
-    replica = Replica(toy_latency, TOY, SLOs())
-    cap = replica_capacity(replica, kv_requests=4, max_num_seqs=1024)
-    # b = 4: A = t_p + step(3) = 0.1 + 0.0103 = 0.1103 s; B = 100 x step(4) = 100 x 0.0104 = 1.04 s
-    #        s = A + B + 4 t_p = 1.5503; sqrt(s^2 - 4 A t_p 4) = sqrt(2.40343 - 0.17648) = 1.49230
-    #        lam(4) = 8 / (1.5503 + 1.4923) = 2.6293 requests/s
-    # check: f = 0.26293, itl = 0.0104 / 0.73707 = 14.110 ms, e2e = 0.1103 + 100 x 0.014110 = 1.5213 s,
-    #        lam x e2e = 2.6293 x 1.5213 = 4.000 requests in flight (Little's law)
-    assert cap.binding == "memory" and cap.batch == 4
-    assert cap.max_load == pytest.approx(2.6293, rel=1e-4)
-    ttft, itl, e2e = replica.latencies(4, cap.max_load)
-    assert itl == pytest.approx(0.014110, rel=1e-4) and e2e == pytest.approx(1.5213, rel=1e-4)
-    assert cap.max_load * e2e == pytest.approx(4.0)
-
-
-def test_fixed_point_by_hand_itl_bound():
-    replica = Replica(toy_latency, TOY, SLOs(itl_s=0.014))
-    cap = replica_capacity(replica, kv_requests=1000, max_num_seqs=1024)
-    # b = 3: lam(3) = 6 / (1.4402 + 1.39353) = 2.11735, itl = 0.0103 / (1 - 0.211735) = 13.07 ms: within 14 ms
-    # b = 4: lam(4) = 2.6293 gives itl 14.11 ms: too slow. The largest load that runs at batch 4 with
-    #        itl <= 14 ms: 0.0104 / (1 - 0.1 lam) <= 0.014  ->  lam <= (1 - 0.0104 / 0.014) / 0.1 = 2.5714
-    assert cap.binding == "ITL" and cap.batch == 4
-    assert cap.max_load == pytest.approx(2.5714, rel=1e-4)
-    # 10 requests/s -> ceil(10 / 2.5714) = 4 replicas of 2.5 requests/s each, running at batch 4
-    assert replica.operating_batch(10 / 4, cap.batch) == 4
-    assert replica.rate(3) < 2.5 <= replica.rate(4)
+def test_sweep_varies_the_engine_and_the_slo_statistic(cli):
+    r = cli("sweep", *BASE, "--rps", "20", "--engine", "vllm,trtllm", "--ttft-slo", "p90:1s,1s", "--json")
+    assert r.code == 0, r.err
+    rows = r.json()
+    assert [(row["engine"], row["ttft_slo_stat"]) for row in rows] == [
+        ("vllm", "p90"), ("vllm", "mean"), ("trtllm", "p90"), ("trtllm", "mean")
+    ]  # fmt: skip
+    for row in rows:
+        value = row["ttft_p90_s"] if row["ttft_slo_stat"] == "p90" else row["ttft_s"]
+        assert row["feasible"] and value <= 1.0

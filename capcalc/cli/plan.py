@@ -26,18 +26,21 @@ from capcalc.cli.common import (
 )
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt, parse_float
-from capcalc.core.units import format_duration, parse_duration, parse_rate
+from capcalc.core.units import format_duration, parse_rate
 from capcalc.report.output import TableSpec, humanize
 from capcalc.serving.fit import DEFAULT_UTILIZATION
 
 #: feasible candidates the table shows (the machine formats carry all of them)
 TABLE_ROWS = 15
 
-SIMPLIFICATION = (
-    "Simplification: prefill and decode share each GPU; the prefill time each second of traffic brings "
-    "(requests/s per replica x one prompt's prefill) is counted as decode time lost, stretching every decode "
-    "step by 1/(1 - that share). No queueing or bursts: compare with p95 SLOs with headroom (docs/plan.md)."
+MODEL_NOTE = (
+    "Each replica is the serving model of its engine under load (a simulation of the scheduler, closed loop: "
+    "C clients, as `vllm bench serve --max-concurrency C`); SLOs bind the mean unless given as pNN:TIME "
+    "(docs/plan.md)."
 )
+
+#: the help of an SLO option that takes a statistic
+SLO_HELP = "{what} target: TIME binds the mean, pNN:TIME a percentile (p50, p90, p99), e.g. {example}."
 
 
 def _names(text: Optional[str]) -> list[str]:
@@ -84,6 +87,8 @@ def compute(
     price=None,
     gpu_memory_utilization=DEFAULT_UTILIZATION,
     max_num_seqs=None,
+    tpot_slo=None,
+    engine="vllm",
 ):
     """The plan for the parsed options."""
     rate, unit = parse_rate(rps, "--rps")
@@ -98,14 +103,16 @@ def compute(
         tps=parse_int_list(tp, "--tp") if tp is not None else None,
         weight_dtypes=_names(weight_dtype) or ["auto"],
         kv_dtypes=_names(kv_dtype) or ["auto"],
-        ttft_s=parse_duration(ttft_slo, "--ttft-slo") if ttft_slo is not None else None,
-        itl_s=parse_duration(itl_slo, "--itl-slo") if itl_slo is not None else None,
-        e2e_s=parse_duration(e2e_slo, "--e2e-slo") if e2e_slo is not None else None,
+        ttft_s=ttft_slo,
+        itl_s=itl_slo,
+        tpot_s=tpot_slo,
+        e2e_s=e2e_slo,
         prices=parse_prices(price),
         deployment=deployment,
         efficiency=efficiency,
         gpu_memory_utilization=gpu_memory_utilization,
         max_num_seqs=max_num_seqs,
+        engine=engine,
     )
 
 
@@ -130,9 +137,22 @@ def plan_command(
     ] = None,
     weight_dtype: Annotated[str, typer.Option(help="Weight dtypes to try, comma-separated.")] = "auto",
     kv_dtype: Annotated[str, typer.Option(help="KV cache dtypes to try, comma-separated.")] = "auto",
-    ttft_slo: Annotated[Optional[str], typer.Option(help="Time to first token target, e.g. 1s.")] = None,
-    itl_slo: Annotated[Optional[str], typer.Option(help="Inter-token latency target, e.g. 50ms.")] = None,
-    e2e_slo: Annotated[Optional[str], typer.Option(help="End-to-end latency target, e.g. 30s.")] = None,
+    ttft_slo: Annotated[
+        Optional[str], typer.Option(help=SLO_HELP.format(what="Time to first token", example="p90:1s"))
+    ] = None,
+    itl_slo: Annotated[
+        Optional[str], typer.Option(help="Inter-token latency target (the mean of all gaps), e.g. 50ms.")
+    ] = None,
+    e2e_slo: Annotated[
+        Optional[str], typer.Option(help=SLO_HELP.format(what="End-to-end latency", example="p99:30s"))
+    ] = None,
+    tpot_slo: Annotated[
+        Optional[str], typer.Option(help=SLO_HELP.format(what="Time per output token", example="p99:50ms"))
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(help="Serving engine whose scheduler and costs to plan for: vllm, sglang or trtllm."),
+    ] = "vllm",
     price: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -143,7 +163,8 @@ def plan_command(
         float, typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`).")
     ] = DEFAULT_UTILIZATION,
     max_num_seqs: Annotated[
-        Optional[int], typer.Option(help="vLLM max_num_seqs: the largest batch (default as vllm serve).")
+        Optional[int],
+        typer.Option(help="Most requests running at once (vLLM max_num_seqs; default: the engine's own)."),
     ] = None,
     no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
@@ -156,20 +177,17 @@ def plan_command(
     s = session(profiles, no_calibration)
     try:
         report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
-                         ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs)  # fmt: skip
+                         ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs,
+                         tpot_slo, engine)  # fmt: skip
     finally:
         show_notes(s)
     rate = report.traffic.requests_per_s
     slos = report.slos
     title = (
-        f"Plan: {report.model}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"
-        + "".join(
-            f", {name} ≤ {format_duration(v)}"
-            for name, v in (("TTFT", slos.ttft_s), ("ITL", slos.itl_s), ("E2E", slos.e2e_s))
-            if v is not None
-        )
+        f"Plan: {report.model} on {engine.lower()}, {rate:,.4g} requests/s of {prompt:,} tokens in / {output:,} out"
+        + "".join(f", {text}" for text in slos.describe())
     )
-    out.emit(report.records(), TableSpec(render=lambda recs, console: render(recs, console, title)))
+    out.emit(report.records(), TableSpec(render=lambda recs, console: render(recs, console, title, slos)))
     if report.best is None:
         print(
             f"capcalc: error: no candidate carries {rate:g} requests/s within the SLOs "
@@ -180,7 +198,7 @@ def plan_command(
     return 0
 
 
-def render(records: list[dict], console, title: str) -> None:
+def render(records: list[dict], console, title: str, slos=None) -> None:
     console.print(title, style="bold")
     feasible = [r for r in records if r["feasible"]]
     rejected = [r for r in records if not r["feasible"]]
@@ -193,10 +211,10 @@ def render(records: list[dict], console, title: str) -> None:
             ("kv_dtype", "KV"),
             ("replicas", "replicas"),
             ("gpus", "GPUs"),
-            ("batch_per_replica", "batch"),
-            ("ttft_s", "TTFT"),
-            ("itl_s", "ITL"),
-            ("e2e_s", "E2E"),
+            ("batch_per_replica", "clients"),
+            (_stat_key(slos, "ttft"), _stat_header(slos, "ttft", "TTFT")),
+            (_stat_key(slos, "tpot"), _stat_header(slos, "tpot", "TPOT")),
+            (_stat_key(slos, "e2e"), _stat_header(slos, "e2e", "E2E")),
             ("kv_bytes_used_per_gpu", "KV/GPU"),
             ("output_tokens_per_s_per_gpu", "tok/s/GPU"),
             ("binding_constraint", "binding"),
@@ -213,12 +231,14 @@ def render(records: list[dict], console, title: str) -> None:
                 f"... and {len(feasible) - TABLE_ROWS} more feasible candidates (all of them in --json/--csv)."
             )
         best = feasible[0]
+        bound = best["binding_slo"] or best["binding_constraint"]
         console.print(
             f"Best: {best['replicas']} x {best['gpu']} tp={best['tp']} = {best['gpus']} GPUs; each replica carries "
             f"{best['requests_per_s_per_replica']:.4g} of at most {best['max_requests_per_s_per_replica']:.4g} "
-            f"requests/s at batch {best['batch_per_replica']} (Little's law: {best['concurrency_per_replica']:.4g} "
-            f"in flight = {best['requests_per_s_per_replica']:.4g}/s x {format_duration(best['e2e_s'])}); "
-            f"prefill takes {100 * best['prefill_share']:.3g} % of its time; bound by {best['binding_constraint']}."
+            f"requests/s (at most {best['batch_at_max_load']} clients, bound by {bound}); at "
+            f"{best['batch_per_replica']} clients it serves {best['served_requests_per_s_per_replica']:.4g}/s "
+            f"(Little's law: {best['concurrency_per_replica']:.4g} in flight = "
+            f"{best['served_requests_per_s_per_replica']:.4g}/s x {format_duration(best['e2e_s'])})."
         )
     if rejected:
         table = Table(header_style="bold", title="Rejected", title_justify="left")
@@ -227,7 +247,18 @@ def render(records: list[dict], console, title: str) -> None:
         for r in rejected:
             table.add_row(r["gpu"], str(r["tp"]), r["weight_dtype"], r["kv_dtype"], r["rejected_because"])
         console.print(table)
-    console.print(SIMPLIFICATION)
+    console.print(MODEL_NOTE)
+
+
+def _stat_key(slos, key: str) -> str:
+    """The record key of the statistic the SLO on ``key`` binds (the mean without one)."""
+    stat = getattr(slos, f"{key}_stat", "mean") if slos is not None and getattr(slos, f"{key}_s") else "mean"
+    return f"{key}_s" if stat == "mean" else f"{key}_{stat}_s"
+
+
+def _stat_header(slos, key: str, name: str) -> str:
+    stat = _stat_key(slos, key).removeprefix(f"{key}_").removesuffix("_s")
+    return name if stat == "s" else f"{name} {stat}"
 
 
 def _cell(key: str, value) -> str:

@@ -36,6 +36,7 @@ FLAGS = {
     "ttft_s": "--ttft-slo",
     "itl_s": "--itl-slo",
     "e2e_s": "--e2e-slo",
+    "tpot_s": "--tpot-slo",
     "kv_dtype": "--kv-cache-dtype",
     "memory_bytes": "--memory",
     "plot": "--plot",
