@@ -430,6 +430,16 @@ class Session:
         traffic = Traffic(requests_per_s, prompt_tokens, output_tokens)
         slos = slos_of(ttft_s=ttft_s, itl_s=itl_s, tpot_s=tpot_s, e2e_s=e2e_s)
         extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+        resolved: dict[tuple[str, str], Any] = {}
+
+        def serving(g: HardwareProfile, weight_dtype: str):
+            # the same resolution as Session.serving: flags > calibrate entry > engine defaults
+            key = (g.name, weight_dtype)
+            if key not in resolved:
+                resolved[key] = self.serving_parameters(g, engine, weight_dtype, efficiency=overrides)
+            r = resolved[key]
+            return r.efficiency, r.config, r.source
+
         results = plan(
             profile,
             cands,
@@ -439,6 +449,7 @@ class Session:
             price_of,
             max_num_seqs=max_num_seqs,
             engine=engine,
+            serving=serving,
             **extra,
         )
         return PlanReport(profile.name, traffic, slos, tuple(results))

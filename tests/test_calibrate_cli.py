@@ -346,6 +346,22 @@ def test_save_then_latency_uses_the_fit_and_says_so(cli, isolated_user_config):
     assert off.json()["efficiency_source"] == "engine:vllm"
 
 
+def test_save_then_plan_uses_the_fit_and_says_so(cli, isolated_user_config):
+    got = cli("calibrate", VLLM, "--gpu", "h100-sxm", "--engine", "vllm", "--parameters", "frontend_s,bandwidth_scale", "--save", "--json")  # fmt: skip
+    assert got.code == 0, got.err
+    _, summary = got.json()
+    path = calibration_file(isolated_user_config)
+    args = ("plan", "llama-3.1-8b", "--gpu", "h100-sxm", "--tp", "1", "--rps", "2", "--prompt", "1024", "--output", "128", "--json")  # fmt: skip
+    planned = cli(*args)
+    assert planned.code == 0, planned.err
+    (row,) = planned.json()
+    assert row["efficiency_source"] == f"calibration:{path} (vllm, 1 point)"
+    assert row["frontend_s"] == pytest.approx(summary["fitted_frontend_s"])
+    # the same plan for another engine runs on that engine's defaults
+    (other,) = cli(*args, "--engine", "sglang").json()
+    assert other["efficiency_source"] == "engine:sglang"
+
+
 def test_save_keeps_the_rest_of_the_calibration_file(cli, isolated_user_config):
     import yaml
 

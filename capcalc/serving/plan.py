@@ -65,6 +65,7 @@ from capcalc.core.inputs import excerpt
 from capcalc.core.records import flat_record
 from capcalc.core.units import format_bytes, format_duration, parse_duration
 from capcalc.model.parallel import check_tp, valid_tp_degrees
+from capcalc.model.weights import resolve_weight_dtype
 from capcalc.perf.efficiency import Efficiency, ResolvedEfficiency
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
@@ -94,6 +95,9 @@ SEARCH_LIMIT = 2048
 
 #: the engine planned for when none is named
 DEFAULT_ENGINE = "vllm"
+
+# serving(gpu, weight_dtype) -> (step efficiencies, engine configuration, their source)
+ServingOf = Callable[[HardwareProfile, str], tuple[Efficiency, EngineConfig, str]]
 
 #: statistics an SLO may bind, as the serving model reports them (ServingResult fields)
 SLO_STATS = ("mean", "p50", "p90", "p99")
@@ -292,6 +296,7 @@ class PlanResult:
     batch1_e2e_s: float | None = None
     price_per_gpu_hour_usd: float | None = None
     price_source: str | None = None
+    efficiency_source: str | None = None
     cost_usd_per_hour: float | None = None
     cost_usd_per_million_output_tokens: float | None = None
 
@@ -530,6 +535,7 @@ def plan_candidate(
     gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
     engine: str = DEFAULT_ENGINE,
+    serving: ServingOf | None = None,
 ) -> PlanResult:
     """The fewest replicas of ``cand`` that carry ``traffic`` within ``slos``, or why none do.
     Usage errors (the settings, the dtypes: :func:`capcalc.serving.fit.check_request`) are raised,
@@ -559,7 +565,12 @@ def plan_candidate(
         check_tp(model, cand.tp)
     except CapcalcError as exc:
         return replace(base, rejected_because=exc.message)
-    config = engine_config(engine, cand.gpu, max_num_seqs)
+    if serving is not None:  # flags > the GPU and engine's calibrate entry > engine defaults
+        served_eff, served_config, source = serving(cand.gpu, resolve_weight_dtype(cand.weight_dtype, model))
+        config = with_overrides(served_config, max_num_seqs=max_num_seqs)
+        base = replace(base, efficiency_source=source)
+    else:
+        config = engine_config(engine, cand.gpu, max_num_seqs)
     capacity = fit(
         model,
         fit_request(
@@ -593,7 +604,7 @@ def plan_candidate(
         group_size=d.group_size,
         gpu_memory_utilization=gpu_memory_utilization,
     )
-    eff = serving_efficiency(engine, efficiency, capacity.weight_dtype)
+    eff = served_eff if serving is not None else serving_efficiency(engine, efficiency, capacity.weight_dtype)
     try:
         loaded = LoadedReplica(replica, traffic, slos, config, eff, capacity.kv_cache_tokens)
         one = loaded.at(1)
@@ -719,11 +730,15 @@ def plan(
     gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
     engine: str = DEFAULT_ENGINE,
+    serving: ServingOf | None = None,
 ) -> list[PlanResult]:
     """Every candidate planned, best first; rejected ones last, in the order given.
     ``efficiency(gpu)``: the GPU's resolved efficiencies (:func:`serving_efficiency` says
     how the engine's adjustments apply). A setting or dtype no candidate could use is a
-    usage error, raised before any."""
+    usage error, raised before any. ``serving(gpu, weight_dtype)``, when given, supplies
+    the efficiencies, engine configuration and their source instead (the CLI's and the
+    Session's resolution: flags > a ``capcalc calibrate`` entry > engine defaults), and
+    ``efficiency`` is not used."""
     engine = check_engine(engine)
     check_traffic(model, traffic, slos)
     if candidates:  # the settings are the same in every candidate's request
@@ -740,6 +755,7 @@ def plan(
             gpu_memory_utilization,
             max_num_seqs,
             engine,
+            serving,
         )
         for cand in candidates
     ]
