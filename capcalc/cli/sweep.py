@@ -56,8 +56,23 @@ CHUNK = 64
 HEADLINES = {
     "kv": ["kv_bytes_per_sequence", "kv_bytes_per_gpu", "sequences_fit"],
     "fit": ["fits", "weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "kv_cache_tokens", "max_concurrency"],
-    "roofline": ["decode_bound", "decode_tokens_per_s", "prefill_bound", "critical_batch"],
-    "latency": ["ttft_s", "itl_s", "e2e_s", "output_tokens_per_s", "decode_bound"],
+    "roofline": [
+        "decode_bound",
+        "decode_tokens_per_s",
+        "prefill_bound",
+        "critical_batch",
+        "fits_in_memory",
+        "within_max_context",
+    ],
+    "latency": [
+        "ttft_s",
+        "itl_s",
+        "e2e_s",
+        "output_tokens_per_s",
+        "decode_bound",
+        "fits_in_memory",
+        "within_max_context",
+    ],
     "plan": [
         "gpu",
         "tp",
