@@ -24,7 +24,7 @@ from capcalc.cli.common import (
 from capcalc.core.units import format_bytes
 from capcalc.model.flops import COMPONENTS
 from capcalc.perf.roofline import chart_points
-from capcalc.report.output import TableSpec, humanize
+from capcalc.report.output import TableSpec, humanize, low_value
 from capcalc.report.plot import check_plot_path, save_roofline_chart
 
 
@@ -66,6 +66,8 @@ def render(records: list[dict], console) -> None:
     summary = Table(
         title=f"Roofline: {rec['model']} on {rec['gpu']} (datasheet, per GPU)", header_style="bold"
     )
+    # in a narrow terminal: bytes is FLOPs / intensity, and the itemised table has both
+    low_value(summary, "bytes", "FLOPs", "compute", "memory")
     for header in (
         "phase",
         "FLOPs",

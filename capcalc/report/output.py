@@ -113,6 +113,7 @@ class TableSpec:
     ``columns``: (key, header) pairs for a many-row table; omitted, one record is
     shown as a two-column field/value table. ``render`` replaces the default
     entirely. ``notes`` print under the table (to stdout: it is the table view).
+    ``low_value``: headers of the columns a narrow terminal loses first (:func:`low_value`).
     """
 
     title: str = ""
@@ -120,6 +121,7 @@ class TableSpec:
     hide: set[str] = field(default_factory=lambda: {"schema_version"})
     notes: list[str] = field(default_factory=list)
     render: Callable[[list[dict], Console], None] | None = None
+    low_value: tuple[str, ...] = ()
 
 
 #: width of a piped table when ``COLUMNS`` does not say (a file or `less`; rich would use 80)
@@ -162,14 +164,38 @@ def _pieces(cell: str, first: bool) -> list[str]:
     return cell.split() or [cell]
 
 
+def low_value(table: Table, *headers: str) -> Table:
+    """Name the columns of ``table`` that :func:`fit_table` leaves out first, in this order,
+    when it cannot fit them all (by default it leaves out the last columns)."""
+    table.capcalc_low_value = headers
+    return table
+
+
+def _drawable(table: Table, width: int) -> bool:
+    """Whether rich draws ``table`` in ``width`` columns giving every column at least its
+    ``min_width`` (rich's last resort when a table is too wide narrows every column
+    alike, below any minimum: the wrapped numbers that :func:`fit_table` must avoid)."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    extra = table._extra_width
+    widths = table._calculate_column_widths(console, console.options.update_width(width - extra))
+    if sum(widths) + extra > width:
+        return False
+    return all(
+        w >= (c.min_width or 0) + table._get_padding_width(c._index)
+        for w, c in zip(widths, table.columns, strict=True)
+    )
+
+
 def fit_table(table: Table, width: int) -> list[str]:
     """Make ``table`` readable in ``width`` columns without cutting a number or a name,
     and never show '…'. In order, until the table fits: every cell of at most
     :data:`WHOLE_CELL` characters and every header word stays whole; columns with one
     value in every row leave the table, longest first, and come back as a line under it
     (returned); the padding narrows to one space; cells wrap between the pieces of
-    :func:`_pieces` (a number and its unit stay together); the last columns leave the
-    table, named in a line under it."""
+    :func:`_pieces` (a number and its unit stay together); columns leave the table, those
+    named by :func:`low_value` first, then the last ones, named in a line under it."""
 
     def widen(pieces) -> None:
         for i, column in enumerate(table.columns):
@@ -177,6 +203,8 @@ def fit_table(table: Table, width: int) -> list[str]:
             words = str(column.header).split() or [""]
             whole = [len(p) for c in cells for p in pieces(c, i == 0)] + [len(w) for w in words]
             column.min_width = max(whole)
+            # a column no narrower than its widest cell cannot wrap: rich then narrows the others
+            column.no_wrap = max(len(x) for x in [str(column.header), *cells]) <= column.min_width
 
     for column in table.columns:
         column.overflow = "fold"
@@ -195,7 +223,7 @@ def fit_table(table: Table, width: int) -> list[str]:
         if not constant:
             break
         column = max(constant, key=lambda c: c.min_width or 0)
-        table.columns.remove(column)
+        _remove_column(table, column)
         moved.append(f"{column.header}: {_plain_text(column._cells[0])}")
     if _needed_width(table) > width:  # one space between columns instead of two
         table.padding = (0, 1, 0, 0)
@@ -203,12 +231,69 @@ def fit_table(table: Table, width: int) -> list[str]:
     if _needed_width(table) > width:
         widen(_pieces)
     dropped: list[str] = []
-    while _needed_width(table) > width and len(table.columns) > 2:
-        dropped.insert(0, str(table.columns.pop().header))
-    lines = [f"every row: {', '.join(moved)}"] if moved else []
+    original = [str(c.header) for c in table.columns]
+    low = [h for h in getattr(table, "capcalc_low_value", ()) if h != str(table.columns[0].header)]
+    while not _drawable(table, width) and len(table.columns) > 2:
+        by_header = {str(c.header): c for c in table.columns}
+        header = next((h for h in low if h in by_header), None)
+        column = by_header[header] if header is not None else table.columns[-1]
+        _remove_column(table, column)
+        dropped.append(str(column.header))
+    if _needed_width(table) > width:
+        _break_cells(table, width)
+    lines = _wrap_items("every row: ", moved, "", width) if moved else []
     if dropped:
-        lines.append(f"left out to fit {width} columns: {', '.join(dropped)} (all in --json/--csv)")
+        dropped.sort(key=original.index)
+        lines += _wrap_items(f"left out to fit {width} columns: ", dropped, " (all in --json/--csv)", width)
     return lines
+
+
+def _wrap_items(prefix: str, items: list[str], suffix: str, width: int) -> list[str]:
+    """``prefix`` + ``items`` joined by commas + ``suffix``, in lines of at most ``width``
+    characters broken only between items (an item is a header, or a header and its value:
+    rich would break inside one, between a number and its unit)."""
+    texts = [item + "," for item in items[:-1]] + [items[-1] + suffix]
+    head = prefix.rstrip()
+    lines, current = [], head
+    for text in texts:
+        if current != head and len(current) + 1 + len(text) > width:
+            lines.append(current)
+            current = " "  # continuation lines are indented by two spaces
+        current += " " + text
+    lines.append(current)
+    return lines
+
+
+def _break_cells(table: Table, width: int) -> None:
+    """Break each cell wider than the room rich gives its column at ``width`` into lines
+    between its :func:`_pieces` (rich itself would break at any space, splitting a number
+    from its unit)."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    extra = table._extra_width
+    widths = table._calculate_column_widths(console, console.options.update_width(width - extra))
+    for i, (column, w) in enumerate(zip(table.columns, widths, strict=True)):
+        room = w - table._get_padding_width(column._index)
+        for j, cell in enumerate(column._cells):
+            if not isinstance(cell, str) or len(cell) <= room:
+                continue
+            lines: list[str] = []
+            for piece in _pieces(cell, i == 0):
+                if lines and len(lines[-1]) + 1 + len(piece) <= room:
+                    lines[-1] += " " + piece
+                else:
+                    lines.append(piece)
+            column._cells[j] = "\n".join(lines)
+
+
+def _remove_column(table: Table, column) -> None:
+    """Take ``column`` out of ``table``. rich finds a column's padding (first, last) by its
+    ``_index``, so the columns after it are renumbered: a stale index would measure a
+    middle column without its padding and wrap its widest cell."""
+    table.columns.remove(column)
+    for i, c in enumerate(table.columns):
+        c._index = i
 
 
 def stdout_console() -> Console:
@@ -310,7 +395,7 @@ def rows_table(records: list[dict], spec: TableSpec) -> Table:
         table.add_column(header, justify="left" if i == 0 else "right")
     for rec in records:
         table.add_row(*(humanize(key, rec.get(key)) for key, _ in columns))
-    return table
+    return low_value(table, *spec.low_value)
 
 
 class RecordStream:
