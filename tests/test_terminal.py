@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from capcalc.report.output import WHOLE_CELL, console_width
+
+ROOT = Path(__file__).resolve().parent.parent
 
 COMMANDS = [
     ["kv", "llama-3-70b", "--ctx", "8192"],
@@ -205,3 +210,46 @@ def test_measure_tables_read_at_100_columns(which):
             continue
         for piece in cell.replace(" (", "\0(").split("\0"):
             assert any(piece in line for line in lines), f"{header}: {piece!r} broken or missing"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["piped", "terminal"])
+@pytest.mark.parametrize("columns", ["100", "60", "160"])
+def test_a_field_table_without_rich_is_what_rich_draws(registry, monkeypatch, tty, columns):
+    """`kv` and every other one-record table are drawn without importing rich when they need
+    no wrapping; the text (and a terminal's bold and italic) is rich's, to the character."""
+    from capcalc import Session
+    from capcalc.report.output import _fitting_console, field_table, plain_field_table
+
+    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    s = Session()
+    records = [s.kv(name, ctx=4096, memory_bytes=8e9).record() for name in sorted(registry.models)]
+    notes = ["KV heads replicated: 1 KV heads < tp=2, so each GPU holds 1 head", "12 sequences fit"]
+    drawn = 0
+    for rec in records:
+        plain_out, rich_out = (_Tty(), _Tty()) if tty else (io.StringIO(), io.StringIO())
+        plain = plain_field_table(rec, f"KV cache: {rec['model']}", {"schema_version"}, notes, plain_out)
+        console = _fitting_console()(file=rich_out, soft_wrap=False, highlight=False, width=int(columns))
+        console.print(field_table(rec, f"KV cache: {rec['model']}", {"schema_version"}))
+        for note in notes:
+            console.print(note)
+        if plain is not None:
+            drawn += 1
+            assert plain == rich_out.getvalue(), rec["model"]
+    assert drawn == (len(records) if columns != "60" else 0)  # at 60 columns the values would wrap
+
+
+def test_kv_does_not_import_rich():
+    code = (
+        "import sys; from capcalc.entry import main; main(['kv', 'llama-3-70b', '--ctx', '8192']); "
+        "print('rich' in sys.modules, 'capcalc.serving.fit' in sys.modules, file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "KV cache: llama-3-70b" in out.stdout
+    assert out.stderr.split() == ["False", "False"]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -344,16 +345,82 @@ def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, singl
             stream.write(rec)
         stream.close()
     else:
-        console = stdout_console()
-        if spec.render is not None:
-            spec.render(records, console)
-        elif spec.columns is None and len(records) == 1:
-            console.print(field_table(records[0], spec.title, spec.hide))
+        plain = None
+        if spec.render is None and spec.columns is None and len(records) == 1:
+            plain = plain_field_table(records[0], spec.title, spec.hide, spec.notes, out)
+        if plain is not None:
+            out.write(plain)
         else:
-            console.print(rows_table(records, spec))
-        for note in spec.notes:
-            console.print(note)
+            console = stdout_console()
+            if spec.render is not None:
+                spec.render(records, console)
+            elif spec.columns is None and len(records) == 1:
+                console.print(field_table(records[0], spec.title, spec.hide))
+            else:
+                console.print(rows_table(records, spec))
+            for note in spec.notes:
+                console.print(note)
     out.flush()
+
+
+#: environment variables under which rich styles output that is not a terminal, or not
+#: as :func:`plain_field_table` does
+_RICH_ENVIRONMENT = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "JUPYTER_LINES")
+
+
+def _plain_width(text: str) -> int | None:
+    """Terminal cells of ``text`` when each character takes one (None otherwise: a wide or
+    combining character, a control character)."""
+    import unicodedata
+
+    for ch in text:
+        if ch < " " or unicodedata.combining(ch) or unicodedata.east_asian_width(ch) in "WF":
+            return None
+    return len(text)
+
+
+def plain_field_table(rec: dict, title: str, hide: set[str] | None, notes: list[str], out) -> str | None:
+    """The field/value table of ``rec`` and its notes, character for character as rich
+    draws :func:`field_table` on ``out`` (``HEAVY_HEAD`` box, italic title, bold header on a
+    terminal), without importing rich (a third of a `capcalc kv` run). None when rich is
+    needed: the table or a note is wider than the terminal (it would wrap), a note holds
+    rich markup or an emoji code, a character is not one cell wide, or rich would style
+    differently (a forced or Jupyter terminal, Windows, TERM=dumb)."""
+    if any(os.environ.get(name) for name in _RICH_ENVIRONMENT) or sys.platform == "win32":
+        return None
+    tty = out.isatty()
+    if tty and os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+        return None
+    width = console_width(out)
+    if width is None:
+        width = shutil.get_terminal_size((80, 25)).columns
+    rows = [(key, humanize(key, value)) for key, value in rec.items() if not (hide and key in hide)]
+    cells = [("field", "value"), *rows]
+    if any(_plain_width(text) is None for row in cells for text in row) or not rows:
+        return None
+    if any("[" in note or re.search(r":[\w+-]+:", note) or _plain_width(note) is None for note in notes):
+        return None
+    a = max(len(k) for k, _ in cells)
+    b = max(len(v) for _, v in cells)
+    total = a + b + 7  # two columns of one space's padding each side, three rules
+    if total > width or any(len(note) > width for note in notes) or (title and _plain_width(title) is None):
+        return None
+
+    def style(code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if tty else text
+
+    lines = []
+    if title:
+        if len(title) > total:
+            return None
+        left = (total - len(title)) // 2
+        lines.append(style("3", " " * left + title + " " * (total - len(title) - left)))
+    pad = style("1", " ")
+    header = f"┃{pad}{style('1', 'field'.ljust(a))}{pad}┃{pad}{style('1', 'value'.ljust(b))}{pad}┃"
+    lines += [f"┏{'━' * (a + 2)}┳{'━' * (b + 2)}┓", header, f"┡{'━' * (a + 2)}╇{'━' * (b + 2)}┩"]
+    lines += [f"│ {k.ljust(a)} │ {v.ljust(b)} │" for k, v in rows]
+    lines.append(f"└{'─' * (a + 2)}┴{'─' * (b + 2)}┘")
+    return "\n".join([*lines, *notes]) + "\n"
 
 
 def all_keys(records: list[dict]) -> list[str]:
