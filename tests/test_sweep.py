@@ -339,3 +339,12 @@ def test_a_piped_sweep_writes_no_progress(cli):
             "--batch", ",".join(map(str, range(1, 61))), "--csv")  # fmt: skip
     assert r.code == 0 and r.err == ""
     assert len(r.out.splitlines()) == 1 + size
+
+
+def test_parallel_workers_hand_their_notes_back(cli):
+    args = ("sweep", "latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "3000", "--output", "1000",
+            "--batch", "1,256,512,1024", "--csv")  # fmt: skip
+    parallel, serial = cli(*args, "--jobs", "2"), cli(*args, "--jobs", "1")
+    assert parallel.out == serial.out
+    assert parallel.err.count("capcalc: note:") == 1
+    assert parallel.err.strip().endswith("(x3, the first shown)")
