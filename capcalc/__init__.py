@@ -7,9 +7,9 @@ does not pay for the calculation modules.
 
 __version__ = "0.1.0"
 
-__all__ = ["Deployment", "LatencyReport", "PlanReport", "Session", "__version__"]
+__all__ = ["Deployment", "LatencyReport", "PlanReport", "RooflineReport", "Session", "__version__"]
 
-_API = {"Deployment", "LatencyReport", "PlanReport", "Session"}
+_API = {"Deployment", "LatencyReport", "PlanReport", "RooflineReport", "Session"}
 
 
 def __getattr__(name: str):

@@ -29,23 +29,25 @@ from typing import TYPE_CHECKING, Any
 from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.inputs import excerpt
 from capcalc.core.records import flat_record
-from capcalc.model.kv import KVResult, kv_cache
-from capcalc.perf.efficiency import PARAMETERS, ResolvedEfficiency, resolve_efficiency
-from capcalc.perf.latency import LatencyResult, predict_latency
-from capcalc.perf.roofline import RooflineResult, roofline
 from capcalc.schema.deployment import FIELDS, Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
-from capcalc.serving.fit import FitRequest, FitResult, fit, memory_of, search_tp, serving_note
-from capcalc.serving.plan import PlanResult, SLOs, Traffic, candidates, plan, slos_of
 from capcalc.sources.calibration import load_calibration
 from capcalc.sources.dirs import profile_dirs
 from capcalc.sources.registry import Registry
 from capcalc.sources.resolve import ModelResolver
 
+# The calculation modules are imported by the methods that use them, so that a session
+# (and the CLI's start-up) pays only for the calculation it runs.
 if TYPE_CHECKING:
+    from capcalc.model.kv import KVResult
+    from capcalc.perf.efficiency import ResolvedEfficiency
+    from capcalc.perf.latency import LatencyResult
+    from capcalc.perf.roofline import RooflineResult
+    from capcalc.serving.fit import FitResult, RequestFit
+    from capcalc.serving.plan import PlanResult, SLOs, Traffic
     from capcalc.sources.served import CalibrationReport
 
-__all__ = ["Deployment", "LatencyReport", "PlanReport", "ServingReport", "Session"]
+__all__ = ["Deployment", "LatencyReport", "PlanReport", "RooflineReport", "ServingReport", "Session"]
 
 # Shared by every session of the process (a sweep or a test suite makes many), keyed by
 # the state of the files read, so that an edited profile is read again.
@@ -81,11 +83,13 @@ def _split_deployment(deployment: Deployment | None, kwargs: dict[str, Any]) -> 
 
 @dataclass(frozen=True)
 class LatencyReport:
-    """A latency prediction and the efficiency it assumed (each parameter's value and source).
-    The prediction's fields read through: ``report.ttft_s``."""
+    """A latency prediction, the efficiency it assumed (each parameter's value and source)
+    and whether vLLM would serve it (:func:`capcalc.serving.fit.request_fits`: ``batch``
+    requests of prompt + output tokens). The prediction's fields read through: ``report.ttft_s``."""
 
     result: LatencyResult
     efficiency: ResolvedEfficiency
+    serving: RequestFit | None = None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -93,8 +97,33 @@ class LatencyReport:
         return getattr(self.result, name)
 
     def record(self) -> dict:
-        """The CLI's ``latency --json`` record: the prediction, then ``assume_*`` and ``efficiency_source``."""
-        return flat_record(self.result, **self.efficiency.as_record())
+        """The CLI's ``latency --json`` record: the prediction, then ``assume_*`` and
+        ``efficiency_source``, then ``fits_in_memory`` and ``within_max_context``."""
+        serving = self.serving.record() if self.serving is not None else {}
+        return flat_record(self.result, **self.efficiency.as_record(), **serving)
+
+
+@dataclass(frozen=True)
+class RooflineReport:
+    """A roofline and whether vLLM would hold its requests (:func:`capcalc.serving.fit.request_fits`:
+    ``batch`` sequences of ``max(ctx, prompt_tokens)`` tokens, the longer of the decode step's
+    context and the prefill's prompt). The roofline's fields read through: ``report.critical_batch``."""
+
+    result: RooflineResult
+    serving: RequestFit | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+    def record(self) -> dict:
+        """The CLI's ``roofline --json`` record: the roofline's, then ``fits_in_memory`` and
+        ``within_max_context``."""
+        record = self.result.record()
+        if self.serving is not None:
+            record.update(self.serving.record())
+        return record
 
 
 @dataclass(frozen=True)
@@ -257,6 +286,8 @@ class Session:
     ) -> ResolvedEfficiency:
         """Each efficiency parameter for ``gpu``: override > calibration > profile > default."""
         device = self.gpu(gpu)
+        from capcalc.perf.efficiency import resolve_efficiency
+
         resolved = resolve_efficiency(device, overrides, self.calibration())
         if resolved.calibrated:
             when = f" measured {resolved.calibration_date}" if resolved.calibration_date else ""
@@ -277,6 +308,8 @@ class Session:
     ) -> KVResult:
         """KV-cache size of ``batch`` sequences of ``ctx`` tokens (default: the model's max
         context); with ``memory_bytes`` per GPU, how many sequences fit in it."""
+        from capcalc.model.kv import kv_cache
+
         profile = self.model(model)
         d = Deployment.of(deployment, **fields)
         return kv_cache(
@@ -302,6 +335,8 @@ class Session:
         (``max_model_len``, ``gpu_memory_utilization``, ``n_gpus``...) and of the deployment.
         ``tp="auto"`` (or ``n_gpus`` without ``tp``) searches for the smallest valid tp that
         fits, and with ``concurrency`` serves that many sequences."""
+        from capcalc.serving.fit import FitRequest, fit, memory_of, search_tp
+
         profile = self.model(model)
         if (gpu is None) == (memory_bytes is None):
             raise CapcalcError("give exactly one of gpu or memory_bytes", parameter=("gpu", "memory_bytes"))
@@ -340,16 +375,16 @@ class Session:
         prompt_tokens: int = 1024,
         deployment: Deployment | None = None,
         **fields,
-    ) -> RooflineResult:
-        """The datasheet roofline of a decode step and a prefill (:func:`capcalc.perf.roofline.roofline`)."""
-        return roofline(
-            self.model(model),
-            self.gpu(gpu),
-            batch=batch,
-            ctx=ctx,
-            prompt_tokens=prompt_tokens,
-            deployment=Deployment.of(deployment, **fields),
-        )
+    ) -> RooflineReport:
+        """The datasheet roofline of a decode step and a prefill (:func:`capcalc.perf.roofline.roofline`),
+        and whether vLLM would hold ``batch`` sequences of ``max(ctx, prompt_tokens)`` tokens."""
+        from capcalc.perf.roofline import roofline
+        from capcalc.serving.fit import request_fits
+
+        profile, device = self.model(model), self.gpu(gpu)
+        d = Deployment.of(deployment, **fields)
+        result = roofline(profile, device, batch=batch, ctx=ctx, prompt_tokens=prompt_tokens, deployment=d)
+        return RooflineReport(result, request_fits(profile, device, d, batch, max(ctx, prompt_tokens)))
 
     def latency(
         self,
@@ -364,8 +399,12 @@ class Session:
     ) -> LatencyReport:
         """TTFT, inter-token latency and throughput at achievable rates. ``efficiency``:
         overrides by parameter name (``{"step_overhead_s": "0.3 ms"}``); keywords named as
-        an efficiency parameter are overrides too. A batch vLLM would not serve as asked
-        (see :func:`capcalc.serving.fit.serving_note`) adds a note."""
+        an efficiency parameter are overrides too. Whether vLLM would serve the batch
+        (:func:`capcalc.serving.fit.request_fits`) is in the record; when it would not, a note says why."""
+        from capcalc.perf.efficiency import PARAMETERS
+        from capcalc.perf.latency import predict_latency
+        from capcalc.serving.fit import request_fits
+
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
         profile, device = self.model(model), self.gpu(gpu)
@@ -380,10 +419,10 @@ class Session:
             deployment=d,
             efficiency=resolved,
         )
-        warning = serving_note(profile, device, d, batch, prompt_tokens + output_tokens)
-        if warning is not None:
-            self.note(warning)
-        return LatencyReport(result, resolved)
+        serving = request_fits(profile, device, d, batch, prompt_tokens + output_tokens)
+        if serving.note is not None:
+            self.note(serving.note)
+        return LatencyReport(result, resolved, serving)
 
     def plan(
         self,
@@ -414,6 +453,9 @@ class Session:
         An SLO is seconds (the mean) or a string binding a statistic, ``'p90:500ms'``
         (:func:`capcalc.serving.plan.parse_slo`).
         ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``."""
+        from capcalc.perf.efficiency import PARAMETERS, resolve_efficiency
+        from capcalc.serving.plan import Traffic, candidates, plan, slos_of
+
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
         profile = self.model(model)
@@ -521,6 +563,7 @@ class Session:
         per user, the running batch, the queueing time and the limit that binds.
         ``num_requests``: measured requests (default: 5 per client; open loop 400)."""
         from capcalc.model.weights import resolve_weight_dtype
+        from capcalc.perf.efficiency import PARAMETERS
         from capcalc.serving.engine import Replica, Workload, predict_serving
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 

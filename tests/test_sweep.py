@@ -262,3 +262,89 @@ def test_combinations_are_the_cartesian_product(value_lists):
 def test_parse_errors_are_capcalc_errors():
     with pytest.raises(CapcalcError, match="takes no positional argument"):
         parse_sweep_args("x", ["m"], [Param("ctx", ("--ctx",))])
+
+
+# --------------------------------------------------------------------------- stderr: notes, progress
+
+
+def test_notes_that_differ_in_their_numbers_are_one_line_with_a_count(cli):
+    # 3 batches over one H100's KV cache for 5,000-token requests (about 84: 128 KiB per token)
+    r = cli("sweep", "latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "4000", "--output", "1000",
+            "--batch", "1,256,512,1024", "--csv")  # fmt: skip
+    assert r.code == 0, r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith("capcalc: note: vLLM's KV cache on h100-sxm holds")
+    assert lines[0].endswith("fewer than --batch 256 (see `capcalc fit`) (x3, the first shown)")
+    _, rows = csv_rows(r.out)
+    assert [row["fits_in_memory"] for row in rows] == ["True", "False", "False", "False"]
+
+
+def test_a_note_every_run_repeats_word_for_word_is_counted_once_per_run(cli):
+    r = cli("sweep", "latency", "llama-3-8b", "--gpu", "h100-sxm,a100-80gb-sxm", "--prompt", "8000",
+            "--output", "500", "--csv")  # fmt: skip
+    assert r.err.splitlines() == ["capcalc: note: 8,500 tokens exceed llama-3-8b's max context (8,192) (x2)"]
+
+
+def test_note_kinds_keep_names_apart():
+    from capcalc.cli.sweep import NoteSummary
+
+    notes = NoteSummary()
+    notes.add(["llama-3-8b at tp=1 on h100-sxm with 1,100-token requests: does not fit"])
+    notes.add(["llama-3-8b at tp=2 on h100-sxm with 9,000-token requests: does not fit"])
+    notes.add(["llama-3-70b at tp=1 on h100-sxm with 1,100-token requests: does not fit"])
+    notes.add(["llama-3-8b at tp=1 on a100-80gb-sxm with 1,100-token requests: does not fit"] * 2)
+    assert notes.lines() == [
+        "llama-3-8b at tp=1 on h100-sxm with 1,100-token requests: does not fit (x2, the first shown)",
+        "llama-3-70b at tp=1 on h100-sxm with 1,100-token requests: does not fit",
+        "llama-3-8b at tp=1 on a100-80gb-sxm with 1,100-token requests: does not fit",
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_for_a_large_sweep_on_a_terminal():
+    from capcalc.cli.sweep import PROGRESS_THRESHOLD, show_progress
+
+    tty, pipe = _Terminal(), io.StringIO()
+    big, small = PROGRESS_THRESHOLD, PROGRESS_THRESHOLD - 1
+    assert show_progress(big, "csv", stderr=tty, stdout=pipe)
+    assert show_progress(big, "table", stderr=tty, stdout=tty)  # the table comes after the bar
+    assert not show_progress(small, "csv", stderr=tty, stdout=pipe)
+    assert not show_progress(big, "csv", stderr=pipe, stdout=pipe)
+    assert not show_progress(big, "jsonl", stderr=tty, stdout=tty)  # rows stream to that terminal
+
+
+def test_progress_bar_counts_to_the_end_and_erases_itself():
+    from capcalc.cli.sweep import Progress
+
+    out = _Terminal()
+    bar = Progress(1000, out)
+    for _ in range(1000):
+        bar.advance()
+    bar.close()
+    frames = out.getvalue().split("\r")[1:]
+    assert len(frames) == 1 + 100 + 1  # the empty bar, a redraw per 1 %, the erase
+    assert frames[0] == "sweep [" + "." * 30 + "] 0/1,000"
+    assert frames[-2] == "sweep [" + "#" * 30 + "] 1,000/1,000"
+    assert frames[-1] == "\x1b[2K"
+
+
+def test_a_piped_sweep_writes_no_progress(cli):
+    size = 4 * 60  # at least the threshold
+    r = cli("sweep", "kv", "llama-3-8b", "--ctx", "1024,2048,4096,8192",
+            "--batch", ",".join(map(str, range(1, 61))), "--csv")  # fmt: skip
+    assert r.code == 0 and r.err == ""
+    assert len(r.out.splitlines()) == 1 + size
+
+
+def test_parallel_workers_hand_their_notes_back(cli):
+    args = ("sweep", "latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "3000", "--output", "1000",
+            "--batch", "1,256,512,1024", "--csv")  # fmt: skip
+    parallel, serial = cli(*args, "--jobs", "2"), cli(*args, "--jobs", "1")
+    assert parallel.out == serial.out
+    assert parallel.err.count("capcalc: note:") == 1
+    assert parallel.err.strip().endswith("(x3, the first shown)")

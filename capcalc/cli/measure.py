@@ -238,6 +238,8 @@ def _device_spec(result) -> TableSpec:
             ("measured_over_datasheet", "measured/datasheet"),
             ("measured_over_copy", "matvec/copy"),
         ],
+        # the ratios to the datasheet matter more than the datasheet's own figures (`capcalc show GPU`)
+        low_value=("datasheet FLOP/s", "datasheet bandwidth", "shape"),
     )
 
 

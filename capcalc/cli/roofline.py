@@ -24,7 +24,7 @@ from capcalc.cli.common import (
 from capcalc.core.units import format_bytes
 from capcalc.model.flops import COMPONENTS
 from capcalc.perf.roofline import chart_points
-from capcalc.report.output import TableSpec, humanize
+from capcalc.report.output import TableSpec, humanize, low_value
 from capcalc.report.plot import check_plot_path, save_roofline_chart
 
 
@@ -66,6 +66,8 @@ def render(records: list[dict], console) -> None:
     summary = Table(
         title=f"Roofline: {rec['model']} on {rec['gpu']} (datasheet, per GPU)", header_style="bold"
     )
+    # in a narrow terminal: bytes is FLOPs / intensity, and the itemised table has both
+    low_value(summary, "bytes", "FLOPs", "compute", "memory")
     for header in (
         "phase",
         "FLOPs",
@@ -107,15 +109,23 @@ def render(records: list[dict], console) -> None:
     console.print(
         f"dtypes: weights {rec['weight_dtype']}, KV {rec['kv_dtype']}, compute {rec['compute_dtype']}; tp={rec['tp']}"
     )
+    if "fits_in_memory" in rec:
+        tokens = max(rec["ctx"], rec["prompt_tokens"])
+        console.print(
+            f"vLLM (capcalc fit) with {rec['batch']:,} x {tokens:,} tokens: "
+            f"fits in memory {humanize('', rec['fits_in_memory'])}, "
+            f"within the max context {humanize('', rec['within_max_context'])}"
+        )
 
 
 def compute(s, model, gpu, deployment, batch=1, ctx=1024, prompt=1024, plot=None):
-    """The roofline, and its chart drawn to ``plot`` when given."""
+    """The roofline (a :class:`capcalc.api.RooflineReport`), and its chart drawn to ``plot`` when given."""
     plot_path = check_plot_path(plot) if plot is not None else None
-    result = s.roofline(model, gpu, batch, ctx, prompt, deployment)
+    report = s.roofline(model, gpu, batch, ctx, prompt, deployment)
     if plot_path is not None:
+        result = report.result
         save_roofline_chart(plot_path, result, chart_points(s.model(model), s.gpu(gpu), result))
-    return result
+    return report
 
 
 @app.command(name="roofline")

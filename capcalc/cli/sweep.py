@@ -6,12 +6,19 @@ calls the command makes (:data:`capcalc.cli.common.COMPUTE`) -- gives its record
 Python dicts, with no rendering and no JSON round trip. The Click command is built
 once; the profiles and calibration are read once (:mod:`capcalc.api` caches them). Rows stream to stdout as they
 are produced; a failed combination is a row with an ``error`` field.
+
+stderr carries a progress bar when it is a terminal and the sweep is large
+(:data:`PROGRESS_THRESHOLD`), and the runs' notes after the rows: notes that differ only
+in their numbers are one line, the first of them with the count (``... (x1121)``);
+the rows themselves say which combinations a note was about (``fits_in_memory``,
+``within_max_context``, ``error``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Optional
@@ -25,8 +32,8 @@ from capcalc.cli.common import (
     JsonlFlag,
     app,
     collapse_groups,
+    note,
     session,
-    show_notes,
 )
 from capcalc.cli.sweep_spec import (
     ERROR_KEY,
@@ -51,13 +58,30 @@ from capcalc.report.output import RecordStream, TableSpec, choose_format, emit
 PARALLEL_THRESHOLD = 1000
 #: combinations handed to a worker at a time
 CHUNK = 64
+#: sweeps of at least this many combinations show a progress bar (when stderr is a terminal)
+PROGRESS_THRESHOLD = 200
 
 #: the outputs the table view shows for each command (the machine formats show every key)
 HEADLINES = {
     "kv": ["kv_bytes_per_sequence", "kv_bytes_per_gpu", "sequences_fit"],
     "fit": ["fits", "weights_bytes_per_gpu", "kv_cache_bytes_per_gpu", "kv_cache_tokens", "max_concurrency"],
-    "roofline": ["decode_bound", "decode_tokens_per_s", "prefill_bound", "critical_batch"],
-    "latency": ["ttft_s", "itl_s", "e2e_s", "output_tokens_per_s", "decode_bound"],
+    "roofline": [
+        "decode_bound",
+        "decode_tokens_per_s",
+        "prefill_bound",
+        "critical_batch",
+        "fits_in_memory",
+        "within_max_context",
+    ],
+    "latency": [
+        "ttft_s",
+        "itl_s",
+        "e2e_s",
+        "output_tokens_per_s",
+        "decode_bound",
+        "fits_in_memory",
+        "within_max_context",
+    ],
     "plan": [
         "gpu",
         "tp",
@@ -87,11 +111,17 @@ def click_params(command) -> list[Param]:
     return params
 
 
-def run_one(command, name: str, combination: Combination) -> tuple[list[dict], str | None, int]:
+#: what one combination gives: (records, error message or None, exit code, notes as the CLI words them)
+Outcome = tuple[list[dict], "str | None", int, list[str]]
+
+
+def run_one(command, name: str, combination: Combination) -> Outcome:
     """``capcalc NAME ARGV`` as library calls: Click parses the arguments (the command's own
     types, defaults and checks), then the command's compute function runs on a session
-    and gives the records the command would print. (records, error message or None, exit code)."""
+    and gives the records the command would print. The session's notes come back as text
+    (their parameters named as flags), for :class:`NoteSummary`; nothing is printed."""
     function, compute, to_records = COMPUTE[name]
+    notes: list[str] = []
     try:
         with command.make_context(f"capcalc {name}", list(combination.argv)) as sub:
             params = collapse_groups(function, sub.params)
@@ -99,20 +129,101 @@ def run_one(command, name: str, combination: Combination) -> tuple[list[dict], s
             params.pop(own, None)
         s = session(params.pop("profiles", None), params.pop("no_calibration", False))
         try:
-            return to_records(compute(s, **params)), None, 0
+            return to_records(compute(s, **params)), None, 0, notes
         finally:
-            show_notes(s)
+            notes.extend(error_message(n, name) for n in s.notes)
     except CapcalcError as exc:
-        return [], error_message(exc, name), exc.exit_code
+        return [], error_message(exc, name), exc.exit_code, notes
     except typer.Exit as exc:
-        return [], f"exited with code {exc.exit_code}", exc.exit_code or 1
+        return [], f"exited with code {exc.exit_code}", exc.exit_code or 1, notes
     except USAGE_ERRORS as exc:  # Click usage errors: bad value, missing option
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        return [], message, getattr(exc, "exit_code", 2)
+        return [], message, getattr(exc, "exit_code", 2), notes
     except Exception as exc:
         if os.environ.get("CAPCALC_DEBUG"):
             raise
-        return [], f"internal error: {type(exc).__name__}: {exc}", 1
+        return [], f"internal error: {type(exc).__name__}: {exc}", 1, notes
+
+
+#: a number standing alone in a note ("84.18", "5,000", "tp=2"), not part of a name
+#: ("h100-sxm", "llama-3-8b")
+_NUMBER = re.compile(r"(?<![\w.\-])\d[\d,]*(?:\.\d+)?(?!\w)")
+
+
+class NoteSummary:
+    """The notes of a sweep's runs, each kind once: notes that differ only in their numbers
+    (:data:`_NUMBER`) are one kind. :meth:`lines` gives, in order of first appearance, the
+    first note of each kind, with ``(xN)`` when N runs gave a note of that kind."""
+
+    def __init__(self):
+        self._kinds: dict[str, list] = {}  # masked text -> [first text, runs, all the same]
+
+    def add(self, notes: list[str]) -> None:
+        """The notes of one run (a run counts once per kind)."""
+        seen = set()
+        for text in notes:
+            kind = _NUMBER.sub("#", text)
+            entry = self._kinds.setdefault(kind, [text, 0, True])
+            if kind not in seen:
+                entry[1] += 1
+                seen.add(kind)
+            entry[2] = entry[2] and text == entry[0]
+
+    def lines(self) -> list[str]:
+        out = []
+        for first, runs, same in self._kinds.values():
+            if runs == 1:
+                out.append(first)
+            else:
+                out.append(f"{first} (x{runs}{'' if same else ', the first shown'})")
+        return out
+
+
+class Progress:
+    """A one-line progress bar on ``stream`` (stderr), redrawn about 100 times in all, and
+    erased when the sweep ends."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream):
+        self.total, self.stream, self.done = total, stream, 0
+        self.every = max(1, total // 100)
+        self._draw()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            self._draw()
+
+    def _draw(self) -> None:
+        filled = self.WIDTH * self.done // self.total
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        self.stream.write(f"\rsweep [{bar}] {self.done:,}/{self.total:,}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.total:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+            self.total = 0
+
+
+def show_progress(size: int, fmt: str, stderr=None, stdout=None) -> bool:
+    """A progress bar for a sweep of ``size`` combinations: only at :data:`PROGRESS_THRESHOLD`
+    or more, only when stderr is a terminal, and not while rows stream to that terminal
+    (stdout a terminal too, format not ``table``: the bar would cut through them)."""
+    stderr = stderr if stderr is not None else sys.stderr
+    stdout = stdout if stdout is not None else sys.stdout
+    if size < PROGRESS_THRESHOLD or not _isatty(stderr):
+        return False
+    return fmt == "table" or not _isatty(stdout)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no such method, or closed
+        return False
 
 
 def available_cpus() -> int:
@@ -141,13 +252,11 @@ def _init_worker(name: str) -> None:
     _WORKER["name"] = name
 
 
-def _work(combination: Combination) -> tuple[list[dict], str | None, int]:
+def _work(combination: Combination) -> Outcome:
     return run_one(_WORKER["command"], _WORKER["name"], combination)
 
 
-def results(
-    command, plan: SweepPlan, jobs: int
-) -> Iterator[tuple[Combination, tuple[list[dict], str | None, int]]]:
+def results(command, plan: SweepPlan, jobs: int) -> Iterator[tuple[Combination, Outcome]]:
     """(combination, run_one's result) for every combination, in order. With ``jobs`` > 1
     the runs are spread over worker processes (each builds the command and loads the
     profiles once) and come back in order as they finish, chunk by chunk."""
@@ -165,14 +274,40 @@ def results(
 
 
 def run_sweep(command, plan: SweepPlan, fmt: str, jobs: int = 1) -> int:
-    """Run every combination, writing rows as they come. Returns the exit code."""
+    """Run every combination, writing rows as they come, then the notes
+    (:class:`NoteSummary`). Returns the exit code."""
+    ok = 0
+    failed: list[int] = []
+    notes = NoteSummary()
+    progress = Progress(plan.size, sys.stderr) if show_progress(plan.size, fmt) else None
+    try:
+        ok, failed = _run_rows(command, plan, fmt, jobs, notes, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        for line in notes.lines():
+            note(line)
+    if failed:
+        print(
+            f"capcalc: sweep: {len(failed)} of {plan.size} combinations failed (see the {ERROR_KEY!r} field)",
+            file=sys.stderr,
+        )
+    return sweep_exit_code(ok, failed)
+
+
+def _run_rows(
+    command, plan: SweepPlan, fmt: str, jobs: int, notes: NoteSummary, progress
+) -> tuple[int, list[int]]:
     ok = 0
     failed: list[int] = []
     table_rows: list[dict] = []
     stream = RecordStream(fmt) if fmt in ("json", "jsonl") else None
     pending: list[tuple[dict, Combination]] = []  # CSV rows held until the header is known
     columns: list[str] | None = None
-    for combo, (records, error, code) in results(command, plan, jobs):
+    for combo, (records, error, code, run_notes) in results(command, plan, jobs):
+        notes.add(run_notes)
+        if progress is not None:
+            progress.advance()
         if error is not None:
             failed.append(code)
             rows = [error_row(combo, error)]
@@ -203,13 +338,10 @@ def run_sweep(command, plan: SweepPlan, fmt: str, jobs: int = 1) -> int:
     if stream is not None:
         stream.close()
     if fmt == "table":
+        if progress is not None:  # the bar leaves before the table comes
+            progress.close()
         _render_table(plan, table_rows)
-    if failed:
-        print(
-            f"capcalc: sweep: {len(failed)} of {plan.size} combinations failed (see the {ERROR_KEY!r} field)",
-            file=sys.stderr,
-        )
-    return sweep_exit_code(ok, failed)
+    return ok, failed
 
 
 def _render_table(plan: SweepPlan, rows: list[dict]) -> None:

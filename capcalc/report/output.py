@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class TableSpec:
     ``columns``: (key, header) pairs for a many-row table; omitted, one record is
     shown as a two-column field/value table. ``render`` replaces the default
     entirely. ``notes`` print under the table (to stdout: it is the table view).
+    ``low_value``: headers of the columns a narrow terminal loses first (:func:`low_value`).
     """
 
     title: str = ""
@@ -120,6 +122,7 @@ class TableSpec:
     hide: set[str] = field(default_factory=lambda: {"schema_version"})
     notes: list[str] = field(default_factory=list)
     render: Callable[[list[dict], Console], None] | None = None
+    low_value: tuple[str, ...] = ()
 
 
 #: width of a piped table when ``COLUMNS`` does not say (a file or `less`; rich would use 80)
@@ -162,14 +165,38 @@ def _pieces(cell: str, first: bool) -> list[str]:
     return cell.split() or [cell]
 
 
+def low_value(table: Table, *headers: str) -> Table:
+    """Name the columns of ``table`` that :func:`fit_table` leaves out first, in this order,
+    when it cannot fit them all (by default it leaves out the last columns)."""
+    table.capcalc_low_value = headers
+    return table
+
+
+def _drawable(table: Table, width: int) -> bool:
+    """Whether rich draws ``table`` in ``width`` columns giving every column at least its
+    ``min_width`` (rich's last resort when a table is too wide narrows every column
+    alike, below any minimum: the wrapped numbers that :func:`fit_table` must avoid)."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    extra = table._extra_width
+    widths = table._calculate_column_widths(console, console.options.update_width(width - extra))
+    if sum(widths) + extra > width:
+        return False
+    return all(
+        w >= (c.min_width or 0) + table._get_padding_width(c._index)
+        for w, c in zip(widths, table.columns, strict=True)
+    )
+
+
 def fit_table(table: Table, width: int) -> list[str]:
     """Make ``table`` readable in ``width`` columns without cutting a number or a name,
     and never show '…'. In order, until the table fits: every cell of at most
     :data:`WHOLE_CELL` characters and every header word stays whole; columns with one
     value in every row leave the table, longest first, and come back as a line under it
     (returned); the padding narrows to one space; cells wrap between the pieces of
-    :func:`_pieces` (a number and its unit stay together); the last columns leave the
-    table, named in a line under it."""
+    :func:`_pieces` (a number and its unit stay together); columns leave the table, those
+    named by :func:`low_value` first, then the last ones, named in a line under it."""
 
     def widen(pieces) -> None:
         for i, column in enumerate(table.columns):
@@ -177,6 +204,8 @@ def fit_table(table: Table, width: int) -> list[str]:
             words = str(column.header).split() or [""]
             whole = [len(p) for c in cells for p in pieces(c, i == 0)] + [len(w) for w in words]
             column.min_width = max(whole)
+            # a column no narrower than its widest cell cannot wrap: rich then narrows the others
+            column.no_wrap = max(len(x) for x in [str(column.header), *cells]) <= column.min_width
 
     for column in table.columns:
         column.overflow = "fold"
@@ -195,7 +224,7 @@ def fit_table(table: Table, width: int) -> list[str]:
         if not constant:
             break
         column = max(constant, key=lambda c: c.min_width or 0)
-        table.columns.remove(column)
+        _remove_column(table, column)
         moved.append(f"{column.header}: {_plain_text(column._cells[0])}")
     if _needed_width(table) > width:  # one space between columns instead of two
         table.padding = (0, 1, 0, 0)
@@ -203,12 +232,69 @@ def fit_table(table: Table, width: int) -> list[str]:
     if _needed_width(table) > width:
         widen(_pieces)
     dropped: list[str] = []
-    while _needed_width(table) > width and len(table.columns) > 2:
-        dropped.insert(0, str(table.columns.pop().header))
-    lines = [f"every row: {', '.join(moved)}"] if moved else []
+    original = [str(c.header) for c in table.columns]
+    low = [h for h in getattr(table, "capcalc_low_value", ()) if h != str(table.columns[0].header)]
+    while not _drawable(table, width) and len(table.columns) > 2:
+        by_header = {str(c.header): c for c in table.columns}
+        header = next((h for h in low if h in by_header), None)
+        column = by_header[header] if header is not None else table.columns[-1]
+        _remove_column(table, column)
+        dropped.append(str(column.header))
+    if _needed_width(table) > width:
+        _break_cells(table, width)
+    lines = _wrap_items("every row: ", moved, "", width) if moved else []
     if dropped:
-        lines.append(f"left out to fit {width} columns: {', '.join(dropped)} (all in --json/--csv)")
+        dropped.sort(key=original.index)
+        lines += _wrap_items(f"left out to fit {width} columns: ", dropped, " (all in --json/--csv)", width)
     return lines
+
+
+def _wrap_items(prefix: str, items: list[str], suffix: str, width: int) -> list[str]:
+    """``prefix`` + ``items`` joined by commas + ``suffix``, in lines of at most ``width``
+    characters broken only between items (an item is a header, or a header and its value:
+    rich would break inside one, between a number and its unit)."""
+    texts = [item + "," for item in items[:-1]] + [items[-1] + suffix]
+    head = prefix.rstrip()
+    lines, current = [], head
+    for text in texts:
+        if current != head and len(current) + 1 + len(text) > width:
+            lines.append(current)
+            current = " "  # continuation lines are indented by two spaces
+        current += " " + text
+    lines.append(current)
+    return lines
+
+
+def _break_cells(table: Table, width: int) -> None:
+    """Break each cell wider than the room rich gives its column at ``width`` into lines
+    between its :func:`_pieces` (rich itself would break at any space, splitting a number
+    from its unit)."""
+    from rich.console import Console
+
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    extra = table._extra_width
+    widths = table._calculate_column_widths(console, console.options.update_width(width - extra))
+    for i, (column, w) in enumerate(zip(table.columns, widths, strict=True)):
+        room = w - table._get_padding_width(column._index)
+        for j, cell in enumerate(column._cells):
+            if not isinstance(cell, str) or len(cell) <= room:
+                continue
+            lines: list[str] = []
+            for piece in _pieces(cell, i == 0):
+                if lines and len(lines[-1]) + 1 + len(piece) <= room:
+                    lines[-1] += " " + piece
+                else:
+                    lines.append(piece)
+            column._cells[j] = "\n".join(lines)
+
+
+def _remove_column(table: Table, column) -> None:
+    """Take ``column`` out of ``table``. rich finds a column's padding (first, last) by its
+    ``_index``, so the columns after it are renumbered: a stale index would measure a
+    middle column without its padding and wrap its widest cell."""
+    table.columns.remove(column)
+    for i, c in enumerate(table.columns):
+        c._index = i
 
 
 def stdout_console() -> Console:
@@ -259,16 +345,82 @@ def emit(records: Iterable[dict], fmt: str, spec: TableSpec | None = None, singl
             stream.write(rec)
         stream.close()
     else:
-        console = stdout_console()
-        if spec.render is not None:
-            spec.render(records, console)
-        elif spec.columns is None and len(records) == 1:
-            console.print(field_table(records[0], spec.title, spec.hide))
+        plain = None
+        if spec.render is None and spec.columns is None and len(records) == 1:
+            plain = plain_field_table(records[0], spec.title, spec.hide, spec.notes, out)
+        if plain is not None:
+            out.write(plain)
         else:
-            console.print(rows_table(records, spec))
-        for note in spec.notes:
-            console.print(note)
+            console = stdout_console()
+            if spec.render is not None:
+                spec.render(records, console)
+            elif spec.columns is None and len(records) == 1:
+                console.print(field_table(records[0], spec.title, spec.hide))
+            else:
+                console.print(rows_table(records, spec))
+            for note in spec.notes:
+                console.print(note)
     out.flush()
+
+
+#: environment variables under which rich styles output that is not a terminal, or not
+#: as :func:`plain_field_table` does
+_RICH_ENVIRONMENT = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "JUPYTER_LINES")
+
+
+def _plain_width(text: str) -> int | None:
+    """Terminal cells of ``text`` when each character takes one (None otherwise: a wide or
+    combining character, a control character)."""
+    import unicodedata
+
+    for ch in text:
+        if ch < " " or unicodedata.combining(ch) or unicodedata.east_asian_width(ch) in "WF":
+            return None
+    return len(text)
+
+
+def plain_field_table(rec: dict, title: str, hide: set[str] | None, notes: list[str], out) -> str | None:
+    """The field/value table of ``rec`` and its notes, character for character as rich
+    draws :func:`field_table` on ``out`` (``HEAVY_HEAD`` box, italic title, bold header on a
+    terminal), without importing rich (a third of a `capcalc kv` run). None when rich is
+    needed: the table or a note is wider than the terminal (it would wrap), a note holds
+    rich markup or an emoji code, a character is not one cell wide, or rich would style
+    differently (a forced or Jupyter terminal, Windows, TERM=dumb)."""
+    if any(os.environ.get(name) for name in _RICH_ENVIRONMENT) or sys.platform == "win32":
+        return None
+    tty = out.isatty()
+    if tty and os.environ.get("TERM", "").lower() in ("dumb", "unknown"):
+        return None
+    width = console_width(out)
+    if width is None:
+        width = shutil.get_terminal_size((80, 25)).columns
+    rows = [(key, humanize(key, value)) for key, value in rec.items() if not (hide and key in hide)]
+    cells = [("field", "value"), *rows]
+    if any(_plain_width(text) is None for row in cells for text in row) or not rows:
+        return None
+    if any("[" in note or re.search(r":[\w+-]+:", note) or _plain_width(note) is None for note in notes):
+        return None
+    a = max(len(k) for k, _ in cells)
+    b = max(len(v) for _, v in cells)
+    total = a + b + 7  # two columns of one space's padding each side, three rules
+    if total > width or any(len(note) > width for note in notes) or (title and _plain_width(title) is None):
+        return None
+
+    def style(code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if tty else text
+
+    lines = []
+    if title:
+        if len(title) > total:
+            return None
+        left = (total - len(title)) // 2
+        lines.append(style("3", " " * left + title + " " * (total - len(title) - left)))
+    pad = style("1", " ")
+    header = f"┃{pad}{style('1', 'field'.ljust(a))}{pad}┃{pad}{style('1', 'value'.ljust(b))}{pad}┃"
+    lines += [f"┏{'━' * (a + 2)}┳{'━' * (b + 2)}┓", header, f"┡{'━' * (a + 2)}╇{'━' * (b + 2)}┩"]
+    lines += [f"│ {k.ljust(a)} │ {v.ljust(b)} │" for k, v in rows]
+    lines.append(f"└{'─' * (a + 2)}┴{'─' * (b + 2)}┘")
+    return "\n".join([*lines, *notes]) + "\n"
 
 
 def all_keys(records: list[dict]) -> list[str]:
@@ -310,7 +462,7 @@ def rows_table(records: list[dict], spec: TableSpec) -> Table:
         table.add_column(header, justify="left" if i == 0 else "right")
     for rec in records:
         table.add_row(*(humanize(key, rec.get(key)) for key, _ in columns))
-    return table
+    return low_value(table, *spec.low_value)
 
 
 class RecordStream:

@@ -536,21 +536,64 @@ def serving_note(
     """What :func:`fit` says against a prediction of ``batch`` requests of ``context``
     tokens under ``deployment``, when vLLM would not serve it as asked: beyond the model's
     context, the weights or one request do not fit, or the KV cache holds fewer requests
-    than the batch. None when it would."""
-    if context > model.max_context:
-        return Note(f"{context:,} tokens exceed {model.name}'s max context ({model.max_context:,})")
+    than the batch. None when it would (:func:`request_fits`)."""
+    return request_fits(model, gpu, deployment, batch, context).note
+
+
+@dataclass(frozen=True)
+class RequestFit:
+    """:func:`fit`'s verdict on ``batch`` requests of ``context`` tokens at once."""
+
+    #: ``context`` is at most the model's maximum context
+    within_max_context: bool
+    #: vLLM started with ``max_model_len = context`` holds the weights and at least
+    #: ``batch`` such requests in its KV cache
+    fits_in_memory: bool
+    #: why not, in words (None when both hold)
+    note: Note | None = None
+
+    def record(self) -> dict[str, bool]:
+        """The two booleans, as the ``latency``, ``roofline`` and ``sweep`` records carry them."""
+        return {"fits_in_memory": self.fits_in_memory, "within_max_context": self.within_max_context}
+
+
+def request_fits(
+    model: ModelProfile, gpu: HardwareProfile, deployment: Deployment, batch: int, context: int
+) -> RequestFit:
+    """Would vLLM serve ``batch`` requests of ``context`` tokens at once on ``gpu`` under
+    ``deployment``, by :func:`fit`'s own rule?
+
+    ``within_max_context``: ``context <= model.max_context``. ``fits_in_memory``: the fit
+    with ``max_model_len = context`` (every other setting vLLM's default, the memory
+    :func:`memory_of` the GPU) fits, and its ``max_concurrency >= batch``, that is::
+
+        num_blocks / blocks_per_request(context) >= batch
+
+    Beyond the model's context vLLM refuses to start, so the memory is judged as if the
+    model accepted ``context`` tokens (the fit's arithmetic does not depend on the
+    limit), and the two answers stay apart."""
+    within = context <= model.max_context
+    probe = model if within else replace(model, max_context=context)
     memory, source = memory_of(gpu)
     request = FitRequest(memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context)
-    capacity = fit(model, request, suggest=False)
-    if not capacity.fits:
-        return Note(
+    try:
+        capacity = fit(probe, request, suggest=False)
+    except CapcalcError as exc:  # a deployment vLLM refuses (a tp the heads do not divide...)
+        return RequestFit(within, False, Note(exc.message, exc.parameter, exc.template))
+    fits = capacity.fits and capacity.max_concurrency >= batch
+    if not within:
+        note = Note(f"{context:,} tokens exceed {model.name}'s max context ({model.max_context:,})")
+    elif not capacity.fits:
+        note = Note(
             f"{model.name} at tp={deployment.tp} on {gpu.name} with {context:,}-token requests: "
             "does not fit (see `capcalc fit`)"
         )
-    if capacity.max_concurrency < batch:
-        return Note(
+    elif not fits:
+        note = Note(
             template=f"vLLM's KV cache on {gpu.name} holds {capacity.max_concurrency:.2f} requests of {context:,} "
             f"tokens, fewer than {{batch}} {batch} (see `capcalc fit`)",
             parameter="batch",
         )
-    return None
+    else:
+        note = None
+    return RequestFit(within, fits, note)
