@@ -37,7 +37,7 @@ def _cost(step) -> dict:
 def model_record(model, h100) -> dict:
     """Every number the snapshot pins for one model."""
     from capcalc.core.errors import CapcalcError
-    from capcalc.model import flops, kv, params, parallel, weights
+    from capcalc.model import flops, kv, parallel, params, weights
     from capcalc.schema.deployment import Deployment
     from capcalc.serving.fit import FitRequest, activation_bytes, fit, memory_of
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
+from capcalc.model.layers import layer_specs, state_spec
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
 from capcalc.model.params import ParamCount, count_params, layer_shapes
 from capcalc.schema.deployment import Deployment
@@ -152,13 +153,29 @@ class GpuWeights:
     final_norm: float  # replicated
     position_embedding: float  # learned positions, replicated
     extra: float  # outside the text decoder (vision tower)
+    #: a recurrent layer's mixer in place of qkv / o: its input and output projections
+    #: (split by tp) and its conv, per-head vectors and gated norm (split by tp, 16-bit)
+    recurrent_in: float = 0.0
+    recurrent_out: float = 0.0
+    recurrent_other: float = 0.0
+    recurrent_norms: float = 0.0  # a recurrent layer's layer norms, replicated
 
-    def dense_layer_bytes(self) -> float:
+    def dense_layer_bytes(self, recurrent: bool = False) -> float:
         w = self.widths
+        if recurrent:
+            return w.linear * (self.recurrent_in + self.recurrent_out + self.dense_mlp) + w.high * (
+                self.recurrent_norms + self.recurrent_other
+            )
         return w.linear * (self.qkv + self.o + self.dense_mlp) + w.high * self.norms_biases
 
-    def moe_layer_bytes(self) -> float:
+    def moe_layer_bytes(self, recurrent: bool = False) -> float:
         w = self.widths
+        if recurrent:
+            return (
+                w.linear * (self.recurrent_in + self.recurrent_out + self.shared_experts + self.router)
+                + w.expert * self.num_experts * self.expert
+                + w.high * (self.recurrent_norms + self.recurrent_other)
+            )
         return (
             w.linear * (self.qkv + self.o + self.shared_experts + self.router)
             + w.expert * self.num_experts * self.expert
@@ -195,6 +212,18 @@ def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fie
     else:
         o = model.num_attention_heads * model.head_dim * h
         qkv = o / tp + 2 * h * kv_heads_per_gpu(model, tp) * model.head_dim  # q split, k and v per head
+        if model.attention_output_gate:
+            qkv += o / tp  # the gate half of q's projection
+    recurrent = {}
+    spec = state_spec(model)
+    if spec is not None:
+        inp, out, other = spec.params(h)
+        recurrent = dict(
+            recurrent_in=inp / tp,
+            recurrent_out=out / tp,
+            recurrent_other=other / tp,
+            recurrent_norms=s.recurrent_norms,
+        )
     return GpuWeights(
         dtype=dtype,
         widths=weight_widths(dtype, d.group_size, d.quantize_embeddings),
@@ -211,6 +240,7 @@ def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fie
         final_norm=h * (2 if model.norm == "layernorm" else 1),
         position_embedding=p.position_embedding,
         extra=p.extra / tp,
+        **recurrent,
     )
 
 
@@ -244,15 +274,23 @@ def weight_bytes_per_gpu(
     d = Deployment.of(deployment, **fields)
     g = gpu_weights(model, d)
     w = g.widths
-    dense, moe_layer = g.dense_layer_bytes(), g.moe_layer_bytes()
     first_moe = model.moe.first_dense_layers if model.moe is not None else model.num_layers
+    # bytes of a layer by (recurrent mixer, MoE MLP), summed in this order
+    layouts = [(r, moe) for r in (False, True) for moe in (False, True)]
+    layer_bytes = {(r, moe): g.moe_layer_bytes(r) if moe else g.dense_layer_bytes(r) for r, moe in layouts}
+    specs = layer_specs(model)
     table = g.embedding * w.embedding
     stages = []
     ranges = pp_layer_ranges(model.num_layers, d.pp)
     for i, (start, end) in enumerate(ranges):
         first, last = i == 0, i == len(ranges) - 1
-        n_dense = max(0, min(end, first_moe) - start)
-        total = n_dense * dense + (end - start - n_dense) * moe_layer
+        counts = dict.fromkeys(layouts, 0)
+        for layer in range(start, end):
+            counts[(not specs[layer].attends, layer >= first_moe)] += 1
+        total = 0.0
+        for layout in layouts:
+            if counts[layout]:
+                total += counts[layout] * layer_bytes[layout]
         if first:
             total += table + (g.position_embedding + g.extra) * w.high
         if last:

@@ -15,6 +15,13 @@ from capcalc.core.errors import CapcalcError
 
 # --------------------------------------------------------------------------- dataclasses
 
+#: the layer kinds a profile's ``layer_types`` may name (capcalc/model/layers.py has one
+#: spec class per kind): full attention, sliding-window attention, Mamba2 state, Gated
+#: DeltaNet linear-attention state
+LAYER_KINDS = ("full", "sliding", "mamba", "linear")
+#: the kinds that keep a fixed state per sequence instead of a per-token cache
+STATE_KINDS = ("mamba", "linear")
+
 
 @dataclass(frozen=True)
 class MoE:
@@ -35,6 +42,34 @@ class MLA:
     qk_nope_head_dim: int
     v_head_dim: int
     q_lora_rank: int | None = None
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba2 mixer (Nemotron-H, Granite-4.0-H, Falcon-H1): ``num_heads`` heads of
+    ``head_dim`` channels (intermediate = heads x head_dim), a state of ``state_size``
+    per channel shared across ``n_groups`` B/C groups, a causal conv of ``conv_kernel``."""
+
+    num_heads: int
+    head_dim: int
+    state_size: int
+    n_groups: int = 1
+    conv_kernel: int = 4
+    conv_bias: bool = True
+    proj_bias: bool = False
+
+
+@dataclass(frozen=True)
+class LinearAttention:
+    """A Gated DeltaNet linear-attention mixer (Qwen3-Next, Qwen3.5): ``num_key_heads``
+    query/key heads of ``key_head_dim``, ``num_value_heads`` value heads of
+    ``value_head_dim``, a causal conv of ``conv_kernel`` over q, k and v."""
+
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int = 4
 
 
 @dataclass(frozen=True)
@@ -74,8 +109,17 @@ class ModelProfile:
     moe: MoE | None = None
     mla: MLA | None = None
     sliding_window: int | None = None
-    #: one of 'full' / 'sliding' per layer
+    #: one of :data:`LAYER_KINDS` per layer
     layer_types: tuple[str, ...] = ()
+    #: Mamba2 mixer of the 'mamba' layers
+    mamba: Mamba2 | None = None
+    #: Gated DeltaNet mixer of the 'linear' layers
+    linear_attention: LinearAttention | None = None
+    #: the attention layers' query projection also gives a sigmoid output gate (Qwen3-Next)
+    attention_output_gate: bool = False
+    #: dtype of the recurrent (SSM) state the checkpoint asks for (config ``mamba_ssm_dtype``);
+    #: None: the conv state's dtype
+    ssm_state_dtype: str | None = None
     extra_params: ExtraParams | None = None
     notes: str = ""
     path: str = ""
@@ -86,7 +130,10 @@ class ModelProfile:
 
     @property
     def num_full_layers(self) -> int:
-        return self.num_layers - self.num_sliding_layers
+        """Full-attention layers (MLA ones included); not sliding, not recurrent."""
+        if not self.layer_types:
+            return self.num_layers
+        return sum(1 for t in self.layer_types if t == "full")
 
     @property
     def num_moe_layers(self) -> int:

@@ -98,6 +98,20 @@ _COUNT_KIND = {
     "qk_rope_head_dim": "head_dim",
     "v_head_dim": "head_dim",
     "ffn_hidden_size": "intermediate_size",
+    "full_attention_interval": "layers",
+    "linear_num_key_heads": "heads",
+    "linear_num_value_heads": "heads",
+    "linear_key_head_dim": "head_dim",
+    "linear_value_head_dim": "head_dim",
+    "linear_conv_kernel_dim": "head_dim",
+    "mamba_n_heads": "heads",
+    "mamba_d_head": "head_dim",
+    "mamba_d_state": "head_dim",
+    "mamba_n_groups": "heads",
+    "mamba_d_conv": "head_dim",
+    "mamba_expand": "heads",
+    "shared_intermediate_size": "intermediate_size",
+    "mtp_num_hidden_layers": "layers",
 }
 
 
@@ -161,6 +175,10 @@ class _Mapping:
     layer_types: list[str] | None = None
     extra_params: dict | None = None
     notes: list[str] = field(default_factory=list)
+    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba'), with its mixer block
+    kinds: list[str] | None = None
+    linear_attention: dict | None = None
+    mamba: dict | None = None
 
 
 def _head_dim(c: _Cfg, hidden: int, heads: int, default: int | None = None) -> int:
@@ -876,6 +894,127 @@ def _glm_moe_dsa(c: _Cfg) -> _Mapping:
     return m
 
 
+def _hybrid_kinds(c: _Cfg, names: dict[str, str], rule: Callable[[int], str]) -> list[str]:
+    """Per-layer kinds from ``layer_types`` (config names mapped by ``names``), else ``rule(i)``."""
+    layers = c.int("num_hidden_layers")
+    listed = c.get("layer_types")
+    if listed is None:
+        return [rule(i) for i in range(layers)]
+    if not isinstance(listed, list) or len(listed) != layers or any(t not in names for t in listed):
+        raise c.fail(
+            f"layer_types must list {layers} entries of {' / '.join(repr(n) for n in names)} "
+            f"(capcalc cannot model {excerpt(sorted(set(map(str, listed)) - set(names)) or listed)})"
+        )
+    return [names[t] for t in listed]
+
+
+def _state_dtype(c: _Cfg, block: dict) -> dict:
+    """``mamba_ssm_dtype`` (the recurrent state's dtype the checkpoint asks for) into the mixer block."""
+    dtype = c.get("mamba_ssm_dtype")
+    if dtype is not None:
+        block["state_dtype"] = _torch_dtype(dtype, c.where)
+    return block
+
+
+def _qwen3_next(c: _Cfg) -> _Mapping:
+    # Qwen3NextConfig / Qwen3_5TextConfig (Qwen3-Next, Qwen3.5): layer i is Gated DeltaNet
+    # linear attention unless (i + 1) is a multiple of full_attention_interval (default 4)
+    # or layer_types says 'full_attention'; the full-attention layers gate their output
+    # (q_proj gives q and a sigmoid gate: attn_output_gate, default true) and norm q and k
+    # per head; MoE of num_experts of moe_intermediate_size plus one shared expert of
+    # shared_expert_intermediate_size (Qwen3.5 dense: an MLP of intermediate_size); untied.
+    arch = _decoder(c, tie_default=False, qk_norm=True, head_dim_default=None)
+    interval = c.int("full_attention_interval", default=4)
+    kinds = _hybrid_kinds(
+        c,
+        {"linear_attention": "linear", "full_attention": "full"},
+        lambda i: "full" if (i + 1) % interval == 0 else "linear",
+    )
+    linear = _state_dtype(
+        c,
+        dict(
+            num_key_heads=c.int("linear_num_key_heads"),
+            num_value_heads=c.int("linear_num_value_heads"),
+            key_head_dim=c.int("linear_key_head_dim"),
+            value_head_dim=c.int("linear_value_head_dim"),
+            conv_kernel=c.int("linear_conv_kernel_dim", default=4),
+        ),
+    )
+    m = _Mapping(arch, kinds=kinds, linear_attention=linear)
+    if c.flag("attn_output_gate", True):
+        arch["attention_output_gate"] = True
+    if c.get("num_experts"):
+        shared = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+        m.moe = _qwen_moe(c, arch, shared)
+        if shared:
+            m.notes.append(
+                "Not modelled: the shared expert's sigmoid gate (one hidden_size vector per MoE layer)."
+            )
+    mtp = c.int("mtp_num_hidden_layers", "num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        m.notes.append(
+            f"The {mtp} multi-token-prediction layer(s) are not part of the profile (used only for "
+            "speculative decoding)."
+        )
+    m.notes.append(
+        "partial_rotary_factor only changes which dims RoPE turns: not the KV size. The Gated DeltaNet "
+        "layers keep a fixed state per sequence (conv + recurrent), no per-token cache."
+    )
+    return m
+
+
+def _qwen3_5(c: _Cfg) -> _Mapping:
+    # Qwen3_5(Moe)ForConditionalGeneration: the Qwen3-Next-style text decoder under text_config
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail(f"missing 'text_config' (a {c.family} config nests the text decoder there)")
+    mapping = _qwen3_next(_Cfg(text, f"{c.where}: text_config", f"{c.family}_text"))
+    mapping.notes.append("The vision encoder of the multimodal checkpoint is not counted.")
+    return mapping
+
+
+def _granitemoehybrid(c: _Cfg) -> _Mapping:
+    # GraniteMoeHybridConfig (Granite-4.0-H): layer_types 'mamba' / 'attention' (default every
+    # layer mamba); Mamba2 mixer of mamba_n_heads x mamba_d_head (mamba_expand x hidden), state
+    # mamba_d_state, mamba_n_groups B/C groups, conv mamba_d_conv with bias (mamba_conv_bias),
+    # projections without bias (mamba_proj_bias); every layer a MoE of num_local_experts of
+    # intermediate_size plus a shared MLP of shared_intermediate_size (no experts: the shared
+    # MLP alone); tied; position_embedding_type 'nope' (no positions) or 'rope'.
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=True, qkv_bias=bias, o_bias=bias)
+    kinds = _hybrid_kinds(c, {"mamba": "mamba", "attention": "full"}, lambda i: "mamba")
+    hidden = arch["hidden_size"]
+    heads = c.int("mamba_n_heads", default=128)
+    head_dim = c.int("mamba_d_head", default=max(1, c.int("mamba_expand", default=2) * hidden // heads))
+    mamba = _state_dtype(
+        c,
+        dict(
+            num_heads=heads,
+            head_dim=head_dim,
+            state_size=c.int("mamba_d_state", default=256),
+            n_groups=c.int("mamba_n_groups", default=1),
+            conv_kernel=c.int("mamba_d_conv", default=4),
+            conv_bias=c.flag("mamba_conv_bias", True),
+            proj_bias=c.flag("mamba_proj_bias", False),
+        ),
+    )
+    m = _Mapping(arch, kinds=kinds, mamba=mamba)
+    shared = c.int("shared_intermediate_size", default=0, minimum=0)
+    if c.get("num_local_experts"):
+        m.moe = dict(
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            expert_intermediate_size=arch["intermediate_size"],
+        )
+        if shared:
+            m.moe.update(num_shared_experts=1, shared_expert_intermediate_size=shared)
+    elif shared:
+        arch["intermediate_size"] = shared
+    if c.get("position_embedding_type", default="nope") == "nope":
+        m.notes.append("position_embedding_type nope: no positional encoding (no parameters, as RoPE).")
+    return m
+
+
 _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -899,6 +1038,12 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "minimax_m2": _minimax_m2,
     "mistral3": _mistral3,
     "glm_moe_dsa": _glm_moe_dsa,
+    "qwen3_next": _qwen3_next,
+    "qwen3_5_text": _qwen3_next,
+    "qwen3_5_moe_text": _qwen3_next,
+    "qwen3_5": _qwen3_5,
+    "qwen3_5_moe": _qwen3_5,
+    "granitemoehybrid": _granitemoehybrid,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
 #: config whose model_type capcalc does not know maps through its class (Kimi-K2 ships
@@ -926,6 +1071,12 @@ _ARCHITECTURE_CLASSES = {
     "MiniMaxM2ForCausalLM": "minimax_m2",
     "Mistral3ForConditionalGeneration": "mistral3",
     "GlmMoeDsaForCausalLM": "glm_moe_dsa",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
+    "Qwen3_5ForCausalLM": "qwen3_5_text",
+    "Qwen3_5MoeForCausalLM": "qwen3_5_moe_text",
+    "GraniteMoeHybridForCausalLM": "granitemoehybrid",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)
 SUPPORTED: tuple[str, ...] = tuple(_MAPPERS)
@@ -1113,7 +1264,11 @@ def profile_mapping(
 
 def _profile_mapping(config, c, model_type, name, source, where, display_name, aliases):
     m = _MAPPERS[model_type](c)
-    text = config.get("text_config") if model_type in ("gemma3", "mistral3") else config
+    text = (
+        config.get("text_config")
+        if model_type in ("gemma3", "mistral3", "qwen3_5", "qwen3_5_moe")
+        else config
+    )
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
     notes = list(m.notes)
     if config.get("model_type") != model_type and config.get("model_type") not in _MODEL_TYPE_ALIASES:
@@ -1141,12 +1296,19 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
         "native_dtype": native,
         "architecture": {key: m.architecture[key] for key in _ARCH_ORDER},
     }
+    if m.architecture.get("attention_output_gate"):
+        data["architecture"]["attention_output_gate"] = True
+    if m.kinds is not None:
+        data["layers"] = _layout(m.kinds)
+    for key in ("linear_attention", "mamba"):
+        if getattr(m, key) is not None:
+            data[key] = getattr(m, key)
     if m.moe is not None:
         data["moe"] = m.moe
     if m.mla is not None:
         data["mla"] = m.mla
     if m.window is not None and m.window < m.architecture["max_context"]:
-        data["sliding_window"] = {"window": m.window, **_layout(m.layer_types)}
+        data["sliding_window"] = {"window": m.window, **({} if m.kinds else _layout(m.layer_types))}
     elif m.window is not None:
         notes.append(
             f"sliding_window {m.window} >= max context {m.architecture['max_context']}: no effect, dropped."

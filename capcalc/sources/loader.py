@@ -16,7 +16,16 @@ from capcalc.core.errors import CapcalcError, ProfileError
 from capcalc.core.inputs import BOUNDS, check_number, excerpt, load_yaml, parse_yaml, read_text
 from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
-from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
+from capcalc.schema.profiles import (
+    LAYER_KINDS,
+    MLA,
+    ExtraParams,
+    HardwareProfile,
+    LinearAttention,
+    Mamba2,
+    ModelProfile,
+    MoE,
+)
 from capcalc.sources.yamlcache import YamlCache
 
 # --------------------------------------------------------------------------- validation
@@ -156,6 +165,14 @@ _COUNT_KIND = {
     "num_experts": "experts",
     "experts_per_token": "experts",
     "num_shared_experts": "experts",
+    "num_heads": "heads",
+    "num_key_heads": "heads",
+    "num_value_heads": "heads",
+    "n_groups": "heads",
+    "key_head_dim": "head_dim",
+    "value_head_dim": "head_dim",
+    "state_size": "head_dim",
+    "conv_kernel": "head_dim",
 }
 
 
@@ -214,6 +231,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
     values["norms_per_layer"] = arch.integer("norms_per_layer", False, 2, minimum=0)
     values["qk_norm"] = arch.boolean("qk_norm")
     values["position_embedding"] = arch.choice("position_embedding", ("rope", "learned", "alibi"), "rope")
+    values["attention_output_gate"] = arch.boolean("attention_output_gate")
     arch.finish()
 
     heads, kv_heads = values["num_attention_heads"], values["num_kv_heads"]
@@ -275,23 +293,19 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
                 f"({a.qk_nope_head_dim + a.qk_rope_head_dim}), got {values['head_dim']}",
             )
 
-    layer_types = ("full",) * values["num_layers"]
+    layer_types = _layer_kinds(top, values["num_layers"])
     window = top.sub("sliding_window")
     if window is not None:
         values["sliding_window"] = window.integer("window")
-        pattern = window.raw("pattern", False)
-        explicit = window.raw("layer_types", False)
-        if (pattern is None) == (explicit is None):
-            window.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
-        key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
-        if not isinstance(listed, list) or not listed or any(t not in ("sliding", "full") for t in listed):
-            window.fail(key, f"expected a list of 'sliding' / 'full', got {excerpt(listed)}")
-        if explicit is not None and len(explicit) != values["num_layers"]:
-            window.fail(key, f"expected {values['num_layers']} entries (one per layer), got {len(explicit)}")
-        layer_types = tuple(listed[i % len(listed)] for i in range(values["num_layers"]))
+        listed = _kind_list(window, values["num_layers"], ("sliding", "full"), required=layer_types is None)
+        if listed is not None:
+            layer_types = listed
         window.finish()
+    layer_types = layer_types or ("full",) * values["num_layers"]
+    if "sliding" in layer_types and window is None:
+        top.fail("layers", "lists 'sliding' layers but the profile has no sliding_window block (window)")
     values["layer_types"] = layer_types
-
+    _recurrent_blocks(top, values, layer_types)
     extra = top.sub("extra_params")
     if extra is not None:
         values["extra_params"] = ExtraParams(
@@ -300,6 +314,71 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
         extra.finish()
     top.finish()
     return ModelProfile(**values)
+
+
+def _kind_list(reader: _Reader, layers: int, kinds: tuple[str, ...], required: bool = True):
+    """The per-layer kinds of a block's ``pattern`` (repeating from layer 0) or ``layer_types``
+    (one per layer); None when neither is given and ``required`` is false."""
+    pattern = reader.raw("pattern", False)
+    explicit = reader.raw("layer_types", False)
+    if pattern is None and explicit is None and not required:
+        return None
+    if (pattern is None) == (explicit is None):
+        reader.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
+    key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
+    if not isinstance(listed, list) or not listed or any(t not in kinds for t in listed):
+        reader.fail(key, f"expected a list of {' / '.join(repr(k) for k in kinds)}, got {excerpt(listed)}")
+    if explicit is not None and len(explicit) != layers:
+        reader.fail(key, f"expected {layers} entries (one per layer), got {len(explicit)}")
+    return tuple(listed[i % len(listed)] for i in range(layers))
+
+
+def _layer_kinds(top: _Reader, layers: int):
+    """The ``layers:`` block (the kinds of a hybrid model), or None."""
+    block = top.sub("layers")
+    if block is None:
+        return None
+    kinds = _kind_list(block, layers, LAYER_KINDS)
+    block.finish()
+    if not any(k in ("full", "sliding") for k in kinds):
+        top.fail("layers", "needs at least one attention layer ('full' or 'sliding')")
+    return kinds
+
+
+def _recurrent_blocks(top: _Reader, values: dict, layer_types: tuple[str, ...]) -> None:
+    """The ``mamba`` and ``linear_attention`` mixer blocks, each present exactly when its
+    kind is in the layer list."""
+    for key, kind in (("mamba", "mamba"), ("linear_attention", "linear")):
+        block = top.sub(key)
+        if (block is None) != (kind not in layer_types):
+            top.fail(
+                key if block is not None else "layers",
+                f"a '{kind}' layer kind and a {key} block go together (one without the other)",
+            )
+        if block is None:
+            continue
+        state = block.raw("state_dtype", False)
+        if state is not None:
+            values["ssm_state_dtype"] = _dtype_field(block, "state_dtype")
+        if kind == "mamba":
+            values["mamba"] = Mamba2(
+                num_heads=block.integer("num_heads"),
+                head_dim=block.integer("head_dim"),
+                state_size=block.integer("state_size"),
+                n_groups=block.integer("n_groups", False, 1),
+                conv_kernel=block.integer("conv_kernel", False, 4),
+                conv_bias=block.boolean("conv_bias", True),
+                proj_bias=block.boolean("proj_bias"),
+            )
+        else:
+            values["linear_attention"] = LinearAttention(
+                num_key_heads=block.integer("num_key_heads"),
+                num_value_heads=block.integer("num_value_heads"),
+                key_head_dim=block.integer("key_head_dim"),
+                value_head_dim=block.integer("value_head_dim"),
+                conv_kernel=block.integer("conv_kernel", False, 4),
+            )
+        block.finish()
 
 
 def _dtype_field(reader: _Reader, key: str) -> str:
