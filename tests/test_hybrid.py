@@ -225,3 +225,29 @@ def test_decode_prices_the_state_update_and_its_traffic(registry):
     pre = prefill_cost(m, 1, 1000)
     assert pre.component("recurrent_update").flops == 1000 * one.component("recurrent_update").flops
     assert pre.component("kv_write").bytes == 1000 * 15 * 2048 + state
+
+
+def test_qwen3_next_80b_kv_state_and_parameters_by_hand(registry):
+    m = registry.model("Qwen/Qwen3-Next-80B-A3B-Instruct")
+    # 12 full-attention layers x 2 x 2 KV heads x 256 x 2 B; 36 Gated DeltaNet layers of
+    # conv 3 x (2 x 16 x 128 + 32 x 128) + state 32 x 128 x 128, both bf16 (no mamba_ssm_dtype)
+    assert kv_bytes_per_token(m, "bf16") == 12 * 2048 == 24_576
+    state = 36 * (3 * 8192 * 2 + 32 * 128 * 128 * 2)
+    assert state_bytes_per_sequence(m) == state == 39_518_208
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 24_576 + state == 240_844_800
+    p = count_params(m)
+    h = 2048
+    attention = 12 * (h * 16 * 256 * 2 + 2 * h * 2 * 256 + 16 * 256 * h)
+    gdn = 36 * (h * (2 * 16 * 128 + 2 * 32 * 128) + h * 2 * 32 + 32 * 128 * h)
+    experts = 48 * 512 * 3 * h * 512
+    assert (p.attention, p.recurrent, p.routed_experts) == (attention, gdn, experts)
+    assert p.total == pytest.approx(80e9, rel=0.01)  # "80B"
+    assert p.active == pytest.approx(3.9e9, rel=0.02)  # "A3B": 3.9B touched per token
+
+
+def test_qwen3_next_block_size_at_tp1_bf16(registry):
+    m = registry.model("qwen3-next-80b-a3b")
+    # state 3 x 8192 x 2 + 32 x 128 x 128 x 2 = 1,097,728 B; 2 x 2 x 256 x 2 = 2,048 B a token:
+    # 16 x cdiv(1,097,728, 32,768) = 16 x 34 = 544, the state padded by 1.5%
+    pages = hybrid_pages(m, "bf16", tp=1, block_size=16)
+    assert (pages.state_page_bytes, pages.block_size) == (1_097_728, 544)

@@ -30,7 +30,9 @@ SHIPPED = REGISTRY.models
 REFUSED = {
     name: "multi-head latent attention"
     for name in ("deepseek-v2-lite", "deepseek-v3", "deepseek-r1-nvfp4", "glm-5", "kimi-k2")
-}
+} | {
+    name: "linear layers" for name in ("qwen3.5-397b-a17b", "qwen3-next-80b-a3b")
+}  # Gated DeltaNet: a recurrent state the loop does not build
 
 
 def _refused(profile: ModelProfile) -> bool:
