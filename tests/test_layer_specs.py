@@ -55,10 +55,12 @@ def test_the_shipped_models_give_identical_numbers_before_and_after_the_spec_ref
 
 # --------------------------------------------------------------------------- the kinds
 
+import pytest  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from capcalc.model.layers import (  # noqa: E402
+    ChunkedLocalAttentionSpec,
     FullAttentionSpec,
     GatedDeltaNetSpec,
     Mamba2Spec,
@@ -106,6 +108,7 @@ def test_no_kind_holds_more_than_a_full_attention_layer_of_the_same_shape(shape)
     full = FullAttentionSpec(kv * 4, kv, head_dim)
     others = [
         SlidingWindowSpec(kv * 4, kv, head_dim, window=window),
+        ChunkedLocalAttentionSpec(kv * 4, kv, head_dim, chunk=window),
         GatedDeltaNetSpec(kv, kv * 2, head_dim, head_dim, 4),
         Mamba2Spec(kv * 4, head_dim, 128, 1, 4),
     ]
@@ -120,3 +123,133 @@ def test_no_kind_holds_more_than_a_full_attention_layer_of_the_same_shape(shape)
         assert (
             spec.blocks_per_request(ctx, block, batched) <= full.blocks_per_request(ctx, block, batched) + 1
         )
+
+
+# --------------------------------------------------------------------------- Llama 4
+
+#: meta-llama/Llama-4-Scout-17B-16E-Instruct config.json (the fields capcalc reads),
+#: https://huggingface.co/meta-llama/Llama-4-Scout-17B-16E-Instruct/blob/main/config.json
+LLAMA4_VISION = {
+    "model_type": "llama4_vision_model",
+    "hidden_size": 1408,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 34,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "num_channels": 3,
+    "vision_output_dim": 4096,
+    "projector_input_dim": 4096,
+    "projector_output_dim": 4096,
+    "pixel_shuffle_ratio": 0.5,
+}
+SCOUT_TEXT = {
+    "model_type": "llama4_text",
+    "hidden_size": 5120,
+    "head_dim": 128,
+    "intermediate_size": 8192,
+    "intermediate_size_mlp": 16384,
+    "interleave_moe_layer_step": 1,
+    "max_position_embeddings": 10485760,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 48,
+    "num_local_experts": 16,
+    "num_experts_per_tok": 1,
+    "vocab_size": 202048,
+    "attention_chunk_size": 8192,
+    "use_qk_norm": True,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def _llama4(text):
+    from capcalc.sources.hfconfig import profile_mapping
+    from capcalc.sources.loader import model_from_dict
+
+    config = {"model_type": "llama4", "text_config": text, "vision_config": LLAMA4_VISION}
+    data, _ = profile_mapping(config, name="llama4-test", source="test", where="test")
+    return model_from_dict(data, "test")
+
+
+def test_llama4_configs_map_to_the_shipped_profiles(registry):
+    maverick = {**SCOUT_TEXT, "num_local_experts": 128, "interleave_moe_layer_step": 2, "use_qk_norm": False}
+    maverick["max_position_embeddings"] = 1048576
+    for text, name in ((SCOUT_TEXT, "llama-4-scout"), (maverick, "llama-4-maverick")):
+        mapped, shipped = _llama4(text), registry.model(name)
+        for field in ("layer_types", "attention_chunk_size", "moe", "intermediate_size", "extra_params"):
+            got, want = getattr(mapped, field), getattr(shipped, field)
+            if field == "extra_params":
+                got, want = got.count, want.count
+            assert got == want, (name, field)
+    # transformers' default when no_rope_layers is absent: layers 3, 7, ... are NoPE (global)
+    assert registry.model("llama-4-scout").layer_types[:8] == ("chunked",) * 3 + ("full",) + (
+        "chunked",
+    ) * 3 + ("full",)
+
+
+def test_llama4_scout_kv_per_token_and_sequence_by_hand(registry):
+    from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token
+
+    m = registry.model("llama-4-scout")
+    per_layer = 2 * 8 * 128 * 2  # 4,096 B per token per layer in bf16
+    assert kv_bytes_per_token(m, "bf16") == 48 * per_layer == 196_608
+    # within the first chunk every layer holds every token
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 196_608 == 1_610_612_736
+    # one token into the second chunk: the 36 chunked layers hold 1, the 12 global 8,193
+    assert kv_bytes_per_sequence(m, 8193, "bf16") == per_layer * (12 * 8193 + 36 * 1)
+    # 32k: global layers all of it, chunked layers one whole chunk
+    assert kv_bytes_per_sequence(m, 32_768, "bf16") == per_layer * (12 * 32_768 + 36 * 8192) == 2_818_572_288
+
+
+def test_llama4_scout_parameters_by_hand(registry):
+    from capcalc.model.params import count_params
+
+    p = count_params(registry.model("llama-4-scout"))
+    h = 5120
+    assert p.attention == 48 * (h * 5120 + 2 * h * 1024 + 5120 * h)
+    assert p.routed_experts == 48 * 16 * 3 * h * 8192
+    assert p.shared_experts == 48 * 3 * h * 8192
+    assert p.router == 48 * h * 16
+    # vision: patch 3 x 14^2 x 1408, class 1408, positions 577 x 1408, 2 LayerNorms,
+    # 34 x (attention 4 (1408^2 + 1408) + MLP 2 x 1408 x 5632 + 5632 + 1408 + 2 LayerNorms),
+    # adapter 5632 x 4096 + 4096 x 4096, projector 4096 x 5120
+    vision = 3 * 196 * 1408 + 1408 + 577 * 1408 + 4 * 1408
+    vision += 34 * (4 * (1408**2 + 1408) + 2 * 1408 * 5632 + 5632 + 1408 + 4 * 1408)
+    vision += 5632 * 4096 + 4096 * 4096 + 4096 * 5120
+    assert p.extra == vision == 871_932_416
+    assert p.total == pytest.approx(109e9, rel=0.005)  # Meta: 109B total
+    assert p.active == pytest.approx(17e9, rel=0.02)  # Meta: 17B active
+
+
+def test_llama4_maverick_interleaves_dense_and_moe_layers(registry):
+    from capcalc.model.params import count_params
+
+    m = registry.model("llama-4-maverick")
+    assert (m.num_moe_layers, m.num_dense_layers) == (24, 24)
+    assert [m.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    p = count_params(m)
+    assert p.dense_mlp == 24 * 3 * 5120 * 16384
+    assert p.routed_experts == 24 * 128 * 3 * 5120 * 8192
+    assert p.total == pytest.approx(400e9, rel=0.01)  # Meta: 400B total
+
+
+def test_llama4_fit_admits_a_chunk_plus_one_step_per_chunked_group(registry):
+    from capcalc.serving.fit import kv_cache_groups, request_blocks
+
+    m = registry.model("llama-4-scout")
+    groups = kv_cache_groups(m)
+    # 36 chunked layers in 3 groups of 12 beside the 12 global layers
+    assert [(g.kind, len(g.layers)) for g in groups] == [("chunked", 12)] * 3 + [("full", 12)]
+    # vLLM: cdiv(min(8192 + 8192, 131072), 16) = 1,024 blocks a chunked group; 131072 / 16 global
+    assert request_blocks(m, groups, 131_072, 16, 8192) == 3 * 1024 + 8192
+    # without the hybrid manager every layer is full: one group
+    assert request_blocks(m, kv_cache_groups(m, hybrid=False), 131_072, 16, 8192) == 8192
+
+
+def test_chunked_prefill_and_decode_attend_within_the_chunk():
+    spec = ChunkedLocalAttentionSpec(40, 8, 128, chunk=4)
+    # a 10-token prompt in chunks of 4: 4+3+2+1 twice, then 1+2
+    assert spec.attended_pairs("prefill", 10) == 10 + 10 + 3
+    assert [spec.tokens_held(c) for c in (1, 4, 5, 8, 9)] == [1, 4, 1, 4, 1]

@@ -52,8 +52,8 @@ def check_supported(profile: ModelProfile, dtype: str) -> None:
             )
         if type(spec) not in BUILT_KINDS:
             raise CapcalcError(
-                f"{profile.name} has {spec.kind} layers (a recurrent state per sequence), which the measure "
-                "loop does not build yet; measure a model of full or sliding-window attention"
+                f"{profile.name} has {spec.kind} layers, which the measure loop does not build yet; "
+                "measure a model of full or sliding-window attention"
             )
     if profile.attention_output_gate:
         raise CapcalcError(
@@ -151,7 +151,7 @@ class DecoderModel:
                 "q_norm": norm(d) if p.qk_norm else None,
                 "k_norm": norm(d) if p.qk_norm else None,
             }
-            if p.moe is not None and index >= p.moe.first_dense_layers:
+            if p.is_moe_layer(index):
                 m = p.moe
                 e_width = m.expert_intermediate_size
                 layer["router"] = linear(m.num_experts, h)

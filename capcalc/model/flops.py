@@ -192,13 +192,14 @@ def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
         routed = e.experts_per_token * (mlp(e.expert_intermediate_size) + 2 * h)
         moe_mlp = routed + e.num_shared_experts * mlp(e.shared_expert_intermediate_size)
     total = 0.0
-    first_moe = model.num_dense_layers
     specs = layer_specs(model)
     # the attention layers, then a recurrent mixer's (its projections' and conv's outputs)
     for mixer, layers in ((attention, attention_layers(model)), (None, state_layers(model))):
         if not layers:
             continue
-        dense = sum(1 for s in specs[:first_moe] if s.attends == (mixer is not None))
+        dense = sum(
+            1 for i, s in enumerate(specs) if s.attends == (mixer is not None) and not model.is_moe_layer(i)
+        )
         per_moe_layer = 0.0
         if mixer is None:
             width = recurrent.activation_width() * tp  # the mixer's columns, before the split
@@ -359,6 +360,8 @@ def decode_costs(
     anchors = {lo, hi}
     if model.sliding_window is not None and lo < model.sliding_window < hi:
         anchors.add(model.sliding_window)
+    if model.attention_chunk_size is not None:
+        anchors = set(wanted)  # a chunked layer's cache is a sawtooth in ctx: every one computed
     d = Deployment.of(deployment, **fields)
     computed = {c: decode_cost(model, batch, c, d) for c in sorted(anchors)}
     points = sorted(computed)

@@ -23,6 +23,9 @@ The equations, per kind (w bytes per value, g = KV heads per GPU = max(1, kv_hea
 * sliding window: the same per token; holds ``min(ctx, window)``; vLLM admits
   ``cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block) + 1`` blocks;
   prefill token i attends ``min(i, window)``;
+* chunked local (Llama 4): the same per token; holds the tokens of the current chunk,
+  ``((ctx - 1) mod chunk) + 1``; vLLM admits ``cdiv(min(chunk + max_num_batched_tokens,
+  max_model_len), block)`` blocks; prefill token i attends the tokens of its chunk up to i;
 * MLA (DeepSeek): one latent of ``kv_lora_rank + qk_rope_head_dim`` values per token, no
   factor 2, the same on every tp rank (replicated); decode attends in latent space
   (d_qk = kv_lora_rank + rope, d_v = kv_lora_rank, weights absorbed), prefill in head
@@ -163,6 +166,31 @@ class SlidingWindowSpec(FullAttentionSpec):
 
     def attended_pairs(self, phase: str, ctx: int) -> float:
         return self.tokens_held(ctx) if phase == "decode" else causal_pairs(ctx, self.window)
+
+
+@dataclass(frozen=True)
+class ChunkedLocalAttentionSpec(FullAttentionSpec):
+    """Chunked-local attention (Llama 4's RoPE layers): the sequence is cut into chunks of
+    ``chunk`` tokens and a token attends only to the tokens of its own chunk before it."""
+
+    chunk: int = 0
+
+    kind: ClassVar[str] = "chunked"
+
+    def tokens_held(self, ctx: int) -> int:
+        """The tokens of the chunk the ``ctx``-th token is in: ((ctx - 1) mod chunk) + 1."""
+        return (ctx - 1) % self.chunk + 1 if ctx > 0 else 0
+
+    def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
+        """``ChunkedLocalAttentionSpec.max_memory_usage_bytes``: one chunk of computed tokens
+        plus one step's new tokens, at most ``max_model_len``."""
+        return cdiv(min(self.chunk + max_num_batched_tokens, max_model_len), block_size)
+
+    def attended_pairs(self, phase: str, ctx: int) -> float:
+        if phase == "decode":
+            return self.tokens_held(ctx)
+        whole, rest = divmod(ctx, self.chunk)
+        return whole * causal_pairs(self.chunk, None) + causal_pairs(rest, None)
 
 
 @dataclass(frozen=True)
@@ -347,6 +375,10 @@ def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
         return full
     if kind == "sliding":
         return SlidingWindowSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim, window=m.sliding_window)
+    if kind == "chunked":
+        return ChunkedLocalAttentionSpec(
+            m.num_attention_heads, m.num_kv_heads, m.head_dim, chunk=m.attention_chunk_size
+        )
     if kind == "mamba":
         s = m.mamba
         return Mamba2Spec(

@@ -274,7 +274,6 @@ def weight_bytes_per_gpu(
     d = Deployment.of(deployment, **fields)
     g = gpu_weights(model, d)
     w = g.widths
-    first_moe = model.moe.first_dense_layers if model.moe is not None else model.num_layers
     # bytes of a layer by (recurrent mixer, MoE MLP), summed in this order
     layouts = [(r, moe) for r in (False, True) for moe in (False, True)]
     layer_bytes = {(r, moe): g.moe_layer_bytes(r) if moe else g.dense_layer_bytes(r) for r, moe in layouts}
@@ -286,7 +285,7 @@ def weight_bytes_per_gpu(
         first, last = i == 0, i == len(ranges) - 1
         counts = dict.fromkeys(layouts, 0)
         for layer in range(start, end):
-            counts[(not specs[layer].attends, layer >= first_moe)] += 1
+            counts[(not specs[layer].attends, model.is_moe_layer(layer))] += 1
         total = 0.0
         for layout in layouts:
             if counts[layout]:

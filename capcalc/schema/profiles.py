@@ -16,9 +16,9 @@ from capcalc.core.errors import CapcalcError
 # --------------------------------------------------------------------------- dataclasses
 
 #: the layer kinds a profile's ``layer_types`` may name (capcalc/model/layers.py has one
-#: spec class per kind): full attention, sliding-window attention, Mamba2 state, Gated
-#: DeltaNet linear-attention state
-LAYER_KINDS = ("full", "sliding", "mamba", "linear")
+#: spec class per kind): full attention, sliding-window attention, chunked-local attention
+#: (Llama 4), Mamba2 state, Gated DeltaNet linear-attention state
+LAYER_KINDS = ("full", "sliding", "chunked", "mamba", "linear")
 #: the kinds that keep a fixed state per sequence instead of a per-token cache
 STATE_KINDS = ("mamba", "linear")
 
@@ -33,6 +33,9 @@ class MoE:
     first_dense_layers: int = 0
     expert_bias: bool = False
     router_bias: bool = False
+    #: after the leading dense layers, every layer_step-th layer is MoE (layer i when
+    #: (i + 1) % layer_step == 0), the others dense: Llama-4 Maverick's interleave_moe_layer_step 2
+    layer_step: int = 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class ModelProfile:
     sliding_window: int | None = None
     #: one of :data:`LAYER_KINDS` per layer
     layer_types: tuple[str, ...] = ()
+    #: tokens per chunk of the 'chunked' layers (attention_chunk_size)
+    attention_chunk_size: int | None = None
     #: Mamba2 mixer of the 'mamba' layers
     mamba: Mamba2 | None = None
     #: Gated DeltaNet mixer of the 'linear' layers
@@ -135,9 +140,18 @@ class ModelProfile:
             return self.num_layers
         return sum(1 for t in self.layer_types if t == "full")
 
-    @property
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer ``i`` has the MoE (else a dense MLP of intermediate_size)."""
+        m = self.moe
+        return m is not None and i >= m.first_dense_layers and (i + 1) % m.layer_step == 0
+
+    @cached_property  # asked for on every step of a latency average
     def num_moe_layers(self) -> int:
-        return 0 if self.moe is None else self.num_layers - self.moe.first_dense_layers
+        if self.moe is None:
+            return 0
+        if self.moe.layer_step == 1:
+            return self.num_layers - self.moe.first_dense_layers
+        return sum(1 for i in range(self.num_layers) if self.is_moe_layer(i))
 
     @property
     def num_dense_layers(self) -> int:

@@ -247,7 +247,7 @@ def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, 
         e = model.moe
         moe = e.experts_per_token * (per_width * e.expert_intermediate_size / tp + h)
         moe += e.num_shared_experts * per_width * e.shared_expert_intermediate_size / tp
-        mlp = max(mlp, moe) if e.first_dense_layers else moe
+        mlp = max(mlp, moe) if model.num_dense_layers else moe
     forward = max_num_batched_tokens * act * (2 * h + max(attention, mlp))
     sampler = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * SAMPLER_BYTES_PER_LOGIT
     return max(forward, sampler)

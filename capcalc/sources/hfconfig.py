@@ -112,6 +112,13 @@ _COUNT_KIND = {
     "mamba_expand": "heads",
     "shared_intermediate_size": "intermediate_size",
     "mtp_num_hidden_layers": "layers",
+    "attention_chunk_size": "context",
+    "interleave_moe_layer_step": "layers",
+    "no_rope_layer_interval": "layers",
+    "intermediate_size_mlp": "intermediate_size",
+    "projector_input_dim": "hidden_size",
+    "projector_output_dim": "hidden_size",
+    "vision_output_dim": "hidden_size",
 }
 
 
@@ -179,6 +186,7 @@ class _Mapping:
     kinds: list[str] | None = None
     linear_attention: dict | None = None
     mamba: dict | None = None
+    chunk: int | None = None
 
 
 def _head_dim(c: _Cfg, hidden: int, heads: int, default: int | None = None) -> int:
@@ -1015,6 +1023,103 @@ def _granitemoehybrid(c: _Cfg) -> _Mapping:
     return m
 
 
+def llama4_vision_params(vision: dict, text_hidden: int) -> int:
+    """Llama 4's vision tower, pixel-shuffle adapter and projector.
+
+    patch embedding (unfolded conv, no bias: channels x patch^2 x d) + class embedding (d)
+    + positions ((image/patch)^2 + 1) x d + LayerNorm pre and post (4 d) + layers x
+    [q, k, v, o with bias (4 (d^2 + d)) + fc1, fc2 with bias (2 d f + f + d) + 2 LayerNorms
+    (4 d)]; adapter fc1 (d / ratio^2 -> projector_input_dim) and fc2 (projector_input_dim ->
+    projector_output_dim), no bias; projector vision_output_dim -> text hidden, no bias
+    (transformers Llama4VisionModel, Llama4VisionPixelShuffleMLP, Llama4MultiModalProjector).
+    Defaults are Llama4VisionConfig's."""
+    v = _Cfg(vision, "vision_config", "llama4_vision_model")
+    d = v.int("hidden_size", default=768)
+    f = v.int("intermediate_size", default=3072)
+    layers = v.int("num_hidden_layers", default=34)
+    channels = v.int("num_channels", default=3)
+    image, patch = v.int("image_size", default=448), v.int("patch_size", default=14)
+    ratio = v.get("pixel_shuffle_ratio", default=0.5)
+    if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise v.fail(f"pixel_shuffle_ratio must be in (0, 1], got {excerpt(ratio)}")
+    proj_in = v.int("projector_input_dim", default=4096)
+    proj_out = v.int("projector_output_dim", default=4096)
+    out = v.int("vision_output_dim", default=7680)
+    tower = channels * patch * patch * d + d + ((image // patch) ** 2 + 1) * d + 4 * d
+    tower += layers * (4 * (d * d + d) + (2 * d * f + f + d) + 4 * d)
+    adapter = round(d / ratio**2) * proj_in + proj_in * proj_out
+    return tower + adapter + out * text_hidden
+
+
+def _llama4_text(c: _Cfg) -> _Mapping:
+    # Llama4TextConfig: layers whose no_rope_layers entry is 1 use RoPE and chunked-local
+    # attention over attention_chunk_size tokens; entry 0 (NoPE) layers attend globally; an
+    # empty or absent no_rope_layers is transformers' default, every no_rope_layer_interval-th
+    # (4th) layer global. Layer i is MoE when (i + 1) % interleave_moe_layer_step == 0 (or in
+    # moe_layers): num_local_experts routed experts of intermediate_size and one shared expert
+    # of the same width, router without bias; the other layers a dense MLP of
+    # intermediate_size_mlp. use_qk_norm is an L2 norm without weights (no parameters); untied.
+    arch = _decoder(c, tie_default=False, qkv_bias=c.flag("attention_bias", False))
+    layers = arch["num_layers"]
+    flags = c.get("no_rope_layers") or []
+    if flags:
+        if not isinstance(flags, list) or len(flags) != layers or any(x not in (0, 1) for x in flags):
+            raise c.fail(f"no_rope_layers must list {layers} entries of 0 / 1")
+    else:
+        interval = c.int("no_rope_layer_interval", default=4)
+        flags = [int((i + 1) % interval != 0) for i in range(layers)]
+    chunk = c.get("attention_chunk_size")
+    kinds = ["chunked" if rope and chunk else "full" for rope in flags]
+    m = _Mapping(arch)
+    if "chunked" in kinds:
+        m.kinds, m.chunk = kinds, c.int("attention_chunk_size")
+    step = c.int("interleave_moe_layer_step", default=1)
+    listed = c.get("moe_layers")
+    expected = [i for i in range(layers) if (i + 1) % step == 0]
+    if listed is not None and list(listed) != expected:
+        raise c.fail(
+            f"moe_layers {excerpt(listed)}: capcalc's profile schema has every layer_step-th layer MoE only"
+        )
+    width = c.int("intermediate_size")
+    arch["intermediate_size"] = c.int("intermediate_size_mlp", default=width) if step > 1 else width
+    m.moe = dict(
+        num_experts=c.int("num_local_experts"),
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=width,
+        num_shared_experts=1,
+        shared_expert_intermediate_size=width,
+        layer_step=step,
+    )
+    if c.flag("use_qk_norm", True):
+        m.notes.append("use_qk_norm: an L2 norm of q and k without weights (no parameters).")
+    m.notes.append(
+        f"Chunked-local attention over {chunk} tokens on the RoPE layers, global attention on the NoPE "
+        "layers (no_rope_layers)."
+        if chunk
+        else "No attention_chunk_size: every layer attends globally."
+    )
+    return m
+
+
+def _llama4(c: _Cfg) -> _Mapping:
+    # Llama4ForConditionalGeneration (Llama 4 Scout, Maverick): the text decoder under
+    # text_config, the vision tower and projector under vision_config as extra parameters
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a llama4 config nests the text decoder there)")
+    mapping = _llama4_text(_Cfg(text, f"{c.where}: text_config", "llama4_text"))
+    vision = c.get("vision_config")
+    if isinstance(vision, dict):
+        mapping.extra_params = dict(
+            count=llama4_vision_params(vision, mapping.architecture["hidden_size"]),
+            what="Llama 4 vision tower, pixel-shuffle adapter and multimodal projector",
+            source="computed from config.json vision_config (Llama4VisionModel + Llama4MultiModalProjector)",
+        )
+    else:
+        mapping.notes.append("No vision_config: weights outside the text decoder are not counted.")
+    return mapping
+
+
 _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -1044,6 +1149,8 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "qwen3_5": _qwen3_5,
     "qwen3_5_moe": _qwen3_5,
     "granitemoehybrid": _granitemoehybrid,
+    "llama4": _llama4,
+    "llama4_text": _llama4_text,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
 #: config whose model_type capcalc does not know maps through its class (Kimi-K2 ships
@@ -1077,6 +1184,8 @@ _ARCHITECTURE_CLASSES = {
     "Qwen3_5ForCausalLM": "qwen3_5_text",
     "Qwen3_5MoeForCausalLM": "qwen3_5_moe_text",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
+    "Llama4ForConditionalGeneration": "llama4",
+    "Llama4ForCausalLM": "llama4_text",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)
 SUPPORTED: tuple[str, ...] = tuple(_MAPPERS)
@@ -1303,6 +1412,8 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
     for key in ("linear_attention", "mamba"):
         if getattr(m, key) is not None:
             data[key] = getattr(m, key)
+    if m.chunk is not None:
+        data["chunked_attention"] = {"chunk_size": m.chunk}
     if m.moe is not None:
         data["moe"] = m.moe
     if m.mla is not None:

@@ -162,6 +162,8 @@ _COUNT_KIND = {
     "vocab_size": "vocab",
     "max_context": "context",
     "window": "context",
+    "chunk_size": "context",
+    "layer_step": "layers",
     "num_experts": "experts",
     "experts_per_token": "experts",
     "num_shared_experts": "experts",
@@ -254,6 +256,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
             first_dense_layers=moe.integer("first_dense_layers", False, 0, minimum=0),
             expert_bias=moe.boolean("expert_bias"),
             router_bias=moe.boolean("router_bias"),
+            layer_step=moe.integer("layer_step", False, 1),
         )
         moe.finish()
         m = values["moe"]
@@ -305,6 +308,15 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
     if "sliding" in layer_types and window is None:
         top.fail("layers", "lists 'sliding' layers but the profile has no sliding_window block (window)")
     values["layer_types"] = layer_types
+    chunked = top.sub("chunked_attention")
+    if (chunked is None) != ("chunked" not in layer_types):
+        top.fail(
+            "chunked_attention" if chunked is not None else "layers",
+            "a 'chunked' layer kind and a chunked_attention block go together (one without the other)",
+        )
+    if chunked is not None:
+        values["attention_chunk_size"] = chunked.integer("chunk_size")
+        chunked.finish()
     _recurrent_blocks(top, values, layer_types)
     extra = top.sub("extra_params")
     if extra is not None:
@@ -340,8 +352,8 @@ def _layer_kinds(top: _Reader, layers: int):
         return None
     kinds = _kind_list(block, layers, LAYER_KINDS)
     block.finish()
-    if not any(k in ("full", "sliding") for k in kinds):
-        top.fail("layers", "needs at least one attention layer ('full' or 'sliding')")
+    if not any(k in ("full", "sliding", "chunked") for k in kinds):
+        top.fail("layers", "needs at least one attention layer ('full', 'sliding' or 'chunked')")
     return kinds
 
 
