@@ -253,3 +253,66 @@ def test_chunked_prefill_and_decode_attend_within_the_chunk():
     # a 10-token prompt in chunks of 4: 4+3+2+1 twice, then 1+2
     assert spec.attended_pairs("prefill", 10) == 10 + 10 + 3
     assert [spec.tokens_held(c) for c in (1, 4, 5, 8, 9)] == [1, 4, 1, 4, 1]
+
+
+# --------------------------------------------------------------------------- DeepSeek-V3.2
+
+#: the DeepSeek-V3.2 config.json fields capcalc reads beyond DeepSeek-V3's: DeepSeek's
+#: inference ModelArgs, https://github.com/deepseek-ai/DeepSeek-V3.2-Exp/blob/main/inference/model.py
+DSA = {"index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+
+
+def test_deepseek_v32_config_maps_to_the_shipped_profile(registry):
+    import json
+
+    from conftest import ROOT
+
+    from capcalc.sources.hfconfig import profile_mapping
+
+    v3 = json.loads((ROOT / "tests/fixtures/hf_configs/deepseek-ai__DeepSeek-R1.json").read_text())
+    config = {**v3, **DSA, "model_type": "deepseek_v32", "architectures": ["DeepseekV32ForCausalLM"]}
+    data, model_type = profile_mapping(config, name="dsv32", source="test", where="test")
+    assert model_type == "deepseek_v32"
+    assert data["mla"]["indexer"] == {"n_heads": 64, "head_dim": 128, "topk": 2048}
+    shipped = registry.model("deepseek-ai/DeepSeek-V3.2")
+    assert shipped.mla.indexer.topk == 2048 and shipped.num_layers == data["architecture"]["num_layers"]
+
+
+def test_deepseek_v32_caches_latent_and_indexer_keys_by_hand(registry):
+    from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token, kv_bytes_read_per_sequence
+
+    m = registry.model("deepseek-v3.2")
+    indexer = 128 + 4  # 128 fp8 values + one fp32 scale per 128
+    assert kv_bytes_per_token(m, "bf16") == 61 * ((512 + 64) * 2 + indexer) == 78_324
+    # fp8: vLLM's fp8_ds_mla latent, 512 fp8 + 4 fp32 scales + 64 bf16 rope dims = 656 bytes
+    assert kv_bytes_per_token(m, "fp8") == 61 * (512 + 16 + 128 + indexer) == 48_068
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 78_324 == 641_630_208
+    # decode at 100k: every indexer key, the 2,048 selected latents
+    assert kv_bytes_read_per_sequence(m, 100_000, "bf16") == 61 * (indexer * 100_000 + 1152 * 2048)
+    # within the top-k nothing is skipped
+    assert kv_bytes_read_per_sequence(m, 2048, "bf16") == kv_bytes_per_sequence(m, 2048, "bf16")
+
+
+def test_deepseek_v32_attention_over_the_top_k_at_long_context(registry):
+    from capcalc.model.flops import decode_cost, decode_costs
+
+    m = registry.model("deepseek-v3.2")
+    d = decode_cost(m, 1, 100_000)
+    # latent-space scores over 2,048 tokens (d_qk 576) + the indexer over all 100,000 (64 x 128)
+    assert d.component("attention_scores").flops == 61 * (2 * 128 * 576 * 2048 + 2 * 64 * 128 * 100_000)
+    assert d.component("attention_values").flops == 61 * 2 * 128 * 512 * 2048
+    # the step at a context between anchors is the interpolation of exact anchors (top-k is one)
+    many = decode_costs(m, 1, [1000, 3000, 100_000])
+    assert many[3000].component("kv_read").bytes == decode_cost(m, 1, 3000).component("kv_read").bytes
+
+
+def test_deepseek_v32_parameters_count_the_replicated_indexer(registry):
+    from capcalc.model.params import count_params
+    from capcalc.model.weights import gpu_weights
+
+    m, v3 = registry.model("deepseek-v3.2"), registry.model("deepseek-v3")
+    per_layer = 64 * 128 * 1536 + 128 * 7168 + 64 * 7168  # wq_b, wk, weights_proj
+    assert count_params(m).attention - count_params(v3).attention == 61 * per_layer
+    assert count_params(m).norms - count_params(v3).norms == 61 * 2 * 128  # k_norm LayerNorm
+    # replicated: the indexer is whole on every tensor-parallel rank
+    assert gpu_weights(m, tp=8).qkv - gpu_weights(v3, tp=8).qkv == per_layer

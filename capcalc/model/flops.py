@@ -67,12 +67,18 @@ from functools import cached_property
 
 from capcalc.core.dtypes import resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
-from capcalc.model.kv import kv_bytes_per_sequence, kv_bytes_per_token_per_layer, state_bytes_per_sequence
+from capcalc.model.kv import (
+    kv_bytes_per_sequence,
+    kv_bytes_per_token_per_layer,
+    kv_bytes_read_per_sequence,
+    state_bytes_per_sequence,
+)
 from capcalc.model.layers import (
     attention_layers,
     dims,
     layer_specs,
     pairs_per_sequence,
+    sparse_spec,
     spec_counts,
     state_layers,
     state_spec,
@@ -279,7 +285,14 @@ def step_cost(
     kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * attn_layers
     activations = tokens * activation_elements_per_token(model, tp) * w.high if phase == "prefill" else 0.0
     state_dtype = d.mamba_ssm_cache_dtype
-    kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp, state_dtype)
+    if phase == "decode":
+        kv_read = batch * kv_bytes_read_per_sequence(model, ctx, kdtype, tp, state_dtype)
+    else:
+        kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp, state_dtype)
+    scores = 2.0 * heads * d_qk * pairs / tp
+    sparse = sparse_spec(model)
+    if sparse is not None:  # the lightning indexer scores every cached token, replicated
+        scores += batch * attn_layers * sparse.indexer_flops(phase, ctx)
     recurrent = Component("recurrent_update", 0.0, 0.0, "attention")
     if recur_layers:
         # each sequence's state is read once and written back once per step (decode: per
@@ -290,7 +303,7 @@ def step_cost(
         Component("embedding", 0.0, embedding_rows, "memory"),
         matmul("qkv_proj", attn_layers * g.qkv + recur_layers * g.recurrent_in, w.linear, tokens),
         matmul("o_proj", attn_layers * g.o + recur_layers * g.recurrent_out, w.linear, tokens),
-        Component("attention_scores", 2.0 * heads * d_qk * pairs / tp, 0.0, "attention"),
+        Component("attention_scores", scores, 0.0, "attention"),
         Component("attention_values", 2.0 * heads * d_v * pairs / tp, 0.0, "attention"),
         matmul("mlp", model.num_dense_layers * g.dense_mlp, w.linear, tokens),
         matmul("router", moe_layers * g.router, w.linear, tokens),
@@ -360,6 +373,9 @@ def decode_costs(
     anchors = {lo, hi}
     if model.sliding_window is not None and lo < model.sliding_window < hi:
         anchors.add(model.sliding_window)
+    sparse = sparse_spec(model)
+    if sparse is not None and lo < sparse.index_topk < hi:
+        anchors.add(sparse.index_topk)
     if model.attention_chunk_size is not None:
         anchors = set(wanted)  # a chunked layer's cache is a sawtooth in ctx: every one computed
     d = Deployment.of(deployment, **fields)

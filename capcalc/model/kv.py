@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from capcalc.core.dtypes import DTYPE_BYTES, KV_DTYPES, canonical_dtype, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.records import flat_record
-from capcalc.model.layers import attention_layers, attention_spec, spec_counts, state_layers
+from capcalc.model.layers import attention_layers, attention_spec, sparse_spec, spec_counts, state_layers
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
 from capcalc.schema.profiles import ModelProfile
 
@@ -89,6 +89,18 @@ def kv_bytes_per_sequence(
     if state_layers(model):
         kv += state_bytes_per_sequence(model, tp, state_dtype)
     return kv
+
+
+def kv_bytes_read_per_sequence(
+    model: ModelProfile, ctx: int, kv_dtype: str, tp: int = 1, state_dtype: str = "auto"
+) -> float:
+    """Cache bytes one decode step of a ``ctx``-token sequence reads on one GPU: all it
+    holds (:func:`kv_bytes_per_sequence`), except under DeepSeek Sparse Attention, which
+    reads every indexer key but only the ``index_topk`` latents it selects."""
+    sparse = sparse_spec(model)
+    if sparse is None:
+        return kv_bytes_per_sequence(model, ctx, kv_dtype, tp, state_dtype)
+    return attention_layers(model) * sparse.bytes_read(ctx, DTYPE_BYTES[kv_dtype])
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,51 @@ class MLAAttentionSpec(FullAttentionSpec):
         return self.qk_nope_head_dim + self.qk_rope_head_dim, self.v_head_dim
 
 
+#: bytes per token per layer of vLLM's fp8_ds_mla latent: 512 fp8 values, 4 fp32 scales
+#: (one per 128) and the 64 rope dims kept in bf16 (vllm/v1/attention/backends/mla/flashmla_sparse.py)
+FP8_DS_MLA_BYTES = 512 + 4 * 4 + 64 * 2
+#: the indexer's keys are stored as fp8 with one fp32 scale per this many values
+INDEXER_QUANT_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class SparseMLAAttentionSpec(MLAAttentionSpec):
+    """MLA with DeepSeek Sparse Attention (DeepSeek-V3.2): the latent cache of every token
+    plus the lightning indexer's key (``index_head_dim`` fp8 values and an fp32 scale per
+    128: 132 bytes for 128), as vLLM caches them (``DeepseekV32IndexerCache``; an fp8 KV
+    cache stores the latent as ``fp8_ds_mla``, 656 bytes). Each query attends to the
+    ``index_topk`` tokens the indexer picks, so attention and the latent read stop growing
+    past ``index_topk``, while the indexer scores every cached token
+    (2 x index_n_heads x index_head_dim FLOPs per pair) and reads every indexer key."""
+
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
+
+    @property
+    def indexer_bytes(self) -> int:
+        return self.index_head_dim + 4 * (self.index_head_dim // INDEXER_QUANT_BLOCK)
+
+    def latent_bytes(self, width: float) -> float:
+        return FP8_DS_MLA_BYTES if width == 1 else (self.kv_lora_rank + self.qk_rope_head_dim) * width
+
+    def cache_bytes_per_token(self, width: float, tp: int = 1) -> float:
+        return self.latent_bytes(width) + self.indexer_bytes
+
+    def attended_pairs(self, phase: str, ctx: int) -> float:
+        if phase == "decode":
+            return min(ctx, self.index_topk)
+        return causal_pairs(ctx, self.index_topk)
+
+    def indexer_flops(self, phase: str, ctx: int) -> float:
+        pairs = ctx if phase == "decode" else causal_pairs(ctx, None)
+        return 2.0 * self.index_n_heads * self.index_head_dim * pairs
+
+    def bytes_read(self, ctx: int, width: float) -> float:
+        """Decode: every indexer key, the latents of the top-k tokens."""
+        return self.indexer_bytes * ctx + self.latent_bytes(width) * min(ctx, self.index_topk)
+
+
 @dataclass(frozen=True)
 class StateSpec(LayerSpec):
     """A recurrent layer: a fixed (conv, recurrent) state per sequence, no per-token cache.
@@ -356,6 +401,20 @@ def attention_spec(m: ModelProfile) -> FullAttentionSpec:
 
 
 def _attention_spec(m: ModelProfile) -> FullAttentionSpec:
+    if m.mla is not None and m.mla.indexer is not None:
+        a, ix = m.mla, m.mla.indexer
+        return SparseMLAAttentionSpec(
+            m.num_attention_heads,
+            m.num_kv_heads,
+            m.head_dim,
+            kv_lora_rank=a.kv_lora_rank,
+            qk_rope_head_dim=a.qk_rope_head_dim,
+            qk_nope_head_dim=a.qk_nope_head_dim,
+            v_head_dim=a.v_head_dim,
+            index_n_heads=ix.n_heads,
+            index_head_dim=ix.head_dim,
+            index_topk=ix.topk,
+        )
     if m.mla is not None:
         a = m.mla
         return MLAAttentionSpec(
@@ -443,6 +502,12 @@ def state_layers(m: ModelProfile) -> int:
 def pairs_per_sequence(m: ModelProfile, phase: str, ctx: int) -> float:
     """(query token, attended token) pairs of one sequence summed over the layers."""
     return sum(n * spec.attended_pairs(phase, ctx) for spec, n in spec_counts(m))
+
+
+def sparse_spec(m: ModelProfile) -> SparseMLAAttentionSpec | None:
+    """The model's sparse (DSA) attention spec, or None."""
+    spec = attention_spec(m)
+    return spec if isinstance(spec, SparseMLAAttentionSpec) else None
 
 
 def dims(m: ModelProfile, phase: str) -> tuple[int, int]:

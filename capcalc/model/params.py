@@ -63,6 +63,15 @@ def _memoized(kind: str, model: ModelProfile, compute):
     return entry[1]
 
 
+def indexer_params(m: ModelProfile) -> int:
+    """Matrix weights of one layer's DSA lightning indexer: wq_b (q_lora_rank, or hidden when
+    q is not low-rank, -> n_heads x head_dim), wk (hidden -> head_dim) and weights_proj
+    (hidden -> n_heads); its k_norm LayerNorm (2 x head_dim) is counted with the norms."""
+    ix = m.mla.indexer
+    q_in = m.mla.q_lora_rank or m.hidden_size
+    return ix.n_heads * ix.head_dim * q_in + ix.head_dim * m.hidden_size + ix.n_heads * m.hidden_size
+
+
 def layer_shapes(m: ModelProfile) -> LayerShapes:
     return _memoized("layer_shapes", m, _layer_shapes)
 
@@ -84,6 +93,9 @@ def _layer_shapes(m: ModelProfile) -> LayerShapes:
         attention = q + kv_down + kv_up + out
         latent_norms = q_norm + a.kv_lora_rank
         attention_bias = h if m.attention_output_bias else 0
+        if a.indexer is not None:  # DSA: wq_b (q latent -> heads x dim), wk, weights_proj; k_norm
+            attention += indexer_params(m)
+            latent_norms += 2 * a.indexer.head_dim
     else:
         q_width = m.num_attention_heads * m.head_dim
         kv_width = m.num_kv_heads * m.head_dim

@@ -32,7 +32,7 @@ from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.model.layers import layer_specs, state_spec
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
-from capcalc.model.params import ParamCount, count_params, layer_shapes
+from capcalc.model.params import ParamCount, count_params, indexer_params, layer_shapes
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import ModelProfile
 
@@ -208,6 +208,8 @@ def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fie
         a = model.mla
         o = model.num_attention_heads * a.v_head_dim * h
         down = (h * a.q_lora_rank if a.q_lora_rank else 0) + h * (a.kv_lora_rank + a.qk_rope_head_dim)
+        if a.indexer is not None:
+            down += indexer_params(model)  # the DSA indexer is replicated (vLLM ReplicatedLinear)
         qkv = down + (s.attention - o - down) / tp  # q_b and kv_b split
     else:
         o = model.num_attention_heads * model.head_dim * h

@@ -39,12 +39,23 @@ class MoE:
 
 
 @dataclass(frozen=True)
+class Indexer:
+    """DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2): ``n_heads`` heads of
+    ``head_dim`` score every cached token; each query attends to the ``topk`` best."""
+
+    n_heads: int
+    head_dim: int
+    topk: int
+
+
+@dataclass(frozen=True)
 class MLA:
     kv_lora_rank: int
     qk_rope_head_dim: int
     qk_nope_head_dim: int
     v_head_dim: int
     q_lora_rank: int | None = None
+    indexer: Indexer | None = None
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,9 @@ _COUNT_KIND = {
     "projector_input_dim": "hidden_size",
     "projector_output_dim": "hidden_size",
     "vision_output_dim": "hidden_size",
+    "index_n_heads": "heads",
+    "index_head_dim": "head_dim",
+    "index_topk": "context",
 }
 
 
@@ -1120,6 +1123,21 @@ def _llama4(c: _Cfg) -> _Mapping:
     return mapping
 
 
+def _deepseek_v32(c: _Cfg) -> _Mapping:
+    # DeepseekV32 (DeepSeek-V3.2, -Exp): DeepSeek-V3's MLA + MoE layout plus DeepSeek Sparse
+    # Attention: a lightning indexer per layer (index_n_heads x index_head_dim, picking
+    # index_topk cached tokens for each query), whose keys vLLM caches beside the latent
+    m = _deepseek(c)
+    m.mla["indexer"] = dict(
+        n_heads=c.int("index_n_heads"), head_dim=c.int("index_head_dim"), topk=c.int("index_topk")
+    )
+    m.notes.append(
+        "DeepSeek Sparse Attention: the KV cache holds the latent and the indexer's fp8 keys of every "
+        "token; attention reads the index_topk tokens the indexer selects."
+    )
+    return m
+
+
 _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -1150,6 +1168,7 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "qwen3_5_moe": _qwen3_5,
     "granitemoehybrid": _granitemoehybrid,
     "llama4": _llama4,
+    "deepseek_v32": _deepseek_v32,
     "llama4_text": _llama4_text,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
@@ -1185,6 +1204,7 @@ _ARCHITECTURE_CLASSES = {
     "Qwen3_5MoeForCausalLM": "qwen3_5_moe_text",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
     "Llama4ForConditionalGeneration": "llama4",
+    "DeepseekV32ForCausalLM": "deepseek_v32",
     "Llama4ForCausalLM": "llama4_text",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)

@@ -21,6 +21,7 @@ from capcalc.schema.profiles import (
     MLA,
     ExtraParams,
     HardwareProfile,
+    Indexer,
     LinearAttention,
     Mamba2,
     ModelProfile,
@@ -163,6 +164,8 @@ _COUNT_KIND = {
     "max_context": "context",
     "window": "context",
     "chunk_size": "context",
+    "topk": "context",
+    "n_heads": "heads",
     "layer_step": "layers",
     "num_experts": "experts",
     "experts_per_token": "experts",
@@ -274,13 +277,23 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
     mla = top.sub("mla")
     if mla is not None:
         q_lora = mla.raw("q_lora_rank", False)
+        indexer = mla.sub("indexer")
         values["mla"] = MLA(
             kv_lora_rank=mla.integer("kv_lora_rank"),
             qk_rope_head_dim=mla.integer("qk_rope_head_dim"),
             qk_nope_head_dim=mla.integer("qk_nope_head_dim"),
             v_head_dim=mla.integer("v_head_dim"),
             q_lora_rank=mla.integer("q_lora_rank") if q_lora is not None else None,
+            indexer=None
+            if indexer is None
+            else Indexer(
+                n_heads=indexer.integer("n_heads"),
+                head_dim=indexer.integer("head_dim"),
+                topk=indexer.integer("topk"),
+            ),
         )
+        if indexer is not None:
+            indexer.finish()
         mla.finish()
         a = values["mla"]
         # MLA's config states these; they must agree with the latent shapes (docs/profiles.md)
