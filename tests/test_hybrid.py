@@ -251,3 +251,20 @@ def test_qwen3_next_block_size_at_tp1_bf16(registry):
     # 16 x cdiv(1,097,728, 32,768) = 16 x 34 = 544, the state padded by 1.5%
     pages = hybrid_pages(m, "bf16", tp=1, block_size=16)
     assert (pages.state_page_bytes, pages.block_size) == (1_097_728, 544)
+
+
+def test_granite_4h_small_profile_kv_state_and_block_size(registry):
+    m = registry.model("ibm-granite/granite-4.0-h-small")
+    # 4 attention layers x 2 x 8 KV heads x 128 x 2 B; 36 Mamba2 layers of 2,147,840 B each
+    assert kv_bytes_per_token(m, "bf16") == 4 * 4096 == 16_384
+    assert state_bytes_per_sequence(m) == 36 * 2_147_840 == 77_322_240
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 16_384 + 77_322_240 == 211_539_968
+    r = fit(m, FitRequest(80 * GIB, "flag", max_model_len=32_768))
+    assert r.block_size == 528 and r.block_size_raised  # vllm-gaudi PR 1453
+    # 36 Mamba2 layers in 9 groups of 4 beside the 4 attention layers
+    assert r.kv_cache_groups == 10 and r.layers_per_group == 4
+    assert r.blocks_per_request == 9 + 63  # one a state group, cdiv(32768, 528) attention blocks
+    p = count_params(m)
+    mamba_in = 4096 * (8192 + 8192 + 2 * 128 + 128)  # z, xBC, dt
+    assert p.recurrent == 36 * (mamba_in + 8192 * 4096)
+    assert p.recurrent_other == 36 * (8448 * 5 + 3 * 128 + 8192)  # conv + bias, dt_bias, A_log, D, norm
