@@ -268,3 +268,77 @@ def test_granite_4h_small_profile_kv_state_and_block_size(registry):
     mamba_in = 4096 * (8192 + 8192 + 2 * 128 + 128)  # z, xBC, dt
     assert p.recurrent == 36 * (mamba_in + 8192 * 4096)
     assert p.recurrent_other == 36 * (8448 * 5 + 3 * 128 + 8192)  # conv + bias, dt_bias, A_log, D, norm
+
+
+#: Qwen/Qwen3-Next-80B-A3B-Instruct config.json, the fields capcalc reads, as a public dump of
+#: it reproduces them (official: https://huggingface.co/Qwen/Qwen3-Next-80B-A3B-Instruct)
+QWEN3_NEXT = {
+    "architectures": ["Qwen3NextForCausalLM"],
+    "model_type": "qwen3_next",
+    "decoder_sparse_step": 1,
+    "full_attention_interval": 4,
+    "head_dim": 256,
+    "hidden_size": 2048,
+    "intermediate_size": 5120,
+    "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 128,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_value_head_dim": 128,
+    "max_position_embeddings": 262144,
+    "mlp_only_layers": [],
+    "moe_intermediate_size": 512,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 48,
+    "num_experts": 512,
+    "num_experts_per_tok": 10,
+    "shared_expert_intermediate_size": 512,
+    "vocab_size": 151936,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_qwen3_next_config_maps_to_the_shipped_profile(registry):
+    mapped = _profile(QWEN3_NEXT, "qwen3-next-80b-a3b")
+    shipped = registry.model("qwen3-next-80b-a3b")
+    for f in (
+        "layer_types",
+        "linear_attention",
+        "moe",
+        "attention_output_gate",
+        "num_kv_heads",
+        "vocab_size",
+    ):
+        assert getattr(mapped, f) == getattr(shipped, f), f
+    assert count_params(mapped).total == count_params(shipped).total
+    # an explicit layer_types list wins over the interval
+    listed = {**QWEN3_NEXT, "layer_types": ["full_attention"] * 48}
+    assert _profile(listed, "all-full").layer_types == ("full",) * 48
+
+
+def test_an_unknown_layer_type_is_refused_with_the_kinds_capcalc_knows():
+    bad = {**QWEN3_NEXT, "layer_types": ["linear_attention"] * 47 + ["sliding_attention"]}
+    with pytest.raises(CapcalcError, match="layer_types must list 48 entries"):
+        _profile(bad, "bad")
+
+
+def test_a_granitemoehybrid_config_of_attention_layers_only_has_no_state():
+    # Granite 4.0 Micro ships model_type granitemoehybrid with every layer 'attention'
+    config = {
+        "model_type": "granitemoehybrid",
+        "hidden_size": 2560,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "intermediate_size": 8192,
+        "shared_intermediate_size": 8192,
+        "vocab_size": 100352,
+        "max_position_embeddings": 131072,
+        "layer_types": ["attention"] * 40,
+        "torch_dtype": "bfloat16",
+    }
+    m = _profile(config, "micro")
+    assert m.mamba is None and state_bytes_per_sequence(m) == 0
+    assert kv_bytes_per_token(m, "bf16") == 40 * 2 * 8 * 64 * 2

@@ -316,3 +316,16 @@ def test_deepseek_v32_parameters_count_the_replicated_indexer(registry):
     assert count_params(m).norms - count_params(v3).norms == 61 * 2 * 128  # k_norm LayerNorm
     # replicated: the indexer is whole on every tensor-parallel rank
     assert gpu_weights(m, tp=8).qkv - gpu_weights(v3, tp=8).qkv == per_layer
+
+
+def test_chunked_decode_costs_follow_the_sawtooth(registry):
+    # a chunked layer's cache drops back to one token at each chunk boundary: every context
+    # is computed, none interpolated across a boundary
+    from capcalc.model.flops import decode_cost, decode_costs
+
+    m = registry.model("llama-4-scout")
+    contexts = [4096, 8192, 8193, 12000]
+    many = decode_costs(m, 2, contexts)
+    for ctx in contexts:
+        assert many[ctx].component("kv_read").bytes == decode_cost(m, 2, ctx).component("kv_read").bytes
+    assert many[8193].component("kv_read").bytes < many[8192].component("kv_read").bytes

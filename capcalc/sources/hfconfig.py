@@ -952,6 +952,8 @@ def _qwen3_next(c: _Cfg) -> _Mapping:
         ),
     )
     m = _Mapping(arch, kinds=kinds, linear_attention=linear)
+    if "linear" not in kinds:  # every layer full attention: no recurrent state
+        m.kinds = m.linear_attention = None
     if c.flag("attn_output_gate", True):
         arch["attention_output_gate"] = True
     if c.get("num_experts"):
@@ -1010,6 +1012,8 @@ def _granitemoehybrid(c: _Cfg) -> _Mapping:
         ),
     )
     m = _Mapping(arch, kinds=kinds, mamba=mamba)
+    if "mamba" not in kinds:  # Granite-4.0-Micro: every layer attention
+        m.kinds = m.mamba = None
     shared = c.int("shared_intermediate_size", default=0, minimum=0)
     if c.get("num_local_experts"):
         m.moe = dict(
