@@ -342,3 +342,78 @@ def test_a_granitemoehybrid_config_of_attention_layers_only_has_no_state():
     m = _profile(config, "micro")
     assert m.mamba is None and state_bytes_per_sequence(m) == 0
     assert kv_bytes_per_token(m, "bf16") == 40 * 2 * 8 * 64 * 2
+
+
+#: nvidia/NVIDIA-Nemotron-Nano-9B-v2 config.json, the fields capcalc reads (the Megatron-Bridge
+#: Nemotron-H documentation, https://github.com/NVIDIA-NeMo/Megatron-Bridge/blob/main/docs/models/llm/nemotronh.md,
+#: and NemotronHConfig's names)
+NEMOTRON_NANO_9B = {
+    "architectures": ["NemotronHForCausalLM"],
+    "model_type": "nemotron_h",
+    "num_hidden_layers": 56,
+    "hidden_size": 4480,
+    "intermediate_size": 15680,
+    "num_attention_heads": 40,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 131072,
+    "max_position_embeddings": 131072,
+    "hybrid_override_pattern": "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-",
+    "ssm_state_size": 128,
+    "conv_kernel": 4,
+    "n_groups": 8,
+    "mamba_num_heads": 128,
+    "mamba_head_dim": 80,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_nemotron_nano_9b_block_size_672_as_vllm_quotes_it(registry):
+    # https://github.com/vllm-project/vllm/issues/24280: "large attention page sizes (672 tokens
+    # for nvidia/NVIDIA-Nemotron-Nano-9B-v2)"
+    m = registry.model("nvidia/NVIDIA-Nemotron-Nano-9B-v2")
+    pages = hybrid_pages(m, "bf16", tp=1, block_size=16)
+    # conv 3 x (128 x 80 + 2 x 8 x 128) x 2 B + state 128 x 80 x 128 x 2 B; 2 x 8 x 128 x 2 a token
+    assert pages.state_page_bytes == 3 * 12_288 * 2 + 128 * 80 * 128 * 2 == 2_695_168
+    assert pages.block_size == 16 * 42 == 672
+    # 27 Mamba2 layers in 7 groups (4 layers each, the last 3) beside the 4 attention layers;
+    # the 25 MLP-only layers cache nothing
+    groups = kv_cache_groups(m)
+    assert [len(g.layers) for g in groups if g.kind == "mamba"] == [4] * 6 + [3]
+    assert [g.kind for g in groups].count("full") == 1
+    assert kv_bytes_per_token(m, "bf16") == 4 * 4096
+    assert state_bytes_per_sequence(m) == 27 * 2_695_168 == 72_769_536
+
+
+def test_nemotron_nano_9b_parameters_by_hand(registry):
+    m = registry.model("nemotron-nano-9b-v2")
+    h, v = 4480, 131072
+    embed = 2 * v * h
+    attention = 4 * (h * 5120 + 2 * h * 1024 + 5120 * h)
+    mamba = 27 * (h * (10240 + 12288 + 128) + 10240 * h)  # in_proj (z, xBC, dt), out_proj
+    mamba_other = 27 * (12288 * 5 + 3 * 128 + 10240)  # conv + bias, dt_bias, A_log, D, gated norm
+    mlp = 25 * 2 * h * 15680  # up and down, no gate, only the '-' blocks
+    norms = 56 * h + h
+    p = count_params(m)
+    assert (p.attention, p.recurrent, p.recurrent_other, p.dense_mlp) == (attention, mamba, mamba_other, mlp)
+    assert p.total == embed + attention + mamba + mamba_other + mlp + norms == 8_888_227_328  # "9B"
+    mapped = _profile(NEMOTRON_NANO_9B, "nano")
+    assert count_params(mapped).total == p.total and mapped.layer_types == m.layer_types
+
+
+def test_nemotron_weights_and_decode_price_each_block_by_what_it_has(registry):
+    from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+
+    m = registry.model("nemotron-nano-9b-v2")
+    # one GPU holds exactly the bf16 weights, every block type counted once
+    assert weight_bytes_per_gpu(m)[0].bytes == weight_bytes(m, "bf16").bytes == 2 * 8_888_227_328
+    d = decode_cost(m, 1, 1000)
+    assert d.component("mlp").flops == 2 * 25 * 2 * 4480 * 15680
+    assert d.component("attention_scores").flops == 2 * 40 * 128 * 4 * 1000
+    # the Mamba2 update: 5 FLOPs per state element, plus the conv
+    assert d.component("recurrent_update").flops == 27 * (5 * 128 * 80 * 128 + 2 * 12288 * 4)
+
+
+def test_nemotron_moe_blocks_are_refused_with_the_block_named():
+    with pytest.raises(CapcalcError, match="MoE blocks"):
+        _profile({**NEMOTRON_NANO_9B, "hybrid_override_pattern": "ME" * 28}, "nemotron-3")

@@ -34,7 +34,7 @@ REFUSED = {
     name: "linear layers" for name in ("qwen3.5-397b-a17b", "qwen3-next-80b-a3b")
 }  # Gated DeltaNet: a recurrent state the loop does not build
 REFUSED |= {name: "chunked layers" for name in ("llama-4-scout", "llama-4-maverick")}
-REFUSED["granite-4.0-h-small"] = "mamba layers"
+REFUSED.update(dict.fromkeys(("granite-4.0-h-small", "nemotron-nano-9b-v2", "nemotron-h-8b"), "mamba layers"))
 
 
 def _refused(profile: ModelProfile) -> bool:

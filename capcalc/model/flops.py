@@ -77,6 +77,7 @@ from capcalc.model.layers import (
     attention_layers,
     dims,
     layer_specs,
+    mixerless_layers,
     pairs_per_sequence,
     sparse_spec,
     spec_counts,
@@ -215,6 +216,19 @@ def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
             per_dense_layer = stream + (mixer + mlp(model.intermediate_size)) / tp
             per_moe_layer = stream + (mixer + moe_mlp) / tp if model.moe is not None else 0.0
         total += dense * per_dense_layer + (layers - dense) * per_moe_layer
+    if model.mixer_only:  # a layer is a mixer or an MLP: price each by what it has
+        total = 0.0
+        for i, spec in enumerate(specs):
+            if spec.attends:
+                mixer = attention
+            elif spec.kind == "mlp":
+                mixer = 0
+            else:
+                mixer = recurrent.activation_width() * tp
+            ffn = 0
+            if model.has_mlp(i):
+                ffn = moe_mlp if model.is_moe_layer(i) else mlp(model.intermediate_size)
+            total += stream + (mixer + ffn) / tp
     return 2.0 * total
 
 
@@ -315,6 +329,7 @@ def step_cost(
             (
                 attn_layers * g.norms_biases
                 + recur_layers * (g.recurrent_norms + g.recurrent_other)
+                + mixerless_layers(model) * g.recurrent_norms
                 + g.final_norm
             )
             * w.high,

@@ -390,6 +390,13 @@ class GatedDeltaNetSpec(StateSpec):
         return tokens * (7.0 * state + 2.0 * self.conv_dim() * self.conv_kernel)
 
 
+@dataclass(frozen=True)
+class NoMixerSpec(LayerSpec):
+    """A layer with no mixer, only its MLP (Nemotron-H's '-' blocks): no cache, no state."""
+
+    kind: ClassVar[str] = "mlp"
+
+
 # --------------------------------------------------------------------------- a model's layers
 
 _MEMO: dict[int, tuple[ModelProfile, tuple]] = {}
@@ -434,6 +441,8 @@ def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
         return full
     if kind == "sliding":
         return SlidingWindowSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim, window=m.sliding_window)
+    if kind == "mlp":
+        return NoMixerSpec()
     if kind == "chunked":
         return ChunkedLocalAttentionSpec(
             m.num_attention_heads, m.num_kv_heads, m.head_dim, chunk=m.attention_chunk_size
@@ -491,12 +500,17 @@ def attention_layers(m: ModelProfile) -> int:
 
 def state_spec(m: ModelProfile) -> StateSpec | None:
     """The spec of the model's recurrent layers (None without them; one kind per model)."""
-    return next((spec for spec, _ in spec_counts(m) if not spec.attends), None)
+    return next((spec for spec, _ in spec_counts(m) if isinstance(spec, StateSpec)), None)
 
 
 def state_layers(m: ModelProfile) -> int:
     """Recurrent layers (a fixed state per sequence)."""
-    return m.num_layers - attention_layers(m)
+    return sum(n for spec, n in spec_counts(m) if isinstance(spec, StateSpec))
+
+
+def mixerless_layers(m: ModelProfile) -> int:
+    """Layers with no mixer, only an MLP."""
+    return sum(n for spec, n in spec_counts(m) if isinstance(spec, NoMixerSpec))
 
 
 def pairs_per_sequence(m: ModelProfile, phase: str, ctx: int) -> float:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from capcalc.model.layers import attention_layers, state_layers, state_spec
+from capcalc.model.layers import attention_layers, mixerless_layers, state_layers, state_spec
 from capcalc.schema.profiles import ModelProfile
 
 
@@ -48,7 +48,7 @@ class LayerShapes:
     norms: int  # all norm parameters of one attention layer (incl. qk-norm)
     recurrent: int = 0  # input + output projection weights of one recurrent layer
     recurrent_other: int = 0  # conv, per-head vectors, gated norm, biases of one recurrent layer
-    recurrent_norms: int = 0  # the layer norms of one recurrent layer (no qk-norm)
+    recurrent_norms: int = 0  # the layer norms of one recurrent (or MLP-only) layer (no qk-norm)
 
 
 _MEMO: dict[tuple[str, int], tuple[ModelProfile, object]] = {}
@@ -227,7 +227,7 @@ def _count_params(m: ModelProfile) -> ParamCount:
         routed_experts=routed,
         shared_experts=shared,
         router=router,
-        norms=attn * s.norms + recur * s.recurrent_norms + final_norm,
+        norms=attn * s.norms + (recur + mixerless_layers(m)) * s.recurrent_norms + final_norm,
         extra=m.extra_params.count if m.extra_params else 0,
         routed_experts_active=routed_active,
         recurrent=recur * s.recurrent,

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
-from capcalc.model.layers import layer_specs, state_spec
+from capcalc.model.layers import NoMixerSpec, layer_specs, state_spec
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
 from capcalc.model.params import ParamCount, count_params, indexer_params, layer_shapes
 from capcalc.schema.deployment import Deployment
@@ -168,6 +168,24 @@ class GpuWeights:
             )
         return w.linear * (self.qkv + self.o + self.dense_mlp) + w.high * self.norms_biases
 
+    def part_bytes(self, mixer: str, mlp: str | None) -> float:
+        """Bytes of a layer made of ``mixer`` ('attention', 'recurrent' or 'none') and ``mlp``
+        ('dense', 'moe' or None), its norms included (a mixer-only or MLP-only layer)."""
+        w = self.widths
+        total = {
+            "attention": w.linear * (self.qkv + self.o) + w.high * self.norms_biases,
+            "recurrent": w.linear * (self.recurrent_in + self.recurrent_out)
+            + w.high * (self.recurrent_norms + self.recurrent_other),
+            "none": w.high * self.recurrent_norms,
+        }[mixer]
+        if mlp == "dense":
+            total += w.linear * self.dense_mlp
+        elif mlp == "moe":
+            total += (
+                w.linear * (self.shared_experts + self.router) + w.expert * self.num_experts * self.expert
+            )
+        return total
+
     def moe_layer_bytes(self, recurrent: bool = False) -> float:
         w = self.widths
         if recurrent:
@@ -276,10 +294,26 @@ def weight_bytes_per_gpu(
     d = Deployment.of(deployment, **fields)
     g = gpu_weights(model, d)
     w = g.widths
-    # bytes of a layer by (recurrent mixer, MoE MLP), summed in this order
-    layouts = [(r, moe) for r in (False, True) for moe in (False, True)]
-    layer_bytes = {(r, moe): g.moe_layer_bytes(r) if moe else g.dense_layer_bytes(r) for r, moe in layouts}
+    # bytes of a layer by (mixer, MLP), summed in this order: attention or recurrent mixer with a
+    # dense or MoE MLP, then the layers missing one of the two (Nemotron-H)
+    layouts = [(r, moe) for r in ("attention", "recurrent") for moe in ("dense", "moe")]
+    layouts += [("attention", None), ("recurrent", None), ("none", "dense"), ("none", "moe"), ("none", None)]
+    layer_bytes = {
+        ("attention", "dense"): g.dense_layer_bytes(),
+        ("attention", "moe"): g.moe_layer_bytes(),
+        ("recurrent", "dense"): g.dense_layer_bytes(True),
+        ("recurrent", "moe"): g.moe_layer_bytes(True),
+    }
+    for layout in layouts[4:]:
+        layer_bytes[layout] = g.part_bytes(*layout)
     specs = layer_specs(model)
+
+    def layout_of(layer: int) -> tuple[str, str | None]:
+        spec = specs[layer]
+        mixer = "attention" if spec.attends else "none" if isinstance(spec, NoMixerSpec) else "recurrent"
+        mlp = ("moe" if model.is_moe_layer(layer) else "dense") if model.has_mlp(layer) else None
+        return mixer, mlp
+
     table = g.embedding * w.embedding
     stages = []
     ranges = pp_layer_ranges(model.num_layers, d.pp)
@@ -287,7 +321,7 @@ def weight_bytes_per_gpu(
         first, last = i == 0, i == len(ranges) - 1
         counts = dict.fromkeys(layouts, 0)
         for layer in range(start, end):
-            counts[(not specs[layer].attends, model.is_moe_layer(layer))] += 1
+            counts[layout_of(layer)] += 1
         total = 0.0
         for layout in layouts:
             if counts[layout]:

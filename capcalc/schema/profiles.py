@@ -17,8 +17,9 @@ from capcalc.core.errors import CapcalcError
 
 #: the layer kinds a profile's ``layer_types`` may name (capcalc/model/layers.py has one
 #: spec class per kind): full attention, sliding-window attention, chunked-local attention
-#: (Llama 4), Mamba2 state, Gated DeltaNet linear-attention state
-LAYER_KINDS = ("full", "sliding", "chunked", "mamba", "linear")
+#: (Llama 4), Mamba2 state, Gated DeltaNet linear-attention state, and 'mlp': a layer with no
+#: mixer, only its MLP (Nemotron-H's '-' blocks)
+LAYER_KINDS = ("full", "sliding", "chunked", "mamba", "linear", "mlp")
 #: the kinds that keep a fixed state per sequence instead of a per-token cache
 STATE_KINDS = ("mamba", "linear")
 
@@ -125,6 +126,9 @@ class ModelProfile:
     sliding_window: int | None = None
     #: one of :data:`LAYER_KINDS` per layer
     layer_types: tuple[str, ...] = ()
+    #: the mixer layers (attention, recurrent) carry no MLP: only the 'mlp' layers have one
+    #: (Nemotron-H: each block is a mixer or an MLP)
+    mixer_only: bool = False
     #: tokens per chunk of the 'chunked' layers (attention_chunk_size)
     attention_chunk_size: int | None = None
     #: Mamba2 mixer of the 'mamba' layers
@@ -151,22 +155,31 @@ class ModelProfile:
             return self.num_layers
         return sum(1 for t in self.layer_types if t == "full")
 
+    def has_mlp(self, i: int) -> bool:
+        """Whether layer ``i`` has an MLP (every layer, unless ``mixer_only``: then the 'mlp' ones)."""
+        if not self.mixer_only:
+            return True
+        return i < len(self.layer_types) and self.layer_types[i] == "mlp"
+
     def is_moe_layer(self, i: int) -> bool:
-        """Whether layer ``i`` has the MoE (else a dense MLP of intermediate_size)."""
+        """Whether layer ``i`` has the MoE (else a dense MLP of intermediate_size, or none)."""
         m = self.moe
-        return m is not None and i >= m.first_dense_layers and (i + 1) % m.layer_step == 0
+        return m is not None and i >= m.first_dense_layers and (i + 1) % m.layer_step == 0 and self.has_mlp(i)
 
     @cached_property  # asked for on every step of a latency average
     def num_moe_layers(self) -> int:
         if self.moe is None:
             return 0
-        if self.moe.layer_step == 1:
+        if self.moe.layer_step == 1 and not self.mixer_only:
             return self.num_layers - self.moe.first_dense_layers
         return sum(1 for i in range(self.num_layers) if self.is_moe_layer(i))
 
-    @property
+    @cached_property
     def num_dense_layers(self) -> int:
-        return self.num_layers - self.num_moe_layers
+        """Layers with a dense MLP of intermediate_size."""
+        if not self.mixer_only:
+            return self.num_layers - self.num_moe_layers
+        return sum(1 for i in range(self.num_layers) if self.has_mlp(i) and not self.is_moe_layer(i))
 
 
 @dataclass(frozen=True)

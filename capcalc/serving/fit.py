@@ -99,7 +99,7 @@ from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
 from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
-from capcalc.model.layers import LayerSpec, attention_spec, cdiv, layer_specs, state_spec
+from capcalc.model.layers import LayerSpec, StateSpec, attention_spec, cdiv, layer_specs, state_spec
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
 from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
@@ -163,6 +163,8 @@ def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
     for i, spec in enumerate(layer_specs(model)):
+        if not spec.attends and not isinstance(spec, StateSpec):
+            continue  # a layer with no mixer caches nothing
         if not hybrid and spec.attends:
             spec = full
         kinds.setdefault(spec.kind, []).append(i)
@@ -546,7 +548,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_shortfall_bytes=shortfall,
         max_model_len_that_fits=longest,
         binding_stage=st.stage,
-        state_layers=sum(1 for spec in specs if not spec.attends),
+        state_layers=sum(1 for spec in specs if isinstance(spec, StateSpec)),
         state_page_bytes=pages.state_page_bytes if pages else 0.0,
         state_page_padding_pct=pages.padding_pct if pages else 0.0,
         block_size_raised=pages.raised if pages else False,

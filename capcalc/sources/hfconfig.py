@@ -122,6 +122,12 @@ _COUNT_KIND = {
     "index_n_heads": "heads",
     "index_head_dim": "head_dim",
     "index_topk": "context",
+    "mamba_num_heads": "heads",
+    "mamba_head_dim": "head_dim",
+    "ssm_state_size": "head_dim",
+    "n_groups": "heads",
+    "mamba_num_groups": "heads",
+    "conv_kernel": "head_dim",
 }
 
 
@@ -190,6 +196,7 @@ class _Mapping:
     linear_attention: dict | None = None
     mamba: dict | None = None
     chunk: int | None = None
+    mixer_only: bool = False
 
 
 def _head_dim(c: _Cfg, hidden: int, heads: int, default: int | None = None) -> int:
@@ -1030,6 +1037,45 @@ def _granitemoehybrid(c: _Cfg) -> _Mapping:
     return m
 
 
+def _nemotron_h(c: _Cfg) -> _Mapping:
+    # NemotronHConfig (Nemotron-H, NVIDIA-Nemotron-Nano-v2): hybrid_override_pattern gives one
+    # block per layer behind one RMSNorm: 'M' a Mamba2 mixer (mamba_num_heads x mamba_head_dim,
+    # ssm_state_size, n_groups, conv_kernel with bias use_conv_bias, no projection bias), '*'
+    # attention (no RoPE, no bias), '-' an MLP without gate (relu2, mlp_bias default false); untied
+    layers = c.int("num_hidden_layers")
+    pattern = c.get("hybrid_override_pattern")
+    if not isinstance(pattern, str) or len(pattern) != layers:
+        raise c.fail(f"hybrid_override_pattern must be a string of {layers} characters of M, * and -")
+    names = {"M": "mamba", "*": "full", "-": "mlp"}
+    unknown = sorted(set(pattern) - set(names))
+    if unknown:
+        raise c.fail(
+            f"hybrid_override_pattern block {excerpt(unknown[0])}: capcalc maps M (Mamba2), * (attention) and "
+            "- (MLP) blocks; MoE blocks ('E') are not mapped yet"
+        )
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, o_bias=bias, mlp_bias=c.flag("mlp_bias", False))
+    arch.update(mlp="plain", norms_per_layer=1)
+    mamba = _state_dtype(
+        c,
+        dict(
+            num_heads=c.int("mamba_num_heads"),
+            head_dim=c.int("mamba_head_dim"),
+            state_size=c.int("ssm_state_size"),
+            n_groups=c.int("n_groups", "mamba_num_groups", default=8),
+            conv_kernel=c.int("conv_kernel", default=4),
+            conv_bias=c.flag("use_conv_bias", True),
+            proj_bias=c.flag("mamba_proj_bias", False),
+        ),
+    )
+    m = _Mapping(arch, kinds=[names[ch] for ch in pattern], mamba=mamba, mixer_only=True)
+    m.notes.append(
+        "Nemotron-H blocks: each layer is a Mamba2 mixer, an attention layer (no RoPE: no parameters either "
+        "way) or a relu2 MLP, each behind one RMSNorm."
+    )
+    return m
+
+
 def llama4_vision_params(vision: dict, text_hidden: int) -> int:
     """Llama 4's vision tower, pixel-shuffle adapter and projector.
 
@@ -1173,6 +1219,7 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "granitemoehybrid": _granitemoehybrid,
     "llama4": _llama4,
     "deepseek_v32": _deepseek_v32,
+    "nemotron_h": _nemotron_h,
     "llama4_text": _llama4_text,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
@@ -1209,6 +1256,7 @@ _ARCHITECTURE_CLASSES = {
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
     "Llama4ForConditionalGeneration": "llama4",
     "DeepseekV32ForCausalLM": "deepseek_v32",
+    "NemotronHForCausalLM": "nemotron_h",
     "Llama4ForCausalLM": "llama4_text",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)
@@ -1433,6 +1481,8 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
         data["architecture"]["attention_output_gate"] = True
     if m.kinds is not None:
         data["layers"] = _layout(m.kinds)
+        if m.mixer_only:
+            data["layers"]["mixer_only"] = True
     for key in ("linear_attention", "mamba"):
         if getattr(m, key) is not None:
             data[key] = getattr(m, key)

@@ -309,7 +309,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
                 f"({a.qk_nope_head_dim + a.qk_rope_head_dim}), got {values['head_dim']}",
             )
 
-    layer_types = _layer_kinds(top, values["num_layers"])
+    layer_types = _layer_kinds(top, values["num_layers"], values)
     window = top.sub("sliding_window")
     if window is not None:
         values["sliding_window"] = window.integer("window")
@@ -358,12 +358,14 @@ def _kind_list(reader: _Reader, layers: int, kinds: tuple[str, ...], required: b
     return tuple(listed[i % len(listed)] for i in range(layers))
 
 
-def _layer_kinds(top: _Reader, layers: int):
-    """The ``layers:`` block (the kinds of a hybrid model), or None."""
+def _layer_kinds(top: _Reader, layers: int, values: dict):
+    """The ``layers:`` block (the kinds of a hybrid model; ``mixer_only``: the mixer layers
+    carry no MLP, only the 'mlp' layers have one), or None."""
     block = top.sub("layers")
     if block is None:
         return None
     kinds = _kind_list(block, layers, LAYER_KINDS)
+    values["mixer_only"] = block.boolean("mixer_only")
     block.finish()
     if not any(k in ("full", "sliding", "chunked") for k in kinds):
         top.fail("layers", "needs at least one attention layer ('full', 'sliding' or 'chunked')")
