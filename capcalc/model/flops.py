@@ -14,7 +14,12 @@ in prefill. With T = batch x new_tokens tokens in the step, L layers:
   full head space: d_qk = qk_nope + qk_rope, d_v = v_head_dim. A sliding-window layer
   attends to at most ``window`` tokens; prefill is causal (token i attends to i tokens);
 * the LM head multiplies every decode token, but only the last prompt token of each
-  sequence in prefill (engines compute logits for the sampled position only).
+  sequence in prefill (engines compute logits for the sampled position only);
+* each layer kind attends as its spec says (:mod:`capcalc.model.layers`): a chunked
+  layer within its chunk, a DeepSeek-Sparse-Attention layer to its top-k tokens plus its
+  indexer scoring every cached token (added to ``attention_scores``); a recurrent layer
+  (Mamba2, Gated DeltaNet) instead updates its state, ``recurrent_update``, and its input
+  and output projections count as ``qkv_proj`` and ``o_proj``.
 
 Bytes moved from memory:
 
@@ -25,8 +30,11 @@ Bytes moved from memory:
   just k, at large T all E;
 * the input embedding is gathered (T rows), not streamed -- unless it is tied to the LM
   head, which reads the whole table anyway;
-* KV read: every sequence's cache at ``ctx`` (decode), the prompt's own KV once (prefill;
-  FlashAttention keeps the tiles on chip); KV write: one token per layer per new token.
+* KV read: every sequence's cache at ``ctx`` (decode; under sparse attention every indexer
+  key but only the top-k latents), the prompt's own KV once (prefill; FlashAttention keeps
+  the tiles on chip); KV write: one token per attention layer per new token. A recurrent
+  layer's fixed state is read with the cache and written back once per sequence and step
+  (``kv_write``): in decode with every token, in prefill once after the prompt.
   Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.model.kv`.
 * activations, in prefill only: every activation tensor passed between kernels is written
   once and read once, in the 16-bit activation dtype (4 bytes for fp32 models). Per token
@@ -376,12 +384,15 @@ def decode_costs(
 
     Every component of a decode step is affine in the context between kinks: KV
     reads and attention FLOPs grow with ``ctx`` in full layers and with
-    ``min(ctx, window)`` in sliding ones; nothing else depends on it. So the steps at
-    the smallest and largest context (and at the window, when it lies between) are
-    computed with :func:`decode_cost`, and the others by linear interpolation between
-    the two anchors around them — the same numbers, at a fraction of the cost
-    (latency averages a decode over up to 33 contexts, and sweeps do that thousands
-    of times).
+    ``min(ctx, window)`` in sliding ones (``min(ctx, index_topk)`` for the latents a
+    sparse-attention layer reads; a recurrent layer's state does not grow at all);
+    nothing else depends on it. So the steps at the smallest and largest context (and
+    at the window or top-k, when it lies between) are computed with
+    :func:`decode_cost`, and the others by linear interpolation between the two anchors
+    around them — the same numbers, at a fraction of the cost (latency averages a
+    decode over up to 33 contexts, and sweeps do that thousands of times). A chunked
+    layer's cache is a sawtooth in ``ctx`` (it restarts at each chunk), so for a model
+    with one every context is computed.
     """
     wanted = sorted(set(contexts))
     lo, hi = wanted[0], wanted[-1]
