@@ -218,13 +218,16 @@ def test_decode_prices_the_state_update_and_its_traffic(registry):
     assert two.component("kv_read").bytes - one.component("kv_read").bytes == kv_bytes_per_sequence(
         m, 4096, "bf16"
     )
-    assert one.component("kv_write").bytes == 15 * 2048 + state
+    assert one.component("kv_write").bytes == 15 * 2048  # the KV of the new token
+    assert one.component("recurrent_update").bytes == state  # the state written back
+    assert one.kv_bytes == one.component("kv_read").bytes + 15 * 2048 + state
     conv = 2 * (2 * 16 * 128 + 64 * 128) * 4
     assert one.component("recurrent_update").flops == 45 * (7 * 64 * 128 * 128 + conv)
     # prefill: the update per prompt token, the state written once per sequence
     pre = prefill_cost(m, 1, 1000)
     assert pre.component("recurrent_update").flops == 1000 * one.component("recurrent_update").flops
-    assert pre.component("kv_write").bytes == 1000 * 15 * 2048 + state
+    assert pre.component("kv_write").bytes == 1000 * 15 * 2048
+    assert pre.component("recurrent_update").bytes == state
 
 
 def test_qwen3_next_80b_kv_state_and_parameters_by_hand(registry):

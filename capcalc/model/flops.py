@@ -34,7 +34,8 @@ Bytes moved from memory:
   key but only the top-k latents), the prompt's own KV once (prefill; FlashAttention keeps
   the tiles on chip); KV write: one token per attention layer per new token. A recurrent
   layer's fixed state is read with the cache and written back once per sequence and step
-  (``kv_write``): in decode with every token, in prefill once after the prompt.
+  (the bytes of ``recurrent_update``): in decode with every token, in prefill once after the
+  prompt. ``StepCost.kv_bytes`` counts all three as cache traffic.
   Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.model.kv`.
 * activations, in prefill only: every activation tensor passed between kernels is written
   once and read once, in the 16-bit activation dtype (4 bytes for fp32 models). Per token
@@ -166,8 +167,9 @@ class StepCost:
 
     @cached_property
     def kv_bytes(self) -> float:
-        """Cache traffic: KV reads and writes, recurrent state included (``kv_read``, ``kv_write``)."""
-        return self.component("kv_read").bytes + self.component("kv_write").bytes
+        """Cache traffic: KV reads and writes (``kv_read``, ``kv_write``) and the recurrent
+        state written back (``recurrent_update``'s bytes, where the step has that component)."""
+        return sum(c.bytes for c in self.components if c.name in ("kv_read", "kv_write", "recurrent_update"))
 
     @property
     def weight_bytes(self) -> float:
@@ -317,10 +319,12 @@ def step_cost(
         scores += batch * attn_layers * sparse.indexer_flops(phase, ctx)
     recurrent = Component("recurrent_update", 0.0, 0.0, "attention")
     if recur_layers:
-        # each sequence's state is read once and written back once per step (decode: per
-        # token; prefill: the state passed through the prompt's chunks stays on chip)
-        kv_write += batch * state_bytes_per_sequence(model, tp, state_dtype)
-        recurrent = Component("recurrent_update", recurrent_flops(model, tokens, tp), 0.0, "attention")
+        # each sequence's state is read with the cache (kv_read) and written back once per
+        # step (decode: per token; prefill: once, the state passed between the prompt's
+        # chunks stays on chip): the write is this component's bytes, so that kv_write stays
+        # per new token
+        state = batch * state_bytes_per_sequence(model, tp, state_dtype)
+        recurrent = Component("recurrent_update", recurrent_flops(model, tokens, tp), state, "attention")
     components = (
         Component("embedding", 0.0, embedding_rows, "memory"),
         matmul("qkv_proj", attn_layers * g.qkv + recur_layers * g.recurrent_in, w.linear, tokens),
