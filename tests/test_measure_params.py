@@ -29,8 +29,12 @@ SHIPPED = REGISTRY.models
 #: shipped profiles the torch loop refuses, and why (check_supported's own reasons)
 REFUSED = {
     name: "multi-head latent attention"
-    for name in ("deepseek-v2-lite", "deepseek-v3", "deepseek-r1-nvfp4", "glm-5", "kimi-k2")
-}
+    for name in ("deepseek-v2-lite", "deepseek-v3", "deepseek-v3.2", "deepseek-r1-nvfp4", "glm-5", "kimi-k2")
+} | {
+    name: "linear layers" for name in ("qwen3.5-397b-a17b", "qwen3-next-80b-a3b")
+}  # Gated DeltaNet: a recurrent state the loop does not build
+REFUSED |= {name: "chunked layers" for name in ("llama-4-scout", "llama-4-maverick")}
+REFUSED.update(dict.fromkeys(("granite-4.0-h-small", "nemotron-nano-9b-v2", "nemotron-h-8b"), "mamba layers"))
 
 
 def _refused(profile: ModelProfile) -> bool:

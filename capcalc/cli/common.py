@@ -63,6 +63,13 @@ WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEI
 KvDtypeOpt = Annotated[
     str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")
 ]
+MambaSsmCacheDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"Dtype of the recurrent state of hybrid (Mamba / linear-attention) models: {', '.join(KV_DTYPES)} "
+        "(auto: the checkpoint's mamba_ssm_dtype, else the serving dtype)."
+    ),
+]
 ComputeDtypeOpt = Annotated[
     str,
     typer.Option(
@@ -198,6 +205,7 @@ _DEPLOYMENT_OPTIONS = {
     "pp": (PpOpt, 1),
     "group_size": (GroupSizeOpt, 128),
     "quantize_embeddings": (QuantizeEmbeddingsOpt, False),
+    "mamba_ssm_cache_dtype": (MambaSsmCacheDtypeOpt, "auto"),
 }
 
 

@@ -53,7 +53,9 @@ def _tp(text: Optional[str], n_gpus: Optional[int]) -> Optional[int]:
 
 @app.command("fit")
 @sweepable("fit", lambda s, **params: compute(s, **params), lambda outcome: records(outcome))
-@deployment_options("weight_dtype", "kv_dtype", "pp", "group_size", "quantize_embeddings")
+@deployment_options(
+    "weight_dtype", "kv_dtype", "pp", "group_size", "quantize_embeddings", "mamba_ssm_cache_dtype"
+)
 def fit_command(
     model: ModelArg,
     deployment,

@@ -32,17 +32,32 @@ import math
 
 from capcalc.core.errors import CapcalcError
 from capcalc.measure import require_torch
+from capcalc.model.layers import FullAttentionSpec, MLAAttentionSpec, SlidingWindowSpec, layer_specs
 from capcalc.schema.profiles import ModelProfile
 
 #: dtypes the torch loop runs in (weights, activations and KV alike)
 LOOP_DTYPES = ("bf16", "fp16", "fp32")
 
 
+#: the layer kinds the loop builds (grouped-query attention over all tokens or a window)
+BUILT_KINDS = (FullAttentionSpec, SlidingWindowSpec)
+
+
 def check_supported(profile: ModelProfile, dtype: str) -> None:
-    if profile.mla is not None:
+    for spec in dict.fromkeys(layer_specs(profile)):
+        if isinstance(spec, MLAAttentionSpec):
+            raise CapcalcError(
+                f"{profile.name} uses multi-head latent attention (MLA), which the measure loop does not build "
+                "yet; measure a GQA model"
+            )
+        if type(spec) not in BUILT_KINDS:
+            raise CapcalcError(
+                f"{profile.name} has {spec.kind} layers, which the measure loop does not build yet; "
+                "measure a model of full or sliding-window attention"
+            )
+    if profile.attention_output_gate:
         raise CapcalcError(
-            f"{profile.name} uses multi-head latent attention (MLA), which the measure loop does not build yet; "
-            "measure a GQA model"
+            f"{profile.name} gates its attention output, which the measure loop does not build"
         )
     if profile.position_embedding == "alibi":
         raise CapcalcError(f"{profile.name} uses ALiBi positions, which the measure loop does not build")
@@ -55,9 +70,9 @@ def check_supported(profile: ModelProfile, dtype: str) -> None:
 
 
 def cache_lengths(profile: ModelProfile, max_ctx: int) -> list[int]:
-    """Slots per layer: ``max_ctx`` for full layers, the window for sliding ones."""
-    window = profile.sliding_window or max_ctx
-    return [min(window, max_ctx) if kind == "sliding" else max_ctx for kind in profile.layer_types]
+    """Slots per layer: the tokens each layer's spec holds at ``max_ctx`` (``max_ctx`` for
+    full layers, the window for sliding ones)."""
+    return [spec.tokens_held(max_ctx) for spec in layer_specs(profile)]
 
 
 class KVCache:
@@ -136,7 +151,7 @@ class DecoderModel:
                 "q_norm": norm(d) if p.qk_norm else None,
                 "k_norm": norm(d) if p.qk_norm else None,
             }
-            if p.moe is not None and index >= p.moe.first_dense_layers:
+            if p.is_moe_layer(index):
                 m = p.moe
                 e_width = m.expert_intermediate_size
                 layer["router"] = linear(m.num_experts, h)
@@ -375,18 +390,18 @@ class DecoderModel:
         masks = {}
         for index, layer in enumerate(self.layers):
             length = cache.lengths[index]
-            sliding = p.layer_types[index] == "sliding"
+            window = getattr(layer_specs(p)[index], "window", None)
 
-            def attend(n, index=index, layer=layer, length=length, sliding=sliding):
+            def attend(n, index=index, layer=layer, length=length, window=window):
                 q, k, v = self._qkv(n, layer, cos, sin)
                 kept = positions[max(0, t - length) :]  # the last `length` positions stay cached
                 cache.k[index].index_copy_(2, kept % length, k[:, kept].transpose(1, 2))
                 cache.v[index].index_copy_(2, kept % length, v[:, kept].transpose(1, 2))
                 q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-                if sliding and t > p.sliding_window:
+                if window is not None and t > window:
                     if "window" not in masks:
                         distance = positions[:, None] - positions[None, :]
-                        masks["window"] = (distance >= 0) & (distance < p.sliding_window)
+                        masks["window"] = (distance >= 0) & (distance < window)
                     out = F.scaled_dot_product_attention(q, k, v, attn_mask=masks["window"], enable_gqa=True)
                 else:
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)

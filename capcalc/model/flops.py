@@ -14,7 +14,12 @@ in prefill. With T = batch x new_tokens tokens in the step, L layers:
   full head space: d_qk = qk_nope + qk_rope, d_v = v_head_dim. A sliding-window layer
   attends to at most ``window`` tokens; prefill is causal (token i attends to i tokens);
 * the LM head multiplies every decode token, but only the last prompt token of each
-  sequence in prefill (engines compute logits for the sampled position only).
+  sequence in prefill (engines compute logits for the sampled position only);
+* each layer kind attends as its spec says (:mod:`capcalc.model.layers`): a chunked
+  layer within its chunk, a DeepSeek-Sparse-Attention layer to its top-k tokens plus its
+  indexer scoring every cached token (added to ``attention_scores``); a recurrent layer
+  (Mamba2, Gated DeltaNet) instead updates its state, ``recurrent_update``, and its input
+  and output projections count as ``qkv_proj`` and ``o_proj``.
 
 Bytes moved from memory:
 
@@ -25,8 +30,12 @@ Bytes moved from memory:
   just k, at large T all E;
 * the input embedding is gathered (T rows), not streamed -- unless it is tied to the LM
   head, which reads the whole table anyway;
-* KV read: every sequence's cache at ``ctx`` (decode), the prompt's own KV once (prefill;
-  FlashAttention keeps the tiles on chip); KV write: one token per layer per new token.
+* KV read: every sequence's cache at ``ctx`` (decode; under sparse attention every indexer
+  key but only the top-k latents), the prompt's own KV once (prefill; FlashAttention keeps
+  the tiles on chip); KV write: one token per attention layer per new token. A recurrent
+  layer's fixed state is read with the cache and written back once per sequence and step
+  (the bytes of ``recurrent_update``): in decode with every token, in prefill once after the
+  prompt. ``StepCost.kv_bytes`` counts all three as cache traffic.
   Sizes (GQA heads, MLA latent, windows, tp replication) come from :mod:`capcalc.model.kv`.
 * activations, in prefill only: every activation tensor passed between kernels is written
   once and read once, in the 16-bit activation dtype (4 bytes for fp32 models). Per token
@@ -67,7 +76,23 @@ from functools import cached_property
 
 from capcalc.core.dtypes import resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
-from capcalc.model.kv import cached_tokens, kv_bytes_per_sequence, kv_bytes_per_token_per_layer
+from capcalc.model.kv import (
+    kv_bytes_per_sequence,
+    kv_bytes_per_token_per_layer,
+    kv_bytes_read_per_sequence,
+    state_bytes_per_sequence,
+)
+from capcalc.model.layers import (
+    attention_layers,
+    dims,
+    layer_specs,
+    mixerless_layers,
+    pairs_per_sequence,
+    sparse_spec,
+    spec_counts,
+    state_layers,
+    state_spec,
+)
 from capcalc.model.weights import gpu_weights
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import ModelProfile
@@ -88,6 +113,7 @@ COMPONENTS = (
     "lm_head",
     "kv_read",
     "kv_write",
+    "recurrent_update",
 )
 
 
@@ -141,7 +167,9 @@ class StepCost:
 
     @cached_property
     def kv_bytes(self) -> float:
-        return self.component("kv_read").bytes + self.component("kv_write").bytes
+        """Cache traffic: KV reads and writes (``kv_read``, ``kv_write``) and the recurrent
+        state written back (``recurrent_update``'s bytes, where the step has that component)."""
+        return sum(c.bytes for c in self.components if c.name in ("kv_read", "kv_write", "recurrent_update"))
 
     @property
     def weight_bytes(self) -> float:
@@ -170,43 +198,65 @@ def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
     q, k, v, o = heads * d_qk, kv_heads * d_qk, kv_heads * d_v, heads * d_v
     stream = (2 * model.norms_per_layer + 2) * h
     attention = (q + k + v) + (q + k) + o
+    recurrent = state_spec(model)
 
     def mlp(width: int) -> int:
         return (2 * width if model.mlp == "gated" else width) + width
 
-    per_moe_layer = 0.0
+    moe_mlp = 0
     if model.moe is not None:
         e = model.moe
         routed = e.experts_per_token * (mlp(e.expert_intermediate_size) + 2 * h)
-        shared = e.num_shared_experts * mlp(e.shared_expert_intermediate_size)
-        per_moe_layer = stream + (attention + routed + shared) / tp
-    per_dense_layer = stream + (attention + mlp(model.intermediate_size)) / tp
-    return 2.0 * (model.num_dense_layers * per_dense_layer + model.num_moe_layers * per_moe_layer)
+        moe_mlp = routed + e.num_shared_experts * mlp(e.shared_expert_intermediate_size)
+    total = 0.0
+    specs = layer_specs(model)
+    # the attention layers, then a recurrent mixer's (its projections' and conv's outputs)
+    for mixer, layers in ((attention, attention_layers(model)), (None, state_layers(model))):
+        if not layers:
+            continue
+        dense = sum(
+            1 for i, s in enumerate(specs) if s.attends == (mixer is not None) and not model.is_moe_layer(i)
+        )
+        per_moe_layer = 0.0
+        if mixer is None:
+            width = recurrent.activation_width() * tp  # the mixer's columns, before the split
+            per_dense_layer = stream + (width + mlp(model.intermediate_size)) / tp
+            per_moe_layer = stream + (width + moe_mlp) / tp if model.moe is not None else 0.0
+        else:
+            per_dense_layer = stream + (mixer + mlp(model.intermediate_size)) / tp
+            per_moe_layer = stream + (mixer + moe_mlp) / tp if model.moe is not None else 0.0
+        total += dense * per_dense_layer + (layers - dense) * per_moe_layer
+    if model.mixer_only:  # a layer is a mixer or an MLP: price each by what it has
+        total = 0.0
+        for i, spec in enumerate(specs):
+            if spec.attends:
+                mixer = attention
+            elif spec.kind == "mlp":
+                mixer = 0
+            else:
+                mixer = recurrent.activation_width() * tp
+            ffn = 0
+            if model.has_mlp(i):
+                ffn = moe_mlp if model.is_moe_layer(i) else mlp(model.intermediate_size)
+            total += stream + (mixer + ffn) / tp
+    return 2.0 * total
 
 
 def attended_pairs(model: ModelProfile, phase: str, ctx: int) -> float:
-    """(query token, attended token) pairs of one sequence summed over layers."""
-    window = model.sliding_window
-    if phase == "decode":
-        full, sliding = cached_tokens(model, ctx)
-        return model.num_full_layers * full + model.num_sliding_layers * sliding
-
-    def causal(p: int, w: int | None) -> float:
-        if w is None or p <= w:
-            return p * (p + 1) / 2
-        return w * (w + 1) / 2 + (p - w) * w
-
-    return model.num_full_layers * causal(ctx, None) + model.num_sliding_layers * causal(ctx, window)
+    """(query token, attended token) pairs of one sequence summed over layers (each layer
+    kind's spec counts its own: all tokens, a window, none for a recurrent layer)."""
+    return pairs_per_sequence(model, phase, ctx)
 
 
 def attention_dims(model: ModelProfile, phase: str) -> tuple[int, int]:
     """(d_qk, d_v) per head of the attention products (see module docstring for MLA)."""
-    if model.mla is None:
-        return model.head_dim, model.head_dim
-    a = model.mla
-    if phase == "decode":
-        return a.kv_lora_rank + a.qk_rope_head_dim, a.kv_lora_rank
-    return a.qk_nope_head_dim + a.qk_rope_head_dim, a.v_head_dim
+    return dims(model, phase)
+
+
+def recurrent_flops(model: ModelProfile, tokens: float, tp: int = 1) -> float:
+    """FLOPs of the recurrent layers' state updates for ``tokens`` tokens on one of ``tp``
+    GPUs (:meth:`capcalc.model.layers.LayerSpec.recurrent_flops`; 0 without such layers)."""
+    return sum(n * spec.recurrent_flops(tokens) for spec, n in spec_counts(model) if not spec.attends) / tp
 
 
 def step_cost(
@@ -230,7 +280,8 @@ def step_cost(
     new_tokens = 1 if phase == "decode" else ctx
     tokens = batch * new_tokens
     logit_tokens = batch  # decode: every token; prefill: the last of each prompt
-    layers, moe_layers = model.num_layers, model.num_moe_layers
+    moe_layers = model.num_moe_layers
+    attn_layers, recur_layers = attention_layers(model), state_layers(model)
 
     def matmul(name: str, weights: float, weight_bytes_each: float, uses: float) -> Component:
         """``weights`` parameters (on this GPU) read once, each used by ``uses`` tokens (2 FLOP per use)."""
@@ -255,24 +306,52 @@ def step_cost(
             "matmul",
         )
 
-    kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * layers
+    kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * attn_layers
     activations = tokens * activation_elements_per_token(model, tp) * w.high if phase == "prefill" else 0.0
-    kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp)
+    state_dtype = d.mamba_ssm_cache_dtype
+    if phase == "decode":
+        kv_read = batch * kv_bytes_read_per_sequence(model, ctx, kdtype, tp, state_dtype)
+    else:
+        kv_read = batch * kv_bytes_per_sequence(model, ctx, kdtype, tp, state_dtype)
+    scores = 2.0 * heads * d_qk * pairs / tp
+    sparse = sparse_spec(model)
+    if sparse is not None:  # the lightning indexer scores every cached token, replicated
+        scores += batch * attn_layers * sparse.indexer_flops(phase, ctx)
+    recurrent = Component("recurrent_update", 0.0, 0.0, "attention")
+    if recur_layers:
+        # each sequence's state is read with the cache (kv_read) and written back once per
+        # step (decode: per token; prefill: once, the state passed between the prompt's
+        # chunks stays on chip): the write is this component's bytes, so that kv_write stays
+        # per new token
+        state = batch * state_bytes_per_sequence(model, tp, state_dtype)
+        recurrent = Component("recurrent_update", recurrent_flops(model, tokens, tp), state, "attention")
     components = (
         Component("embedding", 0.0, embedding_rows, "memory"),
-        matmul("qkv_proj", layers * g.qkv, w.linear, tokens),
-        matmul("o_proj", layers * g.o, w.linear, tokens),
-        Component("attention_scores", 2.0 * heads * d_qk * pairs / tp, 0.0, "attention"),
+        matmul("qkv_proj", attn_layers * g.qkv + recur_layers * g.recurrent_in, w.linear, tokens),
+        matmul("o_proj", attn_layers * g.o + recur_layers * g.recurrent_out, w.linear, tokens),
+        Component("attention_scores", scores, 0.0, "attention"),
         Component("attention_values", 2.0 * heads * d_v * pairs / tp, 0.0, "attention"),
         matmul("mlp", model.num_dense_layers * g.dense_mlp, w.linear, tokens),
         matmul("router", moe_layers * g.router, w.linear, tokens),
         matmul("shared_experts", moe_layers * g.shared_experts, w.linear, tokens),
         routed,
-        Component("norms_biases", 0.0, (layers * g.norms_biases + g.final_norm) * w.high, "memory"),
+        Component(
+            "norms_biases",
+            0.0,
+            (
+                attn_layers * g.norms_biases
+                + recur_layers * (g.recurrent_norms + g.recurrent_other)
+                + mixerless_layers(model) * g.recurrent_norms
+                + g.final_norm
+            )
+            * w.high,
+            "memory",
+        ),
         Component("activations", 0.0, activations, "memory"),
         matmul("lm_head", g.embedding if model.tie_word_embeddings else g.lm_head, w.embedding, logit_tokens),
         Component("kv_read", 0.0, kv_read, "memory"),
         Component("kv_write", 0.0, kv_write, "memory"),
+        recurrent,
     )
     return StepCost(
         phase=phase,
@@ -309,18 +388,26 @@ def decode_costs(
 
     Every component of a decode step is affine in the context between kinks: KV
     reads and attention FLOPs grow with ``ctx`` in full layers and with
-    ``min(ctx, window)`` in sliding ones; nothing else depends on it. So the steps at
-    the smallest and largest context (and at the window, when it lies between) are
-    computed with :func:`decode_cost`, and the others by linear interpolation between
-    the two anchors around them — the same numbers, at a fraction of the cost
-    (latency averages a decode over up to 33 contexts, and sweeps do that thousands
-    of times).
+    ``min(ctx, window)`` in sliding ones (``min(ctx, index_topk)`` for the latents a
+    sparse-attention layer reads; a recurrent layer's state does not grow at all);
+    nothing else depends on it. So the steps at the smallest and largest context (and
+    at the window or top-k, when it lies between) are computed with
+    :func:`decode_cost`, and the others by linear interpolation between the two anchors
+    around them — the same numbers, at a fraction of the cost (latency averages a
+    decode over up to 33 contexts, and sweeps do that thousands of times). A chunked
+    layer's cache is a sawtooth in ``ctx`` (it restarts at each chunk), so for a model
+    with one every context is computed.
     """
     wanted = sorted(set(contexts))
     lo, hi = wanted[0], wanted[-1]
     anchors = {lo, hi}
     if model.sliding_window is not None and lo < model.sliding_window < hi:
         anchors.add(model.sliding_window)
+    sparse = sparse_spec(model)
+    if sparse is not None and lo < sparse.index_topk < hi:
+        anchors.add(sparse.index_topk)
+    if model.attention_chunk_size is not None:
+        anchors = set(wanted)  # a chunked layer's cache is a sawtooth in ctx: every one computed
     d = Deployment.of(deployment, **fields)
     computed = {c: decode_cost(model, batch, c, d) for c in sorted(anchors)}
     points = sorted(computed)

@@ -14,31 +14,53 @@ A sliding-window layer holds at most ``window`` tokens of a sequence; a full
 layer holds all ``ctx``. Under tensor parallelism KV heads are split across the
 GPUs; when there are fewer KV heads than GPUs each GPU still holds one head
 (replication), and an MLA latent is replicated on every GPU.
+
+A recurrent layer (Mamba2, Gated DeltaNet) keeps no per-token cache but a fixed state
+per sequence (conv state + recurrent state), counted in the sequence's bytes:
+
+    bytes per sequence = sum over attention layers of per_token x tokens_held(ctx)
+                       + sum over recurrent layers of state_bytes
+
+Each kind's arithmetic is its spec's (:mod:`capcalc.model.layers`). The conv state is
+stored in the serving dtype (vLLM's ``mamba_cache_dtype auto``), the recurrent state
+in ``state_dtype`` (``--mamba-ssm-cache-dtype``; ``auto``: the checkpoint's
+``mamba_ssm_dtype`` when its config names one, else the conv state's dtype).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype
+from capcalc.core.dtypes import DTYPE_BYTES, KV_DTYPES, canonical_dtype, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.records import flat_record
+from capcalc.model.layers import attention_layers, attention_spec, sparse_spec, spec_counts, state_layers
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
 from capcalc.schema.profiles import ModelProfile
 
 
+def state_dtypes(model: ModelProfile, state_dtype: str = "auto") -> tuple[str, str]:
+    """(conv state dtype, recurrent state dtype) of the model's recurrent layers: the conv
+    state in the serving dtype; the recurrent state in ``state_dtype``, whose ``auto`` is
+    the checkpoint's ``ssm_state_dtype`` when the profile names one, else the conv's."""
+    conv = serving_dtype(model.native_dtype)
+    dtype = canonical_dtype(state_dtype, KV_DTYPES, "mamba SSM cache dtype", "mamba_ssm_cache_dtype")
+    if dtype == "auto":
+        return conv, model.ssm_state_dtype or conv
+    return conv, dtype
+
+
 def kv_bytes_per_token_per_layer(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:
-    """Bytes one token adds to one layer's cache on one GPU (tp=1: the whole layer)."""
-    width = DTYPE_BYTES[kv_dtype]
-    if model.mla is not None:
-        return (model.mla.kv_lora_rank + model.mla.qk_rope_head_dim) * width
-    return 2 * kv_heads_per_gpu(model, tp) * model.head_dim * width
+    """Bytes one token adds to one attention layer's cache on one GPU (tp=1: the whole
+    layer). Every attention kind of a model caches the same per token; recurrent
+    layers cache none."""
+    return attention_spec(model).cache_bytes_per_token(DTYPE_BYTES[kv_dtype], tp)
 
 
 def kv_bytes_per_token(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:
-    """Bytes one token adds to the whole model's cache on one GPU (every layer; the
-    rate while the context is within any sliding window)."""
-    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * model.num_layers
+    """Bytes one token adds to the whole model's cache on one GPU (every attention layer;
+    the rate while the context is within any sliding window)."""
+    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * attention_layers(model)
 
 
 def cached_tokens(model: ModelProfile, ctx: int) -> tuple[int, int]:
@@ -47,11 +69,38 @@ def cached_tokens(model: ModelProfile, ctx: int) -> tuple[int, int]:
     return ctx, min(ctx, window)
 
 
-def kv_bytes_per_sequence(model: ModelProfile, ctx: int, kv_dtype: str, tp: int = 1) -> float:
-    """KV bytes of one sequence at ``ctx`` tokens on one GPU, sliding layers capped at the window."""
+def state_bytes_per_sequence(model: ModelProfile, tp: int = 1, state_dtype: str = "auto") -> float:
+    """The fixed state one sequence holds in the recurrent layers on one GPU (0 without them)."""
+    if not state_layers(model):
+        return 0.0
+    conv, ssm = (DTYPE_BYTES[d] for d in state_dtypes(model, state_dtype))
+    return sum(n * spec.state_bytes(tp, conv, ssm) for spec, n in spec_counts(model) if not spec.attends)
+
+
+def kv_bytes_per_sequence(
+    model: ModelProfile, ctx: int, kv_dtype: str, tp: int = 1, state_dtype: str = "auto"
+) -> float:
+    """Cache bytes of one sequence at ``ctx`` tokens on one GPU: each attention layer's
+    per-token bytes times the tokens it holds (sliding layers capped at the window),
+    plus the recurrent layers' fixed state."""
     per_layer = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
-    full_tokens, sliding_tokens = cached_tokens(model, ctx)
-    return per_layer * (model.num_full_layers * full_tokens + model.num_sliding_layers * sliding_tokens)
+    held = sum(n * spec.tokens_held(ctx) for spec, n in spec_counts(model) if spec.attends)
+    kv = per_layer * held
+    if state_layers(model):
+        kv += state_bytes_per_sequence(model, tp, state_dtype)
+    return kv
+
+
+def kv_bytes_read_per_sequence(
+    model: ModelProfile, ctx: int, kv_dtype: str, tp: int = 1, state_dtype: str = "auto"
+) -> float:
+    """Cache bytes one decode step of a ``ctx``-token sequence reads on one GPU: all it
+    holds (:func:`kv_bytes_per_sequence`), except under DeepSeek Sparse Attention, which
+    reads every indexer key but only the ``index_topk`` latents it selects."""
+    sparse = sparse_spec(model)
+    if sparse is None:
+        return kv_bytes_per_sequence(model, ctx, kv_dtype, tp, state_dtype)
+    return attention_layers(model) * sparse.bytes_read(ctx, DTYPE_BYTES[kv_dtype])
 
 
 @dataclass(frozen=True)
@@ -77,6 +126,10 @@ class KVResult:
     sliding_window: int | None
     sequences_fit: int | None  # sequences whose KV fits in the --memory budget per GPU
     memory_bytes: float | None
+    state_layers: int = 0  # recurrent layers (Mamba2, Gated DeltaNet)
+    state_bytes_per_sequence: float = 0.0  # their fixed state, whole model (in kv_bytes_per_sequence)
+    state_bytes_per_sequence_per_gpu: float = 0.0
+    mamba_ssm_cache_dtype: str | None = None  # the recurrent state's dtype (None: no such layers)
 
     def record(self) -> dict:
         """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
@@ -90,8 +143,10 @@ def kv_cache(
     kv_dtype: str = "auto",
     tp: int = 1,
     memory_bytes: float | None = None,
+    state_dtype: str = "auto",
 ) -> KVResult:
-    """Size the KV cache of ``batch`` sequences of ``ctx`` tokens."""
+    """Size the KV cache of ``batch`` sequences of ``ctx`` tokens (recurrent layers' state
+    in ``state_dtype``, :func:`state_dtypes`)."""
     if ctx < 1:
         raise CapcalcError(f"ctx must be at least 1, got {ctx}", parameter="ctx")
     if batch < 1:
@@ -100,8 +155,9 @@ def kv_cache(
         raise CapcalcError(f"memory_bytes must be positive, got {memory_bytes:g}", parameter="memory_bytes")
     check_tp(model, tp)
     dtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
-    per_sequence = kv_bytes_per_sequence(model, ctx, dtype)
-    per_sequence_gpu = kv_bytes_per_sequence(model, ctx, dtype, tp)
+    per_sequence = kv_bytes_per_sequence(model, ctx, dtype, state_dtype=state_dtype)
+    per_sequence_gpu = kv_bytes_per_sequence(model, ctx, dtype, tp, state_dtype)
+    recurrent = state_layers(model)
     replication = kv_replication_factor(model, tp)
     return KVResult(
         model=model.name,
@@ -121,8 +177,12 @@ def kv_cache(
         kv_replicated=replication > 1,
         full_layers=model.num_full_layers,
         sliding_layers=model.num_sliding_layers,
-        mla_layers=model.num_layers if model.mla is not None else 0,
+        mla_layers=attention_layers(model) if model.mla is not None else 0,
         sliding_window=model.sliding_window,
         sequences_fit=int(memory_bytes // per_sequence_gpu) if memory_bytes is not None else None,
         memory_bytes=memory_bytes,
+        state_layers=recurrent,
+        state_bytes_per_sequence=state_bytes_per_sequence(model, 1, state_dtype),
+        state_bytes_per_sequence_per_gpu=state_bytes_per_sequence(model, tp, state_dtype),
+        mamba_ssm_cache_dtype=state_dtypes(model, state_dtype)[1] if recurrent else None,
     )

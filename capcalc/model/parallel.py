@@ -2,12 +2,15 @@
 
 vLLM requires the tensor-parallel degree to divide the attention heads, and
 either to divide the KV heads or be a multiple of them (then each KV head is
-replicated on tp / kv_heads GPUs).
+replicated on tp / kv_heads GPUs); an MLA latent is replicated on every rank; a
+recurrent layer needs tp to divide its heads (each layer kind's spec,
+:mod:`capcalc.model.layers`, says which degrees it takes).
 """
 
 from __future__ import annotations
 
 from capcalc.core.errors import CapcalcError
+from capcalc.model.layers import attention_spec, spec_counts
 from capcalc.schema.profiles import ModelProfile
 
 #: the largest tensor-parallel degree considered (``valid_tp_degrees``, ``fit --tp auto``)
@@ -17,10 +20,7 @@ MAX_TP = 64
 def tp_is_valid(model: ModelProfile, tp: int) -> bool:
     if tp < 1 or model.num_attention_heads % tp:
         return False
-    if model.mla is not None:  # one latent, replicated on every rank
-        return True
-    kv = model.num_kv_heads
-    return kv % tp == 0 or tp % kv == 0
+    return attention_spec(model).tp_valid(tp) and all(spec.tp_valid(tp) for spec, _ in spec_counts(model))
 
 
 def valid_tp_degrees(model: ModelProfile, limit: int = MAX_TP) -> list[int]:
@@ -41,17 +41,14 @@ def check_tp(model: ModelProfile, tp: int) -> int:
 
 
 def kv_heads_per_gpu(model: ModelProfile, tp: int) -> int:
-    """KV heads each GPU holds: kv_heads / tp, or 1 (replicated) once tp exceeds them."""
-    if model.mla is not None:
-        return 1
-    return max(1, model.num_kv_heads // tp)
+    """KV heads each GPU holds: kv_heads / tp, or 1 (replicated) once tp exceeds them
+    (MLA: 1, the latent)."""
+    return attention_spec(model).kv_heads_per_gpu(tp)
 
 
 def kv_replication_factor(model: ModelProfile, tp: int) -> float:
     """How many copies of each KV head exist across the tp GPUs (1 = no replication)."""
-    if model.mla is not None:
-        return float(tp)
-    return kv_heads_per_gpu(model, tp) * tp / model.num_kv_heads
+    return attention_spec(model).replication(tp)
 
 
 def pp_layer_ranges(num_layers: int, pp: int) -> list[tuple[int, int]]:

@@ -13,7 +13,12 @@ Every count is a product of shapes from the profile:
 * MoE per layer: num_experts routed experts and num_shared_experts shared ones,
   each an MLP of its own width, plus a router of hidden x num_experts.
 * norms: hidden weights each (plus a bias for layernorm), norms_per_layer per
-  layer and one final norm; qk-norm adds 2 x head_dim per layer.
+  layer and one final norm; qk-norm adds 2 x head_dim per attention layer.
+* a recurrent layer (Mamba2, Gated DeltaNet) has its mixer in place of attention: input
+  and output projections (``recurrent``, matrix weights) and its conv, per-head vectors
+  and gated norm (``recurrent_other``), as its spec counts them
+  (:meth:`capcalc.model.layers.StateSpec.params`). A gated attention layer (Qwen3-Next,
+  ``attention_output_gate``) doubles q's projection: it also gives the output gate.
 
 ``active`` counts what one token touches: everything but the routed experts it
 was not routed to. Weights outside the text decoder (a vision tower recorded in
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from capcalc.model.layers import attention_layers, mixerless_layers, state_layers, state_spec
 from capcalc.schema.profiles import ModelProfile
 
 
@@ -39,7 +45,10 @@ class LayerShapes:
     expert_bias: int
     shared_experts: int  # all shared experts of one MoE layer
     router: int  # router weights + bias of one MoE layer
-    norms: int  # all norm parameters of one layer (incl. qk-norm)
+    norms: int  # all norm parameters of one attention layer (incl. qk-norm)
+    recurrent: int = 0  # input + output projection weights of one recurrent layer
+    recurrent_other: int = 0  # conv, per-head vectors, gated norm, biases of one recurrent layer
+    recurrent_norms: int = 0  # the layer norms of one recurrent (or MLP-only) layer (no qk-norm)
 
 
 _MEMO: dict[tuple[str, int], tuple[ModelProfile, object]] = {}
@@ -52,6 +61,15 @@ def _memoized(kind: str, model: ModelProfile, compute):
     if entry is None or entry[0] is not model:
         entry = _MEMO[(kind, id(model))] = (model, compute(model))
     return entry[1]
+
+
+def indexer_params(m: ModelProfile) -> int:
+    """Matrix weights of one layer's DSA lightning indexer: wq_b (q_lora_rank, or hidden when
+    q is not low-rank, -> n_heads x head_dim), wk (hidden -> head_dim) and weights_proj
+    (hidden -> n_heads); its k_norm LayerNorm (2 x head_dim) is counted with the norms."""
+    ix = m.mla.indexer
+    q_in = m.mla.q_lora_rank or m.hidden_size
+    return ix.n_heads * ix.head_dim * q_in + ix.head_dim * m.hidden_size + ix.n_heads * m.hidden_size
 
 
 def layer_shapes(m: ModelProfile) -> LayerShapes:
@@ -75,10 +93,15 @@ def _layer_shapes(m: ModelProfile) -> LayerShapes:
         attention = q + kv_down + kv_up + out
         latent_norms = q_norm + a.kv_lora_rank
         attention_bias = h if m.attention_output_bias else 0
+        if a.indexer is not None:  # DSA: wq_b (q latent -> heads x dim), wk, weights_proj; k_norm
+            attention += indexer_params(m)
+            latent_norms += 2 * a.indexer.head_dim
     else:
         q_width = m.num_attention_heads * m.head_dim
         kv_width = m.num_kv_heads * m.head_dim
         attention = h * q_width + 2 * h * kv_width + q_width * h
+        if m.attention_output_gate:
+            attention += h * q_width
         attention_bias = (q_width + 2 * kv_width if m.attention_bias else 0) + (
             h if m.attention_output_bias else 0
         )
@@ -93,6 +116,11 @@ def _layer_shapes(m: ModelProfile) -> LayerShapes:
     norm_size = h * (2 if m.norm == "layernorm" else 1)
     qk_norm = 2 * m.head_dim * (2 if m.norm == "layernorm" else 1) if m.qk_norm else 0
     norms = m.norms_per_layer * norm_size + qk_norm + latent_norms
+    recurrent = recurrent_other = 0
+    spec = state_spec(m)
+    if spec is not None:
+        inp, out, recurrent_other = spec.params(h)
+        recurrent = inp + out
 
     expert = expert_bias = shared = router = 0
     if m.moe is not None:
@@ -111,6 +139,9 @@ def _layer_shapes(m: ModelProfile) -> LayerShapes:
         shared_experts=shared,
         router=router,
         norms=norms,
+        recurrent=recurrent,
+        recurrent_other=recurrent_other,
+        recurrent_norms=m.norms_per_layer * norm_size,
     )
 
 
@@ -130,6 +161,8 @@ class ParamCount:
     norms: int
     extra: int  # outside the text decoder (vision tower ...)
     routed_experts_active: int  # the routed experts one token uses
+    recurrent: int = 0  # projection weights of the recurrent mixers, all layers
+    recurrent_other: int = 0  # their conv, per-head vectors, norms and biases
 
     @property
     def total(self) -> int:
@@ -145,6 +178,8 @@ class ParamCount:
             + self.router
             + self.norms
             + self.extra
+            + self.recurrent
+            + self.recurrent_other
         )
 
     @property
@@ -156,8 +191,10 @@ class ParamCount:
     @property
     def linear(self) -> int:
         """Weights of the decoder's matrix multiplies (what weight-only quantisation
-        shrinks): attention projections, MLPs, experts and router."""
-        return self.attention + self.dense_mlp + self.routed_experts + self.shared_experts + self.router
+        shrinks): attention and recurrent projections, MLPs, experts and router."""
+        return (
+            self.attention + self.dense_mlp + self.routed_experts + self.shared_experts + self.router
+        ) + self.recurrent
 
     def as_dict(self) -> dict[str, int]:
         return {**asdict(self), "total": self.total, "active": self.active}
@@ -179,17 +216,20 @@ def _count_params(m: ModelProfile) -> ParamCount:
         shared = moe_layers * s.shared_experts
         router = moe_layers * s.router
     final_norm = m.hidden_size * (2 if m.norm == "layernorm" else 1)
+    attn, recur = attention_layers(m), state_layers(m)
     return ParamCount(
         embedding=m.vocab_size * m.hidden_size,
         position_embedding=m.max_context * m.hidden_size if m.position_embedding == "learned" else 0,
         lm_head=0 if m.tie_word_embeddings else m.vocab_size * m.hidden_size,
-        attention=m.num_layers * s.attention,
-        attention_bias=m.num_layers * s.attention_bias,
+        attention=attn * s.attention,
+        attention_bias=attn * s.attention_bias,
         dense_mlp=dense_layers * (s.dense_mlp + s.dense_mlp_bias),
         routed_experts=routed,
         shared_experts=shared,
         router=router,
-        norms=m.num_layers * s.norms + final_norm,
+        norms=attn * s.norms + (recur + mixerless_layers(m)) * s.recurrent_norms + final_norm,
         extra=m.extra_params.count if m.extra_params else 0,
         routed_experts_active=routed_active,
+        recurrent=recur * s.recurrent,
+        recurrent_other=recur * s.recurrent_other,
     )

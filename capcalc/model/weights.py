@@ -30,8 +30,9 @@ from typing import NamedTuple
 
 from capcalc.core.dtypes import WEIGHT_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
+from capcalc.model.layers import NoMixerSpec, layer_specs, state_spec
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, pp_layer_ranges
-from capcalc.model.params import ParamCount, count_params, layer_shapes
+from capcalc.model.params import ParamCount, count_params, indexer_params, layer_shapes
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import ModelProfile
 
@@ -152,13 +153,47 @@ class GpuWeights:
     final_norm: float  # replicated
     position_embedding: float  # learned positions, replicated
     extra: float  # outside the text decoder (vision tower)
+    #: a recurrent layer's mixer in place of qkv / o: its input and output projections
+    #: (split by tp) and its conv, per-head vectors and gated norm (split by tp, 16-bit)
+    recurrent_in: float = 0.0
+    recurrent_out: float = 0.0
+    recurrent_other: float = 0.0
+    recurrent_norms: float = 0.0  # a recurrent layer's layer norms, replicated
 
-    def dense_layer_bytes(self) -> float:
+    def dense_layer_bytes(self, recurrent: bool = False) -> float:
         w = self.widths
+        if recurrent:
+            return w.linear * (self.recurrent_in + self.recurrent_out + self.dense_mlp) + w.high * (
+                self.recurrent_norms + self.recurrent_other
+            )
         return w.linear * (self.qkv + self.o + self.dense_mlp) + w.high * self.norms_biases
 
-    def moe_layer_bytes(self) -> float:
+    def part_bytes(self, mixer: str, mlp: str | None) -> float:
+        """Bytes of a layer made of ``mixer`` ('attention', 'recurrent' or 'none') and ``mlp``
+        ('dense', 'moe' or None), its norms included (a mixer-only or MLP-only layer)."""
         w = self.widths
+        total = {
+            "attention": w.linear * (self.qkv + self.o) + w.high * self.norms_biases,
+            "recurrent": w.linear * (self.recurrent_in + self.recurrent_out)
+            + w.high * (self.recurrent_norms + self.recurrent_other),
+            "none": w.high * self.recurrent_norms,
+        }[mixer]
+        if mlp == "dense":
+            total += w.linear * self.dense_mlp
+        elif mlp == "moe":
+            total += (
+                w.linear * (self.shared_experts + self.router) + w.expert * self.num_experts * self.expert
+            )
+        return total
+
+    def moe_layer_bytes(self, recurrent: bool = False) -> float:
+        w = self.widths
+        if recurrent:
+            return (
+                w.linear * (self.recurrent_in + self.recurrent_out + self.shared_experts + self.router)
+                + w.expert * self.num_experts * self.expert
+                + w.high * (self.recurrent_norms + self.recurrent_other)
+            )
         return (
             w.linear * (self.qkv + self.o + self.shared_experts + self.router)
             + w.expert * self.num_experts * self.expert
@@ -191,10 +226,24 @@ def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fie
         a = model.mla
         o = model.num_attention_heads * a.v_head_dim * h
         down = (h * a.q_lora_rank if a.q_lora_rank else 0) + h * (a.kv_lora_rank + a.qk_rope_head_dim)
+        if a.indexer is not None:
+            down += indexer_params(model)  # the DSA indexer is replicated (vLLM ReplicatedLinear)
         qkv = down + (s.attention - o - down) / tp  # q_b and kv_b split
     else:
         o = model.num_attention_heads * model.head_dim * h
         qkv = o / tp + 2 * h * kv_heads_per_gpu(model, tp) * model.head_dim  # q split, k and v per head
+        if model.attention_output_gate:
+            qkv += o / tp  # the gate half of q's projection
+    recurrent = {}
+    spec = state_spec(model)
+    if spec is not None:
+        inp, out, other = spec.params(h)
+        recurrent = dict(
+            recurrent_in=inp / tp,
+            recurrent_out=out / tp,
+            recurrent_other=other / tp,
+            recurrent_norms=s.recurrent_norms,
+        )
     return GpuWeights(
         dtype=dtype,
         widths=weight_widths(dtype, d.group_size, d.quantize_embeddings),
@@ -211,6 +260,7 @@ def gpu_weights(model: ModelProfile, deployment: Deployment | None = None, **fie
         final_norm=h * (2 if model.norm == "layernorm" else 1),
         position_embedding=p.position_embedding,
         extra=p.extra / tp,
+        **recurrent,
     )
 
 
@@ -244,15 +294,38 @@ def weight_bytes_per_gpu(
     d = Deployment.of(deployment, **fields)
     g = gpu_weights(model, d)
     w = g.widths
-    dense, moe_layer = g.dense_layer_bytes(), g.moe_layer_bytes()
-    first_moe = model.moe.first_dense_layers if model.moe is not None else model.num_layers
+    # bytes of a layer by (mixer, MLP), summed in this order: attention or recurrent mixer with a
+    # dense or MoE MLP, then the layers missing one of the two (Nemotron-H)
+    layouts = [(r, moe) for r in ("attention", "recurrent") for moe in ("dense", "moe")]
+    layouts += [("attention", None), ("recurrent", None), ("none", "dense"), ("none", "moe"), ("none", None)]
+    layer_bytes = {
+        ("attention", "dense"): g.dense_layer_bytes(),
+        ("attention", "moe"): g.moe_layer_bytes(),
+        ("recurrent", "dense"): g.dense_layer_bytes(True),
+        ("recurrent", "moe"): g.moe_layer_bytes(True),
+    }
+    for layout in layouts[4:]:
+        layer_bytes[layout] = g.part_bytes(*layout)
+    specs = layer_specs(model)
+
+    def layout_of(layer: int) -> tuple[str, str | None]:
+        spec = specs[layer]
+        mixer = "attention" if spec.attends else "none" if isinstance(spec, NoMixerSpec) else "recurrent"
+        mlp = ("moe" if model.is_moe_layer(layer) else "dense") if model.has_mlp(layer) else None
+        return mixer, mlp
+
     table = g.embedding * w.embedding
     stages = []
     ranges = pp_layer_ranges(model.num_layers, d.pp)
     for i, (start, end) in enumerate(ranges):
         first, last = i == 0, i == len(ranges) - 1
-        n_dense = max(0, min(end, first_moe) - start)
-        total = n_dense * dense + (end - start - n_dense) * moe_layer
+        counts = dict.fromkeys(layouts, 0)
+        for layer in range(start, end):
+            counts[layout_of(layer)] += 1
+        total = 0.0
+        for layout in layouts:
+            if counts[layout]:
+                total += counts[layout] * layer_bytes[layout]
         if first:
             total += table + (g.position_embedding + g.extra) * w.high
         if last:

@@ -36,12 +36,17 @@ class Deployment:
     group_size: int = 128
     #: quantise the embedding table and LM head too (else they stay 16-bit)
     quantize_embeddings: bool = False
+    #: dtype of the recurrent (SSM / linear-attention) state of hybrid models, vLLM's
+    #: ``--mamba-ssm-cache-dtype``; ``auto``: the checkpoint's ``mamba_ssm_dtype``, else
+    #: the conv state's (the serving dtype)
+    mamba_ssm_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         for name, allowed, what in (
             ("weight_dtype", WEIGHT_DTYPES, "weight dtype"),
             ("kv_dtype", KV_DTYPES, "KV dtype"),
             ("compute_dtype", COMPUTE_DTYPES, "compute dtype"),
+            ("mamba_ssm_cache_dtype", KV_DTYPES, "mamba SSM cache dtype"),
         ):
             value = getattr(self, name)
             if value not in allowed:

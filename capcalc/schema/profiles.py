@@ -15,6 +15,14 @@ from capcalc.core.errors import CapcalcError
 
 # --------------------------------------------------------------------------- dataclasses
 
+#: the layer kinds a profile's ``layer_types`` may name (capcalc/model/layers.py has one
+#: spec class per kind): full attention, sliding-window attention, chunked-local attention
+#: (Llama 4), Mamba2 state, Gated DeltaNet linear-attention state, and 'mlp': a layer with no
+#: mixer, only its MLP (Nemotron-H's '-' blocks)
+LAYER_KINDS = ("full", "sliding", "chunked", "mamba", "linear", "mlp")
+#: the kinds that keep a fixed state per sequence instead of a per-token cache
+STATE_KINDS = ("mamba", "linear")
+
 
 @dataclass(frozen=True)
 class MoE:
@@ -26,6 +34,19 @@ class MoE:
     first_dense_layers: int = 0
     expert_bias: bool = False
     router_bias: bool = False
+    #: after the leading dense layers, every layer_step-th layer is MoE (layer i when
+    #: (i + 1) % layer_step == 0), the others dense: Llama-4 Maverick's interleave_moe_layer_step 2
+    layer_step: int = 1
+
+
+@dataclass(frozen=True)
+class Indexer:
+    """DeepSeek Sparse Attention's lightning indexer (DeepSeek-V3.2): ``n_heads`` heads of
+    ``head_dim`` score every cached token; each query attends to the ``topk`` best."""
+
+    n_heads: int
+    head_dim: int
+    topk: int
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,35 @@ class MLA:
     qk_nope_head_dim: int
     v_head_dim: int
     q_lora_rank: int | None = None
+    indexer: Indexer | None = None
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba2 mixer (Nemotron-H, Granite-4.0-H, Falcon-H1): ``num_heads`` heads of
+    ``head_dim`` channels (intermediate = heads x head_dim), a state of ``state_size``
+    per channel shared across ``n_groups`` B/C groups, a causal conv of ``conv_kernel``."""
+
+    num_heads: int
+    head_dim: int
+    state_size: int
+    n_groups: int = 1
+    conv_kernel: int = 4
+    conv_bias: bool = True
+    proj_bias: bool = False
+
+
+@dataclass(frozen=True)
+class LinearAttention:
+    """A Gated DeltaNet linear-attention mixer (Qwen3-Next, Qwen3.5): ``num_key_heads``
+    query/key heads of ``key_head_dim``, ``num_value_heads`` value heads of
+    ``value_head_dim``, a causal conv of ``conv_kernel`` over q, k and v."""
+
+    num_key_heads: int
+    num_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int = 4
 
 
 @dataclass(frozen=True)
@@ -74,8 +124,22 @@ class ModelProfile:
     moe: MoE | None = None
     mla: MLA | None = None
     sliding_window: int | None = None
-    #: one of 'full' / 'sliding' per layer
+    #: one of :data:`LAYER_KINDS` per layer
     layer_types: tuple[str, ...] = ()
+    #: the mixer layers (attention, recurrent) carry no MLP: only the 'mlp' layers have one
+    #: (Nemotron-H: each block is a mixer or an MLP)
+    mixer_only: bool = False
+    #: tokens per chunk of the 'chunked' layers (attention_chunk_size)
+    attention_chunk_size: int | None = None
+    #: Mamba2 mixer of the 'mamba' layers
+    mamba: Mamba2 | None = None
+    #: Gated DeltaNet mixer of the 'linear' layers
+    linear_attention: LinearAttention | None = None
+    #: the attention layers' query projection also gives a sigmoid output gate (Qwen3-Next)
+    attention_output_gate: bool = False
+    #: dtype of the recurrent (SSM) state the checkpoint asks for (config ``mamba_ssm_dtype``);
+    #: None: the conv state's dtype
+    ssm_state_dtype: str | None = None
     extra_params: ExtraParams | None = None
     notes: str = ""
     path: str = ""
@@ -86,15 +150,36 @@ class ModelProfile:
 
     @property
     def num_full_layers(self) -> int:
-        return self.num_layers - self.num_sliding_layers
+        """Full-attention layers (MLA ones included); not sliding, not recurrent."""
+        if not self.layer_types:
+            return self.num_layers
+        return sum(1 for t in self.layer_types if t == "full")
 
-    @property
+    def has_mlp(self, i: int) -> bool:
+        """Whether layer ``i`` has an MLP (every layer, unless ``mixer_only``: then the 'mlp' ones)."""
+        if not self.mixer_only:
+            return True
+        return i < len(self.layer_types) and self.layer_types[i] == "mlp"
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer ``i`` has the MoE (else a dense MLP of intermediate_size, or none)."""
+        m = self.moe
+        return m is not None and i >= m.first_dense_layers and (i + 1) % m.layer_step == 0 and self.has_mlp(i)
+
+    @cached_property  # asked for on every step of a latency average
     def num_moe_layers(self) -> int:
-        return 0 if self.moe is None else self.num_layers - self.moe.first_dense_layers
+        if self.moe is None:
+            return 0
+        if self.moe.layer_step == 1 and not self.mixer_only:
+            return self.num_layers - self.moe.first_dense_layers
+        return sum(1 for i in range(self.num_layers) if self.is_moe_layer(i))
 
-    @property
+    @cached_property
     def num_dense_layers(self) -> int:
-        return self.num_layers - self.num_moe_layers
+        """Layers with a dense MLP of intermediate_size."""
+        if not self.mixer_only:
+            return self.num_layers - self.num_moe_layers
+        return sum(1 for i in range(self.num_layers) if self.has_mlp(i) and not self.is_moe_layer(i))
 
 
 @dataclass(frozen=True)

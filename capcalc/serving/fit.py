@@ -69,6 +69,23 @@ the estimated maximum model length is M." -- M is the largest length whose
 ``kv_needed`` fits, found by the same binary search. With pipeline parallelism
 each stage sizes its own budget and groups (projected onto its layers) and every
 stage then uses the smallest ``num_blocks``.
+
+Hybrid models with recurrent layers (Mamba2, Gated DeltaNet; vLLM's ``MambaSpec``): each
+sequence holds one fixed state page per recurrent layer (``state_bytes`` of the layer's
+spec, conv state in the serving dtype, recurrent state in ``mamba_ssm_cache_dtype``).
+All groups share one pool of equal pages, so vLLM raises the attention block size until
+one attention page covers a state page, then pads the state page to it
+(``_align_hybrid_block_size``, vllm/platforms/interface.py; earlier
+``HybridAttentionMambaModelConfig.verify_and_update_config``)::
+
+    block_size = max(block_size, 16 x cdiv(state_page, 16 x attention_bytes_per_token))
+    page       = block_size x attention_bytes_per_token      (the state page padded to it)
+
+("Setting attention block size to N tokens to ensure that attention page size is >=
+mamba page size"; "Padding mamba page size by P%"). A recurrent group needs one block
+per running request; and since vLLM PR 38270 (2026) the engine refuses to start when
+``max_num_seqs`` exceeds the pool's blocks ("max_num_seqs (S) exceeds available Mamba
+cache blocks (B)"), where earlier versions capped the CUDA-graph sizes silently.
 """
 
 from __future__ import annotations
@@ -81,7 +98,8 @@ from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
-from capcalc.model.kv import kv_bytes_per_token_per_layer
+from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
+from capcalc.model.layers import LayerSpec, StateSpec, attention_spec, cdiv, layer_specs, state_spec
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
 from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
@@ -117,8 +135,9 @@ def default_batch_limits(memory_bytes: float, gpu_name: str = "") -> tuple[int, 
     return 256, 2048
 
 
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+#: attention kernels take block sizes in multiples of 16: the hybrid block size is
+#: rounded up to one (vLLM ``kernel_block_alignment_size``, FlashAttention)
+HYBRID_BLOCK_ALIGNMENT = 16
 
 
 # --------------------------------------------------------------------------- KV groups
@@ -126,32 +145,46 @@ def cdiv(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class KVGroup:
-    """One KV cache group: layers sharing one block table."""
+    """One KV cache group: layers of one kind (one spec) sharing one block table."""
 
-    kind: str  # 'full' | 'sliding'
+    kind: str  # 'full' | 'sliding' | 'mamba' | 'linear'
     layers: tuple[int, ...]
+    spec: LayerSpec | None = None
 
 
 def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
-    """vLLM's grouping of the attention layers (``_get_kv_cache_groups_uniform_page_size``).
+    """vLLM's grouping of the layers (``_get_kv_cache_groups_uniform_page_size``).
 
     One kind of layer (or ``hybrid=False``, vLLM's ``--disable-hybrid-kv-cache-manager``,
     which treats sliding layers as full): one group of every layer. Otherwise the
     kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
-    ``layers[i::num_groups]``."""
+    ``layers[i::num_groups]``. Recurrent layers need the hybrid manager."""
+    full = attention_spec(model)
     kinds: dict[str, list[int]] = {}
-    for i, kind in enumerate(model.layer_types):
-        kinds.setdefault(kind if hybrid else "full", []).append(i)
+    specs: dict[str, LayerSpec] = {}
+    for i, spec in enumerate(layer_specs(model)):
+        if not spec.attends and not isinstance(spec, StateSpec):
+            continue  # a layer with no mixer caches nothing
+        if not hybrid and spec.attends:
+            spec = full
+        kinds.setdefault(spec.kind, []).append(i)
+        specs[spec.kind] = spec
+    if not hybrid and any(not spec.attends for spec in specs.values()):
+        raise CapcalcError(
+            f"{model.name} has recurrent (Mamba / linear-attention) layers, which need vLLM's hybrid KV "
+            "cache manager: hybrid=False cannot hold them",
+            parameter="hybrid",
+        )
     if len(kinds) == 1:
         ((kind, layers),) = kinds.items()
-        return [KVGroup(kind, tuple(layers))]
+        return [KVGroup(kind, tuple(layers), specs[kind])]
     smallest = min(len(v) for v in kinds.values())
     largest = max(len(v) for v in kinds.values())
     size = largest if largest < smallest * 1.5 else smallest
     groups = []
     for kind, layers in kinds.items():
         n = cdiv(len(layers), size)
-        groups.extend(KVGroup(kind, tuple(layers[i::n])) for i in range(n))
+        groups.extend(KVGroup(kind, tuple(layers[i::n]), specs[kind]) for i in range(n))
     return groups
 
 
@@ -162,16 +195,40 @@ def request_blocks(
     block_size: int,
     max_num_batched_tokens: int,
 ) -> int:
-    """Blocks one request at ``max_model_len`` holds, summed over the groups."""
-    full = cdiv(max_model_len, block_size)
-    total = 0
-    for g in groups:
-        if g.kind == "sliding":
-            tokens = min(model.sliding_window - 1 + max_num_batched_tokens, max_model_len)
-            total += cdiv(tokens, block_size) + 1
-        else:
-            total += full
-    return total
+    """Blocks one request at ``max_model_len`` holds, summed over the groups (each group's
+    spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`)."""
+    full = attention_spec(model)
+    return sum(
+        (g.spec or full).blocks_per_request(max_model_len, block_size, max_num_batched_tokens) for g in groups
+    )
+
+
+@dataclass(frozen=True)
+class HybridPages:
+    """The page layout of a model with recurrent layers (module docstring)."""
+
+    block_size: int  # the attention block size, raised to cover a state page
+    state_page_bytes: float  # one recurrent layer's state for one sequence, unpadded
+    padding_pct: float  # how much the state page is padded to the attention page
+    raised: bool  # whether the block size was raised
+
+
+def hybrid_pages(
+    model: ModelProfile, kv_dtype: str, tp: int, block_size: int, state_dtype: str = "auto"
+) -> HybridPages | None:
+    """vLLM's alignment of the attention and state pages (None without recurrent layers):
+    ``block = max(block_size, 16 x cdiv(state_page, 16 x attention bytes per token))``."""
+    spec = state_spec(model)
+    if spec is None:
+        return None
+    conv, ssm = (DTYPE_BYTES[d] for d in state_dtypes(model, state_dtype))
+    state = spec.state_bytes(tp, conv, ssm)
+    per_token = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
+    align = HYBRID_BLOCK_ALIGNMENT
+    needed = align * cdiv(int(state), int(align * per_token)) if per_token >= 1 else block_size
+    raised = block_size < needed
+    bs = max(block_size, needed)
+    return HybridPages(bs, state, 100.0 * (bs * per_token - state) / state, raised)
 
 
 # --------------------------------------------------------------------------- activation
@@ -181,20 +238,18 @@ def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, 
     """Peak activation memory of vLLM's profile run on one GPU (module docstring)."""
     act = DTYPE_BYTES[serving_dtype(model.native_dtype)]
     h = model.hidden_size
-    heads = model.num_attention_heads / tp
-    if model.mla is not None:
-        a = model.mla
-        attention = heads * (a.qk_nope_head_dim + a.qk_rope_head_dim) + a.kv_lora_rank + a.qk_rope_head_dim
-        attention += heads * (a.qk_nope_head_dim + 2 * a.v_head_dim)
-    else:
-        attention = (2 * heads + 2 * kv_heads_per_gpu(model, tp)) * model.head_dim
+    # the widest mixer: attention's q, k, v and output columns, or a recurrent layer's
+    attention = attention_spec(model).activation_width(tp)
+    recurrent = state_spec(model)
+    if recurrent is not None:
+        attention = max(attention, recurrent.activation_width(tp))
     per_width = 3 if model.mlp == "gated" else 2
     mlp = per_width * model.intermediate_size / tp
     if model.moe is not None:
         e = model.moe
         moe = e.experts_per_token * (per_width * e.expert_intermediate_size / tp + h)
         moe += e.num_shared_experts * per_width * e.shared_expert_intermediate_size / tp
-        mlp = max(mlp, moe) if e.first_dense_layers else moe
+        mlp = max(mlp, moe) if model.num_dense_layers else moe
     forward = max_num_batched_tokens * act * (2 * h + max(attention, mlp))
     sampler = min(max_num_seqs, max_num_batched_tokens) * model.vocab_size * SAMPLER_BYTES_PER_LOGIT
     return max(forward, sampler)
@@ -286,6 +341,12 @@ class FitResult:
     weights_shortfall_bytes: float
     max_model_len_that_fits: int
     binding_stage: int
+    state_layers: int = 0  # recurrent layers (Mamba2, Gated DeltaNet)
+    state_page_bytes: float = 0.0  # one recurrent layer's state of one sequence, before padding
+    state_page_padding_pct: float = 0.0  # padding of the state page to the attention page
+    block_size_raised: bool = False  # vLLM raised the attention block size to cover a state page
+    mamba_ssm_cache_dtype: str | None = None
+    max_num_seqs_over_state_blocks: bool = False  # vLLM refuses: more sequences than blocks
     #: changes that would make it fit, each checked by fitting again: (parameter, value)
     #: pairs of :class:`FitRequest` or its deployment, e.g. ``("max_model_len", 43696)``
     suggestions: tuple[tuple[str, Any], ...] = ()
@@ -298,6 +359,12 @@ class FitResult:
         """The message vLLM would stop with, or None when it starts."""
         if self.kv_cache_bytes_per_gpu <= 0:
             return "No available memory for the cache blocks. Try increasing `gpu_memory_utilization`."
+        if self.max_num_seqs_over_state_blocks and self.kv_needed_bytes <= self.kv_cache_bytes_per_gpu:
+            return (
+                f"max_num_seqs ({self.max_num_seqs}) exceeds available Mamba cache blocks ({self.num_blocks}). "
+                "Each decode sequence requires one Mamba cache block, so CUDA graph capture cannot proceed. "
+                f"Please lower max_num_seqs to at most {self.num_blocks} or increase gpu_memory_utilization."
+            )
         if self.kv_needed_bytes <= self.kv_cache_bytes_per_gpu:
             return None
         estimate = (
@@ -389,8 +456,13 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         else activation_bytes(model, req.tp, max_num_batched_tokens, max_num_seqs)
     )
     overhead = req.overhead_bytes if req.overhead_bytes is not None else overhead_bytes(req.tp)
-    page = bs * kv_bytes_per_token_per_layer(model, kv_dtype, req.tp)
     groups = kv_cache_groups(model, req.hybrid)
+    state_dtype = req.deployment.mamba_ssm_cache_dtype
+    pages = hybrid_pages(model, kv_dtype, req.tp, bs, state_dtype)
+    if pages is not None:
+        bs = pages.block_size
+    page = bs * kv_bytes_per_token_per_layer(model, kv_dtype, req.tp)
+    specs = layer_specs(model)
 
     def blocks_for(length: int) -> int:
         return request_blocks(model, groups, length, bs, max_num_batched_tokens)
@@ -427,7 +499,9 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         )
         weights_fit = peak <= req.memory_bytes
         shortfall = max(0.0, peak - req.memory_bytes)
-    fits = weights_fit and fits_len(max_model_len)
+    # one state block per running sequence: vLLM refuses more sequences than blocks
+    over_state = pages is not None and max_num_seqs > num_blocks
+    fits = weights_fit and fits_len(max_model_len) and not over_state
     concurrency = num_blocks / per_request
     replicas = req.n_gpus // (req.tp * req.pp) if req.n_gpus else None
     result = FitResult(
@@ -455,7 +529,9 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         kv_cache_bytes_per_gpu=max(budget, 0.0),
         kv_cache_shortfall_bytes_per_gpu=max(-budget, 0.0),
         kv_cache_memory_source="flag" if req.kv_cache_memory is not None else "budget",
-        kv_bytes_per_token_per_gpu=page / bs * (st.end_layer - st.first_layer),
+        kv_bytes_per_token_per_gpu=page
+        / bs
+        * sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].attends),
         kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
         kv_replicated=kv_replication_factor(model, req.tp) > 1,
         kv_cache_groups=len(groups),
@@ -472,6 +548,12 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_shortfall_bytes=shortfall,
         max_model_len_that_fits=longest,
         binding_stage=st.stage,
+        state_layers=sum(1 for spec in specs if isinstance(spec, StateSpec)),
+        state_page_bytes=pages.state_page_bytes if pages else 0.0,
+        state_page_padding_pct=pages.padding_pct if pages else 0.0,
+        block_size_raised=pages.raised if pages else False,
+        mamba_ssm_cache_dtype=state_dtypes(model, state_dtype)[1] if pages else None,
+        max_num_seqs_over_state_blocks=over_state,
     )
     if suggest and not fits:
         result = replace(result, suggestions=_suggestions(model, req, result))
@@ -490,6 +572,8 @@ def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> tuple[tu
 
     if r.weights_fit and 0 < r.max_model_len_that_fits < r.max_model_len:
         out.append(("max_model_len", r.max_model_len_that_fits))
+    if r.max_num_seqs_over_state_blocks and r.num_blocks > 0 and works(max_num_seqs=r.num_blocks):
+        out.append(("max_num_seqs", r.num_blocks))
     if req.kv_cache_memory is None:
         non_kv = r.usable_bytes_per_gpu - r.kv_cache_bytes_per_gpu + r.kv_cache_shortfall_bytes_per_gpu
         util = math.ceil((non_kv + r.kv_needed_bytes) / r.memory_bytes * 100) / 100

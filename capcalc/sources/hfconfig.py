@@ -98,6 +98,36 @@ _COUNT_KIND = {
     "qk_rope_head_dim": "head_dim",
     "v_head_dim": "head_dim",
     "ffn_hidden_size": "intermediate_size",
+    "full_attention_interval": "layers",
+    "linear_num_key_heads": "heads",
+    "linear_num_value_heads": "heads",
+    "linear_key_head_dim": "head_dim",
+    "linear_value_head_dim": "head_dim",
+    "linear_conv_kernel_dim": "head_dim",
+    "mamba_n_heads": "heads",
+    "mamba_d_head": "head_dim",
+    "mamba_d_state": "head_dim",
+    "mamba_n_groups": "heads",
+    "mamba_d_conv": "head_dim",
+    "mamba_expand": "heads",
+    "shared_intermediate_size": "intermediate_size",
+    "mtp_num_hidden_layers": "layers",
+    "attention_chunk_size": "context",
+    "interleave_moe_layer_step": "layers",
+    "no_rope_layer_interval": "layers",
+    "intermediate_size_mlp": "intermediate_size",
+    "projector_input_dim": "hidden_size",
+    "projector_output_dim": "hidden_size",
+    "vision_output_dim": "hidden_size",
+    "index_n_heads": "heads",
+    "index_head_dim": "head_dim",
+    "index_topk": "context",
+    "mamba_num_heads": "heads",
+    "mamba_head_dim": "head_dim",
+    "ssm_state_size": "head_dim",
+    "n_groups": "heads",
+    "mamba_num_groups": "heads",
+    "conv_kernel": "head_dim",
 }
 
 
@@ -161,6 +191,12 @@ class _Mapping:
     layer_types: list[str] | None = None
     extra_params: dict | None = None
     notes: list[str] = field(default_factory=list)
+    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba'), with its mixer block
+    kinds: list[str] | None = None
+    linear_attention: dict | None = None
+    mamba: dict | None = None
+    chunk: int | None = None
+    mixer_only: bool = False
 
 
 def _head_dim(c: _Cfg, hidden: int, heads: int, default: int | None = None) -> int:
@@ -876,6 +912,282 @@ def _glm_moe_dsa(c: _Cfg) -> _Mapping:
     return m
 
 
+def _hybrid_kinds(c: _Cfg, names: dict[str, str], rule: Callable[[int], str]) -> list[str]:
+    """Per-layer kinds from ``layer_types`` (config names mapped by ``names``), else ``rule(i)``."""
+    layers = c.int("num_hidden_layers")
+    listed = c.get("layer_types")
+    if listed is None:
+        return [rule(i) for i in range(layers)]
+    if not isinstance(listed, list) or len(listed) != layers or any(t not in names for t in listed):
+        raise c.fail(
+            f"layer_types must list {layers} entries of {' / '.join(repr(n) for n in names)} "
+            f"(capcalc cannot model {excerpt(sorted(set(map(str, listed)) - set(names)) or listed)})"
+        )
+    return [names[t] for t in listed]
+
+
+def _state_dtype(c: _Cfg, block: dict) -> dict:
+    """``mamba_ssm_dtype`` (the recurrent state's dtype the checkpoint asks for) into the mixer block."""
+    dtype = c.get("mamba_ssm_dtype")
+    if dtype is not None:
+        block["state_dtype"] = _torch_dtype(dtype, c.where)
+    return block
+
+
+def _qwen3_next(c: _Cfg) -> _Mapping:
+    # Qwen3NextConfig / Qwen3_5TextConfig (Qwen3-Next, Qwen3.5): layer i is Gated DeltaNet
+    # linear attention unless (i + 1) is a multiple of full_attention_interval (default 4)
+    # or layer_types says 'full_attention'; the full-attention layers gate their output
+    # (q_proj gives q and a sigmoid gate: attn_output_gate, default true) and norm q and k
+    # per head; MoE of num_experts of moe_intermediate_size plus one shared expert of
+    # shared_expert_intermediate_size (Qwen3.5 dense: an MLP of intermediate_size); untied.
+    arch = _decoder(c, tie_default=False, qk_norm=True, head_dim_default=None)
+    interval = c.int("full_attention_interval", default=4)
+    kinds = _hybrid_kinds(
+        c,
+        {"linear_attention": "linear", "full_attention": "full"},
+        lambda i: "full" if (i + 1) % interval == 0 else "linear",
+    )
+    linear = _state_dtype(
+        c,
+        dict(
+            num_key_heads=c.int("linear_num_key_heads"),
+            num_value_heads=c.int("linear_num_value_heads"),
+            key_head_dim=c.int("linear_key_head_dim"),
+            value_head_dim=c.int("linear_value_head_dim"),
+            conv_kernel=c.int("linear_conv_kernel_dim", default=4),
+        ),
+    )
+    m = _Mapping(arch, kinds=kinds, linear_attention=linear)
+    if "linear" not in kinds:  # every layer full attention: no recurrent state
+        m.kinds = m.linear_attention = None
+    if c.flag("attn_output_gate", True):
+        arch["attention_output_gate"] = True
+    if c.get("num_experts"):
+        shared = c.int("shared_expert_intermediate_size", default=0, minimum=0)
+        m.moe = _qwen_moe(c, arch, shared)
+        if shared:
+            m.notes.append(
+                "Not modelled: the shared expert's sigmoid gate (one hidden_size vector per MoE layer)."
+            )
+    mtp = c.int("mtp_num_hidden_layers", "num_nextn_predict_layers", default=0, minimum=0)
+    if mtp:
+        m.notes.append(
+            f"The {mtp} multi-token-prediction layer(s) are not part of the profile (used only for "
+            "speculative decoding)."
+        )
+    m.notes.append(
+        "partial_rotary_factor only changes which dims RoPE turns: not the KV size. The Gated DeltaNet "
+        "layers keep a fixed state per sequence (conv + recurrent), no per-token cache."
+    )
+    return m
+
+
+def _qwen3_5(c: _Cfg) -> _Mapping:
+    # Qwen3_5(Moe)ForConditionalGeneration: the Qwen3-Next-style text decoder under text_config
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail(f"missing 'text_config' (a {c.family} config nests the text decoder there)")
+    mapping = _qwen3_next(_Cfg(text, f"{c.where}: text_config", f"{c.family}_text"))
+    mapping.notes.append("The vision encoder of the multimodal checkpoint is not counted.")
+    return mapping
+
+
+def _granitemoehybrid(c: _Cfg) -> _Mapping:
+    # GraniteMoeHybridConfig (Granite-4.0-H): layer_types 'mamba' / 'attention' (default every
+    # layer mamba); Mamba2 mixer of mamba_n_heads x mamba_d_head (mamba_expand x hidden), state
+    # mamba_d_state, mamba_n_groups B/C groups, conv mamba_d_conv with bias (mamba_conv_bias),
+    # projections without bias (mamba_proj_bias); every layer a MoE of num_local_experts of
+    # intermediate_size plus a shared MLP of shared_intermediate_size (no experts: the shared
+    # MLP alone); tied; position_embedding_type 'nope' (no positions) or 'rope'.
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=True, qkv_bias=bias, o_bias=bias)
+    kinds = _hybrid_kinds(c, {"mamba": "mamba", "attention": "full"}, lambda i: "mamba")
+    hidden = arch["hidden_size"]
+    heads = c.int("mamba_n_heads", default=128)
+    head_dim = c.int("mamba_d_head", default=max(1, c.int("mamba_expand", default=2) * hidden // heads))
+    mamba = _state_dtype(
+        c,
+        dict(
+            num_heads=heads,
+            head_dim=head_dim,
+            state_size=c.int("mamba_d_state", default=256),
+            n_groups=c.int("mamba_n_groups", default=1),
+            conv_kernel=c.int("mamba_d_conv", default=4),
+            conv_bias=c.flag("mamba_conv_bias", True),
+            proj_bias=c.flag("mamba_proj_bias", False),
+        ),
+    )
+    m = _Mapping(arch, kinds=kinds, mamba=mamba)
+    if "mamba" not in kinds:  # Granite-4.0-Micro: every layer attention
+        m.kinds = m.mamba = None
+    shared = c.int("shared_intermediate_size", default=0, minimum=0)
+    if c.get("num_local_experts"):
+        m.moe = dict(
+            num_experts=c.int("num_local_experts"),
+            experts_per_token=c.int("num_experts_per_tok"),
+            expert_intermediate_size=arch["intermediate_size"],
+        )
+        if shared:
+            m.moe.update(num_shared_experts=1, shared_expert_intermediate_size=shared)
+    elif shared:
+        arch["intermediate_size"] = shared
+    if c.get("position_embedding_type", default="nope") == "nope":
+        m.notes.append("position_embedding_type nope: no positional encoding (no parameters, as RoPE).")
+    return m
+
+
+def _nemotron_h(c: _Cfg) -> _Mapping:
+    # NemotronHConfig (Nemotron-H, NVIDIA-Nemotron-Nano-v2): hybrid_override_pattern gives one
+    # block per layer behind one RMSNorm: 'M' a Mamba2 mixer (mamba_num_heads x mamba_head_dim,
+    # ssm_state_size, n_groups, conv_kernel with bias use_conv_bias, no projection bias), '*'
+    # attention (no RoPE, no bias), '-' an MLP without gate (relu2, mlp_bias default false); untied
+    layers = c.int("num_hidden_layers")
+    pattern = c.get("hybrid_override_pattern")
+    if not isinstance(pattern, str) or len(pattern) != layers:
+        raise c.fail(f"hybrid_override_pattern must be a string of {layers} characters of M, * and -")
+    names = {"M": "mamba", "*": "full", "-": "mlp"}
+    unknown = sorted(set(pattern) - set(names))
+    if unknown:
+        raise c.fail(
+            f"hybrid_override_pattern block {excerpt(unknown[0])}: capcalc maps M (Mamba2), * (attention) and "
+            "- (MLP) blocks; MoE blocks ('E') are not mapped yet"
+        )
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=False, qkv_bias=bias, o_bias=bias, mlp_bias=c.flag("mlp_bias", False))
+    arch.update(mlp="plain", norms_per_layer=1)
+    mamba = _state_dtype(
+        c,
+        dict(
+            num_heads=c.int("mamba_num_heads"),
+            head_dim=c.int("mamba_head_dim"),
+            state_size=c.int("ssm_state_size"),
+            n_groups=c.int("n_groups", "mamba_num_groups", default=8),
+            conv_kernel=c.int("conv_kernel", default=4),
+            conv_bias=c.flag("use_conv_bias", True),
+            proj_bias=c.flag("mamba_proj_bias", False),
+        ),
+    )
+    m = _Mapping(arch, kinds=[names[ch] for ch in pattern], mamba=mamba, mixer_only=True)
+    m.notes.append(
+        "Nemotron-H blocks: each layer is a Mamba2 mixer, an attention layer (no RoPE: no parameters either "
+        "way) or a relu2 MLP, each behind one RMSNorm."
+    )
+    return m
+
+
+def llama4_vision_params(vision: dict, text_hidden: int) -> int:
+    """Llama 4's vision tower, pixel-shuffle adapter and projector.
+
+    patch embedding (unfolded conv, no bias: channels x patch^2 x d) + class embedding (d)
+    + positions ((image/patch)^2 + 1) x d + LayerNorm pre and post (4 d) + layers x
+    [q, k, v, o with bias (4 (d^2 + d)) + fc1, fc2 with bias (2 d f + f + d) + 2 LayerNorms
+    (4 d)]; adapter fc1 (d / ratio^2 -> projector_input_dim) and fc2 (projector_input_dim ->
+    projector_output_dim), no bias; projector vision_output_dim -> text hidden, no bias
+    (transformers Llama4VisionModel, Llama4VisionPixelShuffleMLP, Llama4MultiModalProjector).
+    Defaults are Llama4VisionConfig's."""
+    v = _Cfg(vision, "vision_config", "llama4_vision_model")
+    d = v.int("hidden_size", default=768)
+    f = v.int("intermediate_size", default=3072)
+    layers = v.int("num_hidden_layers", default=34)
+    channels = v.int("num_channels", default=3)
+    image, patch = v.int("image_size", default=448), v.int("patch_size", default=14)
+    ratio = v.get("pixel_shuffle_ratio", default=0.5)
+    if not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise v.fail(f"pixel_shuffle_ratio must be in (0, 1], got {excerpt(ratio)}")
+    proj_in = v.int("projector_input_dim", default=4096)
+    proj_out = v.int("projector_output_dim", default=4096)
+    out = v.int("vision_output_dim", default=7680)
+    tower = channels * patch * patch * d + d + ((image // patch) ** 2 + 1) * d + 4 * d
+    tower += layers * (4 * (d * d + d) + (2 * d * f + f + d) + 4 * d)
+    adapter = round(d / ratio**2) * proj_in + proj_in * proj_out
+    return tower + adapter + out * text_hidden
+
+
+def _llama4_text(c: _Cfg) -> _Mapping:
+    # Llama4TextConfig: layers whose no_rope_layers entry is 1 use RoPE and chunked-local
+    # attention over attention_chunk_size tokens; entry 0 (NoPE) layers attend globally; an
+    # empty or absent no_rope_layers is transformers' default, every no_rope_layer_interval-th
+    # (4th) layer global. Layer i is MoE when (i + 1) % interleave_moe_layer_step == 0 (or in
+    # moe_layers): num_local_experts routed experts of intermediate_size and one shared expert
+    # of the same width, router without bias; the other layers a dense MLP of
+    # intermediate_size_mlp. use_qk_norm is an L2 norm without weights (no parameters); untied.
+    arch = _decoder(c, tie_default=False, qkv_bias=c.flag("attention_bias", False))
+    layers = arch["num_layers"]
+    flags = c.get("no_rope_layers") or []
+    if flags:
+        if not isinstance(flags, list) or len(flags) != layers or any(x not in (0, 1) for x in flags):
+            raise c.fail(f"no_rope_layers must list {layers} entries of 0 / 1")
+    else:
+        interval = c.int("no_rope_layer_interval", default=4)
+        flags = [int((i + 1) % interval != 0) for i in range(layers)]
+    chunk = c.get("attention_chunk_size")
+    kinds = ["chunked" if rope and chunk else "full" for rope in flags]
+    m = _Mapping(arch)
+    if "chunked" in kinds:
+        m.kinds, m.chunk = kinds, c.int("attention_chunk_size")
+    step = c.int("interleave_moe_layer_step", default=1)
+    listed = c.get("moe_layers")
+    expected = [i for i in range(layers) if (i + 1) % step == 0]
+    if listed is not None and list(listed) != expected:
+        raise c.fail(
+            f"moe_layers {excerpt(listed)}: capcalc's profile schema has every layer_step-th layer MoE only"
+        )
+    width = c.int("intermediate_size")
+    arch["intermediate_size"] = c.int("intermediate_size_mlp", default=width) if step > 1 else width
+    m.moe = dict(
+        num_experts=c.int("num_local_experts"),
+        experts_per_token=c.int("num_experts_per_tok"),
+        expert_intermediate_size=width,
+        num_shared_experts=1,
+        shared_expert_intermediate_size=width,
+        layer_step=step,
+    )
+    if c.flag("use_qk_norm", True):
+        m.notes.append("use_qk_norm: an L2 norm of q and k without weights (no parameters).")
+    m.notes.append(
+        f"Chunked-local attention over {chunk} tokens on the RoPE layers, global attention on the NoPE "
+        "layers (no_rope_layers)."
+        if chunk
+        else "No attention_chunk_size: every layer attends globally."
+    )
+    return m
+
+
+def _llama4(c: _Cfg) -> _Mapping:
+    # Llama4ForConditionalGeneration (Llama 4 Scout, Maverick): the text decoder under
+    # text_config, the vision tower and projector under vision_config as extra parameters
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a llama4 config nests the text decoder there)")
+    mapping = _llama4_text(_Cfg(text, f"{c.where}: text_config", "llama4_text"))
+    vision = c.get("vision_config")
+    if isinstance(vision, dict):
+        mapping.extra_params = dict(
+            count=llama4_vision_params(vision, mapping.architecture["hidden_size"]),
+            what="Llama 4 vision tower, pixel-shuffle adapter and multimodal projector",
+            source="computed from config.json vision_config (Llama4VisionModel + Llama4MultiModalProjector)",
+        )
+    else:
+        mapping.notes.append("No vision_config: weights outside the text decoder are not counted.")
+    return mapping
+
+
+def _deepseek_v32(c: _Cfg) -> _Mapping:
+    # DeepseekV32 (DeepSeek-V3.2, -Exp): DeepSeek-V3's MLA + MoE layout plus DeepSeek Sparse
+    # Attention: a lightning indexer per layer (index_n_heads x index_head_dim, picking
+    # index_topk cached tokens for each query), whose keys vLLM caches beside the latent
+    m = _deepseek(c)
+    m.mla["indexer"] = dict(
+        n_heads=c.int("index_n_heads"), head_dim=c.int("index_head_dim"), topk=c.int("index_topk")
+    )
+    m.notes.append(
+        "DeepSeek Sparse Attention: the KV cache holds the latent and the indexer's fp8 keys of every "
+        "token; attention reads the index_topk tokens the indexer selects."
+    )
+    return m
+
+
 _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -899,6 +1211,16 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "minimax_m2": _minimax_m2,
     "mistral3": _mistral3,
     "glm_moe_dsa": _glm_moe_dsa,
+    "qwen3_next": _qwen3_next,
+    "qwen3_5_text": _qwen3_next,
+    "qwen3_5_moe_text": _qwen3_next,
+    "qwen3_5": _qwen3_5,
+    "qwen3_5_moe": _qwen3_5,
+    "granitemoehybrid": _granitemoehybrid,
+    "llama4": _llama4,
+    "deepseek_v32": _deepseek_v32,
+    "nemotron_h": _nemotron_h,
+    "llama4_text": _llama4_text,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
 #: config whose model_type capcalc does not know maps through its class (Kimi-K2 ships
@@ -926,6 +1248,16 @@ _ARCHITECTURE_CLASSES = {
     "MiniMaxM2ForCausalLM": "minimax_m2",
     "Mistral3ForConditionalGeneration": "mistral3",
     "GlmMoeDsaForCausalLM": "glm_moe_dsa",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForConditionalGeneration": "qwen3_5",
+    "Qwen3_5MoeForConditionalGeneration": "qwen3_5_moe",
+    "Qwen3_5ForCausalLM": "qwen3_5_text",
+    "Qwen3_5MoeForCausalLM": "qwen3_5_moe_text",
+    "GraniteMoeHybridForCausalLM": "granitemoehybrid",
+    "Llama4ForConditionalGeneration": "llama4",
+    "DeepseekV32ForCausalLM": "deepseek_v32",
+    "NemotronHForCausalLM": "nemotron_h",
+    "Llama4ForCausalLM": "llama4_text",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)
 SUPPORTED: tuple[str, ...] = tuple(_MAPPERS)
@@ -1113,7 +1445,11 @@ def profile_mapping(
 
 def _profile_mapping(config, c, model_type, name, source, where, display_name, aliases):
     m = _MAPPERS[model_type](c)
-    text = config.get("text_config") if model_type in ("gemma3", "mistral3") else config
+    text = (
+        config.get("text_config")
+        if model_type in ("gemma3", "mistral3", "qwen3_5", "qwen3_5_moe")
+        else config
+    )
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
     notes = list(m.notes)
     if config.get("model_type") != model_type and config.get("model_type") not in _MODEL_TYPE_ALIASES:
@@ -1141,12 +1477,23 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
         "native_dtype": native,
         "architecture": {key: m.architecture[key] for key in _ARCH_ORDER},
     }
+    if m.architecture.get("attention_output_gate"):
+        data["architecture"]["attention_output_gate"] = True
+    if m.kinds is not None:
+        data["layers"] = _layout(m.kinds)
+        if m.mixer_only:
+            data["layers"]["mixer_only"] = True
+    for key in ("linear_attention", "mamba"):
+        if getattr(m, key) is not None:
+            data[key] = getattr(m, key)
+    if m.chunk is not None:
+        data["chunked_attention"] = {"chunk_size": m.chunk}
     if m.moe is not None:
         data["moe"] = m.moe
     if m.mla is not None:
         data["mla"] = m.mla
     if m.window is not None and m.window < m.architecture["max_context"]:
-        data["sliding_window"] = {"window": m.window, **_layout(m.layer_types)}
+        data["sliding_window"] = {"window": m.window, **({} if m.kinds else _layout(m.layer_types))}
     elif m.window is not None:
         notes.append(
             f"sliding_window {m.window} >= max context {m.architecture['max_context']}: no effect, dropped."

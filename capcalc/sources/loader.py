@@ -16,7 +16,17 @@ from capcalc.core.errors import CapcalcError, ProfileError
 from capcalc.core.inputs import BOUNDS, check_number, excerpt, load_yaml, parse_yaml, read_text
 from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
-from capcalc.schema.profiles import MLA, ExtraParams, HardwareProfile, ModelProfile, MoE
+from capcalc.schema.profiles import (
+    LAYER_KINDS,
+    MLA,
+    ExtraParams,
+    HardwareProfile,
+    Indexer,
+    LinearAttention,
+    Mamba2,
+    ModelProfile,
+    MoE,
+)
 from capcalc.sources.yamlcache import YamlCache
 
 # --------------------------------------------------------------------------- validation
@@ -153,9 +163,21 @@ _COUNT_KIND = {
     "vocab_size": "vocab",
     "max_context": "context",
     "window": "context",
+    "chunk_size": "context",
+    "topk": "context",
+    "n_heads": "heads",
+    "layer_step": "layers",
     "num_experts": "experts",
     "experts_per_token": "experts",
     "num_shared_experts": "experts",
+    "num_heads": "heads",
+    "num_key_heads": "heads",
+    "num_value_heads": "heads",
+    "n_groups": "heads",
+    "key_head_dim": "head_dim",
+    "value_head_dim": "head_dim",
+    "state_size": "head_dim",
+    "conv_kernel": "head_dim",
 }
 
 
@@ -214,6 +236,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
     values["norms_per_layer"] = arch.integer("norms_per_layer", False, 2, minimum=0)
     values["qk_norm"] = arch.boolean("qk_norm")
     values["position_embedding"] = arch.choice("position_embedding", ("rope", "learned", "alibi"), "rope")
+    values["attention_output_gate"] = arch.boolean("attention_output_gate")
     arch.finish()
 
     heads, kv_heads = values["num_attention_heads"], values["num_kv_heads"]
@@ -236,6 +259,7 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
             first_dense_layers=moe.integer("first_dense_layers", False, 0, minimum=0),
             expert_bias=moe.boolean("expert_bias"),
             router_bias=moe.boolean("router_bias"),
+            layer_step=moe.integer("layer_step", False, 1),
         )
         moe.finish()
         m = values["moe"]
@@ -253,13 +277,23 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
     mla = top.sub("mla")
     if mla is not None:
         q_lora = mla.raw("q_lora_rank", False)
+        indexer = mla.sub("indexer")
         values["mla"] = MLA(
             kv_lora_rank=mla.integer("kv_lora_rank"),
             qk_rope_head_dim=mla.integer("qk_rope_head_dim"),
             qk_nope_head_dim=mla.integer("qk_nope_head_dim"),
             v_head_dim=mla.integer("v_head_dim"),
             q_lora_rank=mla.integer("q_lora_rank") if q_lora is not None else None,
+            indexer=None
+            if indexer is None
+            else Indexer(
+                n_heads=indexer.integer("n_heads"),
+                head_dim=indexer.integer("head_dim"),
+                topk=indexer.integer("topk"),
+            ),
         )
+        if indexer is not None:
+            indexer.finish()
         mla.finish()
         a = values["mla"]
         # MLA's config states these; they must agree with the latent shapes (docs/profiles.md)
@@ -275,23 +309,28 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
                 f"({a.qk_nope_head_dim + a.qk_rope_head_dim}), got {values['head_dim']}",
             )
 
-    layer_types = ("full",) * values["num_layers"]
+    layer_types = _layer_kinds(top, values["num_layers"], values)
     window = top.sub("sliding_window")
     if window is not None:
         values["sliding_window"] = window.integer("window")
-        pattern = window.raw("pattern", False)
-        explicit = window.raw("layer_types", False)
-        if (pattern is None) == (explicit is None):
-            window.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
-        key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
-        if not isinstance(listed, list) or not listed or any(t not in ("sliding", "full") for t in listed):
-            window.fail(key, f"expected a list of 'sliding' / 'full', got {excerpt(listed)}")
-        if explicit is not None and len(explicit) != values["num_layers"]:
-            window.fail(key, f"expected {values['num_layers']} entries (one per layer), got {len(explicit)}")
-        layer_types = tuple(listed[i % len(listed)] for i in range(values["num_layers"]))
+        listed = _kind_list(window, values["num_layers"], ("sliding", "full"), required=layer_types is None)
+        if listed is not None:
+            layer_types = listed
         window.finish()
+    layer_types = layer_types or ("full",) * values["num_layers"]
+    if "sliding" in layer_types and window is None:
+        top.fail("layers", "lists 'sliding' layers but the profile has no sliding_window block (window)")
     values["layer_types"] = layer_types
-
+    chunked = top.sub("chunked_attention")
+    if (chunked is None) != ("chunked" not in layer_types):
+        top.fail(
+            "chunked_attention" if chunked is not None else "layers",
+            "a 'chunked' layer kind and a chunked_attention block go together (one without the other)",
+        )
+    if chunked is not None:
+        values["attention_chunk_size"] = chunked.integer("chunk_size")
+        chunked.finish()
+    _recurrent_blocks(top, values, layer_types)
     extra = top.sub("extra_params")
     if extra is not None:
         values["extra_params"] = ExtraParams(
@@ -300,6 +339,73 @@ def model_from_dict(data: dict, path="<model>") -> ModelProfile:
         extra.finish()
     top.finish()
     return ModelProfile(**values)
+
+
+def _kind_list(reader: _Reader, layers: int, kinds: tuple[str, ...], required: bool = True):
+    """The per-layer kinds of a block's ``pattern`` (repeating from layer 0) or ``layer_types``
+    (one per layer); None when neither is given and ``required`` is false."""
+    pattern = reader.raw("pattern", False)
+    explicit = reader.raw("layer_types", False)
+    if pattern is None and explicit is None and not required:
+        return None
+    if (pattern is None) == (explicit is None):
+        reader.fail("pattern", "give exactly one of 'pattern' (repeating from layer 0) or 'layer_types'")
+    key, listed = ("pattern", pattern) if pattern is not None else ("layer_types", explicit)
+    if not isinstance(listed, list) or not listed or any(t not in kinds for t in listed):
+        reader.fail(key, f"expected a list of {' / '.join(repr(k) for k in kinds)}, got {excerpt(listed)}")
+    if explicit is not None and len(explicit) != layers:
+        reader.fail(key, f"expected {layers} entries (one per layer), got {len(explicit)}")
+    return tuple(listed[i % len(listed)] for i in range(layers))
+
+
+def _layer_kinds(top: _Reader, layers: int, values: dict):
+    """The ``layers:`` block (the kinds of a hybrid model; ``mixer_only``: the mixer layers
+    carry no MLP, only the 'mlp' layers have one), or None."""
+    block = top.sub("layers")
+    if block is None:
+        return None
+    kinds = _kind_list(block, layers, LAYER_KINDS)
+    values["mixer_only"] = block.boolean("mixer_only")
+    block.finish()
+    if not any(k in ("full", "sliding", "chunked") for k in kinds):
+        top.fail("layers", "needs at least one attention layer ('full', 'sliding' or 'chunked')")
+    return kinds
+
+
+def _recurrent_blocks(top: _Reader, values: dict, layer_types: tuple[str, ...]) -> None:
+    """The ``mamba`` and ``linear_attention`` mixer blocks, each present exactly when its
+    kind is in the layer list."""
+    for key, kind in (("mamba", "mamba"), ("linear_attention", "linear")):
+        block = top.sub(key)
+        if (block is None) != (kind not in layer_types):
+            top.fail(
+                key if block is not None else "layers",
+                f"a '{kind}' layer kind and a {key} block go together (one without the other)",
+            )
+        if block is None:
+            continue
+        state = block.raw("state_dtype", False)
+        if state is not None:
+            values["ssm_state_dtype"] = _dtype_field(block, "state_dtype")
+        if kind == "mamba":
+            values["mamba"] = Mamba2(
+                num_heads=block.integer("num_heads"),
+                head_dim=block.integer("head_dim"),
+                state_size=block.integer("state_size"),
+                n_groups=block.integer("n_groups", False, 1),
+                conv_kernel=block.integer("conv_kernel", False, 4),
+                conv_bias=block.boolean("conv_bias", True),
+                proj_bias=block.boolean("proj_bias"),
+            )
+        else:
+            values["linear_attention"] = LinearAttention(
+                num_key_heads=block.integer("num_key_heads"),
+                num_value_heads=block.integer("num_value_heads"),
+                key_head_dim=block.integer("key_head_dim"),
+                value_head_dim=block.integer("value_head_dim"),
+                conv_kernel=block.integer("conv_kernel", False, 4),
+            )
+        block.finish()
 
 
 def _dtype_field(reader: _Reader, key: str) -> str:
