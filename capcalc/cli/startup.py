@@ -140,7 +140,7 @@ class LazyGroup(_LightHelp, TyperGroup):
 # fraction ("8.0"), and only ASCII digits count.
 _INT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
 _FLOAT = re.compile(
-    r"[+-]?(?:(?:[0-9]+(?:_[0-9]+)*)?\.?[0-9]+(?:_[0-9]+)*\.?|[0-9]+(?:_[0-9]+)*\.)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)",
+    r"[+-]?(?:(?:[0-9]+(?:_[0-9]+)*)?\.?[0-9]+(?:_[0-9]+)*\.?|[0-9]+(?:_[0-9]+)*\.)(?:[eE][+-]?[0-9]+(?:_[0-9]+)*)?|[+-]?(?:inf|infinity|nan)",
     re.I,
 )
 
@@ -161,7 +161,8 @@ def _to_float(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     text = value.strip() if isinstance(value, str) else None
-    if text is None or not _FLOAT.fullmatch(text):
+    # pydantic strips whitespace only from a number without underscores (' 1_000' is refused)
+    if text is None or not _FLOAT.fullmatch(text) or ("_" in text and text != value):
         raise ValueError(FLOAT_ERROR)
     try:
         return float(text)
