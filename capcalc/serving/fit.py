@@ -98,6 +98,7 @@ from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
+from capcalc.model.draft import Draft
 from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
 from capcalc.model.layers import LayerSpec, StateSpec, attention_spec, cdiv, layer_specs, state_spec
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
@@ -152,17 +153,21 @@ class KVGroup:
     spec: LayerSpec | None = None
 
 
-def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
+def kv_cache_groups(
+    model: ModelProfile, hybrid: bool = True, draft: tuple[LayerSpec, ...] = ()
+) -> list[KVGroup]:
     """vLLM's grouping of the layers (``_get_kv_cache_groups_uniform_page_size``).
 
     One kind of layer (or ``hybrid=False``, vLLM's ``--disable-hybrid-kv-cache-manager``,
     which treats sliding layers as full): one group of every layer. Otherwise the
     kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
-    ``layers[i::num_groups]``. Recurrent layers need the hybrid manager."""
+    ``layers[i::num_groups]``. Recurrent layers need the hybrid manager. A speculative
+    draft's KV layers (``draft``, numbered after the target's) are grouped with the
+    target's layers of their kind (:mod:`capcalc.model.draft`)."""
     full = attention_spec(model)
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
-    for i, spec in enumerate(layer_specs(model)):
+    for i, spec in enumerate((*layer_specs(model), *draft)):
         if not spec.attends and not isinstance(spec, StateSpec):
             continue  # a layer with no mixer caches nothing
         if not hybrid and spec.attends:
@@ -281,6 +286,8 @@ class FitRequest:
     kv_cache_memory: float | None = None
     hybrid: bool = True
     n_gpus: int | None = None
+    #: the speculative draft (:func:`capcalc.model.draft.make_draft`): its weights and KV layers
+    draft: Draft | None = None
 
     @property
     def tp(self) -> int:
@@ -347,6 +354,10 @@ class FitResult:
     block_size_raised: bool = False  # vLLM raised the attention block size to cover a state page
     mamba_ssm_cache_dtype: str | None = None
     max_num_seqs_over_state_blocks: bool = False  # vLLM refuses: more sequences than blocks
+    draft_model: str | None = None  # the speculative draft (None: no speculation)
+    draft_method: str | None = None  # 'draft_model' | 'mtp'
+    draft_weights_bytes_per_gpu: float = 0.0  # in weights_bytes_per_gpu (0: the target's profile holds them)
+    draft_kv_layers: int = 0  # the draft's attention layers, in the KV groups
     #: changes that would make it fit, each checked by fitting again: (parameter, value)
     #: pairs of :class:`FitRequest` or its deployment, e.g. ``("max_model_len", 43696)``
     suggestions: tuple[tuple[str, Any], ...] = ()
@@ -456,7 +467,17 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         else activation_bytes(model, req.tp, max_num_batched_tokens, max_num_seqs)
     )
     overhead = req.overhead_bytes if req.overhead_bytes is not None else overhead_bytes(req.tp)
-    groups = kv_cache_groups(model, req.hybrid)
+    draft = req.draft
+    draft_kv = draft.kv_layers() if draft is not None else ()
+    _check_draft_page(model, draft, draft_kv, kv_dtype, req.tp)
+    groups = kv_cache_groups(model, req.hybrid, draft_kv)
+    # the drafter runs on the last pipeline stage, with the LM head
+    draft_bytes = draft.weight_bytes_per_gpu(model, req.deployment) if draft is not None else 0.0
+    stage_bytes = {st.stage: st.bytes + (draft_bytes if st.holds_lm_head else 0.0) for st in stages}
+
+    def stage_end(st) -> int:
+        return st.end_layer + (len(draft_kv) if st.holds_lm_head else 0)
+
     state_dtype = req.deployment.mamba_ssm_cache_dtype
     pages = hybrid_pages(model, kv_dtype, req.tp, bs, state_dtype)
     if pages is not None:
@@ -469,11 +490,11 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
 
     per_stage = []  # (stage, budget, g_stage, num_blocks)
     for st in stages:
-        g_stage = max(sum(1 for i in g.layers if st.first_layer <= i < st.end_layer) for g in groups)
+        g_stage = max(sum(1 for i in g.layers if st.first_layer <= i < stage_end(st)) for g in groups)
         budget = (
             req.kv_cache_memory
             if req.kv_cache_memory is not None
-            else usable - st.bytes - activation - overhead - req.cudagraph_bytes
+            else usable - stage_bytes[st.stage] - activation - overhead - req.cudagraph_bytes
         )
         num_blocks = max(0, int(budget // page // g_stage))
         per_stage.append((st, budget, g_stage, num_blocks))
@@ -494,9 +515,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_fit = all(b > 0 for _, b, _, _ in per_stage)
         shortfall = max(0.0, max(-b for _, b, _, _ in per_stage))
     else:  # the flag bypasses the budget; the card must still hold it all
-        peak = (
-            max(s.bytes for s in stages) + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory
-        )
+        peak = max(stage_bytes.values()) + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory
         weights_fit = peak <= req.memory_bytes
         shortfall = max(0.0, peak - req.memory_bytes)
     # one state block per running sequence: vLLM refuses more sequences than blocks
@@ -522,7 +541,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         max_num_batched_tokens=max_num_batched_tokens,
         hybrid_kv_cache_manager=req.hybrid,
         usable_bytes_per_gpu=usable,
-        weights_bytes_per_gpu=st.bytes,
+        weights_bytes_per_gpu=stage_bytes[st.stage],
         activation_bytes_per_gpu=activation,
         overhead_bytes_per_gpu=overhead,
         cudagraph_bytes_per_gpu=req.cudagraph_bytes,
@@ -531,7 +550,10 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         kv_cache_memory_source="flag" if req.kv_cache_memory is not None else "budget",
         kv_bytes_per_token_per_gpu=page
         / bs
-        * sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].attends),
+        * (
+            sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].attends)
+            + (len(draft_kv) if st.holds_lm_head else 0)
+        ),
         kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
         kv_replicated=kv_replication_factor(model, req.tp) > 1,
         kv_cache_groups=len(groups),
@@ -554,10 +576,31 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         block_size_raised=pages.raised if pages else False,
         mamba_ssm_cache_dtype=state_dtypes(model, state_dtype)[1] if pages else None,
         max_num_seqs_over_state_blocks=over_state,
+        draft_model=draft.name if draft is not None else None,
+        draft_method=draft.method if draft is not None else None,
+        draft_weights_bytes_per_gpu=draft_bytes,
+        draft_kv_layers=len(draft_kv),
     )
     if suggest and not fits:
         result = replace(result, suggestions=_suggestions(model, req, result))
     return result
+
+
+def _check_draft_page(
+    model: ModelProfile, draft: Draft | None, layers: tuple[LayerSpec, ...], kv_dtype: str, tp: int
+) -> None:
+    """The draft's KV layers share the target's pool of equal pages: refuse a draft whose
+    layer caches another number of bytes per token on one GPU."""
+    if draft is None or not layers:
+        return
+    ours = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
+    theirs = layers[0].cache_bytes_per_token(DTYPE_BYTES[kv_dtype], tp)
+    if ours != theirs:
+        raise CapcalcError(
+            f"draft {draft.name} caches {theirs:g} bytes per token per layer at tp={tp}, {model.name} "
+            f"{ours:g}: capcalc models a draft whose KV page equals the target's (EAGLE and MTP heads)",
+            parameter="draft_model",
+        )
 
 
 def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> tuple[tuple[str, Any], ...]:
