@@ -64,7 +64,7 @@ class Draft:
 
     def kv_layers(self) -> tuple[LayerSpec, ...]:
         """The draft's layers that cache KV, in order (they join the target's KV groups)."""
-        return tuple(spec for spec in layer_specs(self.model) if spec.attends)
+        return tuple(spec for spec in layer_specs(self.model) if spec.caches)
 
     def weight_bytes_per_gpu(self, target: ModelProfile, deployment: Deployment) -> float:
         """Weight bytes the draft adds to one GPU of the last pipeline stage (0 when the

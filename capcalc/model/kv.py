@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from capcalc.core.dtypes import DTYPE_BYTES, KV_DTYPES, canonical_dtype, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.records import flat_record
-from capcalc.model.layers import attention_layers, attention_spec, sparse_spec, spec_counts, state_layers
+from capcalc.model.layers import (
+    attention_layers,
+    attention_spec,
+    cached_layers,
+    sparse_spec,
+    spec_counts,
+    state_layers,
+)
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
 from capcalc.schema.profiles import ModelProfile
 
@@ -59,8 +66,8 @@ def kv_bytes_per_token_per_layer(model: ModelProfile, kv_dtype: str, tp: int = 1
 
 def kv_bytes_per_token(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:
     """Bytes one token adds to the whole model's cache on one GPU (every attention layer;
-    the rate while the context is within any sliding window)."""
-    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * attention_layers(model)
+    the rate while the context is within any sliding window; KV-shared layers add none)."""
+    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * cached_layers(model)
 
 
 def cached_tokens(model: ModelProfile, ctx: int) -> tuple[int, int]:
@@ -96,10 +103,15 @@ def kv_bytes_read_per_sequence(
 ) -> float:
     """Cache bytes one decode step of a ``ctx``-token sequence reads on one GPU: all it
     holds (:func:`kv_bytes_per_sequence`), except under DeepSeek Sparse Attention, which
-    reads every indexer key but only the ``index_topk`` latents it selects."""
+    reads every indexer key but only the ``index_topk`` latents it selects, and a KV-shared
+    layer reads the cache of the layer it shares (``tokens_read``)."""
     sparse = sparse_spec(model)
     if sparse is None:
-        return kv_bytes_per_sequence(model, ctx, kv_dtype, tp, state_dtype)
+        per_layer = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
+        read = per_layer * sum(n * spec.tokens_read(ctx) for spec, n in spec_counts(model) if spec.attends)
+        if state_layers(model):
+            read += state_bytes_per_sequence(model, tp, state_dtype)
+        return read
     return attention_layers(model) * sparse.bytes_read(ctx, DTYPE_BYTES[kv_dtype])
 
 

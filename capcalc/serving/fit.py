@@ -168,8 +168,8 @@ def kv_cache_groups(
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
     for i, spec in enumerate((*layer_specs(model), *draft)):
-        if not spec.attends and not isinstance(spec, StateSpec):
-            continue  # a layer with no mixer caches nothing
+        if not spec.caches and not isinstance(spec, StateSpec):
+            continue  # a layer with no mixer, or one sharing another's KV, caches nothing
         if not hybrid and spec.attends:
             spec = full
         kinds.setdefault(spec.kind, []).append(i)
@@ -551,7 +551,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         kv_bytes_per_token_per_gpu=page
         / bs
         * (
-            sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].attends)
+            sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].caches)
             + (len(draft_kv) if st.holds_lm_head else 0)
         ),
         kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
