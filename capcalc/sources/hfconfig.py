@@ -510,6 +510,112 @@ def _gemma3(c: _Cfg) -> _Mapping:
     return mapping
 
 
+#: Gemma3nTextConfig defaults (transformers models/gemma3n/configuration_gemma3n.py, whose
+#: defaults are google/gemma-3n-E4B's), for fields a Gemma 3n config.json leaves out
+_GEMMA3N_TEXT_DEFAULTS = dict(
+    vocab_size=262_400,
+    hidden_size=2048,
+    intermediate_size=16_384,
+    num_hidden_layers=35,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=256,
+    max_position_embeddings=32_768,
+    tie_word_embeddings=True,
+    attention_bias=False,
+    sliding_window=512,
+    vocab_size_per_layer_input=262_144,
+    hidden_size_per_layer_input=256,
+    altup_num_inputs=4,
+    num_kv_shared_layers=15,
+    laurel_rank=64,
+)
+
+
+def gemma3n_extra_params(c: _Cfg) -> int:
+    """Gemma 3n's text-decoder parameters outside a Gemma 3 decoder layer (transformers
+    Gemma3nTextModel / Gemma3nTextDecoderLayer), with h hidden, L layers, P the per-layer
+    input width, n AltUp inputs, r the LAuReL rank, V' the per-layer vocabulary::
+
+        per-layer embeddings   V' x L P  (embed_tokens_per_layer, a table looked up per token)
+        + h x L P + P          (per_layer_model_projection, per_layer_projection_norm)
+        + 2 (n - 1) h^2        (altup_projections, altup_unembed_projections)
+        + L x [2 h r + h                        LAuReL: linear_left, linear_right, post_laurel_norm
+               + h + n^2 + n^3 + h n + h        AltUp: correct_output_scale, correction_coefs,
+                                                prediction_coefs (n -> n^2), modality_router, router_norm
+               + 2 h P + h]                     per_layer_input_gate, per_layer_projection, its norm
+
+    (v_norm has no scale; q_norm and k_norm are the profile's qk_norm)."""
+    h, layers = c.int("hidden_size"), c.int("num_hidden_layers")
+    p, n = c.int("hidden_size_per_layer_input"), c.int("altup_num_inputs")
+    r, vocab = c.int("laurel_rank"), c.int("vocab_size_per_layer_input")
+    model = vocab * layers * p + h * layers * p + p + 2 * (n - 1) * h * h
+    per_layer = (2 * h * r + h) + (h + n * n + n**3 + h * n + h) + (2 * h * p + h)
+    return model + layers * per_layer
+
+
+def _gemma3n_text(c: _Cfg) -> _Mapping:
+    # Gemma3nTextConfig defaults above; a Gemma 3 decoder (QK-norm, 4 RMSNorms per layer,
+    # gelu-tanh gated MLP, tied) with layer_types (default: every 5th layer full) and the last
+    # num_kv_shared_layers attending over the KV of the last earlier layer of their type
+    # (Gemma3nTextAttention.kv_shared_layer_index; vLLM gives them no KV cache of their own,
+    # PR 18212 kv_sharing_target_layer_name). The per-layer embeddings, AltUp and LAuReL
+    # weights are extra parameters (gemma3n_extra_params).
+    c = _Cfg(
+        {**_GEMMA3N_TEXT_DEFAULTS, **{k: v for k, v in c.data.items() if v is not None}}, c.where, c.family
+    )
+    sizes = c.get("intermediate_size")
+    if isinstance(sizes, list):
+        if not sizes or len(set(map(str, sizes))) != 1:
+            raise c.fail(
+                f"intermediate_size varies by layer ({excerpt(sorted(set(map(str, sizes))))}): capcalc's "
+                "profile has one MLP width (a MatFormer slice of mixed widths is not modelled)"
+            )
+        c = _Cfg({**c.data, "intermediate_size": sizes[0]}, c.where, c.family)
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=True, qkv_bias=bias, o_bias=bias, qk_norm=True, norms_per_layer=4)
+    window, types = _window(c, lambda i: (i + 1) % 5 != 0)
+    layers = arch["num_layers"]
+    types = types or ["full"] * layers
+    shared = c.int("num_kv_shared_layers", minimum=0)
+    if shared >= layers:
+        raise c.fail(f"num_kv_shared_layers {shared} leaves no layer of the {layers} to hold the KV")
+    first = layers - shared
+    for kind in set(types[first:]):
+        if kind not in types[:first]:
+            raise c.fail(f"a KV-shared {kind} layer has no earlier {kind} layer to share the KV of")
+    kinds = types[:first] + [f"shared_{kind}" for kind in types[first:]]
+    m = _Mapping(arch, window=window, kinds=kinds)
+    count = gemma3n_extra_params(c)
+    m.extra_params = dict(
+        count=count,
+        what="per-layer embeddings (embed_tokens_per_layer), their projection, AltUp and LAuReL weights",
+        source="computed from config.json text_config (transformers Gemma3nTextModel)",
+    )
+    m.notes.append(
+        f"The last {shared} layers reuse the KV of layers before them and cache nothing. The "
+        f"{count:,} parameters of the per-layer embeddings, AltUp and LAuReL are extra_params: in "
+        "memory, not in the per-token FLOPs (the table is looked up; the rest is under 2% of the "
+        "matrix products)."
+    )
+    return m
+
+
+def _gemma3n(c: _Cfg) -> _Mapping:
+    # Gemma3nForConditionalGeneration: the text decoder under text_config; the MobileNet-v5
+    # vision tower and the audio encoder are not counted (their sizes are not in config.json)
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a gemma3n config nests the text decoder there)")
+    mapping = _gemma3n_text(_Cfg(text, f"{c.where}: text_config", "gemma3n_text"))
+    if c.get("vision_config") is not None or c.get("audio_config") is not None:
+        mapping.notes.append(
+            "The vision (MobileNet-v5) and audio encoders are not counted: config.json does not give "
+            "their sizes (timm's mobilenetv5_300m_enc and a 12-layer conformer)."
+        )
+    return mapping
+
+
 def _phi3(c: _Cfg) -> _Mapping:
     # Phi3: fused qkv_proj and gate_up_proj (same counts as separate), no biases, untied;
     # sliding_window, when set, applies to every layer
@@ -1199,6 +1305,8 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "gemma3_text": _gemma3_text,
+    "gemma3n": _gemma3n,
+    "gemma3n_text": _gemma3n_text,
     "phi3": _phi3,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
@@ -1236,6 +1344,8 @@ _ARCHITECTURE_CLASSES = {
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForConditionalGeneration": "gemma3",
     "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3nForConditionalGeneration": "gemma3n",
+    "Gemma3nForCausalLM": "gemma3n_text",
     "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
@@ -1447,7 +1557,7 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
     m = _MAPPERS[model_type](c)
     text = (
         config.get("text_config")
-        if model_type in ("gemma3", "mistral3", "qwen3_5", "qwen3_5_moe")
+        if model_type in ("gemma3", "gemma3n", "mistral3", "qwen3_5", "qwen3_5_moe")
         else config
     )
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
