@@ -43,6 +43,7 @@ from typing import Any
 from capcalc.core.dtypes import canonical_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import BOUNDS, excerpt, load_json
+from capcalc.model.draft import mtp_params
 from capcalc.model.params import count_params
 from capcalc.schema.profiles import ModelProfile
 from capcalc.sources.loader import model_from_dict
@@ -812,24 +813,16 @@ def _cohere(c: _Cfg) -> _Mapping:
 
 def _mtp_params(c: _Cfg, m: _Mapping, layers: int) -> int:
     """Parameters of ``layers`` multi-token-prediction modules stored after the main layers
-    (DeepSeek-V3 / GLM-4.5 layout): each one MoE decoder layer of the main model's shape plus
-    enorm, hnorm and shared_head.norm (3 h) and eh_proj (2h x h); the embedding and the
-    output head are the main model's. The layer is counted by capcalc's own accounting
-    (:func:`capcalc.model.params.count_params` of a one-layer copy)."""
-    probe = {
-        "name": "mtp-probe",
-        "source": c.where,
-        "native_dtype": "bf16",
-        "architecture": {**m.architecture, "num_layers": 1},
-    }
+    (DeepSeek-V3 / GLM-4.5 layout), as :func:`capcalc.model.draft.mtp_params` counts them
+    (one decoder layer of the main model's last layer's shape plus enorm, hnorm,
+    shared_head.norm and eh_proj each; the embedding and the output head are the main
+    model's), of the main model this mapping describes."""
+    probe = {"name": "mtp-probe", "source": c.where, "native_dtype": "bf16", "architecture": m.architecture}
     if m.moe is not None:
-        probe["moe"] = {**m.moe, "first_dense_layers": 0}
+        probe["moe"] = m.moe
     if m.mla is not None:
         probe["mla"] = m.mla
-    p = count_params(model_from_dict(probe, c.where))
-    h = m.architecture["hidden_size"]
-    one_layer = p.total - p.embedding - p.lm_head - h  # less the final norm
-    return layers * (one_layer + 3 * h + 2 * h * h)
+    return mtp_params(model_from_dict(probe, c.where), layers)
 
 
 def _glm4_moe(c: _Cfg) -> _Mapping:
