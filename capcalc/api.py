@@ -304,10 +304,12 @@ class Session:
         batch: int = 1,
         memory_bytes: float | None = None,
         deployment: Deployment | None = None,
+        image_tokens: int = 0,
         **fields,
     ) -> KVResult:
         """KV-cache size of ``batch`` sequences of ``ctx`` tokens (default: the model's max
-        context); with ``memory_bytes`` per GPU, how many sequences fit in it."""
+        context); with ``memory_bytes`` per GPU, how many sequences fit in it;
+        ``image_tokens`` per sequence in the cross-attention layers of a model that has them."""
         from capcalc.model.kv import kv_cache
 
         profile = self.model(model)
@@ -319,6 +321,8 @@ class Session:
             kv_dtype=d.kv_dtype,
             tp=d.tp,
             memory_bytes=memory_bytes,
+            state_dtype=d.mamba_ssm_cache_dtype,
+            image_tokens=image_tokens,
         )
 
     def fit(

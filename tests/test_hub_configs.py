@@ -531,3 +531,62 @@ def test_gemma3n_mixed_mlp_widths_are_refused():
     config["text_config"]["intermediate_size"] = [16384] * 20 + [8192] * 15
     with pytest.raises(CapcalcError, match="intermediate_size varies by layer"):
         mapped(config)
+
+
+# --------------------------------------------------------------------------- mllama: cross-attention KV per image token
+
+
+def test_llama32_vision_cross_attention_kv_by_hand():
+    # meta-llama/Llama-3.2-11B-Vision-Instruct (fixture; source there): 40 layers, the 8 at
+    # 3, 8, ..., 38 cross-attention; 8 KV heads of 128
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    assert [i for i, t in enumerate(m.layer_types) if t == "cross"] == [3, 8, 13, 18, 23, 28, 33, 38]
+    from capcalc.model.kv import kv_bytes_per_token, kv_cache
+
+    # a text token: 32 self-attention layers x 2 x 8 x 128 x 2 bytes = 131,072 (the cross layers add none)
+    assert kv_bytes_per_token(m, "bf16") == 32 * 2 * 8 * 128 * 2 == 131_072
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 131_072 == 1_073_741_824
+    # one 560 px image of 4 tiles: 4 x ((560 / 14)^2 + 1) = 6,404 image tokens, held by each of the
+    # 8 cross layers at 4,096 bytes, whatever the text length
+    image = 4 * ((560 // 14) ** 2 + 1)
+    assert image == 6404
+    r = kv_cache(m, 8192, image_tokens=image)
+    assert r.kv_bytes_per_sequence == 1_073_741_824 + 8 * image * 4096 == 1_283_588_096
+    assert kv_cache(m, 100, image_tokens=image).kv_bytes_per_sequence - kv_cache(
+        m, 100
+    ).kv_bytes_per_sequence == (8 * image * 4096)
+
+
+def test_llama32_vision_parameters_by_hand():
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    h = 4096
+    layer = 2 * h * h + 2 * h * 1024 + 3 * h * 14336 + 2 * h  # q, o; k, v; MLP; 2 RMSNorms
+    text = (128_256 + 8) * h + 128_256 * h + 40 * layer + 8 * (2 * 128 + 2) + h  # + cross q/k norms, gates
+    d, f, n = 1280, 5120, 40 * 40 + 1  # vision width, MLP, patches + class token
+    enc = 4 * d * d + (d * f + f) + (f * d + d) + 4 * d
+    vision = (
+        3 * 14 * 14 * d + d  # patch conv, class embedding
+        + 1 + n * d + 9 * 4 * n * d  # gated positions, tile positions (8 aspect ratios + 1, 4 tiles)
+        + 2 * (9 * 4 * d + 1)  # pre- and post-tile aspect embeddings
+        + 4 * d  # layernorm_pre, layernorm_post
+        + 32 * enc + 8 * (enc + 2)  # local and gated global layers
+        + 7680 * h + h  # multi_modal_projector
+    )  # fmt: skip
+    assert vision == 895_028_755
+    assert count_params(m).total == text + vision == 10_670_220_835
+    # Meta's model card: "11B (10.6B)" parameters
+    assert abs(count_params(m).total / 10.6e9 - 1) < 0.01
+
+
+def test_llama32_vision_fit_reserves_the_encoder_budget():
+    from capcalc.serving.fit import FitRequest, fit, kv_cache_groups
+
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    # 32 full and 8 cross layers: 32 >= 1.5 x 8, groups of 8: four full, one cross
+    assert sorted((g.kind, len(g.layers)) for g in kv_cache_groups(m)) == [("cross", 8)] + [("full", 8)] * 4
+    r = fit(m, FitRequest(80 * 2**30, "flag", max_model_len=8192))
+    # vLLM's CrossAttentionSpec: cdiv(max_num_encoder_input_tokens = max_num_batched_tokens 8192, 16)
+    assert r.blocks_per_request == 4 * 512 + 512 and r.image_tokens == 8192
+    r = fit(m, FitRequest(80 * 2**30, "flag", max_model_len=8192, image_tokens=6404))
+    assert r.blocks_per_request == 4 * 512 + 401  # cdiv(6404, 16)
+    assert r.kv_bytes_per_token_per_gpu == 131_072 and r.cross_attention_layers == 8

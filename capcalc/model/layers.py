@@ -322,6 +322,31 @@ class SharedSlidingWindowSpec(KVSharing, SlidingWindowSpec):
 
 
 @dataclass(frozen=True)
+class CrossAttentionSpec(FullAttentionSpec):
+    """A cross-attention layer (Llama-3.2-Vision's, mllama): its queries come from the text,
+    its keys and values from the image (encoder) tokens, so its KV holds a fixed
+    ``image_tokens`` per request, the same bytes per token as a full layer, and none for
+    the text: ``tokens_held`` and the decode reads of the text are 0, and the image tokens
+    are a parameter of the sequence (:func:`capcalc.model.kv.kv_bytes_per_sequence`).
+    vLLM's ``CrossAttentionSpec.max_memory_usage_bytes`` reserves
+    ``cdiv(max_num_encoder_input_tokens, block)`` blocks per request, and
+    ``max_num_encoder_input_tokens`` defaults to ``max_num_batched_tokens``
+    (vllm/config/scheduler.py)."""
+
+    kind: ClassVar[str] = "cross"
+    caches: ClassVar[bool] = False  # nothing per text token
+
+    def tokens_held(self, ctx: int) -> int:
+        return 0
+
+    def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
+        return cdiv(max_num_batched_tokens, block_size)
+
+    def attended_pairs(self, phase: str, ctx: int) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True)
 class StateSpec(LayerSpec):
     """A recurrent layer: a fixed (conv, recurrent) state per sequence, no per-token cache.
     vLLM's ``MambaSpec``: one block (page) per request, whatever its length."""
@@ -489,6 +514,8 @@ def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
         return SlidingWindowSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim, window=m.sliding_window)
     if kind == "mlp":
         return NoMixerSpec()
+    if kind == "cross":
+        return CrossAttentionSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim)
     if kind == "shared_full":
         return SharedFullAttentionSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim)
     if kind == "shared_sliding":
@@ -548,6 +575,11 @@ def spec_counts(m: ModelProfile) -> tuple[tuple[LayerSpec, int], ...]:
 def attention_layers(m: ModelProfile) -> int:
     """Attention layers (full, sliding, chunked, MLA, KV-shared): their projections and scores."""
     return sum(n for spec, n in spec_counts(m) if spec.attends)
+
+
+def cross_layers(m: ModelProfile) -> int:
+    """Cross-attention layers (their KV holds the request's image tokens)."""
+    return sum(n for spec, n in spec_counts(m) if isinstance(spec, CrossAttentionSpec))
 
 
 def cached_layers(m: ModelProfile) -> int:

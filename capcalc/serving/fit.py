@@ -100,7 +100,15 @@ from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
 from capcalc.model.draft import Draft
 from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
-from capcalc.model.layers import LayerSpec, StateSpec, attention_spec, cdiv, layer_specs, state_spec
+from capcalc.model.layers import (
+    CrossAttentionSpec,
+    LayerSpec,
+    StateSpec,
+    attention_spec,
+    cdiv,
+    layer_specs,
+    state_spec,
+)
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
 from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
@@ -168,9 +176,9 @@ def kv_cache_groups(
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
     for i, spec in enumerate((*layer_specs(model), *draft)):
-        if not spec.caches and not isinstance(spec, StateSpec):
+        if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
             continue  # a layer with no mixer, or one sharing another's KV, caches nothing
-        if not hybrid and spec.attends:
+        if not hybrid and spec.caches:
             spec = full
         kinds.setdefault(spec.kind, []).append(i)
         specs[spec.kind] = spec
@@ -199,13 +207,21 @@ def request_blocks(
     max_model_len: int,
     block_size: int,
     max_num_batched_tokens: int,
+    encoder_tokens: int | None = None,
 ) -> int:
     """Blocks one request at ``max_model_len`` holds, summed over the groups (each group's
-    spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`)."""
+    spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`); a
+    cross-attention group's are those of ``encoder_tokens`` (vLLM's
+    ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens``, its default)."""
     full = attention_spec(model)
-    return sum(
-        (g.spec or full).blocks_per_request(max_model_len, block_size, max_num_batched_tokens) for g in groups
-    )
+    total = 0
+    for g in groups:
+        spec = g.spec or full
+        tokens = max_num_batched_tokens
+        if isinstance(spec, CrossAttentionSpec) and encoder_tokens is not None:
+            tokens = encoder_tokens
+        total += spec.blocks_per_request(max_model_len, block_size, tokens)
+    return total
 
 
 @dataclass(frozen=True)
@@ -288,6 +304,9 @@ class FitRequest:
     n_gpus: int | None = None
     #: the speculative draft (:func:`capcalc.model.draft.make_draft`): its weights and KV layers
     draft: Draft | None = None
+    #: image (encoder) tokens a request's cross-attention layers reserve, vLLM's
+    #: ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens`` (vLLM's default)
+    image_tokens: int | None = None
 
     @property
     def tp(self) -> int:
@@ -358,6 +377,8 @@ class FitResult:
     draft_method: str | None = None  # 'draft_model' | 'mtp'
     draft_weights_bytes_per_gpu: float = 0.0  # in weights_bytes_per_gpu (0: the target's profile holds them)
     draft_kv_layers: int = 0  # the draft's attention layers, in the KV groups
+    cross_attention_layers: int = 0  # layers whose KV holds a request's image tokens (mllama)
+    image_tokens: int | None = None  # the image tokens each request reserves in them (None: no such layers)
     #: changes that would make it fit, each checked by fitting again: (parameter, value)
     #: pairs of :class:`FitRequest` or its deployment, e.g. ``("max_model_len", 43696)``
     suggestions: tuple[tuple[str, Any], ...] = ()
@@ -422,7 +443,7 @@ def check_request(req: FitRequest, model: ModelProfile) -> None:
                 f"{model.max_context} tokens",
                 parameter="max_model_len",
             )
-    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "n_gpus"):
+    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "n_gpus", "image_tokens"):
         value = getattr(req, name)
         if value is not None and value < 1:
             raise CapcalcError(f"{name} must be at least 1, got {value}", parameter=name)
@@ -484,9 +505,10 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         bs = pages.block_size
     page = bs * kv_bytes_per_token_per_layer(model, kv_dtype, req.tp)
     specs = layer_specs(model)
+    cross = sum(1 for spec in specs if isinstance(spec, CrossAttentionSpec))
 
     def blocks_for(length: int) -> int:
-        return request_blocks(model, groups, length, bs, max_num_batched_tokens)
+        return request_blocks(model, groups, length, bs, max_num_batched_tokens, req.image_tokens)
 
     per_stage = []  # (stage, budget, g_stage, num_blocks)
     for st in stages:
@@ -580,6 +602,8 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         draft_method=draft.method if draft is not None else None,
         draft_weights_bytes_per_gpu=draft_bytes,
         draft_kv_layers=len(draft_kv),
+        cross_attention_layers=cross,
+        image_tokens=(req.image_tokens or max_num_batched_tokens) if cross else None,
     )
     if suggest and not fits:
         result = replace(result, suggestions=_suggestions(model, req, result))

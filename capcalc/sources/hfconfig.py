@@ -617,6 +617,83 @@ def _gemma3n(c: _Cfg) -> _Mapping:
     return mapping
 
 
+def mllama_vision_params(vision: dict, text_hidden: int) -> int:
+    """The Llama-3.2-Vision image tower and projector (transformers MllamaVisionModel and
+    multi_modal_projector), with d hidden, f intermediate, N = (image / patch)^2 + 1 patches
+    and the class token, T max_num_tiles, R = len(supported_aspect_ratios) + 1 aspect ids::
+
+        patch conv 3 p^2 d (no bias) + class embedding d
+        + gated positions (1 + N d) + tile positions R x T N d
+        + pre- and post-tile aspect embeddings 2 (R x T d + 1 gate)
+        + layernorm_pre and layernorm_post 4 d
+        + layers x [4 d^2 attention (no bias) + (d f + f) + (f d + d) MLP + 4 d LayerNorms]
+        + global layers x [the same + 2 gates]
+        + projector vision_output_dim x text_hidden + text_hidden
+
+    Defaults are MllamaVisionConfig's (d 1280, f 5120, 32 + 8 global layers, image 448,
+    patch 14, 4 tiles, 8 aspect ratios, output 7680)."""
+    v = _Cfg(vision, "vision_config", "mllama_vision_model")
+    d, f = v.int("hidden_size", default=1280), v.int("intermediate_size", default=5120)
+    layers, global_layers = v.int("num_hidden_layers", default=32), v.int("num_global_layers", default=8)
+    image, patch = v.int("image_size", default=448), v.int("patch_size", default=14)
+    tiles, channels = v.int("max_num_tiles", default=4), v.int("num_channels", default=3)
+    ratios = v.get("supported_aspect_ratios")
+    aspect_ids = (len(ratios) if isinstance(ratios, list) else 8) + 1
+    out = v.int("vision_output_dim", default=7680)
+    patches = (image // patch) ** 2 + 1
+    encoder = 4 * d * d + (d * f + f) + (f * d + d) + 4 * d
+    tower = channels * patch * patch * d + d + (1 + patches * d) + aspect_ids * tiles * patches * d
+    tower += 2 * (aspect_ids * tiles * d + 1) + 4 * d
+    tower += layers * encoder + global_layers * (encoder + 2)
+    return tower + out * text_hidden + text_hidden
+
+
+def _mllama(c: _Cfg) -> _Mapping:
+    # MllamaForConditionalGeneration (Llama-3.2-Vision): a Llama-3 text decoder under
+    # text_config whose cross_attention_layers attend to the image tokens (kind 'cross': their
+    # KV holds the request's image tokens, not its text), the vision tower under vision_config.
+    # Extra parameters: the tower and projector, the 8 image-token rows of embed_tokens
+    # (vocab_size + 8), and each cross layer's q_norm, k_norm and two tanh gates.
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (an mllama config nests the text decoder there)")
+    t = _Cfg(text, f"{c.where}: text_config", "mllama_text_model")
+    arch = _decoder(t, tie_default=False)
+    layers = arch["num_layers"]
+    cross = t.get("cross_attention_layers")
+    if (
+        not isinstance(cross, list)
+        or not cross
+        or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < layers for i in cross)
+    ):
+        raise t.fail(f"cross_attention_layers must list layer indices below {layers}, got {excerpt(cross)}")
+    kinds = ["cross" if i in set(cross) else "full" for i in range(layers)]
+    m = _Mapping(arch, kinds=kinds)
+    h, head_dim = arch["hidden_size"], arch["head_dim"]
+    extra = 8 * h + len(set(cross)) * (2 * head_dim + 2)
+    vision = c.get("vision_config")
+    if isinstance(vision, dict):
+        tower = mllama_vision_params(vision, h)
+        extra += tower
+        what = "Mllama vision tower and projector, 8 image-token embedding rows, the cross layers' q/k norms and gates"
+    else:
+        what = "8 image-token embedding rows, the cross layers' q/k norms and gates"
+        m.notes.append("No vision_config: the vision tower is not counted.")
+    m.extra_params = dict(
+        count=extra, what=what, source="computed from config.json (transformers Mllama modules)"
+    )
+    v = _Cfg(vision if isinstance(vision, dict) else {}, "vision_config", "mllama_vision_model")
+    per_image = v.int("max_num_tiles", default=4) * (
+        (v.int("image_size", default=448) // v.int("patch_size", default=14)) ** 2 + 1
+    )
+    m.notes.append(
+        f"The {len(set(cross))} cross-attention layers hold the KV of the image tokens, {per_image:,} per image "
+        "(max_num_tiles x ((image_size / patch_size)^2 + 1)): `kv --image-tokens`; `fit` reserves vLLM's "
+        "max_num_encoder_input_tokens (max_num_batched_tokens) per request."
+    )
+    return m
+
+
 def _phi3(c: _Cfg) -> _Mapping:
     # Phi3: fused qkv_proj and gate_up_proj (same counts as separate), no biases, untied;
     # sliding_window, when set, applies to every layer
@@ -1299,6 +1376,7 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "gemma3": _gemma3,
     "gemma3_text": _gemma3_text,
     "gemma3n": _gemma3n,
+    "mllama": _mllama,
     "gemma3n_text": _gemma3n_text,
     "phi3": _phi3,
     "deepseek_v2": _deepseek,
@@ -1338,6 +1416,7 @@ _ARCHITECTURE_CLASSES = {
     "Gemma3ForConditionalGeneration": "gemma3",
     "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3nForConditionalGeneration": "gemma3n",
+    "MllamaForConditionalGeneration": "mllama",
     "Gemma3nForCausalLM": "gemma3n_text",
     "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2",
@@ -1550,7 +1629,7 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
     m = _MAPPERS[model_type](c)
     text = (
         config.get("text_config")
-        if model_type in ("gemma3", "gemma3n", "mistral3", "qwen3_5", "qwen3_5_moe")
+        if model_type in ("gemma3", "gemma3n", "mistral3", "mllama", "qwen3_5", "qwen3_5_moe")
         else config
     )
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
