@@ -116,6 +116,13 @@ def fit_command(
             "(its own MTP layer): its weights, and its KV layers in the same block pool."
         ),
     ] = None,
+    image_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Image tokens a request reserves in cross-attention layers (mllama; vLLM's "
+            "max_num_encoder_input_tokens, default max_num_batched_tokens)."
+        ),
+    ] = None,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
@@ -145,6 +152,7 @@ def fit_command(
             kv_cache_memory,
             disable_hybrid_kv_cache_manager,
             draft_model,
+            image_tokens,
         )
     finally:
         show_notes(s)
@@ -177,6 +185,7 @@ def compute(
     kv_cache_memory=None,
     disable_hybrid_kv_cache_manager=False,
     draft_model=None,
+    image_tokens=None,
 ):
     """The fit for the parsed options, and the table's notes."""
     if (gpu is None) == (gpu_memory is None):
@@ -205,6 +214,7 @@ def compute(
         kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
         hybrid=not disable_hybrid_kv_cache_manager,
         draft_model=draft_model,
+        image_tokens=image_tokens,
     )
     notes = []
     if tp_value is None and result.fits and (concurrency is None or result.max_concurrency >= concurrency):
