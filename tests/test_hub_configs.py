@@ -65,6 +65,8 @@ SHIPPED = {
     "zai-org__GLM-5.1": "glm-5",
     "moonshotai__Kimi-K2-Instruct": "kimi-k2",
     "mistralai__Mistral-Small-3.2-24B-Instruct-2506": "mistral-small-3.1-24b",
+    "google__gemma-3n-E4B-it": "gemma-3n-e4b",
+    "meta-llama__Llama-3.2-11B-Vision-Instruct": "llama-3.2-11b-vision",
 }
 
 #: the architectures the issue lists, by model_type
