@@ -400,7 +400,14 @@ class Session:
         from capcalc.model.draft import MTP, make_draft
 
         if isinstance(draft_model, str) and draft_model.lower() == MTP:
-            return make_draft(target, MTP)
+            draft = make_draft(target, MTP)
+            if not draft.counted_in_target:
+                self.note(
+                    f"{target.name}'s profile does not count an MTP layer: the draft is one MTP module of the "
+                    "DeepSeek-V3 layout (a layer of its last layer's shape plus eh_proj); capcalc cannot check "
+                    "that the checkpoint ships one"
+                )
+            return draft
         return make_draft(target, self.model(draft_model))
 
     def latency(
@@ -441,6 +448,7 @@ class Session:
                 template=f"speculative decoding takes {{spec_tokens}}, {{acceptance}} and {{draft_model}} "
                 f"together: {{{missing[0]}}} is missing",
             )
+        draft = self._draft(profile, draft_model) if given else None
         if given:
             result = predict_speculative_latency(
                 profile,
@@ -449,7 +457,7 @@ class Session:
                 output_tokens=output_tokens,
                 spec_tokens=spec_tokens,
                 acceptance=acceptance,
-                draft=self._draft(profile, draft_model),
+                draft=draft,
                 batch=batch,
                 deployment=d,
                 efficiency=resolved,
@@ -464,7 +472,7 @@ class Session:
                 deployment=d,
                 efficiency=resolved,
             )
-        serving = request_fits(profile, device, d, batch, prompt_tokens + output_tokens)
+        serving = request_fits(profile, device, d, batch, prompt_tokens + output_tokens, draft)
         if serving.note is not None:
             self.note(serving.note)
         return LatencyReport(result, resolved, serving)

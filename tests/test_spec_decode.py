@@ -264,3 +264,27 @@ def test_fit_cli_draft_model(cli):
     assert rec["draft_weights_bytes_per_gpu"] > 1.3 * GIB  # 11.6 B parameters in fp8 over 8 GPUs
     r = cli("fit", "llama-3.1-8b", "--gpu", "h100", "--draft-model", "nosuch")
     assert r.code == 2 and "unknown model 'nosuch'" in r.err
+
+
+def test_latency_judges_the_fit_with_the_draft():
+    from capcalc.api import Session
+
+    s = Session()
+    plain = s.latency("llama-3.1-8b", "h100", 1024, 16)
+    assert plain.record()["fits_in_memory"]
+    # a draft of the same KV page too large for the card: Llama-3.1-70B's 141 GB beside the 8B's 16 GB
+    # on one 80 GB H100
+    heavy = s.latency("llama-3.1-8b", "h100", 1024, 16, spec_tokens=2, acceptance=0.5,
+                      draft_model="llama-3.1-70b")  # fmt: skip
+    assert not heavy.record()["fits_in_memory"]
+
+
+def test_mtp_of_a_profile_without_one_says_so():
+    from capcalc.api import Session
+
+    s = Session()
+    s.fit("deepseek-v3", "h200", tp=8, max_model_len=32768, draft_model="mtp")
+    assert any("cannot check that the checkpoint ships one" in str(n) for n in s.notes)
+    s = Session()
+    s.fit("glm-4.6", "h200", tp=8, max_model_len=32768, draft_model="mtp")
+    assert not any("MTP" in str(n) for n in s.notes)

@@ -709,7 +709,12 @@ class RequestFit:
 
 
 def request_fits(
-    model: ModelProfile, gpu: HardwareProfile, deployment: Deployment, batch: int, context: int
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    deployment: Deployment,
+    batch: int,
+    context: int,
+    draft: Draft | None = None,
 ) -> RequestFit:
     """Would vLLM serve ``batch`` requests of ``context`` tokens at once on ``gpu`` under
     ``deployment``, by :func:`fit`'s own rule?
@@ -722,11 +727,13 @@ def request_fits(
 
     Beyond the model's context vLLM refuses to start, so the memory is judged as if the
     model accepted ``context`` tokens (the fit's arithmetic does not depend on the
-    limit), and the two answers stay apart."""
+    limit), and the two answers stay apart. A speculative ``draft`` is held too."""
     within = context <= model.max_context
     probe = model if within else replace(model, max_context=context)
     memory, source = memory_of(gpu)
-    request = FitRequest(memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context)
+    request = FitRequest(
+        memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context, draft=draft
+    )
     try:
         capacity = fit(probe, request, suggest=False)
     except CapcalcError as exc:  # a deployment vLLM refuses (a tp the heads do not divide...)
