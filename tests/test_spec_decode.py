@@ -288,3 +288,26 @@ def test_mtp_of_a_profile_without_one_says_so():
     s = Session()
     s.fit("glm-4.6", "h200", tp=8, max_model_len=32768, draft_model="mtp")
     assert not any("MTP" in str(n) for n in s.notes)
+
+
+def test_recurrent_layers_keep_one_state_block_per_speculative_token(registry):
+    # Qwen3-Next-80B-A3B at tp=4, 32,768 tokens: 12 full layers and 36 Gated DeltaNet layers make
+    # one full group and three recurrent groups of 12; the attention block is raised to 272 tokens.
+    # A request holds cdiv(32768, 272) = 121 full blocks plus one state block per recurrent group,
+    # and with K = 3 speculative tokens 1 + 3 per recurrent group (vLLM MambaSpec,
+    # num_speculative_blocks = num_speculative_tokens)
+    from capcalc.schema.deployment import Deployment
+    from capcalc.serving.fit import memory_of
+
+    m = registry.model("qwen3-next-80b-a3b")
+    memory, source = memory_of(registry.gpu("h200"))
+    base = dict(gpu="h200", deployment=Deployment(tp=4), max_model_len=32768)
+    plain = fit(m, FitRequest(memory, source, **base))
+    spec = fit(m, FitRequest(memory, source, spec_tokens=3, **base))
+    assert (plain.block_size, plain.kv_cache_groups) == (272, 4)
+    assert plain.blocks_per_request == 121 + 3 * 1
+    assert spec.blocks_per_request == 121 + 3 * (1 + 3)
+    assert spec.num_blocks == plain.num_blocks and spec.max_concurrency < plain.max_concurrency
+    with pytest.raises(CapcalcError) as e:
+        fit(m, FitRequest(memory, source, spec_tokens=-1, **base))
+    assert e.value.parameter == "spec_tokens"

@@ -116,6 +116,13 @@ def fit_command(
             "(its own MTP layer): its weights, and its KV layers in the same block pool."
         ),
     ] = None,
+    spec_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Speculative tokens per step (vLLM num_speculative_tokens): a recurrent layer keeps "
+            "1 + K state blocks per request."
+        ),
+    ] = 0,
     image_tokens: Annotated[
         Optional[int],
         typer.Option(
@@ -153,6 +160,7 @@ def fit_command(
             disable_hybrid_kv_cache_manager,
             draft_model,
             image_tokens,
+            spec_tokens,
         )
     finally:
         show_notes(s)
@@ -186,6 +194,7 @@ def compute(
     disable_hybrid_kv_cache_manager=False,
     draft_model=None,
     image_tokens=None,
+    spec_tokens=0,
 ):
     """The fit for the parsed options, and the table's notes."""
     if (gpu is None) == (gpu_memory is None):
@@ -215,6 +224,7 @@ def compute(
         hybrid=not disable_hybrid_kv_cache_manager,
         draft_model=draft_model,
         image_tokens=image_tokens,
+        spec_tokens=spec_tokens,
     )
     notes = []
     if tp_value is None and result.fits and (concurrency is None or result.max_concurrency >= concurrency):

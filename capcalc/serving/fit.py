@@ -208,11 +208,15 @@ def request_blocks(
     block_size: int,
     max_num_batched_tokens: int,
     encoder_tokens: int | None = None,
+    spec_tokens: int = 0,
 ) -> int:
     """Blocks one request at ``max_model_len`` holds, summed over the groups (each group's
     spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`); a
     cross-attention group's are those of ``encoder_tokens`` (vLLM's
-    ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens``, its default)."""
+    ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens``, its default). With
+    ``spec_tokens`` = K speculative tokens a recurrent group keeps 1 + K state blocks per
+    request (vLLM ``MambaSpec.max_memory_usage_bytes``: ``page x (1 + num_speculative_blocks)``,
+    ``num_speculative_blocks = num_speculative_tokens``, vllm/model_executor/layers/mamba/abstract.py)."""
     full = attention_spec(model)
     total = 0
     for g in groups:
@@ -221,6 +225,8 @@ def request_blocks(
         if isinstance(spec, CrossAttentionSpec) and encoder_tokens is not None:
             tokens = encoder_tokens
         total += spec.blocks_per_request(max_model_len, block_size, tokens)
+        if isinstance(spec, StateSpec):
+            total += spec_tokens
     return total
 
 
@@ -304,6 +310,9 @@ class FitRequest:
     n_gpus: int | None = None
     #: the speculative draft (:func:`capcalc.model.draft.make_draft`): its weights and KV layers
     draft: Draft | None = None
+    #: speculative tokens per step (vLLM's num_speculative_tokens): a recurrent layer keeps
+    #: 1 + spec_tokens state blocks per request
+    spec_tokens: int = 0
     #: image (encoder) tokens a request's cross-attention layers reserve, vLLM's
     #: ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens`` (vLLM's default)
     image_tokens: int | None = None
@@ -377,6 +386,7 @@ class FitResult:
     draft_method: str | None = None  # 'draft_model' | 'mtp'
     draft_weights_bytes_per_gpu: float = 0.0  # in weights_bytes_per_gpu (0: the target's profile holds them)
     draft_kv_layers: int = 0  # the draft's attention layers, in the KV groups
+    spec_tokens: int = 0  # speculative tokens per step (recurrent layers: 1 + spec_tokens state blocks)
     cross_attention_layers: int = 0  # layers whose KV holds a request's image tokens (mllama)
     image_tokens: int | None = None  # the image tokens each request reserves in them (None: no such layers)
     #: changes that would make it fit, each checked by fitting again: (parameter, value)
@@ -447,6 +457,11 @@ def check_request(req: FitRequest, model: ModelProfile) -> None:
         value = getattr(req, name)
         if value is not None and value < 1:
             raise CapcalcError(f"{name} must be at least 1, got {value}", parameter=name)
+    if isinstance(req.spec_tokens, bool) or not isinstance(req.spec_tokens, int) or req.spec_tokens < 0:
+        raise CapcalcError(
+            f"spec_tokens must be a whole number of at least 0, got {req.spec_tokens!r}",
+            parameter="spec_tokens",
+        )
     for name in ("activation_bytes", "overhead_bytes", "cudagraph_bytes"):
         value = getattr(req, name)
         if value is not None and value < 0:
@@ -508,7 +523,9 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
     cross = sum(1 for spec in specs if isinstance(spec, CrossAttentionSpec))
 
     def blocks_for(length: int) -> int:
-        return request_blocks(model, groups, length, bs, max_num_batched_tokens, req.image_tokens)
+        return request_blocks(
+            model, groups, length, bs, max_num_batched_tokens, req.image_tokens, req.spec_tokens
+        )
 
     per_stage = []  # (stage, budget, g_stage, num_blocks)
     for st in stages:
@@ -602,6 +619,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         draft_method=draft.method if draft is not None else None,
         draft_weights_bytes_per_gpu=draft_bytes,
         draft_kv_layers=len(draft_kv),
+        spec_tokens=req.spec_tokens,
         cross_attention_layers=cross,
         image_tokens=(req.image_tokens or max_num_batched_tokens) if cross else None,
     )
