@@ -592,3 +592,15 @@ def test_llama32_vision_fit_reserves_the_encoder_budget():
     r = fit(m, FitRequest(80 * 2**30, "flag", max_model_len=8192, image_tokens=6404))
     assert r.blocks_per_request == 4 * 512 + 401  # cdiv(6404, 16)
     assert r.kv_bytes_per_token_per_gpu == 131_072 and r.cross_attention_layers == 8
+
+
+def test_gemma3n_decode_reads_the_shared_cache_and_writes_only_its_own():
+    from capcalc.model.flops import decode_cost
+
+    m = fixture("google__gemma-3n-E4B-it")
+    step = decode_cost(m, 1, 8192)
+    # every full layer, shared or not, reads 8,192 tokens and every sliding one 512, x 2,048 bytes:
+    # (4 + 3) full and (16 + 12) sliding layers
+    assert step.component("kv_read").bytes == ((4 + 3) * 8192 + (16 + 12) * 512) * 2048
+    # only the 20 caching layers write the new token's KV
+    assert step.component("kv_write").bytes == 20 * 2048
