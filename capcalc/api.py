@@ -304,10 +304,12 @@ class Session:
         batch: int = 1,
         memory_bytes: float | None = None,
         deployment: Deployment | None = None,
+        image_tokens: int = 0,
         **fields,
     ) -> KVResult:
         """KV-cache size of ``batch`` sequences of ``ctx`` tokens (default: the model's max
-        context); with ``memory_bytes`` per GPU, how many sequences fit in it."""
+        context); with ``memory_bytes`` per GPU, how many sequences fit in it;
+        ``image_tokens`` per sequence in the cross-attention layers of a model that has them."""
         from capcalc.model.kv import kv_cache
 
         profile = self.model(model)
@@ -319,6 +321,8 @@ class Session:
             kv_dtype=d.kv_dtype,
             tp=d.tp,
             memory_bytes=memory_bytes,
+            state_dtype=d.mamba_ssm_cache_dtype,
+            image_tokens=image_tokens,
         )
 
     def fit(
@@ -328,16 +332,21 @@ class Session:
         memory_bytes: float | None = None,
         deployment: Deployment | None = None,
         concurrency: float | None = None,
+        draft_model: str | ModelProfile | None = None,
         **settings,
     ) -> FitResult:
         """vLLM's memory fit on ``gpu`` (its reported memory, else its datasheet size) or on
         ``memory_bytes`` per GPU. ``settings``: the fields of :class:`FitRequest`
         (``max_model_len``, ``gpu_memory_utilization``, ``n_gpus``...) and of the deployment.
         ``tp="auto"`` (or ``n_gpus`` without ``tp``) searches for the smallest valid tp that
-        fits, and with ``concurrency`` serves that many sequences."""
+        fits, and with ``concurrency`` serves that many sequences. ``draft_model``: a
+        speculative draft (a profile name, or ``"mtp"`` for the model's own MTP layer),
+        whose weights and KV layers the fit holds too (:mod:`capcalc.model.draft`)."""
         from capcalc.serving.fit import FitRequest, fit, memory_of, search_tp
 
         profile = self.model(model)
+        if draft_model is not None:
+            settings["draft"] = self._draft(profile, draft_model)
         if (gpu is None) == (memory_bytes is None):
             raise CapcalcError("give exactly one of gpu or memory_bytes", parameter=("gpu", "memory_bytes"))
         if gpu is not None:
@@ -386,6 +395,21 @@ class Session:
         result = roofline(profile, device, batch=batch, ctx=ctx, prompt_tokens=prompt_tokens, deployment=d)
         return RooflineReport(result, request_fits(profile, device, d, batch, max(ctx, prompt_tokens)))
 
+    def _draft(self, target: ModelProfile, draft_model: str | ModelProfile):
+        """The speculative draft of ``target``: ``"mtp"`` (its own MTP layer) or a profile."""
+        from capcalc.model.draft import MTP, make_draft
+
+        if isinstance(draft_model, str) and draft_model.lower() == MTP:
+            draft = make_draft(target, MTP)
+            if not draft.counted_in_target:
+                self.note(
+                    f"{target.name}'s profile does not count an MTP layer: the draft is one MTP module of the "
+                    "DeepSeek-V3 layout (a layer of its last layer's shape plus eh_proj); capcalc cannot check "
+                    "that the checkpoint ships one"
+                )
+            return draft
+        return make_draft(target, self.model(draft_model))
+
     def latency(
         self,
         model: str | ModelProfile,
@@ -395,14 +419,19 @@ class Session:
         batch: int = 1,
         deployment: Deployment | None = None,
         efficiency: dict[str, Any] | None = None,
+        spec_tokens: int | None = None,
+        acceptance: float | None = None,
+        draft_model: str | ModelProfile | None = None,
         **fields,
     ) -> LatencyReport:
         """TTFT, inter-token latency and throughput at achievable rates. ``efficiency``:
         overrides by parameter name (``{"step_overhead_s": "0.3 ms"}``); keywords named as
         an efficiency parameter are overrides too. Whether vLLM would serve the batch
-        (:func:`capcalc.serving.fit.request_fits`) is in the record; when it would not, a note says why."""
+        (:func:`capcalc.serving.fit.request_fits`) is in the record; when it would not, a note says why.
+        ``spec_tokens`` K, ``acceptance`` A and ``draft_model`` (a profile name or ``"mtp"``)
+        together: speculative decoding (:func:`capcalc.perf.latency.predict_speculative_latency`)."""
         from capcalc.perf.efficiency import PARAMETERS
-        from capcalc.perf.latency import predict_latency
+        from capcalc.perf.latency import predict_latency, predict_speculative_latency
         from capcalc.serving.fit import request_fits
 
         overrides = dict(efficiency or {})
@@ -410,16 +439,40 @@ class Session:
         profile, device = self.model(model), self.gpu(gpu)
         d = Deployment.of(deployment, **fields)
         resolved = self.efficiency(device, overrides)
-        result = predict_latency(
-            profile,
-            device,
-            prompt_tokens=prompt_tokens,
-            output_tokens=output_tokens,
-            batch=batch,
-            deployment=d,
-            efficiency=resolved,
-        )
-        serving = request_fits(profile, device, d, batch, prompt_tokens + output_tokens)
+        spec = {"spec_tokens": spec_tokens, "acceptance": acceptance, "draft_model": draft_model}
+        given = [k for k, v in spec.items() if v is not None]
+        if given and len(given) < len(spec):
+            missing = [k for k in spec if k not in given]
+            raise CapcalcError(
+                parameter=tuple(spec),
+                template=f"speculative decoding takes {{spec_tokens}}, {{acceptance}} and {{draft_model}} "
+                f"together: {{{missing[0]}}} is missing",
+            )
+        draft = self._draft(profile, draft_model) if given else None
+        if given:
+            result = predict_speculative_latency(
+                profile,
+                device,
+                prompt_tokens=prompt_tokens,
+                output_tokens=output_tokens,
+                spec_tokens=spec_tokens,
+                acceptance=acceptance,
+                draft=draft,
+                batch=batch,
+                deployment=d,
+                efficiency=resolved,
+            )
+        else:
+            result = predict_latency(
+                profile,
+                device,
+                prompt_tokens=prompt_tokens,
+                output_tokens=output_tokens,
+                batch=batch,
+                deployment=d,
+                efficiency=resolved,
+            )
+        serving = request_fits(profile, device, d, batch, prompt_tokens + output_tokens, draft)
         if serving.note is not None:
             self.note(serving.note)
         return LatencyReport(result, resolved, serving)

@@ -65,6 +65,8 @@ SHIPPED = {
     "zai-org__GLM-5.1": "glm-5",
     "moonshotai__Kimi-K2-Instruct": "kimi-k2",
     "mistralai__Mistral-Small-3.2-24B-Instruct-2506": "mistral-small-3.1-24b",
+    "google__gemma-3n-E4B-it": "gemma-3n-e4b",
+    "meta-llama__Llama-3.2-11B-Vision-Instruct": "llama-3.2-11b-vision",
 }
 
 #: the architectures the issue lists, by model_type
@@ -465,3 +467,140 @@ def test_modelopt_nvfp4_sets_the_weight_dtype():
     quantization = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16}
     config = {**real_config("Qwen__Qwen3-32B"), "quantization_config": quantization}
     assert mapped(config).native_dtype == "nvfp4"
+
+
+# --------------------------------------------------------------------------- gemma-3n: KV shared across layers
+
+
+def test_gemma3n_e4b_kv_sharing_by_hand():
+    # google/gemma-3n-E4B (fixture; source there): 35 layers, (4 sliding + 1 full) x 7, the last
+    # 15 reuse the KV of layer 18 (sliding) or 19 (full) and cache nothing
+    m = fixture("google__gemma-3n-E4B-it")
+    assert m.layer_types[:20] == ("sliding",) * 4 + ("full",) + ("sliding",) * 4 + ("full",) + (
+        "sliding",
+    ) * 4 + ("full",) + ("sliding",) * 4 + ("full",)
+    assert m.layer_types[20:].count("shared_sliding") == 12 and m.layer_types[20:].count("shared_full") == 3
+    # one token of one caching layer in bf16: 2 (K and V) x 2 KV heads x 256 x 2 bytes = 2,048
+    assert kv_bytes_per_token_per_layer(m, "bf16") == 2048
+    # 20 caching layers (16 sliding, 4 full): 40,960 bytes per token within the window
+    from capcalc.model.kv import kv_bytes_per_token
+
+    assert kv_bytes_per_token(m, "bf16") == 20 * 2048 == 40_960
+    # an 8k sequence: 4 full layers x 8192 tokens + 16 sliding x 512 tokens, x 2,048 bytes
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == (4 * 8192 + 16 * 512) * 2048 == 83_886_080
+    # without sharing it would be 7 full + 28 sliding: 146,800,640 bytes
+    assert (7 * 8192 + 28 * 512) * 2048 == 146_800_640
+
+
+def test_gemma3n_e4b_parameters_by_hand():
+    m = fixture("google__gemma-3n-E4B-it")
+    h, layers, p, n, r = 2048, 35, 256, 4, 64
+    # a Gemma 3 decoder layer: q 2048 x 2048, k and v 2048 x 512, o 2048 x 2048, gated MLP
+    # 3 x 2048 x 16384, 4 RMSNorms of 2048, q_norm and k_norm of 256 (v_norm has no scale)
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 16384 + 4 * 2048 + 2 * 256
+    decoder = 262_400 * 2048 + layers * layer + 2048  # tied embedding, final norm
+    assert decoder == 4_427_918_848
+    # per-layer embeddings 262,144 x 35 x 256, their projection 2048 x 8960 and norm, AltUp's 2 x 3
+    # projections of 2048^2; per layer LAuReL (2 x 2048 x 64 + norm), AltUp (2 x 2048 + 16 + 64 +
+    # 2048 x 4), per-layer input gate and projection (2 x 2048 x 256 + norm)
+    extra = 262_144 * layers * p + h * layers * p + p + 2 * (n - 1) * h * h
+    extra += layers * ((2 * h * r + h) + (2 * h + n * n + n**3 + h * n) + (2 * h * p + h))
+    assert extra == 2_438_777_840
+    counted = count_params(m)
+    assert counted.extra == extra and counted.total == decoder + extra == 6_866_696_688
+    # LM Studio lists the text-only gemma-3n-E4B as 6.9B parameters; Google's "8B raw" adds the
+    # ~0.3B MobileNet-v5 vision and ~0.7B audio encoders, not counted here
+    assert round(counted.total / 1e9, 1) == 6.9
+
+
+def test_gemma3n_fit_gives_shared_layers_no_blocks(registry):
+    from capcalc.serving.fit import FitRequest, fit, kv_cache_groups
+
+    m = fixture("google__gemma-3n-E4B-it")
+    groups = kv_cache_groups(m)
+    # 16 sliding and 4 full caching layers: 16 >= 1.5 x 4, so groups of 4: one full, four sliding
+    assert sorted((g.kind, len(g.layers)) for g in groups) == [("full", 4)] + [("sliding", 4)] * 4
+    assert all(i < 20 for g in groups for i in g.layers)
+    r = fit(m, FitRequest(24 * 2**30, "flag", max_model_len=32_768))
+    # a request at 32,768 tokens: 2,048 blocks in the full group, cdiv(511 + 2048, 16) + 1 = 161 in
+    # each sliding one (max_num_batched_tokens 2048 below 70 GiB)
+    assert r.blocks_per_request == 2048 + 4 * 161
+    assert r.layers_per_group == 4 and r.kv_cache_groups == 5
+
+
+def test_gemma3n_mixed_mlp_widths_are_refused():
+    config = real_config("google__gemma-3n-E4B-it")
+    config["text_config"]["intermediate_size"] = [16384] * 20 + [8192] * 15
+    with pytest.raises(CapcalcError, match="intermediate_size varies by layer"):
+        mapped(config)
+
+
+# --------------------------------------------------------------------------- mllama: cross-attention KV per image token
+
+
+def test_llama32_vision_cross_attention_kv_by_hand():
+    # meta-llama/Llama-3.2-11B-Vision-Instruct (fixture; source there): 40 layers, the 8 at
+    # 3, 8, ..., 38 cross-attention; 8 KV heads of 128
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    assert [i for i, t in enumerate(m.layer_types) if t == "cross"] == [3, 8, 13, 18, 23, 28, 33, 38]
+    from capcalc.model.kv import kv_bytes_per_token, kv_cache
+
+    # a text token: 32 self-attention layers x 2 x 8 x 128 x 2 bytes = 131,072 (the cross layers add none)
+    assert kv_bytes_per_token(m, "bf16") == 32 * 2 * 8 * 128 * 2 == 131_072
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 8192 * 131_072 == 1_073_741_824
+    # one 560 px image of 4 tiles: 4 x ((560 / 14)^2 + 1) = 6,404 image tokens, held by each of the
+    # 8 cross layers at 4,096 bytes, whatever the text length
+    image = 4 * ((560 // 14) ** 2 + 1)
+    assert image == 6404
+    r = kv_cache(m, 8192, image_tokens=image)
+    assert r.kv_bytes_per_sequence == 1_073_741_824 + 8 * image * 4096 == 1_283_588_096
+    assert kv_cache(m, 100, image_tokens=image).kv_bytes_per_sequence - kv_cache(
+        m, 100
+    ).kv_bytes_per_sequence == (8 * image * 4096)
+
+
+def test_llama32_vision_parameters_by_hand():
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    h = 4096
+    layer = 2 * h * h + 2 * h * 1024 + 3 * h * 14336 + 2 * h  # q, o; k, v; MLP; 2 RMSNorms
+    text = (128_256 + 8) * h + 128_256 * h + 40 * layer + 8 * (2 * 128 + 2) + h  # + cross q/k norms, gates
+    d, f, n = 1280, 5120, 40 * 40 + 1  # vision width, MLP, patches + class token
+    enc = 4 * d * d + (d * f + f) + (f * d + d) + 4 * d
+    vision = (
+        3 * 14 * 14 * d + d  # patch conv, class embedding
+        + 1 + n * d + 9 * 4 * n * d  # gated positions, tile positions (8 aspect ratios + 1, 4 tiles)
+        + 2 * (9 * 4 * d + 1)  # pre- and post-tile aspect embeddings
+        + 4 * d  # layernorm_pre, layernorm_post
+        + 32 * enc + 8 * (enc + 2)  # local and gated global layers
+        + 7680 * h + h  # multi_modal_projector
+    )  # fmt: skip
+    assert vision == 895_028_755
+    assert count_params(m).total == text + vision == 10_670_220_835
+    # Meta's model card: "11B (10.6B)" parameters
+    assert abs(count_params(m).total / 10.6e9 - 1) < 0.01
+
+
+def test_llama32_vision_fit_reserves_the_encoder_budget():
+    from capcalc.serving.fit import FitRequest, fit, kv_cache_groups
+
+    m = fixture("meta-llama__Llama-3.2-11B-Vision-Instruct")
+    # 32 full and 8 cross layers: 32 >= 1.5 x 8, groups of 8: four full, one cross
+    assert sorted((g.kind, len(g.layers)) for g in kv_cache_groups(m)) == [("cross", 8)] + [("full", 8)] * 4
+    r = fit(m, FitRequest(80 * 2**30, "flag", max_model_len=8192))
+    # vLLM's CrossAttentionSpec: cdiv(max_num_encoder_input_tokens = max_num_batched_tokens 8192, 16)
+    assert r.blocks_per_request == 4 * 512 + 512 and r.image_tokens == 8192
+    r = fit(m, FitRequest(80 * 2**30, "flag", max_model_len=8192, image_tokens=6404))
+    assert r.blocks_per_request == 4 * 512 + 401  # cdiv(6404, 16)
+    assert r.kv_bytes_per_token_per_gpu == 131_072 and r.cross_attention_layers == 8
+
+
+def test_gemma3n_decode_reads_the_shared_cache_and_writes_only_its_own():
+    from capcalc.model.flops import decode_cost
+
+    m = fixture("google__gemma-3n-E4B-it")
+    step = decode_cost(m, 1, 8192)
+    # every full layer, shared or not, reads 8,192 tokens and every sliding one 512, x 2,048 bytes:
+    # (4 + 3) full and (16 + 12) sliding layers
+    assert step.component("kv_read").bytes == ((4 + 3) * 8192 + (16 + 12) * 512) * 2048
+    # only the 20 caching layers write the new token's KV
+    assert step.component("kv_write").bytes == 20 * 2048

@@ -420,3 +420,15 @@ def test_nemotron_weights_and_decode_price_each_block_by_what_it_has(registry):
 def test_nemotron_moe_blocks_are_refused_with_the_block_named():
     with pytest.raises(CapcalcError, match="MoE blocks"):
         _profile({**NEMOTRON_NANO_9B, "hybrid_override_pattern": "ME" * 28}, "nemotron-3")
+
+
+def test_show_lists_every_layer_kind(registry, cli):
+    from capcalc.report.summary import layer_layout
+
+    assert layer_layout(registry.model("qwen3-next-80b-a3b")).startswith("12 full + 36 Gated DeltaNet, MoE")
+    assert layer_layout(registry.model("nemotron-h-8b")) == "4 full + 24 Mamba2 + 24 MLP-only"
+    assert layer_layout(registry.model("llama-4-scout")).startswith("12 full + 36 chunked(8192)")
+    assert layer_layout(registry.model("mistral-7b-v0.1")) == "32 sliding(4096)"  # no '0 full'
+    assert layer_layout(registry.model("llama-3-8b")) == "32 full"
+    r = cli("show", "granite-4.0-h-small", "--json")
+    assert r.code == 0 and r.json()["layer_kinds"] == {"full": 4, "mamba": 36}

@@ -61,10 +61,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 from capcalc.model.layers import (  # noqa: E402
     ChunkedLocalAttentionSpec,
+    CrossAttentionSpec,
     FullAttentionSpec,
     GatedDeltaNetSpec,
     Mamba2Spec,
     MLAAttentionSpec,
+    SharedFullAttentionSpec,
+    SharedSlidingWindowSpec,
     SlidingWindowSpec,
 )
 
@@ -86,6 +89,13 @@ def test_each_kind_by_hand():
     gdn = GatedDeltaNetSpec(16, 32, 128, 128, 4)
     assert gdn.state_shapes(1) == (3 * (2 * 16 * 128 + 32 * 128), 32 * 128 * 128)
     assert gdn.blocks_per_request(262_144, 16, 8192) == 1 and gdn.tokens_held(10**6) == 0
+    shared = SharedSlidingWindowSpec(8, 2, 256, window=512)  # gemma-3n's KV-shared layers
+    assert shared.cache_bytes_per_token(2.0) == 0 and shared.blocks_per_request(32_768, 16, 2048) == 0
+    assert (shared.tokens_held(8192), shared.tokens_read(8192), shared.attended_pairs("decode", 8192)) == (
+        0,
+        512,
+        512,
+    )
     mamba = Mamba2Spec(128, 64, 128, 1, 4)
     # tp 4 does not divide one B/C group: each rank keeps it (n_groups raised to 4)
     assert mamba.state_shapes(4) == (3 * (8192 + 2 * 4 * 128) // 4, 32 * 64 * 128)
@@ -111,13 +121,19 @@ def test_no_kind_holds_more_than_a_full_attention_layer_of_the_same_shape(shape)
         ChunkedLocalAttentionSpec(kv * 4, kv, head_dim, chunk=window),
         GatedDeltaNetSpec(kv, kv * 2, head_dim, head_dim, 4),
         Mamba2Spec(kv * 4, head_dim, 128, 1, 4),
+        SharedFullAttentionSpec(kv * 4, kv, head_dim),
+        SharedSlidingWindowSpec(kv * 4, kv, head_dim, window=window),
+        CrossAttentionSpec(kv * 4, kv, head_dim),
     ]
     per_token = full.cache_bytes_per_token(2.0, tp)
     for spec in others:
         assert spec.tokens_held(ctx) <= full.tokens_held(ctx)
         assert spec.cache_bytes_per_token(2.0, tp) * spec.tokens_held(ctx) <= per_token * ctx
+        assert spec.tokens_read(ctx) <= full.tokens_read(ctx)
         assert spec.attended_pairs("decode", ctx) <= full.attended_pairs("decode", ctx)
         assert spec.attended_pairs("prefill", ctx) <= full.attended_pairs("prefill", ctx)
+        if isinstance(spec, CrossAttentionSpec):
+            continue  # it reserves the encoder budget, max_num_batched_tokens, whatever the context
         # vLLM's sliding-window admission keeps one block more than the window's: at most one
         # block beyond a full layer's
         assert (

@@ -35,6 +35,7 @@ REFUSED = {
 }  # Gated DeltaNet: a recurrent state the loop does not build
 REFUSED |= {name: "chunked layers" for name in ("llama-4-scout", "llama-4-maverick")}
 REFUSED.update(dict.fromkeys(("granite-4.0-h-small", "nemotron-nano-9b-v2", "nemotron-h-8b"), "mamba layers"))
+REFUSED.update({"gemma-3n-e4b": "shared_sliding layers", "llama-3.2-11b-vision": "cross layers"})
 
 
 def _refused(profile: ModelProfile) -> bool:

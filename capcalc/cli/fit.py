@@ -109,6 +109,27 @@ def fit_command(
     disable_hybrid_kv_cache_manager: Annotated[
         bool, typer.Option(help="Treat sliding-window layers as full ones, as vLLM's flag does.")
     ] = False,
+    draft_model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Speculative draft held beside the model: a profile (EAGLE head, small model) or 'mtp' "
+            "(its own MTP layer): its weights, and its KV layers in the same block pool."
+        ),
+    ] = None,
+    spec_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Speculative tokens per step (vLLM num_speculative_tokens): a recurrent layer keeps "
+            "1 + K state blocks per request."
+        ),
+    ] = 0,
+    image_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Image tokens a request reserves in cross-attention layers (mllama; vLLM's "
+            "max_num_encoder_input_tokens, default max_num_batched_tokens)."
+        ),
+    ] = None,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
@@ -137,6 +158,9 @@ def fit_command(
             cudagraph_bytes,
             kv_cache_memory,
             disable_hybrid_kv_cache_manager,
+            draft_model,
+            image_tokens,
+            spec_tokens,
         )
     finally:
         show_notes(s)
@@ -168,6 +192,9 @@ def compute(
     cudagraph_bytes=None,
     kv_cache_memory=None,
     disable_hybrid_kv_cache_manager=False,
+    draft_model=None,
+    image_tokens=None,
+    spec_tokens=0,
 ):
     """The fit for the parsed options, and the table's notes."""
     if (gpu is None) == (gpu_memory is None):
@@ -195,6 +222,9 @@ def compute(
         cudagraph_bytes=_bytes(cudagraph_bytes, "--cudagraph-bytes") or 0.0,
         kv_cache_memory=parse_bytes_option(kv_cache_memory, "--kv-cache-memory"),
         hybrid=not disable_hybrid_kv_cache_manager,
+        draft_model=draft_model,
+        image_tokens=image_tokens,
+        spec_tokens=spec_tokens,
     )
     notes = []
     if tp_value is None and result.fits and (concurrency is None or result.max_concurrency >= concurrency):
@@ -287,6 +317,15 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
                 "verdict": verdict,
                 "kv_bytes_per_token_per_gpu": r.kv_bytes_per_token_per_gpu,
                 "kv_heads_per_gpu": f"{r.kv_heads_per_gpu}" + (" (replicated)" if r.kv_replicated else ""),
+                **(
+                    {
+                        "draft_model": f"{r.draft_model} ({r.draft_method}): {r.draft_kv_layers} KV layer(s), "
+                        f"{format_bytes(r.draft_weights_bytes_per_gpu)} weights"
+                        + (" (in the model's profile)" if not r.draft_weights_bytes_per_gpu else "")
+                    }
+                    if r.draft_model
+                    else {}
+                ),
                 "kv_cache_groups": f"{r.kv_cache_groups} x {r.layers_per_group} layers",
                 "num_blocks": r.num_blocks,
                 "kv_cache_tokens": r.kv_cache_tokens,

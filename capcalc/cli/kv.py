@@ -24,8 +24,10 @@ from capcalc.core.units import format_bytes
 from capcalc.report.output import TableSpec
 
 
-def compute(s, model, deployment, ctx=None, batch=1, memory=None):
-    return s.kv(model, ctx, batch, parse_bytes_option(memory, "--memory"), deployment)
+def compute(s, model, deployment, ctx=None, batch=1, memory=None, image_tokens=0):
+    return s.kv(
+        model, ctx, batch, parse_bytes_option(memory, "--memory"), deployment, image_tokens=image_tokens
+    )
 
 
 @app.command()
@@ -41,6 +43,12 @@ def kv(
     memory: Annotated[
         Optional[str], typer.Option(help="KV memory per GPU (e.g. 8GB): how many sequences fit in it.")
     ] = None,
+    image_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Image tokens per sequence held by cross-attention layers (mllama; default 0: text)."
+        ),
+    ] = 0,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
     csv_: CsvFlag = False,
@@ -50,7 +58,7 @@ def kv(
     out = Output(json_, jsonl, csv_)
     s = session(profiles)
     try:
-        result = compute(s, model, deployment, ctx, batch, memory)
+        result = compute(s, model, deployment, ctx, batch, memory, image_tokens)
     finally:
         show_notes(s)
     tp = result.tp
@@ -67,6 +75,11 @@ def kv(
     if result.sliding_layers:
         notes.append(
             f"{result.sliding_layers} sliding-window layers hold at most {result.sliding_window} tokens each."
+        )
+    if result.cross_attention_layers:
+        notes.append(
+            f"{result.cross_attention_layers} cross-attention layers hold the KV of {result.image_tokens:,} image "
+            "tokens per sequence (--image-tokens), whatever its length."
         )
     if result.sequences_fit is not None:
         notes.append(

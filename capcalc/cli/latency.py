@@ -84,6 +84,9 @@ def compute(
     frontend_overhead=None,
     num_requests=None,
     seed=0,
+    spec_tokens=None,
+    acceptance=None,
+    draft_model=None,
 ):
     """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
     under load (``Session.serving``)."""
@@ -102,7 +105,18 @@ def compute(
                 template=f"{{{named[0]}}} needs {{concurrency}} or {{requests_per_s}} "
                 "(a static batch has no serving engine)",
             )
-        return s.latency(model, gpu, prompt, output, batch, deployment, efficiency)
+        return s.latency(
+            model, gpu, prompt, output, batch, deployment, efficiency,
+            spec_tokens=spec_tokens, acceptance=acceptance, draft_model=draft_model,
+        )  # fmt: skip
+    speculative = [k for k, v in (("spec_tokens", spec_tokens), ("acceptance", acceptance),
+                   ("draft_model", draft_model)) if v is not None]  # fmt: skip
+    if speculative:
+        raise CapcalcError(
+            parameter=(speculative[0], "concurrency", "requests_per_s"),
+            template=f"{{{speculative[0]}}} is for a static batch: the serving model under "
+            "{concurrency} or {requests_per_s} has no speculative decoding",
+        )
     if concurrency is not None and rps is not None:
         raise CapcalcError(
             "give concurrency or requests_per_s, not both", parameter=("concurrency", "requests_per_s")
@@ -185,6 +199,19 @@ def latency_command(
         Optional[int], typer.Option(help="Requests measured under load (default: 5 per client; --rps 400).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --rps arrival times.")] = 0,
+    spec_tokens: Annotated[
+        Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
+    ] = None,
+    acceptance: Annotated[
+        Optional[float],
+        typer.Option(help="Speculative decoding: chance each drafted token is accepted (A, 0..1)."),
+    ] = None,
+    draft_model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Speculative decoding: the draft, a model profile or 'mtp' (the model's MTP layer)."
+        ),
+    ] = None,
     no_calibration: NoCalibrationFlag = False,
     json_: JsonFlag = False,
     jsonl: JsonlFlag = False,
@@ -198,7 +225,7 @@ def latency_command(
         report = compute(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
-            num_requests, seed,
+            num_requests, seed, spec_tokens, acceptance, draft_model,
         )  # fmt: skip
     finally:
         show_notes(s)

@@ -32,7 +32,8 @@ Bytes moved from memory:
   head, which reads the whole table anyway;
 * KV read: every sequence's cache at ``ctx`` (decode; under sparse attention every indexer
   key but only the top-k latents), the prompt's own KV once (prefill; FlashAttention keeps
-  the tiles on chip); KV write: one token per attention layer per new token. A recurrent
+  the tiles on chip); KV write: one token per caching attention layer per new token (a
+  KV-shared layer writes none and reads the cache it shares). A recurrent
   layer's fixed state is read with the cache and written back once per sequence and step
   (the bytes of ``recurrent_update``): in decode with every token, in prefill once after the
   prompt. ``StepCost.kv_bytes`` counts all three as cache traffic.
@@ -84,6 +85,7 @@ from capcalc.model.kv import (
 )
 from capcalc.model.layers import (
     attention_layers,
+    cached_layers,
     dims,
     layer_specs,
     mixerless_layers,
@@ -306,7 +308,7 @@ def step_cost(
             "matmul",
         )
 
-    kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * attn_layers
+    kv_write = tokens * kv_bytes_per_token_per_layer(model, kdtype, tp) * cached_layers(model)
     activations = tokens * activation_elements_per_token(model, tp) * w.high if phase == "prefill" else 0.0
     state_dtype = d.mamba_ssm_cache_dtype
     if phase == "decode":

@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from capcalc.core.dtypes import DTYPE_BYTES, KV_DTYPES, canonical_dtype, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.records import flat_record
-from capcalc.model.layers import attention_layers, attention_spec, sparse_spec, spec_counts, state_layers
+from capcalc.model.layers import (
+    attention_layers,
+    attention_spec,
+    cached_layers,
+    cross_layers,
+    sparse_spec,
+    spec_counts,
+    state_layers,
+)
 from capcalc.model.parallel import check_tp, kv_heads_per_gpu, kv_replication_factor
 from capcalc.schema.profiles import ModelProfile
 
@@ -59,8 +67,8 @@ def kv_bytes_per_token_per_layer(model: ModelProfile, kv_dtype: str, tp: int = 1
 
 def kv_bytes_per_token(model: ModelProfile, kv_dtype: str, tp: int = 1) -> float:
     """Bytes one token adds to the whole model's cache on one GPU (every attention layer;
-    the rate while the context is within any sliding window)."""
-    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * attention_layers(model)
+    the rate while the context is within any sliding window; KV-shared layers add none)."""
+    return kv_bytes_per_token_per_layer(model, kv_dtype, tp) * cached_layers(model)
 
 
 def cached_tokens(model: ModelProfile, ctx: int) -> tuple[int, int]:
@@ -78,13 +86,21 @@ def state_bytes_per_sequence(model: ModelProfile, tp: int = 1, state_dtype: str 
 
 
 def kv_bytes_per_sequence(
-    model: ModelProfile, ctx: int, kv_dtype: str, tp: int = 1, state_dtype: str = "auto"
+    model: ModelProfile,
+    ctx: int,
+    kv_dtype: str,
+    tp: int = 1,
+    state_dtype: str = "auto",
+    image_tokens: int = 0,
 ) -> float:
     """Cache bytes of one sequence at ``ctx`` tokens on one GPU: each attention layer's
     per-token bytes times the tokens it holds (sliding layers capped at the window),
-    plus the recurrent layers' fixed state."""
+    plus the recurrent layers' fixed state, plus each cross-attention layer's
+    ``image_tokens`` (the image tokens of the request, whatever its length)."""
     per_layer = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
     held = sum(n * spec.tokens_held(ctx) for spec, n in spec_counts(model) if spec.attends)
+    if image_tokens:
+        held += cross_layers(model) * image_tokens
     kv = per_layer * held
     if state_layers(model):
         kv += state_bytes_per_sequence(model, tp, state_dtype)
@@ -96,10 +112,15 @@ def kv_bytes_read_per_sequence(
 ) -> float:
     """Cache bytes one decode step of a ``ctx``-token sequence reads on one GPU: all it
     holds (:func:`kv_bytes_per_sequence`), except under DeepSeek Sparse Attention, which
-    reads every indexer key but only the ``index_topk`` latents it selects."""
+    reads every indexer key but only the ``index_topk`` latents it selects, and a KV-shared
+    layer reads the cache of the layer it shares (``tokens_read``)."""
     sparse = sparse_spec(model)
     if sparse is None:
-        return kv_bytes_per_sequence(model, ctx, kv_dtype, tp, state_dtype)
+        per_layer = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
+        read = per_layer * sum(n * spec.tokens_read(ctx) for spec, n in spec_counts(model) if spec.attends)
+        if state_layers(model):
+            read += state_bytes_per_sequence(model, tp, state_dtype)
+        return read
     return attention_layers(model) * sparse.bytes_read(ctx, DTYPE_BYTES[kv_dtype])
 
 
@@ -130,6 +151,8 @@ class KVResult:
     state_bytes_per_sequence: float = 0.0  # their fixed state, whole model (in kv_bytes_per_sequence)
     state_bytes_per_sequence_per_gpu: float = 0.0
     mamba_ssm_cache_dtype: str | None = None  # the recurrent state's dtype (None: no such layers)
+    cross_attention_layers: int = 0  # layers whose KV holds the request's image tokens (mllama)
+    image_tokens: int = 0  # the image tokens each sequence's cross-attention layers hold
 
     def record(self) -> dict:
         """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
@@ -144,19 +167,28 @@ def kv_cache(
     tp: int = 1,
     memory_bytes: float | None = None,
     state_dtype: str = "auto",
+    image_tokens: int = 0,
 ) -> KVResult:
     """Size the KV cache of ``batch`` sequences of ``ctx`` tokens (recurrent layers' state
-    in ``state_dtype``, :func:`state_dtypes`)."""
+    in ``state_dtype``, :func:`state_dtypes`; cross-attention layers holding
+    ``image_tokens`` each)."""
     if ctx < 1:
         raise CapcalcError(f"ctx must be at least 1, got {ctx}", parameter="ctx")
     if batch < 1:
         raise CapcalcError(f"batch must be at least 1, got {batch}", parameter="batch")
     if memory_bytes is not None and memory_bytes <= 0:
         raise CapcalcError(f"memory_bytes must be positive, got {memory_bytes:g}", parameter="memory_bytes")
+    if isinstance(image_tokens, bool) or not isinstance(image_tokens, int) or image_tokens < 0:
+        raise CapcalcError(
+            f"image_tokens must be a whole number of at least 0, got {image_tokens!r}",
+            parameter="image_tokens",
+        )
     check_tp(model, tp)
     dtype = resolve_kv_dtype(kv_dtype, model.native_dtype)
-    per_sequence = kv_bytes_per_sequence(model, ctx, dtype, state_dtype=state_dtype)
-    per_sequence_gpu = kv_bytes_per_sequence(model, ctx, dtype, tp, state_dtype)
+    per_sequence = kv_bytes_per_sequence(
+        model, ctx, dtype, state_dtype=state_dtype, image_tokens=image_tokens
+    )
+    per_sequence_gpu = kv_bytes_per_sequence(model, ctx, dtype, tp, state_dtype, image_tokens)
     recurrent = state_layers(model)
     replication = kv_replication_factor(model, tp)
     return KVResult(
@@ -185,4 +217,6 @@ def kv_cache(
         state_bytes_per_sequence=state_bytes_per_sequence(model, 1, state_dtype),
         state_bytes_per_sequence_per_gpu=state_bytes_per_sequence(model, tp, state_dtype),
         mamba_ssm_cache_dtype=state_dtypes(model, state_dtype)[1] if recurrent else None,
+        cross_attention_layers=cross_layers(model),
+        image_tokens=image_tokens,
     )

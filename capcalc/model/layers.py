@@ -72,8 +72,10 @@ class LayerSpec:
     The base answers as a layer that keeps nothing."""
 
     kind: ClassVar[str] = ""
-    #: whether the layer keeps a per-token cache (an attention kind)
+    #: whether the layer attends over a per-token cache (an attention kind)
     attends: ClassVar[bool] = False
+    #: whether it keeps that cache itself (False: a KV-shared layer reads an earlier layer's)
+    caches: ClassVar[bool] = False
 
     def cache_bytes_per_token(self, width: float, tp: int = 1) -> float:
         return 0.0
@@ -83,6 +85,11 @@ class LayerSpec:
 
     def tokens_held(self, ctx: int) -> int:
         return 0
+
+    def tokens_read(self, ctx: int) -> int:
+        """Cached tokens one decode step of a ``ctx``-token sequence reads in this layer
+        (its own cache, or the cache of the layer it shares)."""
+        return self.tokens_held(ctx)
 
     def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
         return 0
@@ -114,6 +121,7 @@ class FullAttentionSpec(LayerSpec):
 
     kind: ClassVar[str] = "full"
     attends: ClassVar[bool] = True
+    caches: ClassVar[bool] = True
 
     def kv_heads_per_gpu(self, tp: int) -> int:
         """kv_heads / tp, or 1 (replicated) once tp exceeds them."""
@@ -273,6 +281,69 @@ class SparseMLAAttentionSpec(MLAAttentionSpec):
     def bytes_read(self, ctx: int, width: float) -> float:
         """Decode: every indexer key, the latents of the top-k tokens."""
         return self.indexer_bytes * ctx + self.latent_bytes(width) * min(ctx, self.index_topk)
+
+
+class KVSharing:
+    """A layer that attends over the KV of an earlier layer of its kind (gemma-3n's last
+    ``num_kv_shared_layers`` layers, transformers ``Gemma3nTextAttention.kv_shared_layer_index``:
+    the last non-shared layer of the same type). It computes its own queries and attends as
+    its kind does, but caches nothing: 0 bytes per token, no tokens held, no blocks (vLLM
+    gives such a layer no KV cache spec of its own: ``kv_sharing_target_layer_name``). A
+    decode step still reads the shared cache: ``tokens_read`` is its kind's ``tokens_held``."""
+
+    caches: ClassVar[bool] = False
+
+    def cache_bytes_per_token(self, width: float, tp: int = 1) -> float:
+        return 0.0
+
+    def tokens_held(self, ctx: int) -> int:
+        return 0
+
+    def tokens_read(self, ctx: int) -> int:
+        return super().tokens_held(ctx)
+
+    def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
+        return 0
+
+    def attended_pairs(self, phase: str, ctx: int) -> float:
+        if phase == "decode":
+            return self.tokens_read(ctx)
+        return super().attended_pairs(phase, ctx)
+
+
+@dataclass(frozen=True)
+class SharedFullAttentionSpec(KVSharing, FullAttentionSpec):
+    kind: ClassVar[str] = "shared_full"
+
+
+@dataclass(frozen=True)
+class SharedSlidingWindowSpec(KVSharing, SlidingWindowSpec):
+    kind: ClassVar[str] = "shared_sliding"
+
+
+@dataclass(frozen=True)
+class CrossAttentionSpec(FullAttentionSpec):
+    """A cross-attention layer (Llama-3.2-Vision's, mllama): its queries come from the text,
+    its keys and values from the image (encoder) tokens, so its KV holds a fixed
+    ``image_tokens`` per request, the same bytes per token as a full layer, and none for
+    the text: ``tokens_held`` and the decode reads of the text are 0, and the image tokens
+    are a parameter of the sequence (:func:`capcalc.model.kv.kv_bytes_per_sequence`).
+    vLLM's ``CrossAttentionSpec.max_memory_usage_bytes`` reserves
+    ``cdiv(max_num_encoder_input_tokens, block)`` blocks per request, and
+    ``max_num_encoder_input_tokens`` defaults to ``max_num_batched_tokens``
+    (vllm/config/scheduler.py)."""
+
+    kind: ClassVar[str] = "cross"
+    caches: ClassVar[bool] = False  # nothing per text token
+
+    def tokens_held(self, ctx: int) -> int:
+        return 0
+
+    def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
+        return cdiv(max_num_batched_tokens, block_size)
+
+    def attended_pairs(self, phase: str, ctx: int) -> float:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -443,6 +514,14 @@ def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
         return SlidingWindowSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim, window=m.sliding_window)
     if kind == "mlp":
         return NoMixerSpec()
+    if kind == "cross":
+        return CrossAttentionSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim)
+    if kind == "shared_full":
+        return SharedFullAttentionSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim)
+    if kind == "shared_sliding":
+        return SharedSlidingWindowSpec(
+            m.num_attention_heads, m.num_kv_heads, m.head_dim, window=m.sliding_window
+        )
     if kind == "chunked":
         return ChunkedLocalAttentionSpec(
             m.num_attention_heads, m.num_kv_heads, m.head_dim, chunk=m.attention_chunk_size
@@ -494,8 +573,18 @@ def spec_counts(m: ModelProfile) -> tuple[tuple[LayerSpec, int], ...]:
 
 
 def attention_layers(m: ModelProfile) -> int:
-    """Layers with a per-token cache (full, sliding, MLA)."""
+    """Attention layers (full, sliding, chunked, MLA, KV-shared): their projections and scores."""
     return sum(n for spec, n in spec_counts(m) if spec.attends)
+
+
+def cross_layers(m: ModelProfile) -> int:
+    """Cross-attention layers (their KV holds the request's image tokens)."""
+    return sum(n for spec, n in spec_counts(m) if isinstance(spec, CrossAttentionSpec))
+
+
+def cached_layers(m: ModelProfile) -> int:
+    """Attention layers that keep a per-token cache of their own (all but the KV-shared ones)."""
+    return sum(n for spec, n in spec_counts(m) if spec.caches)
 
 
 def state_spec(m: ModelProfile) -> StateSpec | None:

@@ -39,18 +39,26 @@ batching overlaps them, which `plan` accounts for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from capcalc.core.dtypes import COMPUTE_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.records import flat_record
-from capcalc.model.flops import StepCost, decode_cost, decode_costs, prefill_cost
+from capcalc.model.draft import MTP, Draft
+from capcalc.model.flops import Component, StepCost, decode_cost, decode_costs, prefill_cost
 from capcalc.model.weights import resolve_weight_dtype
 from capcalc.perf.efficiency import Efficiency, ResolvedEfficiency
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
-__all__ = ["COMPUTE_DTYPES", "LatencyResult", "predict_decode_step", "predict_latency", "predict_prefill"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "LatencyResult",
+    "predict_decode_step",
+    "predict_latency",
+    "predict_prefill",
+    "predict_speculative_latency",
+]
 #: decode steps evaluated exactly up to this many; beyond, this many evenly spaced contexts.
 #: The step time is piecewise linear in the context (kinks at a sliding window and where
 #: compute overtakes memory), so evenly spaced samples including both ends average it to
@@ -276,6 +284,14 @@ class LatencyResult:
     itl_roofline_s: float
     weight_bytes_per_step: float  # per GPU, first decode step
     kv_bytes_per_gpu_last_step: float
+    #: speculative decoding (:func:`predict_speculative_latency`; 0 / None without it)
+    spec_tokens: int = 0
+    acceptance: float | None = None
+    draft_model: str | None = None
+    tokens_per_target_step: float = 1.0  # (1 - A^(K+1)) / (1 - A)
+    verify_step_s: float = 0.0  # the target step of K+1 tokens per sequence, at the mean context
+    draft_steps_s: float = 0.0  # the K draft steps of one round, at the mean context
+    itl_without_spec_s: float | None = None  # the plain decode's itl_s, for comparison
 
     def record(self) -> dict:
         """The flat output record (``schema_version`` first), as the CLI's JSON prints it."""
@@ -351,4 +367,127 @@ def predict_latency(
         itl_roofline_s=ideal_itl,
         weight_bytes_per_step=steps[0].cost.weight_bytes,
         kv_bytes_per_gpu_last_step=steps[-1].cost.component("kv_read").bytes,
+    )
+
+
+# --------------------------------------------------------------------------- speculative decoding
+
+
+def expected_tokens_per_step(spec_tokens: int, acceptance: float) -> float:
+    """Tokens one target step yields with ``spec_tokens`` = K drafted tokens each accepted
+    with probability ``acceptance`` = A independently of the others (Leviathan, Kalman and
+    Matias 2023, "Fast Inference from Transformers via Speculative Decoding", eq. 1)::
+
+        E = (1 - A^(K+1)) / (1 - A)          (A = 1: K + 1; A = 0: 1, the target's own token)
+
+    The accepted run is geometric: token i of the draft survives with probability A^i, and
+    the target adds one token of its own after the first rejection (or after all K)."""
+    if acceptance >= 1.0:
+        return float(spec_tokens + 1)
+    return (1.0 - acceptance ** (spec_tokens + 1)) / (1.0 - acceptance)
+
+
+def verify_cost(plain: StepCost, widened: StepCost, spec_tokens: int) -> StepCost:
+    """The target step that verifies ``spec_tokens`` + 1 tokens of each of ``plain.batch``
+    sequences: the decode step of ``batch x (K+1)`` tokens (``widened``: every matrix
+    product, attention score, KV write and logit per token, the experts the tokens touch)
+    with the cache read once per sequence, as ``plain`` (one token per sequence) reads it:
+    the K+1 query tokens of a sequence attend to one cache. Each of them is taken to attend
+    ``ctx`` tokens (the last K attend up to K more: under 1% at contexts past 100 K)."""
+    read = plain.component("kv_read")
+    state = plain.component("recurrent_update")
+    components = tuple(
+        read
+        if c.name == "kv_read"
+        else Component(c.name, c.flops, state.bytes, c.kind)
+        if c.name == "recurrent_update"
+        else c
+        for c in widened.components
+    )
+    return replace(widened, batch=plain.batch, new_tokens=spec_tokens + 1, components=components)
+
+
+def draft_deployment(draft: Draft, deployment: Deployment) -> Deployment:
+    """How the draft runs: MTP layers as the target's weights are stored; a draft model in its
+    own checkpoint dtype (``auto``), at the target's tp and KV dtype."""
+    if draft.method == MTP:
+        return deployment
+    return replace(deployment, weight_dtype="auto", compute_dtype="auto", quantize_embeddings=False)
+
+
+def predict_speculative_latency(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    prompt_tokens: int,
+    output_tokens: int,
+    spec_tokens: int,
+    acceptance: float,
+    draft: Draft,
+    batch: int = 1,
+    deployment: Deployment | None = None,
+    efficiency: Efficiency | ResolvedEfficiency | None = None,
+    **fields,
+) -> LatencyResult:
+    """:func:`predict_latency` with speculative decoding: each round the draft proposes
+    K = ``spec_tokens`` tokens in K decode steps of its own, and one target step verifies
+    the K + 1 tokens of every sequence (:func:`verify_cost`), yielding
+    E = :func:`expected_tokens_per_step` tokens per sequence at acceptance A::
+
+        itl_s = (verify_step_s + K x draft_step_s) / E
+
+    averaged over the decode contexts as :func:`predict_latency` averages the plain step;
+    TTFT is the plain prefill (the draft's prefill over the prompt is left out: one pass
+    of a model a layer or a few deep). ``e2e_s = ttft_s + (O - 1) x itl_s`` and the
+    throughputs follow from it. A = 0 still pays the draft and the wider verify step for
+    one token, so it is slower than no speculation; A = 1 gives K + 1 tokens per round."""
+    if isinstance(spec_tokens, bool) or not isinstance(spec_tokens, int) or spec_tokens < 1:
+        raise CapcalcError(
+            f"spec_tokens must be a whole number of at least 1, got {spec_tokens!r}", parameter="spec_tokens"
+        )
+    if not 0.0 <= acceptance <= 1.0:
+        raise CapcalcError(f"acceptance must be in [0, 1], got {acceptance:g}", parameter="acceptance")
+    d = Deployment.of(deployment, **fields)
+    base = predict_latency(model, gpu, prompt_tokens, output_tokens, batch, d, efficiency)
+    if isinstance(efficiency, ResolvedEfficiency):
+        efficiency = efficiency.efficiency
+    eff = efficiency or Efficiency.ideal()
+    ideal = Efficiency.ideal()
+    k = spec_tokens
+    dtype = resolve_compute_dtype(d.compute_dtype, d.weight_dtype, model, gpu)
+    dd = draft_deployment(draft, d)
+    draft_dtype = resolve_compute_dtype(dd.compute_dtype, dd.weight_dtype, draft.model, gpu)
+    contexts = decode_contexts(prompt_tokens, output_tokens)
+    mid = (contexts[0] + contexts[-1]) // 2
+    wanted = [*contexts, mid]
+    plain = decode_costs(model, batch, wanted, d)
+    widened = decode_costs(model, batch * (k + 1), wanted, d)
+    drafts = decode_costs(draft.model, batch, wanted, dd)
+    tokens = expected_tokens_per_step(k, acceptance)
+
+    def round_s(ctx: int, e: Efficiency) -> tuple[float, float]:
+        verify = predict_step(model, gpu, verify_cost(plain[ctx], widened[ctx], k), dtype, e).time_s
+        return verify, k * predict_step(draft.model, gpu, drafts[ctx], draft_dtype, e).time_s
+
+    per_token = [sum(round_s(c, eff)) / tokens for c in contexts]
+    itl = sum(per_token) / len(per_token)
+    ideal_itl = sum(sum(round_s(c, ideal)) / tokens for c in contexts) / len(contexts)
+    verify_mid, draft_mid = round_s(mid, eff)
+    e2e = base.ttft_s + (output_tokens - 1) * itl
+    return replace(
+        base,
+        itl_s=itl,
+        itl_first_s=per_token[0],
+        itl_last_s=per_token[-1],
+        e2e_s=e2e,
+        output_tokens_per_s=batch * output_tokens / e2e,
+        output_tokens_per_s_per_user=1.0 / itl,
+        total_tokens_per_s=batch * (prompt_tokens + output_tokens) / e2e,
+        itl_roofline_s=ideal_itl,
+        spec_tokens=k,
+        acceptance=acceptance,
+        draft_model=draft.name,
+        tokens_per_target_step=tokens,
+        verify_step_s=verify_mid,
+        draft_steps_s=draft_mid,
+        itl_without_spec_s=base.itl_s,
     )

@@ -16,12 +16,35 @@ SHOW_WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4")
 SHOW_KV_DTYPES = ("bf16", "fp8")
 
 
+#: how `show` and `models` name each layer kind (schema LAYER_KINDS), in the order listed
+_KIND_LABELS = {
+    "full": "full",
+    "sliding": "sliding({window})",
+    "chunked": "chunked({chunk})",
+    "mamba": "Mamba2",
+    "linear": "Gated DeltaNet",
+    "mlp": "MLP-only",
+    "shared_full": "full KV-shared",
+    "shared_sliding": "sliding({window}) KV-shared",
+}
+
+
+def layer_kind_counts(model: ModelProfile) -> dict[str, int]:
+    """Layers of each kind, in the order of :data:`_KIND_LABELS` (a profile without a layer
+    list is all full attention)."""
+    types = model.layer_types or ("full",) * model.num_layers
+    types = tuple(types[i] if i < len(types) else "full" for i in range(model.num_layers))
+    return {kind: types.count(kind) for kind in _KIND_LABELS if kind in types}
+
+
 def layer_layout(model: ModelProfile) -> str:
-    """'32 full', '13 full + 13 sliding(4096)', with MoE/MLA noted."""
-    parts = [f"{model.num_full_layers} full"]
-    if model.num_sliding_layers:
-        parts.append(f"{model.num_sliding_layers} sliding({model.sliding_window})")
-    text = " + ".join(parts)
+    """'32 full', '13 full + 13 sliding(4096)', '12 full + 36 Gated DeltaNet', with MoE/MLA noted."""
+    labels = {
+        kind: label.format(window=model.sliding_window, chunk=model.attention_chunk_size)
+        for kind, label in _KIND_LABELS.items()
+    }
+    counts = layer_kind_counts(model)
+    text = " + ".join(f"{n} {labels[kind]}" for kind, n in counts.items())
     if model.mla is not None:
         text += ", MLA latent"
     if model.moe is not None:
@@ -69,6 +92,7 @@ def model_details(model: ModelProfile) -> dict:
         native_dtype=model.native_dtype,
         full_layers=model.num_full_layers,
         sliding_layers=model.num_sliding_layers,
+        layer_kinds=layer_kind_counts(model),
         sliding_window=model.sliding_window,
         mla_layers=model.num_layers if model.mla else 0,
         moe_layers=model.num_moe_layers,

@@ -18,8 +18,21 @@ from capcalc.core.errors import CapcalcError
 #: the layer kinds a profile's ``layer_types`` may name (capcalc/model/layers.py has one
 #: spec class per kind): full attention, sliding-window attention, chunked-local attention
 #: (Llama 4), Mamba2 state, Gated DeltaNet linear-attention state, and 'mlp': a layer with no
-#: mixer, only its MLP (Nemotron-H's '-' blocks)
-LAYER_KINDS = ("full", "sliding", "chunked", "mamba", "linear", "mlp")
+#: mixer, only its MLP (Nemotron-H's '-' blocks); 'shared_full' and 'shared_sliding': a full or
+#: sliding layer that attends over the KV of the last earlier layer of its kind and caches
+#: nothing itself (gemma-3n's num_kv_shared_layers); 'cross': a cross-attention layer whose KV
+#: holds the request's image (encoder) tokens, not its text (Llama-3.2-Vision, mllama)
+LAYER_KINDS = (
+    "full",
+    "sliding",
+    "chunked",
+    "mamba",
+    "linear",
+    "mlp",
+    "shared_full",
+    "shared_sliding",
+    "cross",
+)
 #: the kinds that keep a fixed state per sequence instead of a per-token cache
 STATE_KINDS = ("mamba", "linear")
 

@@ -98,8 +98,17 @@ from capcalc.core.dtypes import DTYPE_BYTES, resolve_kv_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError, Note
 from capcalc.core.records import flat_record
 from capcalc.core.search import largest_true
+from capcalc.model.draft import Draft
 from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
-from capcalc.model.layers import LayerSpec, StateSpec, attention_spec, cdiv, layer_specs, state_spec
+from capcalc.model.layers import (
+    CrossAttentionSpec,
+    LayerSpec,
+    StateSpec,
+    attention_spec,
+    cdiv,
+    layer_specs,
+    state_spec,
+)
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
 from capcalc.model.weights import resolve_weight_dtype, weight_bytes_per_gpu
 from capcalc.schema.deployment import FIELDS as DEPLOYMENT_FIELDS
@@ -152,20 +161,24 @@ class KVGroup:
     spec: LayerSpec | None = None
 
 
-def kv_cache_groups(model: ModelProfile, hybrid: bool = True) -> list[KVGroup]:
+def kv_cache_groups(
+    model: ModelProfile, hybrid: bool = True, draft: tuple[LayerSpec, ...] = ()
+) -> list[KVGroup]:
     """vLLM's grouping of the layers (``_get_kv_cache_groups_uniform_page_size``).
 
     One kind of layer (or ``hybrid=False``, vLLM's ``--disable-hybrid-kv-cache-manager``,
     which treats sliding layers as full): one group of every layer. Otherwise the
     kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
-    ``layers[i::num_groups]``. Recurrent layers need the hybrid manager."""
+    ``layers[i::num_groups]``. Recurrent layers need the hybrid manager. A speculative
+    draft's KV layers (``draft``, numbered after the target's) are grouped with the
+    target's layers of their kind (:mod:`capcalc.model.draft`)."""
     full = attention_spec(model)
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
-    for i, spec in enumerate(layer_specs(model)):
-        if not spec.attends and not isinstance(spec, StateSpec):
-            continue  # a layer with no mixer caches nothing
-        if not hybrid and spec.attends:
+    for i, spec in enumerate((*layer_specs(model), *draft)):
+        if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
+            continue  # a layer with no mixer, or one sharing another's KV, caches nothing
+        if not hybrid and spec.caches:
             spec = full
         kinds.setdefault(spec.kind, []).append(i)
         specs[spec.kind] = spec
@@ -194,13 +207,27 @@ def request_blocks(
     max_model_len: int,
     block_size: int,
     max_num_batched_tokens: int,
+    encoder_tokens: int | None = None,
+    spec_tokens: int = 0,
 ) -> int:
     """Blocks one request at ``max_model_len`` holds, summed over the groups (each group's
-    spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`)."""
+    spec says how many: :meth:`capcalc.model.layers.LayerSpec.blocks_per_request`); a
+    cross-attention group's are those of ``encoder_tokens`` (vLLM's
+    ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens``, its default). With
+    ``spec_tokens`` = K speculative tokens a recurrent group keeps 1 + K state blocks per
+    request (vLLM ``MambaSpec.max_memory_usage_bytes``: ``page x (1 + num_speculative_blocks)``,
+    ``num_speculative_blocks = num_speculative_tokens``, vllm/model_executor/layers/mamba/abstract.py)."""
     full = attention_spec(model)
-    return sum(
-        (g.spec or full).blocks_per_request(max_model_len, block_size, max_num_batched_tokens) for g in groups
-    )
+    total = 0
+    for g in groups:
+        spec = g.spec or full
+        tokens = max_num_batched_tokens
+        if isinstance(spec, CrossAttentionSpec) and encoder_tokens is not None:
+            tokens = encoder_tokens
+        total += spec.blocks_per_request(max_model_len, block_size, tokens)
+        if isinstance(spec, StateSpec):
+            total += spec_tokens
+    return total
 
 
 @dataclass(frozen=True)
@@ -281,6 +308,14 @@ class FitRequest:
     kv_cache_memory: float | None = None
     hybrid: bool = True
     n_gpus: int | None = None
+    #: the speculative draft (:func:`capcalc.model.draft.make_draft`): its weights and KV layers
+    draft: Draft | None = None
+    #: speculative tokens per step (vLLM's num_speculative_tokens): a recurrent layer keeps
+    #: 1 + spec_tokens state blocks per request
+    spec_tokens: int = 0
+    #: image (encoder) tokens a request's cross-attention layers reserve, vLLM's
+    #: ``max_num_encoder_input_tokens``; None: ``max_num_batched_tokens`` (vLLM's default)
+    image_tokens: int | None = None
 
     @property
     def tp(self) -> int:
@@ -347,6 +382,13 @@ class FitResult:
     block_size_raised: bool = False  # vLLM raised the attention block size to cover a state page
     mamba_ssm_cache_dtype: str | None = None
     max_num_seqs_over_state_blocks: bool = False  # vLLM refuses: more sequences than blocks
+    draft_model: str | None = None  # the speculative draft (None: no speculation)
+    draft_method: str | None = None  # 'draft_model' | 'mtp'
+    draft_weights_bytes_per_gpu: float = 0.0  # in weights_bytes_per_gpu (0: the target's profile holds them)
+    draft_kv_layers: int = 0  # the draft's attention layers, in the KV groups
+    spec_tokens: int = 0  # speculative tokens per step (recurrent layers: 1 + spec_tokens state blocks)
+    cross_attention_layers: int = 0  # layers whose KV holds a request's image tokens (mllama)
+    image_tokens: int | None = None  # the image tokens each request reserves in them (None: no such layers)
     #: changes that would make it fit, each checked by fitting again: (parameter, value)
     #: pairs of :class:`FitRequest` or its deployment, e.g. ``("max_model_len", 43696)``
     suggestions: tuple[tuple[str, Any], ...] = ()
@@ -411,10 +453,15 @@ def check_request(req: FitRequest, model: ModelProfile) -> None:
                 f"{model.max_context} tokens",
                 parameter="max_model_len",
             )
-    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "n_gpus"):
+    for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "n_gpus", "image_tokens"):
         value = getattr(req, name)
         if value is not None and value < 1:
             raise CapcalcError(f"{name} must be at least 1, got {value}", parameter=name)
+    if isinstance(req.spec_tokens, bool) or not isinstance(req.spec_tokens, int) or req.spec_tokens < 0:
+        raise CapcalcError(
+            f"spec_tokens must be a whole number of at least 0, got {req.spec_tokens!r}",
+            parameter="spec_tokens",
+        )
     for name in ("activation_bytes", "overhead_bytes", "cudagraph_bytes"):
         value = getattr(req, name)
         if value is not None and value < 0:
@@ -456,24 +503,37 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         else activation_bytes(model, req.tp, max_num_batched_tokens, max_num_seqs)
     )
     overhead = req.overhead_bytes if req.overhead_bytes is not None else overhead_bytes(req.tp)
-    groups = kv_cache_groups(model, req.hybrid)
+    draft = req.draft
+    draft_kv = draft.kv_layers() if draft is not None else ()
+    _check_draft_page(model, draft, draft_kv, kv_dtype, req.tp)
+    groups = kv_cache_groups(model, req.hybrid, draft_kv)
+    # the drafter runs on the last pipeline stage, with the LM head
+    draft_bytes = draft.weight_bytes_per_gpu(model, req.deployment) if draft is not None else 0.0
+    stage_bytes = {st.stage: st.bytes + (draft_bytes if st.holds_lm_head else 0.0) for st in stages}
+
+    def stage_end(st) -> int:
+        return st.end_layer + (len(draft_kv) if st.holds_lm_head else 0)
+
     state_dtype = req.deployment.mamba_ssm_cache_dtype
     pages = hybrid_pages(model, kv_dtype, req.tp, bs, state_dtype)
     if pages is not None:
         bs = pages.block_size
     page = bs * kv_bytes_per_token_per_layer(model, kv_dtype, req.tp)
     specs = layer_specs(model)
+    cross = sum(1 for spec in specs if isinstance(spec, CrossAttentionSpec))
 
     def blocks_for(length: int) -> int:
-        return request_blocks(model, groups, length, bs, max_num_batched_tokens)
+        return request_blocks(
+            model, groups, length, bs, max_num_batched_tokens, req.image_tokens, req.spec_tokens
+        )
 
     per_stage = []  # (stage, budget, g_stage, num_blocks)
     for st in stages:
-        g_stage = max(sum(1 for i in g.layers if st.first_layer <= i < st.end_layer) for g in groups)
+        g_stage = max(sum(1 for i in g.layers if st.first_layer <= i < stage_end(st)) for g in groups)
         budget = (
             req.kv_cache_memory
             if req.kv_cache_memory is not None
-            else usable - st.bytes - activation - overhead - req.cudagraph_bytes
+            else usable - stage_bytes[st.stage] - activation - overhead - req.cudagraph_bytes
         )
         num_blocks = max(0, int(budget // page // g_stage))
         per_stage.append((st, budget, g_stage, num_blocks))
@@ -494,9 +554,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_fit = all(b > 0 for _, b, _, _ in per_stage)
         shortfall = max(0.0, max(-b for _, b, _, _ in per_stage))
     else:  # the flag bypasses the budget; the card must still hold it all
-        peak = (
-            max(s.bytes for s in stages) + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory
-        )
+        peak = max(stage_bytes.values()) + activation + overhead + req.cudagraph_bytes + req.kv_cache_memory
         weights_fit = peak <= req.memory_bytes
         shortfall = max(0.0, peak - req.memory_bytes)
     # one state block per running sequence: vLLM refuses more sequences than blocks
@@ -522,7 +580,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         max_num_batched_tokens=max_num_batched_tokens,
         hybrid_kv_cache_manager=req.hybrid,
         usable_bytes_per_gpu=usable,
-        weights_bytes_per_gpu=st.bytes,
+        weights_bytes_per_gpu=stage_bytes[st.stage],
         activation_bytes_per_gpu=activation,
         overhead_bytes_per_gpu=overhead,
         cudagraph_bytes_per_gpu=req.cudagraph_bytes,
@@ -531,7 +589,10 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         kv_cache_memory_source="flag" if req.kv_cache_memory is not None else "budget",
         kv_bytes_per_token_per_gpu=page
         / bs
-        * sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].attends),
+        * (
+            sum(1 for i in range(st.first_layer, st.end_layer) if specs[i].caches)
+            + (len(draft_kv) if st.holds_lm_head else 0)
+        ),
         kv_heads_per_gpu=kv_heads_per_gpu(model, req.tp),
         kv_replicated=kv_replication_factor(model, req.tp) > 1,
         kv_cache_groups=len(groups),
@@ -554,10 +615,34 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         block_size_raised=pages.raised if pages else False,
         mamba_ssm_cache_dtype=state_dtypes(model, state_dtype)[1] if pages else None,
         max_num_seqs_over_state_blocks=over_state,
+        draft_model=draft.name if draft is not None else None,
+        draft_method=draft.method if draft is not None else None,
+        draft_weights_bytes_per_gpu=draft_bytes,
+        draft_kv_layers=len(draft_kv),
+        spec_tokens=req.spec_tokens,
+        cross_attention_layers=cross,
+        image_tokens=(req.image_tokens or max_num_batched_tokens) if cross else None,
     )
     if suggest and not fits:
         result = replace(result, suggestions=_suggestions(model, req, result))
     return result
+
+
+def _check_draft_page(
+    model: ModelProfile, draft: Draft | None, layers: tuple[LayerSpec, ...], kv_dtype: str, tp: int
+) -> None:
+    """The draft's KV layers share the target's pool of equal pages: refuse a draft whose
+    layer caches another number of bytes per token on one GPU."""
+    if draft is None or not layers:
+        return
+    ours = kv_bytes_per_token_per_layer(model, kv_dtype, tp)
+    theirs = layers[0].cache_bytes_per_token(DTYPE_BYTES[kv_dtype], tp)
+    if ours != theirs:
+        raise CapcalcError(
+            f"draft {draft.name} caches {theirs:g} bytes per token per layer at tp={tp}, {model.name} "
+            f"{ours:g}: capcalc models a draft whose KV page equals the target's (EAGLE and MTP heads)",
+            parameter="draft_model",
+        )
 
 
 def _suggestions(model: ModelProfile, req: FitRequest, r: FitResult) -> tuple[tuple[str, Any], ...]:
@@ -642,7 +727,12 @@ class RequestFit:
 
 
 def request_fits(
-    model: ModelProfile, gpu: HardwareProfile, deployment: Deployment, batch: int, context: int
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    deployment: Deployment,
+    batch: int,
+    context: int,
+    draft: Draft | None = None,
 ) -> RequestFit:
     """Would vLLM serve ``batch`` requests of ``context`` tokens at once on ``gpu`` under
     ``deployment``, by :func:`fit`'s own rule?
@@ -655,11 +745,13 @@ def request_fits(
 
     Beyond the model's context vLLM refuses to start, so the memory is judged as if the
     model accepted ``context`` tokens (the fit's arithmetic does not depend on the
-    limit), and the two answers stay apart."""
+    limit), and the two answers stay apart. A speculative ``draft`` is held too."""
     within = context <= model.max_context
     probe = model if within else replace(model, max_context=context)
     memory, source = memory_of(gpu)
-    request = FitRequest(memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context)
+    request = FitRequest(
+        memory, source, gpu=gpu.name, deployment=deployment, max_model_len=context, draft=draft
+    )
     try:
         capacity = fit(probe, request, suggest=False)
     except CapcalcError as exc:  # a deployment vLLM refuses (a tp the heads do not divide...)

@@ -43,6 +43,7 @@ from typing import Any
 from capcalc.core.dtypes import canonical_dtype
 from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import BOUNDS, excerpt, load_json
+from capcalc.model.draft import mtp_params
 from capcalc.model.params import count_params
 from capcalc.schema.profiles import ModelProfile
 from capcalc.sources.loader import model_from_dict
@@ -510,6 +511,189 @@ def _gemma3(c: _Cfg) -> _Mapping:
     return mapping
 
 
+#: Gemma3nTextConfig defaults (transformers models/gemma3n/configuration_gemma3n.py, whose
+#: defaults are google/gemma-3n-E4B's), for fields a Gemma 3n config.json leaves out
+_GEMMA3N_TEXT_DEFAULTS = dict(
+    vocab_size=262_400,
+    hidden_size=2048,
+    intermediate_size=16_384,
+    num_hidden_layers=35,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=256,
+    max_position_embeddings=32_768,
+    tie_word_embeddings=True,
+    attention_bias=False,
+    sliding_window=512,
+    vocab_size_per_layer_input=262_144,
+    hidden_size_per_layer_input=256,
+    altup_num_inputs=4,
+    num_kv_shared_layers=15,
+    laurel_rank=64,
+)
+
+
+def gemma3n_extra_params(c: _Cfg) -> int:
+    """Gemma 3n's text-decoder parameters outside a Gemma 3 decoder layer (transformers
+    Gemma3nTextModel / Gemma3nTextDecoderLayer), with h hidden, L layers, P the per-layer
+    input width, n AltUp inputs, r the LAuReL rank, V' the per-layer vocabulary::
+
+        per-layer embeddings   V' x L P  (embed_tokens_per_layer, a table looked up per token)
+        + h x L P + P          (per_layer_model_projection, per_layer_projection_norm)
+        + 2 (n - 1) h^2        (altup_projections, altup_unembed_projections)
+        + L x [2 h r + h                        LAuReL: linear_left, linear_right, post_laurel_norm
+               + h + n^2 + n^3 + h n + h        AltUp: correct_output_scale, correction_coefs,
+                                                prediction_coefs (n -> n^2), modality_router, router_norm
+               + 2 h P + h]                     per_layer_input_gate, per_layer_projection, its norm
+
+    (v_norm has no scale; q_norm and k_norm are the profile's qk_norm)."""
+    h, layers = c.int("hidden_size"), c.int("num_hidden_layers")
+    p, n = c.int("hidden_size_per_layer_input"), c.int("altup_num_inputs")
+    r, vocab = c.int("laurel_rank"), c.int("vocab_size_per_layer_input")
+    model = vocab * layers * p + h * layers * p + p + 2 * (n - 1) * h * h
+    per_layer = (2 * h * r + h) + (h + n * n + n**3 + h * n + h) + (2 * h * p + h)
+    return model + layers * per_layer
+
+
+def _gemma3n_text(c: _Cfg) -> _Mapping:
+    # Gemma3nTextConfig defaults above; a Gemma 3 decoder (QK-norm, 4 RMSNorms per layer,
+    # gelu-tanh gated MLP, tied) with layer_types (default: every 5th layer full) and the last
+    # num_kv_shared_layers attending over the KV of the last earlier layer of their type
+    # (Gemma3nTextAttention.kv_shared_layer_index; vLLM gives them no KV cache of their own,
+    # PR 18212 kv_sharing_target_layer_name). The per-layer embeddings, AltUp and LAuReL
+    # weights are extra parameters (gemma3n_extra_params).
+    c = _Cfg(
+        {**_GEMMA3N_TEXT_DEFAULTS, **{k: v for k, v in c.data.items() if v is not None}}, c.where, c.family
+    )
+    sizes = c.get("intermediate_size")
+    if isinstance(sizes, list):
+        if not sizes or len(set(map(str, sizes))) != 1:
+            raise c.fail(
+                f"intermediate_size varies by layer ({excerpt(sorted(set(map(str, sizes))))}): capcalc's "
+                "profile has one MLP width (a MatFormer slice of mixed widths is not modelled)"
+            )
+        c = _Cfg({**c.data, "intermediate_size": sizes[0]}, c.where, c.family)
+    bias = c.flag("attention_bias", False)
+    arch = _decoder(c, tie_default=True, qkv_bias=bias, o_bias=bias, qk_norm=True, norms_per_layer=4)
+    window, types = _window(c, lambda i: (i + 1) % 5 != 0)
+    layers = arch["num_layers"]
+    types = types or ["full"] * layers
+    shared = c.int("num_kv_shared_layers", minimum=0)
+    if shared >= layers:
+        raise c.fail(f"num_kv_shared_layers {shared} leaves no layer of the {layers} to hold the KV")
+    first = layers - shared
+    for kind in set(types[first:]):
+        if kind not in types[:first]:
+            raise c.fail(f"a KV-shared {kind} layer has no earlier {kind} layer to share the KV of")
+    kinds = types[:first] + [f"shared_{kind}" for kind in types[first:]]
+    m = _Mapping(arch, window=window, kinds=kinds)
+    count = gemma3n_extra_params(c)
+    m.extra_params = dict(
+        count=count,
+        what="per-layer embeddings (embed_tokens_per_layer), their projection, AltUp and LAuReL weights",
+        source="computed from config.json text_config (transformers Gemma3nTextModel)",
+    )
+    m.notes.append(
+        f"The last {shared} layers reuse the KV of layers before them and cache nothing. The "
+        f"{count:,} parameters of the per-layer embeddings, AltUp and LAuReL are extra_params: in "
+        "memory, not in the per-token FLOPs (the table is looked up; the rest is under 2% of the "
+        "matrix products)."
+    )
+    return m
+
+
+def _gemma3n(c: _Cfg) -> _Mapping:
+    # Gemma3nForConditionalGeneration: the text decoder under text_config; the MobileNet-v5
+    # vision tower and the audio encoder are not counted (their sizes are not in config.json)
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (a gemma3n config nests the text decoder there)")
+    mapping = _gemma3n_text(_Cfg(text, f"{c.where}: text_config", "gemma3n_text"))
+    if c.get("vision_config") is not None or c.get("audio_config") is not None:
+        mapping.notes.append(
+            "The vision (MobileNet-v5) and audio encoders are not counted: config.json does not give "
+            "their sizes (timm's mobilenetv5_300m_enc and a 12-layer conformer)."
+        )
+    return mapping
+
+
+def mllama_vision_params(vision: dict, text_hidden: int) -> int:
+    """The Llama-3.2-Vision image tower and projector (transformers MllamaVisionModel and
+    multi_modal_projector), with d hidden, f intermediate, N = (image / patch)^2 + 1 patches
+    and the class token, T max_num_tiles, R = len(supported_aspect_ratios) + 1 aspect ids::
+
+        patch conv 3 p^2 d (no bias) + class embedding d
+        + gated positions (1 + N d) + tile positions R x T N d
+        + pre- and post-tile aspect embeddings 2 (R x T d + 1 gate)
+        + layernorm_pre and layernorm_post 4 d
+        + layers x [4 d^2 attention (no bias) + (d f + f) + (f d + d) MLP + 4 d LayerNorms]
+        + global layers x [the same + 2 gates]
+        + projector vision_output_dim x text_hidden + text_hidden
+
+    Defaults are MllamaVisionConfig's (d 1280, f 5120, 32 + 8 global layers, image 448,
+    patch 14, 4 tiles, 8 aspect ratios, output 7680)."""
+    v = _Cfg(vision, "vision_config", "mllama_vision_model")
+    d, f = v.int("hidden_size", default=1280), v.int("intermediate_size", default=5120)
+    layers, global_layers = v.int("num_hidden_layers", default=32), v.int("num_global_layers", default=8)
+    image, patch = v.int("image_size", default=448), v.int("patch_size", default=14)
+    tiles, channels = v.int("max_num_tiles", default=4), v.int("num_channels", default=3)
+    ratios = v.get("supported_aspect_ratios")
+    aspect_ids = (len(ratios) if isinstance(ratios, list) else 8) + 1
+    out = v.int("vision_output_dim", default=7680)
+    patches = (image // patch) ** 2 + 1
+    encoder = 4 * d * d + (d * f + f) + (f * d + d) + 4 * d
+    tower = channels * patch * patch * d + d + (1 + patches * d) + aspect_ids * tiles * patches * d
+    tower += 2 * (aspect_ids * tiles * d + 1) + 4 * d
+    tower += layers * encoder + global_layers * (encoder + 2)
+    return tower + out * text_hidden + text_hidden
+
+
+def _mllama(c: _Cfg) -> _Mapping:
+    # MllamaForConditionalGeneration (Llama-3.2-Vision): a Llama-3 text decoder under
+    # text_config whose cross_attention_layers attend to the image tokens (kind 'cross': their
+    # KV holds the request's image tokens, not its text), the vision tower under vision_config.
+    # Extra parameters: the tower and projector, the 8 image-token rows of embed_tokens
+    # (vocab_size + 8), and each cross layer's q_norm, k_norm and two tanh gates.
+    text = c.get("text_config")
+    if not isinstance(text, dict):
+        raise c.fail("missing 'text_config' (an mllama config nests the text decoder there)")
+    t = _Cfg(text, f"{c.where}: text_config", "mllama_text_model")
+    arch = _decoder(t, tie_default=False)
+    layers = arch["num_layers"]
+    cross = t.get("cross_attention_layers")
+    if (
+        not isinstance(cross, list)
+        or not cross
+        or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < layers for i in cross)
+    ):
+        raise t.fail(f"cross_attention_layers must list layer indices below {layers}, got {excerpt(cross)}")
+    kinds = ["cross" if i in set(cross) else "full" for i in range(layers)]
+    m = _Mapping(arch, kinds=kinds)
+    h, head_dim = arch["hidden_size"], arch["head_dim"]
+    extra = 8 * h + len(set(cross)) * (2 * head_dim + 2)
+    vision = c.get("vision_config")
+    if isinstance(vision, dict):
+        tower = mllama_vision_params(vision, h)
+        extra += tower
+        what = "Mllama vision tower and projector, 8 image-token embedding rows, the cross layers' q/k norms and gates"
+    else:
+        what = "8 image-token embedding rows, the cross layers' q/k norms and gates"
+        m.notes.append("No vision_config: the vision tower is not counted.")
+    m.extra_params = dict(
+        count=extra, what=what, source="computed from config.json (transformers Mllama modules)"
+    )
+    v = _Cfg(vision if isinstance(vision, dict) else {}, "vision_config", "mllama_vision_model")
+    per_image = v.int("max_num_tiles", default=4) * (
+        (v.int("image_size", default=448) // v.int("patch_size", default=14)) ** 2 + 1
+    )
+    m.notes.append(
+        f"The {len(set(cross))} cross-attention layers hold the KV of the image tokens, {per_image:,} per image "
+        "(max_num_tiles x ((image_size / patch_size)^2 + 1)): `kv --image-tokens`; `fit` reserves vLLM's "
+        "max_num_encoder_input_tokens (max_num_batched_tokens) per request."
+    )
+    return m
+
+
 def _phi3(c: _Cfg) -> _Mapping:
     # Phi3: fused qkv_proj and gate_up_proj (same counts as separate), no biases, untied;
     # sliding_window, when set, applies to every layer
@@ -706,24 +890,16 @@ def _cohere(c: _Cfg) -> _Mapping:
 
 def _mtp_params(c: _Cfg, m: _Mapping, layers: int) -> int:
     """Parameters of ``layers`` multi-token-prediction modules stored after the main layers
-    (DeepSeek-V3 / GLM-4.5 layout): each one MoE decoder layer of the main model's shape plus
-    enorm, hnorm and shared_head.norm (3 h) and eh_proj (2h x h); the embedding and the
-    output head are the main model's. The layer is counted by capcalc's own accounting
-    (:func:`capcalc.model.params.count_params` of a one-layer copy)."""
-    probe = {
-        "name": "mtp-probe",
-        "source": c.where,
-        "native_dtype": "bf16",
-        "architecture": {**m.architecture, "num_layers": 1},
-    }
+    (DeepSeek-V3 / GLM-4.5 layout), as :func:`capcalc.model.draft.mtp_params` counts them
+    (one decoder layer of the main model's last layer's shape plus enorm, hnorm,
+    shared_head.norm and eh_proj each; the embedding and the output head are the main
+    model's), of the main model this mapping describes."""
+    probe = {"name": "mtp-probe", "source": c.where, "native_dtype": "bf16", "architecture": m.architecture}
     if m.moe is not None:
-        probe["moe"] = {**m.moe, "first_dense_layers": 0}
+        probe["moe"] = m.moe
     if m.mla is not None:
         probe["mla"] = m.mla
-    p = count_params(model_from_dict(probe, c.where))
-    h = m.architecture["hidden_size"]
-    one_layer = p.total - p.embedding - p.lm_head - h  # less the final norm
-    return layers * (one_layer + 3 * h + 2 * h * h)
+    return mtp_params(model_from_dict(probe, c.where), layers)
 
 
 def _glm4_moe(c: _Cfg) -> _Mapping:
@@ -1199,6 +1375,9 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "gemma2": _gemma2,
     "gemma3": _gemma3,
     "gemma3_text": _gemma3_text,
+    "gemma3n": _gemma3n,
+    "mllama": _mllama,
+    "gemma3n_text": _gemma3n_text,
     "phi3": _phi3,
     "deepseek_v2": _deepseek,
     "deepseek_v3": _deepseek,
@@ -1236,6 +1415,9 @@ _ARCHITECTURE_CLASSES = {
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForConditionalGeneration": "gemma3",
     "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3nForConditionalGeneration": "gemma3n",
+    "MllamaForConditionalGeneration": "mllama",
+    "Gemma3nForCausalLM": "gemma3n_text",
     "Phi3ForCausalLM": "phi3",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
@@ -1447,7 +1629,7 @@ def _profile_mapping(config, c, model_type, name, source, where, display_name, a
     m = _MAPPERS[model_type](c)
     text = (
         config.get("text_config")
-        if model_type in ("gemma3", "mistral3", "qwen3_5", "qwen3_5_moe")
+        if model_type in ("gemma3", "gemma3n", "mistral3", "mllama", "qwen3_5", "qwen3_5_moe")
         else config
     )
     qc = config.get("quantization_config") or (text or {}).get("quantization_config")
