@@ -105,11 +105,13 @@ def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
         params.config.max_num_batched_tokens,
         w.prompt_tokens + w.output_tokens,
     )
-    if key not in _KV_CACHE:
-        _KV_CACHE[key] = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+    cached = _KV_CACHE.get(key)
+    if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
+        kv = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+        cached = _KV_CACHE[key] = (point.replica, kv)
     steps = step_model(point.replica, params.efficiency, w.prompt_tokens)
     return predict_serving(
-        point.replica, w, params.config, params.efficiency, kv_tokens=_KV_CACHE[key], steps=steps
+        point.replica, w, params.config, params.efficiency, kv_tokens=cached[1], steps=steps
     )
 
 

@@ -52,6 +52,7 @@ that overlaps the GPU, and pipeline parallelism (one stage).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -177,6 +178,7 @@ class _Cohort:
     base: int  # context before the first decode (prompt tokens computed)
     end_g: int  # decode step index of its last decode
     order: int = 0  # admission order of its latest member
+    seq: int = 0  # creation order
 
     @property
     def n(self) -> int:
@@ -189,11 +191,55 @@ class _State:
     g: int = 0  # decode steps done
     d: int = 0  # decoding sequences
     k_sum: float = 0.0  # sum over cohorts of n x (base + 1 - g0): contexts sum to k_sum + d x g
-    cohorts: list[_Cohort] = field(default_factory=list)
+    #: cohorts in creation order (a dict: O(1) removal), and two indexes over them: a heap
+    #: of (end_g, creation seq) for the next to finish, and a list sorted by admission order
+    #: for preemption (the most recently admitted first)
+    cohorts: dict[int, _Cohort] = field(default_factory=dict)
+    ends: list = field(default_factory=list)
+    by_order: list[_Cohort] = field(default_factory=list)
+    cohort_seq: int = 0
     prefilling: list[_Req] = field(default_factory=list)
     waiting: deque = field(default_factory=deque)
     reserved: float = 0.0  # KV tokens held by 'reserve' admission
     admit_order: int = 0
+
+    def add_cohort(self, c: _Cohort) -> None:
+        c.seq = self.cohort_seq
+        self.cohort_seq += 1
+        self.cohorts[c.seq] = c
+        heapq.heappush(self.ends, (c.end_g, c.seq))
+        bisect.insort(self.by_order, c, key=_order)
+
+    def drop_cohort(self, c: _Cohort) -> None:
+        del self.cohorts[c.seq]  # its heap entry is skipped when it surfaces
+        i = bisect.bisect_left(self.by_order, c.order, key=_order)
+        while self.by_order[i] is not c:  # orders are unique; this only guards the invariant
+            i += 1
+        del self.by_order[i]
+
+    def next_end(self) -> int:
+        """The smallest end_g of a live cohort."""
+        while self.ends[0][1] not in self.cohorts:
+            heapq.heappop(self.ends)
+        return self.ends[0][0]
+
+    def pop_ended(self, g: int) -> list[_Cohort]:
+        """Remove and return the cohorts whose last decode is before step ``g``, in
+        creation order."""
+        out = []
+        while self.ends and self.ends[0][0] < g:
+            _, seq = heapq.heappop(self.ends)
+            c = self.cohorts.get(seq)
+            if c is not None:
+                out.append(c)
+        out.sort(key=lambda c: c.seq)
+        for c in out:
+            self.drop_cohort(c)
+        return out
+
+
+def _order(c: _Cohort) -> int:
+    return c.order
 
 
 class Simulation:
@@ -355,9 +401,7 @@ class Simulation:
             if decodes:
                 s.g += k
                 # cohorts whose last decode was in this run finish
-                ended = [c for c in s.cohorts if c.end_g < s.g]
-                for c in ended:
-                    s.cohorts.remove(c)
+                for c in s.pop_ended(s.g):
                     s.d -= c.n
                     s.k_sum -= c.n * (c.base + 1 - c.g0)
                     for r in c.members:
@@ -379,7 +423,7 @@ class Simulation:
                             new.setdefault((r.target, r.out_left), []).append(r)
                 for (base, left), members in new.items():
                     c = _Cohort(members, s.g, base, s.g + left - 1, max(m.order for m in members))
-                    s.cohorts.append(c)
+                    s.add_cohort(c)
                     s.d += c.n
                     s.k_sum += c.n * (base + 1 - s.g)
 
@@ -395,7 +439,7 @@ class Simulation:
 
     def _decode_run_length(self, s: _State, arrivals, why_blocked) -> int:
         """Pure decode steps until a cohort finishes."""
-        return max(1, min(c.end_g for c in s.cohorts) - s.g + 1)
+        return max(1, s.next_end() - s.g + 1)
 
     def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked) -> int:
         """Stop the run at the step during which the next admissible request arrives."""
@@ -419,16 +463,17 @@ class Simulation:
 
     def _decode_run_time(self, s: _State, k: int) -> float:
         """Sum of k pure decode step times from decode step s.g, in closed form: each
-        step is max(compute, memory) + fixed, both affine in the step index."""
+        step is max(compute, memory) + fixed, both affine in the step index (the step
+        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
+        context sum k_sum + d x g)."""
         d = s.d
-        p0 = self.sm.predict(d, s.k_sum + d * s.g)
+        x0 = s.k_sum + d * s.g
+        lc0, lc1, lm0, lm1, fixed = self.sm.decode_line(d)
+        c0, c1 = lc0 + lc1 * x0, lc1 * d  # compute_s of step i = c0 + c1 i
+        m0, m1 = lm0 + lm1 * x0, lm1 * d
         extra = self.cfg.seq_step_overhead_s * d
         if k == 1:
-            return p0.time_s + extra
-        p1 = self.sm.predict(d, s.k_sum + d * (s.g + k - 1))
-        fixed = p0.time_s - max(p0.compute_s, p0.memory_s)
-        c0, c1 = p0.compute_s, (p1.compute_s - p0.compute_s) / (k - 1)
-        m0, m1 = p0.memory_s, (p1.memory_s - p0.memory_s) / (k - 1)
+            return max(c0, m0) + fixed + extra
 
         def arith(a: float, b: float, i0: int, i1: int) -> float:  # sum of a + b i, i in [i0, i1)
             n = i1 - i0
@@ -445,7 +490,7 @@ class Simulation:
     def _preempt(self, s: _State, tokens: float) -> int:
         """Free ``tokens`` of KV by recomputing the most recently admitted decodes."""
         freed, count = 0.0, 0
-        for c in sorted(s.cohorts, key=lambda c: c.order, reverse=True):
+        for c in reversed(list(s.by_order)):
             while c.members and freed < tokens:
                 r = c.members.pop()
                 ctx = c.base + 1 + (s.g - c.g0)
@@ -459,7 +504,7 @@ class Simulation:
                 freed += ctx - 1
                 count += 1
             if not c.members:
-                s.cohorts.remove(c)
+                s.drop_cohort(c)
             if freed >= tokens:
                 break
         if count == 0:

@@ -78,6 +78,7 @@ class MixedStepModel:
         self.compute_dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
         kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, **cost_kw)
         lo = max(1, ctx_floor, model.sliding_window or 1)
+        self._ctx_lo = lo
         hi = lo + 1024
         d_lo, d_hi = decode_cost(model, 1, lo, **kw), decode_cost(model, 1, hi, **kw)
         p_len = 256
@@ -107,6 +108,7 @@ class MixedStepModel:
         self._k = moe.experts_per_token if moe else 0
         self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
         self._template = d_lo
+        self._lines: dict[int, tuple[float, float, float, float, float]] = {}
 
     # ------------------------------------------------------------------ costs
 
@@ -172,6 +174,29 @@ class MixedStepModel:
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         cost = self.cost(decodes, decode_ctx_sum, chunks)
         return predict_step(self.model, self.gpu, cost, self.compute_dtype, self.efficiency)
+
+    def decode_line(self, decodes: int) -> tuple[float, float, float, float, float]:
+        """A pure decode step of ``decodes`` sequences as lines in their context sum x:
+        (c0, c1, m0, m1, fixed) with compute_s = c0 + c1 x, memory_s = m0 + m1 x and
+        time_s = max(compute_s, memory_s) + fixed. Exact: in decode every FLOP and byte is
+        affine in x (per-sequence KV and attention) and the FLOP/s efficiency is the
+        asymptote, so two predictions fix both lines. Cached per ``decodes``."""
+        line = self._lines.get(decodes)
+        if line is None:
+            x0 = float(decodes * self._ctx_lo)
+            x1 = x0 + decodes * 1024.0
+            p0, p1 = self.predict(decodes, x0), self.predict(decodes, x1)
+            c1 = (p1.compute_s - p0.compute_s) / (x1 - x0)
+            m1 = (p1.memory_s - p0.memory_s) / (x1 - x0)
+            fixed = p0.time_s - max(p0.compute_s, p0.memory_s)
+            line = (p0.compute_s - c1 * x0, c1, p0.memory_s - m1 * x0, m1, fixed)
+            self._lines[decodes] = line
+        return line
+
+    def decode_time_s(self, decodes: int, decode_ctx_sum: float) -> float:
+        """Time of a pure decode step (:meth:`decode_line`), without building its cost."""
+        c0, c1, m0, m1, fixed = self.decode_line(decodes)
+        return max(c0 + c1 * decode_ctx_sum, m0 + m1 * decode_ctx_sum) + fixed
 
     def time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
         return self.predict(decodes, decode_ctx_sum, chunks).time_s
