@@ -65,6 +65,8 @@ from capcalc.serving.engines import EngineConfig
 from capcalc.serving.stepmodel import Chunk, MixedStepModel
 
 LIMITS = ("kv_capacity", "max_num_seqs", "none")
+#: steps are timed per kernel class (capcalc.perf.latency.predict_step, kernel_roofline)
+KERNEL_ROOFLINE = True
 #: closed-loop requests per client, as a benchmark run: ``vllm bench serve`` and aiperf
 #: measure every request, the opening burst of C simultaneous prompts included, and
 #: served-benchmark suites send a few requests per client (InferenceMAX: 10 x C; the
@@ -88,6 +90,10 @@ class Workload:
     #: opening burst; open loop num_requests / 10)
     warmup_requests: int | None = None
     seed: int = 0
+    #: relative half-width of the spread of output lengths: request i asks for
+    #: round(O x (1 + s x (2 u_i - 1))) tokens, u_i evenly spread over (0, 1) (mean O,
+    #: deterministic); 0: every request exactly O; None: the engine's EngineConfig.output_spread
+    output_spread: float | None = None
 
     def __post_init__(self):
         if (self.concurrency is None) == (self.rate_per_s is None):
@@ -98,6 +104,8 @@ class Workload:
             raise CapcalcError(f"--rps must be positive, got {self.rate_per_s}")
         if self.prompt_tokens < 1 or self.output_tokens < 1:
             raise CapcalcError("prompt and output lengths must be at least 1 token")
+        if self.output_spread is not None and not 0 <= self.output_spread < 1:
+            raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
 
     @property
     def measured(self) -> int:
@@ -169,6 +177,7 @@ class _Req:
     generated: int = 0
     order: int = 0  # admission order
     reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
+    osl: int = 0  # output tokens asked for
 
 
 @dataclass(eq=False)
@@ -284,7 +293,9 @@ class Simulation:
             # last measured ones run under the same load as the first
             if w.rate_per_s is not None and len(reqs) >= total:
                 return
-            r = _Req(len(reqs), at, at + cfg.frontend_s, w.prompt_tokens, w.output_tokens)
+            i = len(reqs)
+            r = _Req(i, at, at + cfg.frontend_s, w.prompt_tokens, _output_len(w, i, cfg.output_spread))
+            r.osl = r.out_left
             reqs.append(r)
             heapq.heappush(arrivals, (r.arrival, r.idx, r))
 
@@ -517,7 +528,9 @@ class Simulation:
         e2e = [r.finish - r.sent for r in m]
         gaps = [r.finish - r.first_token for r in m]
         o = w.output_tokens
-        tpot = [g / (o - 1) for g in gaps] if o > 1 else [0.0] * len(m)
+        tpot = [g / (r.osl - 1) for g, r in zip(gaps, m, strict=True) if r.osl > 1] or [0.0]
+        later_tokens = sum(r.osl - 1 for r in m)
+        mean_out = sum(r.osl for r in m) / len(m)
         start = window_start if window_start is not None else min(r.sent for r in m)
         end = max(r.finish for r in m)
         span = max(end - start, 1e-12)
@@ -530,7 +543,7 @@ class Simulation:
         else:
             times = sorted(r.finish for r in m)
             rate = (len(m) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 1 / _mean(e2e)
-        itl = sum(gaps) / (len(m) * (o - 1)) if o > 1 else 0.0
+        itl = sum(gaps) / later_tokens if later_tokens else 0.0
         binding = max(blocked, key=blocked.get)
         if blocked[binding] < BINDING_SHARE * span:
             binding = "none"
@@ -556,8 +569,8 @@ class Simulation:
             e2e_p90_s=_pct(e2e, 90),
             e2e_p99_s=_pct(e2e, 99),
             requests_per_s=rate,
-            output_tokens_per_s=rate * o,
-            output_tokens_per_s_per_gpu=rate * o / self.gpus,
+            output_tokens_per_s=rate * mean_out,
+            output_tokens_per_s_per_gpu=rate * mean_out / self.gpus,
             output_tokens_per_s_per_user=1.0 / itl if itl > 0 else 0.0,
             running_batch=busy_area / span,
             queue_s=_mean([r.scheduled - r.arrival for r in m]),
@@ -569,6 +582,30 @@ class Simulation:
             frontend_s=cfg.frontend_s,
             steps=steps,
         )
+
+
+#: frac(i x this) spreads request i's output length evenly over the range (golden ratio)
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+#: output lengths take this many evenly spaced values (requests of equal length that finish
+#: their prefill together decode as one cohort, which keeps the simulation fast)
+SPREAD_LEVELS = 8
+
+
+def _evenly(i: int) -> float:
+    """The i-th of a sequence evenly spread over (0, 1): frac(i x golden ratio), put at the
+    middle of one of SPREAD_LEVELS equal bins."""
+    return (math.floor((i * _GOLDEN) % 1.0 * SPREAD_LEVELS) + 0.5) / SPREAD_LEVELS
+
+
+def _output_len(w: Workload, i: int, default: float) -> int:
+    """Output tokens request ``i`` asks for (:attr:`Workload.output_spread`)."""
+    spread = default if w.output_spread is None else w.output_spread
+    if not spread:
+        return w.output_tokens
+    u = _evenly(i)
+    return max(1, round(w.output_tokens * (1 + spread * (2 * u - 1))))
 
 
 def _mean(xs: list[float]) -> float:
@@ -614,7 +651,10 @@ class Replica:
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
     """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
-    num_blocks x block_size, with the engine's batch limits sizing the activation peak."""
+    num_blocks x block_size, with the engine's batch limits sizing the activation peak; or,
+    where the engine sizes its pool as a fraction f of the memory left free once the model is
+    loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
+    activations - overheads) over the KV bytes per token, in whole blocks."""
     from capcalc.serving.fit import FitRequest, fit, memory_of
 
     memory, source = memory_of(replica.gpu)
@@ -633,7 +673,18 @@ def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: in
         raise CapcalcError(
             f"{replica.model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
         )
-    return result.kv_cache_tokens
+    f = config.kv_free_memory_fraction
+    if f is None:
+        return result.kv_cache_tokens
+    # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
+    free = result.memory_bytes - (
+        result.weights_bytes_per_gpu
+        + result.activation_bytes_per_gpu
+        + result.overhead_bytes_per_gpu
+        + result.cudagraph_bytes_per_gpu
+    )
+    tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
+    return tokens // result.block_size * result.block_size
 
 
 def predict_serving(
@@ -668,4 +719,5 @@ def step_model(replica: Replica, efficiency, prompt_tokens: int = 1) -> MixedSte
         compute_dtype=replica.compute_dtype,
         ctx_floor=prompt_tokens,
         group_size=replica.group_size,
+        kernel_roofline=KERNEL_ROOFLINE,
     )

@@ -72,9 +72,11 @@ class MixedStepModel:
         tp: int = 1,
         compute_dtype: str = "auto",
         ctx_floor: int = 1,
+        kernel_roofline: bool = False,
         **cost_kw,
     ):
         self.model, self.gpu, self.efficiency, self.tp = model, gpu, efficiency, tp
+        self.kernel_roofline = kernel_roofline
         self.compute_dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
         kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, **cost_kw)
         lo = max(1, ctx_floor, model.sliding_window or 1)
@@ -173,23 +175,39 @@ class MixedStepModel:
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         cost = self.cost(decodes, decode_ctx_sum, chunks)
-        return predict_step(self.model, self.gpu, cost, self.compute_dtype, self.efficiency)
+        return predict_step(
+            self.model,
+            self.gpu,
+            cost,
+            self.compute_dtype,
+            self.efficiency,
+            kernel_roofline=self.kernel_roofline,
+        )
 
     def decode_line(self, decodes: int) -> tuple[float, float, float, float, float]:
-        """A pure decode step of ``decodes`` sequences as lines in their context sum x:
-        (c0, c1, m0, m1, fixed) with compute_s = c0 + c1 x, memory_s = m0 + m1 x and
-        time_s = max(compute_s, memory_s) + fixed. Exact: in decode every FLOP and byte is
-        affine in x (per-sequence KV and attention) and the FLOP/s efficiency is the
-        asymptote, so two predictions fix both lines. Cached per ``decodes``."""
+        """A pure decode step of ``decodes`` sequences as two lines in their context sum x:
+        (c0, c1, m0, m1, fixed) with time_s = max(c0 + c1 x, m0 + m1 x) + fixed, the lines
+        being compute_s and memory_s (or, with ``kernel_roofline``, the attention's FLOP time
+        and the KV read time, the matrix products' max(FLOPs, weights) going into fixed).
+        Exact: in decode every FLOP and byte is affine in x (per-sequence KV and attention)
+        and the FLOP/s efficiency is the asymptote, so two predictions fix both lines.
+        Cached per ``decodes``."""
         line = self._lines.get(decodes)
         if line is None:
             x0 = float(decodes * self._ctx_lo)
             x1 = x0 + decodes * 1024.0
             p0, p1 = self.predict(decodes, x0), self.predict(decodes, x1)
-            c1 = (p1.compute_s - p0.compute_s) / (x1 - x0)
-            m1 = (p1.memory_s - p0.memory_s) / (x1 - x0)
-            fixed = p0.time_s - max(p0.compute_s, p0.memory_s)
-            line = (p0.compute_s - c1 * x0, c1, p0.memory_s - m1 * x0, m1, fixed)
+            if self.kernel_roofline:
+                (a0, a1), (b0, b1) = (
+                    (p0.attention_compute_s, p1.attention_compute_s),
+                    (p0.kv_memory_s, p1.kv_memory_s),
+                )
+            else:
+                (a0, a1), (b0, b1) = (p0.compute_s, p1.compute_s), (p0.memory_s, p1.memory_s)
+            c1 = (a1 - a0) / (x1 - x0)
+            m1 = (b1 - b0) / (x1 - x0)
+            fixed = p0.time_s - max(a0, b0)
+            line = (a0 - c1 * x0, c1, b0 - m1 * x0, m1, fixed)
             self._lines[decodes] = line
         return line
 
