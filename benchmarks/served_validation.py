@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import statistics
 import sys
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     rows = kept
     elapsed = time.perf_counter() - t0
     lines = [
-        f"served_validation: {args.csv}",
+        f"served_validation: {os.path.relpath(args.csv, ROOT)}",
         f"{len(raw)} rows, {len(rows)} expressed, predicted in {elapsed:.1f} s",
     ]
     lines += table("Shipped defaults (|error| %: median, mean; bias = median signed error)", rows, errs)

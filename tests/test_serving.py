@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import default_efficiency
 from capcalc.perf.latency import predict_latency
 from capcalc.serving.calibrate import ServedPoint, apply, fit_serving, predict_point, serving_defaults
@@ -46,7 +47,10 @@ def test_littles_law_closed_loop(llama8b, h100):
 def test_concurrency_one_is_batch_one_plus_frontend(llama8b, h100):
     eff = default_efficiency(h100)
     lat = predict_latency(llama8b, h100, 1024, 256, batch=1, efficiency=eff)
-    r = sim(llama8b, h100, VLLM, eff=eff, prompt=1024).run(Workload(1024, 256, concurrency=1))
+    # requests of exactly 256 tokens, as latency's static batch (the default spreads lengths)
+    r = sim(llama8b, h100, VLLM, eff=eff, prompt=1024).run(
+        Workload(1024, 256, concurrency=1, output_spread=0.0)
+    )
     assert r.ttft_s == pytest.approx(lat.ttft_s + VLLM.frontend_s, rel=1e-6)
     # latency's ITL averages 33 evenly spaced contexts of a linear step time: the exact mean
     assert r.tpot_s == pytest.approx(lat.itl_s, rel=1e-4)
@@ -100,8 +104,11 @@ def test_mixed_step_by_hand(llama8b, h100):
 
 
 def test_open_loop_low_rate_is_concurrency_one(llama8b, h100):
-    one = sim(llama8b, h100, VLLM).run(Workload(512, 64, concurrency=1))
-    slow = sim(llama8b, h100, VLLM).run(Workload(512, 64, rate_per_s=1e-4, num_requests=50))
+    # equal lengths: the two runs measure different request numbers, whose lengths would differ
+    one = sim(llama8b, h100, VLLM).run(Workload(512, 64, concurrency=1, output_spread=0.0))
+    slow = sim(llama8b, h100, VLLM).run(
+        Workload(512, 64, rate_per_s=1e-4, num_requests=50, output_spread=0.0)
+    )
     assert slow.ttft_s == pytest.approx(one.ttft_s, rel=1e-6)
     assert slow.tpot_s == pytest.approx(one.tpot_s, rel=1e-6)
     assert slow.running_batch < 0.01
@@ -190,3 +197,45 @@ def test_step_model_reused_by_predict_serving(llama8b, h100):
     a = predict_serving(replica, Workload(1024, 64, concurrency=2), cfg, eff, steps=sm)
     b = predict_serving(replica, Workload(1024, 64, concurrency=2), cfg, eff)
     assert a == b
+
+
+def test_kernel_roofline_agrees_on_pure_steps_and_adds_on_mixed(llama8b, h100):
+    """Per kernel class, max(matmul, weights) + max(attention, KV), equals the single roofline
+    max(compute, memory) when one bound holds for both classes (a lone decode: memory; a
+    2,048-token prefill: compute), and exceeds it in a step of 64 decodes at 4k context plus a
+    2,048-token chunk: there the chunk's products are compute-bound while the decodes' attention
+    reads 64 x 4,096 x 128 KiB = 34 GB of KV, which the single max hides behind the products."""
+    eff = default_efficiency(h100)
+    one = MixedStepModel(llama8b, h100, eff)
+    split = MixedStepModel(llama8b, h100, eff, kernel_roofline=True)
+    for args in ((1, 1000.0), (0, 0.0, (Chunk(0, 2048),))):
+        assert split.time_s(*args) == pytest.approx(one.time_s(*args), rel=1e-12)
+    mixed = (64, 64 * 4096.0, (Chunk(0, 2048),))
+    p = split.predict(*mixed)
+    matmul_s = p.compute_s - p.attention_compute_s
+    assert matmul_s > p.weight_memory_s and p.kv_memory_s > p.attention_compute_s
+    fixed = p.overhead_s + p.comm_s
+    assert p.time_s == pytest.approx(matmul_s + p.kv_memory_s + fixed, rel=1e-12)
+    assert p.time_s > one.time_s(*mixed) * 1.2
+
+
+@settings(max_examples=20, deadline=None)
+@given(d=st.integers(1, 300), ctx=st.integers(512, 20000), split=st.booleans())
+def test_decode_line_is_the_step_model(registry, d, ctx, split):
+    """The affine decode lines the simulation sums in closed form give the step model's own time."""
+    model, gpu = registry.model("qwen3-32b"), registry.gpu("h100-sxm")
+    sm = MixedStepModel(model, gpu, default_efficiency(gpu), tp=2, ctx_floor=512, kernel_roofline=split)
+    assert sm.decode_time_s(d, d * ctx) == pytest.approx(sm.time_s(d, d * ctx), rel=1e-9)
+
+
+def test_output_spread_keeps_the_mean_length(llama8b, h100):
+    """Lengths spread evenly over O x (1 +- s): the measured requests' mean output is O within
+    a token or two, no request leaves the range, and the waves of equal lengths break up."""
+    wl = Workload(1024, 200, concurrency=32, output_spread=0.3)
+    r = sim(llama8b, h100, VLLM, prompt=1024).run(wl)
+    assert r.output_tokens_per_s == pytest.approx(r.requests_per_s * 200, rel=0.01)
+    flat = sim(llama8b, h100, VLLM, prompt=1024).run(replace(wl, output_spread=0.0))
+    # equal lengths: every later prompt lands in a burst of 32; spread: fewer wait together
+    assert r.ttft_s < flat.ttft_s
+    with pytest.raises(CapcalcError):
+        Workload(1024, 200, concurrency=4, output_spread=1.5)

@@ -110,6 +110,10 @@ class StepPrediction:
     compute_dtype: str
     peak_flops_per_s: float
     cost: StepCost
+    #: the attention share of compute_s (the rest is the matrix products)
+    attention_compute_s: float = 0.0
+    #: True: timed per kernel class, max(matmul FLOPs, weights) + max(attention FLOPs, KV)
+    kernel_roofline: bool = False
 
     @property
     def intensity(self) -> float:
@@ -156,12 +160,24 @@ def tokens_per_expert(model: ModelProfile, cost: StepCost) -> float:
 
 
 def predict_step(
-    model: ModelProfile, gpu: HardwareProfile, cost: StepCost, compute_dtype: str, efficiency: Efficiency
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    cost: StepCost,
+    compute_dtype: str,
+    efficiency: Efficiency,
+    kernel_roofline: bool = False,
 ) -> StepPrediction:
     """Time ``cost`` on ``gpu`` at ``efficiency`` (see the module docstring).
 
     Prefill uses the FLOP/s curve eff(n); decode uses its asymptote, because the
-    memory term already prices what makes small matrix products slow (reading weights)."""
+    memory term already prices what makes small matrix products slow (reading weights).
+
+    ``kernel_roofline``: the kernels of a step run one after another, each bound by its own
+    resource, so the step's core time is max(matmul_s, weight_s) + max(attention_s, kv_s)
+    instead of max(compute_s, memory_s). The two agree when one bound holds for both
+    kernel classes (a prefill: compute; a decode: memory); they differ in a mixed step,
+    where the chunk's matrix products are compute-bound while the decodes' attention is
+    bound by reading their KV cache, which the single max would hide behind the products."""
     eff = efficiency
     bandwidth = gpu.bandwidth_bytes_per_s
     weight_s = cost.weight_bytes / (bandwidth * eff.weight_bandwidth_efficiency)
@@ -174,12 +190,13 @@ def predict_step(
     else:
         flops_eff = expert_eff = eff.prefill_flops_efficiency
     peak = gpu.peak(compute_dtype)
-    compute_s = (
-        (cost.matmul_flops - routed_flops) / (peak * flops_eff)
-        + routed_flops / (peak * expert_eff)
-        + cost.attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)
-    )
+    matmul_s = (cost.matmul_flops - routed_flops) / (peak * flops_eff) + routed_flops / (peak * expert_eff)
+    attention_s = cost.attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)
+    compute_s = matmul_s + attention_s
     memory_s = weight_s + kv_s
+    # kernel classes one after another, or the whole step under one bound
+    split = max(matmul_s, weight_s) + max(attention_s, kv_s)
+    core = split if kernel_roofline else max(compute_s, memory_s)
     overhead = (
         model.num_layers * eff.layer_overhead_s
         + model.num_moe_layers * (eff.moe_layer_overhead_s + cost.tokens * eff.moe_token_overhead_s)
@@ -188,7 +205,7 @@ def predict_step(
     activation_bytes = 4.0 if compute_dtype in ("fp32", "tf32") else 2.0
     comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff, activation_bytes)
     return StepPrediction(
-        time_s=max(compute_s, memory_s) + overhead + comm,
+        time_s=core + overhead + comm,
         compute_s=compute_s,
         memory_s=memory_s,
         weight_memory_s=weight_s,
@@ -202,6 +219,8 @@ def predict_step(
         compute_dtype=compute_dtype,
         peak_flops_per_s=peak,
         cost=cost,
+        attention_compute_s=attention_s,
+        kernel_roofline=kernel_roofline,
     )
 
 

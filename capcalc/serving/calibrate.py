@@ -16,7 +16,13 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``layer_overhead_s``: fixed cost per layer per step (kernel launches and tails);
 * ``moe_layer_overhead_s``: fixed cost per MoE layer per step (routing, permutation);
 * ``frontend_s``: fixed cost per request (HTTP, tokenisation);
-* ``seq_step_overhead_s``: host cost per running sequence per step.
+* ``seq_step_overhead_s``: host cost per running sequence per step;
+* ``low_precision_flops_scale``: multiplies the FLOP/s efficiency of fp8/fp4 products only;
+* ``allreduce_latency_s``, ``allreduce_latency_per_rank_s``: the all-reduce call's fixed cost
+  and its growth per rank beyond the first;
+* ``output_spread``: the spread of output lengths (EngineConfig.output_spread).
+
+The loss may weight TTFT and TPOT unequally (``weights``).
 
 The search is coordinate descent on a log scale (golden-section per parameter, a few
 rounds): no gradient is available through the scheduler's discrete events, and the
@@ -29,6 +35,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from capcalc.perf.efficiency import Efficiency, resolve_efficiency
+from capcalc.perf.latency import resolve_compute_dtype
 from capcalc.serving.engine import (
     Replica,
     ServingResult,
@@ -51,6 +58,10 @@ FIT_PARAMETERS = (
 BOUNDS = {
     "bandwidth_scale": (0.5, 1.6),
     "flops_scale": (0.2, 2.0),
+    "low_precision_flops_scale": (0.2, 1.5),
+    "allreduce_latency_s": (1e-7, 50e-6),
+    "allreduce_latency_per_rank_s": (1e-7, 20e-6),
+    "output_spread": (0.01, 0.9),
     "step_overhead_s": (1e-5, 20e-3),
     "layer_overhead_s": (1e-6, 200e-6),
     "moe_layer_overhead_s": (1e-6, 300e-6),
@@ -77,6 +88,8 @@ class ServingParams:
 
     efficiency: Efficiency
     config: EngineConfig
+    #: the dtype the replica's matrix products run in (fp8 and fp4 get low_precision_flops_scale)
+    compute_dtype: str = "auto"
 
 
 def serving_defaults(point: ServedPoint) -> ServingParams:
@@ -84,13 +97,15 @@ def serving_defaults(point: ServedPoint) -> ServingParams:
     adjustments (:func:`capcalc.serving.engines.engine_efficiency`) and scheduler defaults."""
     gpu = point.replica.gpu
     base = resolve_efficiency(gpu).efficiency
-    eff = engine_efficiency(point.engine, base, point.replica.weight_dtype)
+    r = point.replica
+    compute = resolve_compute_dtype(r.compute_dtype, r.weight_dtype, r.model, gpu)
+    eff = engine_efficiency(point.engine, base, r.weight_dtype, compute)
     config = with_overrides(
         engine_defaults(point.engine, gpu),
         max_num_batched_tokens=point.max_num_batched_tokens,
         max_num_seqs=point.max_num_seqs,
     )
-    return ServingParams(eff, config)
+    return ServingParams(eff, config, compute)
 
 
 _KV_CACHE: dict = {}
@@ -105,11 +120,13 @@ def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
         params.config.max_num_batched_tokens,
         w.prompt_tokens + w.output_tokens,
     )
-    if key not in _KV_CACHE:
-        _KV_CACHE[key] = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+    cached = _KV_CACHE.get(key)
+    if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
+        kv = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+        cached = _KV_CACHE[key] = (point.replica, kv)
     steps = step_model(point.replica, params.efficiency, w.prompt_tokens)
     return predict_serving(
-        point.replica, w, params.config, params.efficiency, kv_tokens=_KV_CACHE[key], steps=steps
+        point.replica, w, params.config, params.efficiency, kv_tokens=cached[1], steps=steps
     )
 
 
@@ -127,14 +144,26 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         eff = replace(
             eff, prefill_flops_efficiency=min(1.0, eff.prefill_flops_efficiency * values["flops_scale"])
         )
-    for name in ("step_overhead_s", "layer_overhead_s", "moe_layer_overhead_s"):
+    if "low_precision_flops_scale" in values and params.compute_dtype in ("fp8", "fp4"):
+        eff = replace(
+            eff, prefill_flops_efficiency=eff.prefill_flops_efficiency * values["low_precision_flops_scale"]
+        )
+    for name in (
+        "step_overhead_s",
+        "layer_overhead_s",
+        "moe_layer_overhead_s",
+        "allreduce_latency_s",
+        "allreduce_latency_per_rank_s",
+    ):
         if name in values:
             eff = replace(eff, **{name: values[name]})
     if "frontend_s" in values:
         cfg = replace(cfg, frontend_s=values["frontend_s"])
     if "seq_step_overhead_s" in values:
         cfg = replace(cfg, seq_step_overhead_s=values["seq_step_overhead_s"])
-    return ServingParams(eff, cfg)
+    if "output_spread" in values:
+        cfg = replace(cfg, output_spread=values["output_spread"])
+    return ServingParams(eff, cfg, params.compute_dtype)
 
 
 def point_errors(point: ServedPoint, result: ServingResult) -> tuple[float, float]:
@@ -173,6 +202,12 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
     start = {
         "bandwidth_scale": 1.0,
         "flops_scale": 1.0,
+        "low_precision_flops_scale": 1.0,
+        "output_spread": max(d.config.output_spread, BOUNDS["output_spread"][0]),
+        "allreduce_latency_s": max(d.efficiency.allreduce_latency_s, BOUNDS["allreduce_latency_s"][0]),
+        "allreduce_latency_per_rank_s": max(
+            d.efficiency.allreduce_latency_per_rank_s, BOUNDS["allreduce_latency_per_rank_s"][0]
+        ),
         "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
         "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
         "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),

@@ -52,6 +52,7 @@ that overlaps the GPU, and pipeline parallelism (one stage).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -64,6 +65,8 @@ from capcalc.serving.engines import EngineConfig
 from capcalc.serving.stepmodel import Chunk, MixedStepModel
 
 LIMITS = ("kv_capacity", "max_num_seqs", "none")
+#: steps are timed per kernel class (capcalc.perf.latency.predict_step, kernel_roofline)
+KERNEL_ROOFLINE = True
 #: closed-loop requests per client, as a benchmark run: ``vllm bench serve`` and aiperf
 #: measure every request, the opening burst of C simultaneous prompts included, and
 #: served-benchmark suites send a few requests per client (InferenceMAX: 10 x C; the
@@ -87,6 +90,10 @@ class Workload:
     #: opening burst; open loop num_requests / 10)
     warmup_requests: int | None = None
     seed: int = 0
+    #: relative half-width of the spread of output lengths: request i asks for
+    #: round(O x (1 + s x (2 u_i - 1))) tokens, u_i evenly spread over (0, 1) (mean O,
+    #: deterministic); 0: every request exactly O; None: the engine's EngineConfig.output_spread
+    output_spread: float | None = None
 
     def __post_init__(self):
         if (self.concurrency is None) == (self.rate_per_s is None):
@@ -97,6 +104,8 @@ class Workload:
             raise CapcalcError(f"--rps must be positive, got {self.rate_per_s}")
         if self.prompt_tokens < 1 or self.output_tokens < 1:
             raise CapcalcError("prompt and output lengths must be at least 1 token")
+        if self.output_spread is not None and not 0 <= self.output_spread < 1:
+            raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
 
     @property
     def measured(self) -> int:
@@ -168,6 +177,7 @@ class _Req:
     generated: int = 0
     order: int = 0  # admission order
     reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
+    osl: int = 0  # output tokens asked for
 
 
 @dataclass(eq=False)
@@ -177,6 +187,7 @@ class _Cohort:
     base: int  # context before the first decode (prompt tokens computed)
     end_g: int  # decode step index of its last decode
     order: int = 0  # admission order of its latest member
+    seq: int = 0  # creation order
 
     @property
     def n(self) -> int:
@@ -189,11 +200,55 @@ class _State:
     g: int = 0  # decode steps done
     d: int = 0  # decoding sequences
     k_sum: float = 0.0  # sum over cohorts of n x (base + 1 - g0): contexts sum to k_sum + d x g
-    cohorts: list[_Cohort] = field(default_factory=list)
+    #: cohorts in creation order (a dict: O(1) removal), and two indexes over them: a heap
+    #: of (end_g, creation seq) for the next to finish, and a list sorted by admission order
+    #: for preemption (the most recently admitted first)
+    cohorts: dict[int, _Cohort] = field(default_factory=dict)
+    ends: list = field(default_factory=list)
+    by_order: list[_Cohort] = field(default_factory=list)
+    cohort_seq: int = 0
     prefilling: list[_Req] = field(default_factory=list)
     waiting: deque = field(default_factory=deque)
     reserved: float = 0.0  # KV tokens held by 'reserve' admission
     admit_order: int = 0
+
+    def add_cohort(self, c: _Cohort) -> None:
+        c.seq = self.cohort_seq
+        self.cohort_seq += 1
+        self.cohorts[c.seq] = c
+        heapq.heappush(self.ends, (c.end_g, c.seq))
+        bisect.insort(self.by_order, c, key=_order)
+
+    def drop_cohort(self, c: _Cohort) -> None:
+        del self.cohorts[c.seq]  # its heap entry is skipped when it surfaces
+        i = bisect.bisect_left(self.by_order, c.order, key=_order)
+        while self.by_order[i] is not c:  # orders are unique; this only guards the invariant
+            i += 1
+        del self.by_order[i]
+
+    def next_end(self) -> int:
+        """The smallest end_g of a live cohort."""
+        while self.ends[0][1] not in self.cohorts:
+            heapq.heappop(self.ends)
+        return self.ends[0][0]
+
+    def pop_ended(self, g: int) -> list[_Cohort]:
+        """Remove and return the cohorts whose last decode is before step ``g``, in
+        creation order."""
+        out = []
+        while self.ends and self.ends[0][0] < g:
+            _, seq = heapq.heappop(self.ends)
+            c = self.cohorts.get(seq)
+            if c is not None:
+                out.append(c)
+        out.sort(key=lambda c: c.seq)
+        for c in out:
+            self.drop_cohort(c)
+        return out
+
+
+def _order(c: _Cohort) -> int:
+    return c.order
 
 
 class Simulation:
@@ -238,7 +293,9 @@ class Simulation:
             # last measured ones run under the same load as the first
             if w.rate_per_s is not None and len(reqs) >= total:
                 return
-            r = _Req(len(reqs), at, at + cfg.frontend_s, w.prompt_tokens, w.output_tokens)
+            i = len(reqs)
+            r = _Req(i, at, at + cfg.frontend_s, w.prompt_tokens, _output_len(w, i, cfg.output_spread))
+            r.osl = r.out_left
             reqs.append(r)
             heapq.heappush(arrivals, (r.arrival, r.idx, r))
 
@@ -355,9 +412,7 @@ class Simulation:
             if decodes:
                 s.g += k
                 # cohorts whose last decode was in this run finish
-                ended = [c for c in s.cohorts if c.end_g < s.g]
-                for c in ended:
-                    s.cohorts.remove(c)
+                for c in s.pop_ended(s.g):
                     s.d -= c.n
                     s.k_sum -= c.n * (c.base + 1 - c.g0)
                     for r in c.members:
@@ -379,7 +434,7 @@ class Simulation:
                             new.setdefault((r.target, r.out_left), []).append(r)
                 for (base, left), members in new.items():
                     c = _Cohort(members, s.g, base, s.g + left - 1, max(m.order for m in members))
-                    s.cohorts.append(c)
+                    s.add_cohort(c)
                     s.d += c.n
                     s.k_sum += c.n * (base + 1 - s.g)
 
@@ -395,7 +450,7 @@ class Simulation:
 
     def _decode_run_length(self, s: _State, arrivals, why_blocked) -> int:
         """Pure decode steps until a cohort finishes."""
-        return max(1, min(c.end_g for c in s.cohorts) - s.g + 1)
+        return max(1, s.next_end() - s.g + 1)
 
     def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked) -> int:
         """Stop the run at the step during which the next admissible request arrives."""
@@ -419,16 +474,17 @@ class Simulation:
 
     def _decode_run_time(self, s: _State, k: int) -> float:
         """Sum of k pure decode step times from decode step s.g, in closed form: each
-        step is max(compute, memory) + fixed, both affine in the step index."""
+        step is max(compute, memory) + fixed, both affine in the step index (the step
+        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
+        context sum k_sum + d x g)."""
         d = s.d
-        p0 = self.sm.predict(d, s.k_sum + d * s.g)
+        x0 = s.k_sum + d * s.g
+        lc0, lc1, lm0, lm1, fixed = self.sm.decode_line(d)
+        c0, c1 = lc0 + lc1 * x0, lc1 * d  # compute_s of step i = c0 + c1 i
+        m0, m1 = lm0 + lm1 * x0, lm1 * d
         extra = self.cfg.seq_step_overhead_s * d
         if k == 1:
-            return p0.time_s + extra
-        p1 = self.sm.predict(d, s.k_sum + d * (s.g + k - 1))
-        fixed = p0.time_s - max(p0.compute_s, p0.memory_s)
-        c0, c1 = p0.compute_s, (p1.compute_s - p0.compute_s) / (k - 1)
-        m0, m1 = p0.memory_s, (p1.memory_s - p0.memory_s) / (k - 1)
+            return max(c0, m0) + fixed + extra
 
         def arith(a: float, b: float, i0: int, i1: int) -> float:  # sum of a + b i, i in [i0, i1)
             n = i1 - i0
@@ -445,7 +501,7 @@ class Simulation:
     def _preempt(self, s: _State, tokens: float) -> int:
         """Free ``tokens`` of KV by recomputing the most recently admitted decodes."""
         freed, count = 0.0, 0
-        for c in sorted(s.cohorts, key=lambda c: c.order, reverse=True):
+        for c in reversed(list(s.by_order)):
             while c.members and freed < tokens:
                 r = c.members.pop()
                 ctx = c.base + 1 + (s.g - c.g0)
@@ -459,7 +515,7 @@ class Simulation:
                 freed += ctx - 1
                 count += 1
             if not c.members:
-                s.cohorts.remove(c)
+                s.drop_cohort(c)
             if freed >= tokens:
                 break
         if count == 0:
@@ -472,7 +528,9 @@ class Simulation:
         e2e = [r.finish - r.sent for r in m]
         gaps = [r.finish - r.first_token for r in m]
         o = w.output_tokens
-        tpot = [g / (o - 1) for g in gaps] if o > 1 else [0.0] * len(m)
+        tpot = [g / (r.osl - 1) for g, r in zip(gaps, m, strict=True) if r.osl > 1] or [0.0]
+        later_tokens = sum(r.osl - 1 for r in m)
+        mean_out = sum(r.osl for r in m) / len(m)
         start = window_start if window_start is not None else min(r.sent for r in m)
         end = max(r.finish for r in m)
         span = max(end - start, 1e-12)
@@ -485,7 +543,7 @@ class Simulation:
         else:
             times = sorted(r.finish for r in m)
             rate = (len(m) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 1 / _mean(e2e)
-        itl = sum(gaps) / (len(m) * (o - 1)) if o > 1 else 0.0
+        itl = sum(gaps) / later_tokens if later_tokens else 0.0
         binding = max(blocked, key=blocked.get)
         if blocked[binding] < BINDING_SHARE * span:
             binding = "none"
@@ -511,8 +569,8 @@ class Simulation:
             e2e_p90_s=_pct(e2e, 90),
             e2e_p99_s=_pct(e2e, 99),
             requests_per_s=rate,
-            output_tokens_per_s=rate * o,
-            output_tokens_per_s_per_gpu=rate * o / self.gpus,
+            output_tokens_per_s=rate * mean_out,
+            output_tokens_per_s_per_gpu=rate * mean_out / self.gpus,
             output_tokens_per_s_per_user=1.0 / itl if itl > 0 else 0.0,
             running_batch=busy_area / span,
             queue_s=_mean([r.scheduled - r.arrival for r in m]),
@@ -524,6 +582,30 @@ class Simulation:
             frontend_s=cfg.frontend_s,
             steps=steps,
         )
+
+
+#: frac(i x this) spreads request i's output length evenly over the range (golden ratio)
+_GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+#: output lengths take this many evenly spaced values (requests of equal length that finish
+#: their prefill together decode as one cohort, which keeps the simulation fast)
+SPREAD_LEVELS = 8
+
+
+def _evenly(i: int) -> float:
+    """The i-th of a sequence evenly spread over (0, 1): frac(i x golden ratio), put at the
+    middle of one of SPREAD_LEVELS equal bins."""
+    return (math.floor((i * _GOLDEN) % 1.0 * SPREAD_LEVELS) + 0.5) / SPREAD_LEVELS
+
+
+def _output_len(w: Workload, i: int, default: float) -> int:
+    """Output tokens request ``i`` asks for (:attr:`Workload.output_spread`)."""
+    spread = default if w.output_spread is None else w.output_spread
+    if not spread:
+        return w.output_tokens
+    u = _evenly(i)
+    return max(1, round(w.output_tokens * (1 + spread * (2 * u - 1))))
 
 
 def _mean(xs: list[float]) -> float:
@@ -569,7 +651,10 @@ class Replica:
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
     """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
-    num_blocks x block_size, with the engine's batch limits sizing the activation peak."""
+    num_blocks x block_size, with the engine's batch limits sizing the activation peak; or,
+    where the engine sizes its pool as a fraction f of the memory left free once the model is
+    loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
+    activations - overheads) over the KV bytes per token, in whole blocks."""
     from capcalc.serving.fit import FitRequest, fit, memory_of
 
     memory, source = memory_of(replica.gpu)
@@ -588,7 +673,18 @@ def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: in
         raise CapcalcError(
             f"{replica.model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
         )
-    return result.kv_cache_tokens
+    f = config.kv_free_memory_fraction
+    if f is None:
+        return result.kv_cache_tokens
+    # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
+    free = result.memory_bytes - (
+        result.weights_bytes_per_gpu
+        + result.activation_bytes_per_gpu
+        + result.overhead_bytes_per_gpu
+        + result.cudagraph_bytes_per_gpu
+    )
+    tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
+    return tokens // result.block_size * result.block_size
 
 
 def predict_serving(
@@ -623,4 +719,5 @@ def step_model(replica: Replica, efficiency, prompt_tokens: int = 1) -> MixedSte
         compute_dtype=replica.compute_dtype,
         ctx_floor=prompt_tokens,
         group_size=replica.group_size,
+        kernel_roofline=KERNEL_ROOFLINE,
     )

@@ -34,7 +34,10 @@ Scheduler defaults, by engine, as read from each engine's source:
   requests in one step; context chunking is off by default (``enable_chunked_prefill``
   False), so a prompt enters a step whole or waits. The capacity scheduler's default
   policy ``GUARANTEED_NO_EVICT`` admits a request only if the KV cache can hold its
-  prompt plus all ``max_tokens`` of output, so it never evicts.
+  prompt plus all ``max_tokens`` of output, so it never evicts. The KV pool is
+  ``KvCacheConfig.free_gpu_memory_fraction`` (default 0.9) of the memory free after the model
+  is loaded (tensorrt_llm/llmapi/llm_args.py), not a share of the whole card as in vLLM: for
+  a model filling much of the card it is the larger pool.
 
 Fixed costs (``frontend_s``: HTTP, tokenisation, detokenisation and scheduling of one
 request, paid once; ``seq_step_overhead_s``: host work per running sequence per step
@@ -83,6 +86,13 @@ class EngineConfig:
     frontend_s: float = 0.0
     #: host cost per running sequence per step not overlapped with the GPU
     seq_step_overhead_s: float = 0.0
+    #: how the KV pool is sized: None as vLLM (gpu_memory_utilization x memory - weights -
+    #: activations - overheads); a fraction f as TensorRT-LLM's KvCacheConfig
+    #: free_gpu_memory_fraction: f x the memory left free once the model is loaded
+    kv_free_memory_fraction: float | None = None
+    #: spread of output lengths for workloads that leave it unset (Workload.output_spread):
+    #: how far the engine's served runs are from lock-step waves (docs/serving.md, "Lengths")
+    output_spread: float = 0.15
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -93,18 +103,28 @@ class EngineConfig:
             )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise CapcalcError("max_num_batched_tokens and max_num_seqs must be at least 1")
+        if not 0 <= self.output_spread < 1:
+            raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
         if self.frontend_s < 0 or self.seq_step_overhead_s < 0:
             raise CapcalcError("frontend_s and seq_step_overhead_s must not be negative")
 
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
 FIXED_COSTS: dict[str, dict[str, float]] = {
-    "vllm": {"frontend_s": 9.16e-3, "seq_step_overhead_s": 0.0},
+    "vllm": {"frontend_s": 26.8e-3, "seq_step_overhead_s": 0.0},
     # SGLang's large value absorbs TTFT the step model misses on its rows (DeepSeek MLA
-    # prefill at 8k prompts above all): a catch-all, not a measured HTTP cost
-    "sglang": {"frontend_s": 0.341, "seq_step_overhead_s": 0.0},
-    "trtllm": {"frontend_s": 18.9e-3, "seq_step_overhead_s": 0.0},
+    # prefill at 8k prompts above all, and rows whose TTFT differs 17x between SGLang
+    # versions at the same deployment): a catch-all, not a measured HTTP cost
+    "sglang": {"frontend_s": 0.322, "seq_step_overhead_s": 0.0},
+    "trtllm": {"frontend_s": 50e-3, "seq_step_overhead_s": 0.0},
 }
+
+
+#: SGLang's served rows are met closer to lock-step waves (its fit: 0.02; every row: 0.05 gives
+#: TTFT/TPOT/tok/s mean |error| 44/17/18 %, 0.02 46/16/19 %, exact lengths 84/16/19 %): its
+#: scheduler gathers every waiting prompt into one prefill batch that stalls all decodes, so
+#: clients that drift apart are pulled back together at each prefill
+SGLANG_OUTPUT_SPREAD = 0.05
 
 
 def _memory(gpu: HardwareProfile) -> float:
@@ -137,6 +157,7 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
             mixed_batches=False,
             admission="reserve",
             reserve_output_fraction=0.7,
+            output_spread=SGLANG_OUTPUT_SPREAD,
             **fixed,
         )
     return EngineConfig(
@@ -145,6 +166,7 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
         max_num_seqs=2048,
         chunked_prefill=False,
         admission="reserve",
+        kv_free_memory_fraction=0.9,
         **fixed,
     )
 
@@ -154,29 +176,45 @@ def with_overrides(config: EngineConfig, **changes) -> EngineConfig:
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
-def engine_efficiency(engine: str, base: Efficiency, weight_dtype: str) -> Efficiency:
+def engine_efficiency(
+    engine: str, base: Efficiency, weight_dtype: str, compute_dtype: str | None = None
+) -> Efficiency:
     """The step efficiencies ``engine`` reaches on a GPU whose own are ``base``.
 
     * ``ENGINE_EFFICIENCY[engine]`` sets the per-layer fixed costs fitted on the served runs;
     * ``ENGINE_SCALES[engine]`` scales the GPU's bandwidth and FLOP/s efficiencies, the FLOP/s
       one capped at ``MAX_MATMUL_FRACTION`` (no whole prefill beats the best single matmul);
-    * 4-bit weights (int4, NVFP4, MXFP4) stream at ``FOUR_BIT_STREAM_FACTOR`` of the
-      bandwidth efficiency of 8- and 16-bit ones: the decode GEMV unpacks and rescales
-      every weight group in its inner loop, so it is bound by issue rate before bandwidth.
+    * 4-bit weights (int4, NVFP4) stream at ``FOUR_BIT_STREAM_FACTOR`` of the bandwidth
+      efficiency of 8- and 16-bit ones: the decode GEMV unpacks and rescales every weight
+      group in its inner loop, so it is bound by issue rate before bandwidth. MXFP4 experts
+      (gpt-oss) are exempt: the factor was measured on dense NVFP4 GEMV, and gpt-oss's MXFP4
+      MoE kernels show no such loss on the served rows (its TPOT mean |error| on every 2nd
+      row 33.5 % with the factor, 24.5 % without);
+    * matrix products in fp8 or fp4 (``compute_dtype``; None: fp8 for fp8 weights, fp4 for
+      NVFP4 ones) reach ``LOW_PRECISION_FLOPS_FACTOR`` of the 16-bit fraction of their own
+      (twice or four times higher) peak: the activations are quantised per token or block
+      before every product and the scales applied after it, and the products of a served
+      step are small enough that their fixed costs do not halve with the peak.
     """
     changes = dict(ENGINE_EFFICIENCY.get(engine, {}))
     scales = ENGINE_SCALES.get(engine, {})
     bw = scales.get("bandwidth", 1.0)
     weight_bw = base.weight_bandwidth_efficiency * bw
-    if weight_dtype in ("int4", "mxfp4", "nvfp4"):
+    if weight_dtype in ("int4", "nvfp4"):
         weight_bw *= FOUR_BIT_STREAM_FACTOR
     changes["weight_bandwidth_efficiency"] = min(1.0, weight_bw)
     changes["kv_bandwidth_efficiency"] = min(1.0, base.kv_bandwidth_efficiency * bw)
-    flops = base.prefill_flops_efficiency * scales.get("flops", 1.0)
-    changes["prefill_flops_efficiency"] = min(MAX_MATMUL_FRACTION, flops)
+    flops = min(MAX_MATMUL_FRACTION, base.prefill_flops_efficiency * scales.get("flops", 1.0))
+    if compute_dtype is None:
+        compute_dtype = {"fp8": "fp8", "nvfp4": "fp4"}.get(weight_dtype)
+    if compute_dtype in ("fp8", "fp4"):
+        flops *= scales.get("low_precision_flops", LOW_PRECISION_FLOPS_FACTOR)
+    changes["prefill_flops_efficiency"] = flops
     return replace(base, **changes)
 
 
+#: fp8/fp4 matrix products reach this share of the 16-bit fraction of peak (docstring above)
+LOW_PRECISION_FLOPS_FACTOR = 1.0
 #: Weight-only int8/int4 decode is reported to stream at 0.57-0.80 of bf16's bandwidth; on the
 #: served rows, Llama-3.1-70B tp1 on B200, NVFP4 vs FP8 (trtllm and vllm, C = 4-8), the
 #: streaming time left after the fixed costs is 0.78 of FP8's rate.
@@ -185,21 +223,42 @@ FOUR_BIT_STREAM_FACTOR = 0.78
 #: compute/accelerator/README.md, "Maximum Achievable Matmul FLOPS comparison table")
 MAX_MATMUL_FRACTION = 0.869
 
-# Fitted by benchmarks/fit_engine_defaults.py ENGINE --every 6 --rounds 2 --evaluations 8 on every
-# 6th expressible aggregated row of that engine in served_dev.csv (aiconfigurator's
-# silicon_sample.csv, H100 SXM and B200; docs/latency.md "Serving parameters" lists them).
+# Fitted by benchmarks/fit_engine_defaults.py ENGINE (every 8th expressible aggregated row of
+# that engine in served_dev.csv, aiconfigurator's silicon_sample.csv, H100 SXM and B200; TPOT
+# weighted 2x TTFT), then the bandwidth and FLOP/s scales of vLLM and the FLOP/s scale and
+# frontend cost of TensorRT-LLM adjusted by hand on every 2nd row (docs/latency.md "Serving
+# parameters" lists the steps). The fit's scales are relative to the previous defaults; the
+# values here are the absolute ones they give.
 # layer_overhead_s: kernel launches, tails and the small un-fused ops of one layer of a served
 # step (paged attention metadata, activation quantisation, residual/norm kernels), larger than
-# gpt-fast's 10 us batch-1 figure; moe_layer_overhead_s: routing on top of it.
+# gpt-fast's 10 us batch-1 figure; moe_layer_overhead_s: routing on top of it;
+# allreduce_latency_per_rank_s: each rank beyond the first adds a hop to an all-reduce call
+# (gpt-fast on A100 implies ~2.3 us per rank, 3 -> 17 us from tp 2 to 8; NVLink-switch H100
+# and B200 come out lower, 0.5-1.6 us), on top of the vendor default allreduce_latency_s 10 us.
+# low_precision_flops: fp8/fp4 prefill reaches this share of the 16-bit fraction of its own
+# peak (the issue's comparison found TensorRT-LLM fp8 at 0.09-0.39 of fp8 peak).
 #: Per-engine fixed costs of a step.
 ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
-    "vllm": {"layer_overhead_s": 48.3e-6, "moe_layer_overhead_s": 1.1e-6},
-    "sglang": {"layer_overhead_s": 67.8e-6, "moe_layer_overhead_s": 23.3e-6},
-    "trtllm": {"layer_overhead_s": 36.0e-6, "moe_layer_overhead_s": 1.0e-6},
+    "vllm": {
+        "layer_overhead_s": 46.7e-6,
+        "moe_layer_overhead_s": 13.4e-6,
+        "allreduce_latency_per_rank_s": 0.74e-6,
+    },
+    "sglang": {
+        "layer_overhead_s": 62.7e-6,
+        "moe_layer_overhead_s": 34.8e-6,
+        "allreduce_latency_per_rank_s": 0.46e-6,
+    },
+    "trtllm": {
+        "layer_overhead_s": 21.6e-6,
+        "moe_layer_overhead_s": 1.0e-6,
+        "allreduce_latency_per_rank_s": 1.60e-6,
+    },
 }
-#: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies (same fit).
+#: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies, and the share of the
+#: 16-bit FLOP/s fraction fp8/fp4 products reach (same fit).
 ENGINE_SCALES: dict[str, dict[str, float]] = {
-    "vllm": {"bandwidth": 0.950, "flops": 1.95},
-    "sglang": {"bandwidth": 0.913, "flops": 1.10},
-    "trtllm": {"bandwidth": 0.729, "flops": 1.33},
+    "vllm": {"bandwidth": 0.941, "flops": 1.144, "low_precision_flops": 0.428},
+    "sglang": {"bandwidth": 1.020, "flops": 1.08, "low_precision_flops": 0.207},
+    "trtllm": {"bandwidth": 0.904, "flops": 0.893, "low_precision_flops": 0.771},
 }

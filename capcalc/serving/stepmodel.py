@@ -72,12 +72,15 @@ class MixedStepModel:
         tp: int = 1,
         compute_dtype: str = "auto",
         ctx_floor: int = 1,
+        kernel_roofline: bool = False,
         **cost_kw,
     ):
         self.model, self.gpu, self.efficiency, self.tp = model, gpu, efficiency, tp
+        self.kernel_roofline = kernel_roofline
         self.compute_dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
         kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, **cost_kw)
         lo = max(1, ctx_floor, model.sliding_window or 1)
+        self._ctx_lo = lo
         hi = lo + 1024
         d_lo, d_hi = decode_cost(model, 1, lo, **kw), decode_cost(model, 1, hi, **kw)
         p_len = 256
@@ -107,6 +110,7 @@ class MixedStepModel:
         self._k = moe.experts_per_token if moe else 0
         self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
         self._template = d_lo
+        self._lines: dict[int, tuple[float, float, float, float, float]] = {}
 
     # ------------------------------------------------------------------ costs
 
@@ -171,7 +175,46 @@ class MixedStepModel:
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         cost = self.cost(decodes, decode_ctx_sum, chunks)
-        return predict_step(self.model, self.gpu, cost, self.compute_dtype, self.efficiency)
+        return predict_step(
+            self.model,
+            self.gpu,
+            cost,
+            self.compute_dtype,
+            self.efficiency,
+            kernel_roofline=self.kernel_roofline,
+        )
+
+    def decode_line(self, decodes: int) -> tuple[float, float, float, float, float]:
+        """A pure decode step of ``decodes`` sequences as two lines in their context sum x:
+        (c0, c1, m0, m1, fixed) with time_s = max(c0 + c1 x, m0 + m1 x) + fixed, the lines
+        being compute_s and memory_s (or, with ``kernel_roofline``, the attention's FLOP time
+        and the KV read time, the matrix products' max(FLOPs, weights) going into fixed).
+        Exact: in decode every FLOP and byte is affine in x (per-sequence KV and attention)
+        and the FLOP/s efficiency is the asymptote, so two predictions fix both lines.
+        Cached per ``decodes``."""
+        line = self._lines.get(decodes)
+        if line is None:
+            x0 = float(decodes * self._ctx_lo)
+            x1 = x0 + decodes * 1024.0
+            p0, p1 = self.predict(decodes, x0), self.predict(decodes, x1)
+            if self.kernel_roofline:
+                (a0, a1), (b0, b1) = (
+                    (p0.attention_compute_s, p1.attention_compute_s),
+                    (p0.kv_memory_s, p1.kv_memory_s),
+                )
+            else:
+                (a0, a1), (b0, b1) = (p0.compute_s, p1.compute_s), (p0.memory_s, p1.memory_s)
+            c1 = (a1 - a0) / (x1 - x0)
+            m1 = (b1 - b0) / (x1 - x0)
+            fixed = p0.time_s - max(a0, b0)
+            line = (a0 - c1 * x0, c1, b0 - m1 * x0, m1, fixed)
+            self._lines[decodes] = line
+        return line
+
+    def decode_time_s(self, decodes: int, decode_ctx_sum: float) -> float:
+        """Time of a pure decode step (:meth:`decode_line`), without building its cost."""
+        c0, c1, m0, m1, fixed = self.decode_line(decodes)
+        return max(c0 + c1 * decode_ctx_sum, m0 + m1 * decode_ctx_sum) + fixed
 
     def time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
         return self.predict(decodes, decode_ctx_sum, chunks).time_s
