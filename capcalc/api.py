@@ -165,6 +165,8 @@ class ServingReport:
     weight_dtype: str
     result: Any  # ServingResult
     serving: Any  # capcalc.sources.calibration.ResolvedServing
+    kv_dtype: str | None = None  # resolved (``auto`` read as the serving dtype)
+    compute_dtype: str | None = None  # resolved (the dtype whose peak bounds the products)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -184,8 +186,8 @@ class ServingReport:
             "engine": result.pop("engine"),
             "tp": d.tp,
             "weight_dtype": self.weight_dtype,
-            "kv_dtype": d.kv_dtype,
-            "compute_dtype": d.compute_dtype,
+            "kv_dtype": self.kv_dtype or d.kv_dtype,
+            "compute_dtype": self.compute_dtype or d.compute_dtype,
         }
         return flat_record(
             head,
@@ -194,6 +196,15 @@ class ServingReport:
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
         )
+
+
+def _spread(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise CapcalcError(
+            f"output_spread must be a number from 0 up to (not including) 1, got {value!r}",
+            parameter="output_spread",
+        )
+    return float(value)
 
 
 def _duration(value: Any, parameter: str) -> float:
@@ -607,6 +618,7 @@ class Session:
         num_requests: int | None = None,
         deployment: Deployment | None = None,
         efficiency: dict[str, Any] | None = None,
+        output_spread: float | None = None,
         **fields,
     ) -> ServingReport:
         """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
@@ -614,9 +626,13 @@ class Session:
         Poisson arrivals at ``requests_per_s`` (``seed`` draws them), exactly one of the
         two. Mean and p50/p90/p99 TTFT, TPOT, E2E, ITL, requests/s, tokens/s per GPU and
         per user, the running batch, the queueing time and the limit that binds.
-        ``num_requests``: measured requests (default: 5 per client; open loop 400)."""
+        ``num_requests``: measured requests (default: 5 per client; open loop 400).
+        ``output_spread`` s: output lengths spread evenly over O x (1 ± s), 0 every request
+        exactly O; None the engine's default (:attr:`capcalc.serving.engine.Workload.output_spread`)."""
+        from capcalc.core.dtypes import resolve_kv_dtype
         from capcalc.model.weights import resolve_weight_dtype
         from capcalc.perf.efficiency import PARAMETERS
+        from capcalc.perf.latency import resolve_compute_dtype
         from capcalc.serving.engine import Replica, Workload, predict_serving
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
@@ -688,9 +704,12 @@ class Session:
             rate_per_s=None if requests_per_s is None else float(requests_per_s),
             num_requests=num_requests,
             seed=seed,
+            output_spread=None if output_spread is None else _spread(output_spread),
         )
         result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
-        return ServingReport(profile.name, device.name, d, weight, result, resolved)
+        kv = resolve_kv_dtype(d.kv_dtype, profile.native_dtype)
+        compute = resolve_compute_dtype(d.compute_dtype, weight, profile, device)
+        return ServingReport(profile.name, device.name, d, weight, result, resolved, kv, compute)
 
     def calibrate(
         self,

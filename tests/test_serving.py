@@ -36,12 +36,28 @@ VLLM = EngineConfig("vllm", max_num_batched_tokens=8192, max_num_seqs=1024, fron
 
 
 def test_littles_law_closed_loop(llama8b, h100):
-    """C clients always inside a request: C = requests/s x mean e2e (frontend included)."""
+    """C clients always inside a request: C = requests/s x mean e2e (frontend included),
+    the rate's definition; and Little's law for the admitted requests alone, an
+    independent check: the time-averaged running batch (integrated over the steps) equals
+    requests/s x the mean time a request spends admitted (e2e - frontend - queue)."""
     for c in (3, 24):
-        r = sim(llama8b, h100, VLLM).run(
-            Workload(512, 128, concurrency=c, warmup_requests=c, num_requests=8 * c)
-        )
-        assert r.requests_per_s * r.e2e_s == pytest.approx(c, rel=0.05)
+        for spread in (0.0, 0.15):
+            r = sim(llama8b, h100, VLLM).run(
+                Workload(512, 128, concurrency=c, warmup_requests=c, num_requests=8 * c, output_spread=spread)
+            )
+            assert r.requests_per_s * r.e2e_s == pytest.approx(c, rel=1e-9)
+            admitted = r.e2e_s - VLLM.frontend_s - r.queue_s
+            assert r.running_batch == pytest.approx(r.requests_per_s * admitted, rel=0.08)
+
+
+def test_littles_law_open_loop(llama8b, h100):
+    """Poisson arrivals below saturation: completions/s match the arrivals, and the running
+    batch is requests/s x the mean time admitted (Little's law for the admitted set)."""
+    for rate in (2.0, 8.0):
+        r = sim(llama8b, h100, VLLM).run(Workload(1024, 128, rate_per_s=rate, num_requests=400))
+        assert r.requests_per_s == pytest.approx(rate, rel=0.1)
+        admitted = r.e2e_s - VLLM.frontend_s - r.queue_s
+        assert r.running_batch == pytest.approx(r.requests_per_s * admitted, rel=0.05)
 
 
 def test_concurrency_one_is_batch_one_plus_frontend(llama8b, h100):

@@ -74,18 +74,41 @@ def test_rps_record_is_the_library_record_and_the_seed_reaches_it(cli):
 
 
 def test_littles_law_in_the_printed_record(cli):
-    """Closed loop: every client is always inside a request, so C = requests/s x mean e2e."""
+    """Closed loop: every client is always inside a request, so C = requests/s x mean e2e;
+    and the running batch is requests/s x the time admitted (Little's law for the admitted
+    requests, checked against the simulation's own integral of the running batch)."""
     for c in (4, 32):
         r = cli("latency", MODEL, "--gpu", GPU, "--output", "128", "--concurrency", str(c), "--json").json()
-        assert r["requests_per_s"] * r["e2e_s"] == pytest.approx(c, rel=0.05)
-        assert r["output_tokens_per_s"] == pytest.approx(r["requests_per_s"] * 128)
+        assert r["requests_per_s"] * r["e2e_s"] == pytest.approx(c, rel=1e-9)
+        admitted = r["e2e_s"] - r["frontend_s"] - r["queue_s"]
+        assert r["running_batch"] == pytest.approx(r["requests_per_s"] * admitted, rel=0.08)
+        # the engine's default spreads output lengths around 128 (mean kept to a few per cent)
+        assert r["output_tokens_per_s"] == pytest.approx(r["requests_per_s"] * 128, rel=0.05)
+        # with every request exactly 128 tokens, output tokens/s is requests/s x 128 exactly
+        args = (
+            "latency",
+            MODEL,
+            "--gpu",
+            GPU,
+            "--output",
+            "128",
+            "--concurrency",
+            str(c),
+            "--output-spread",
+            "0",
+        )
+        exact = cli(*args, "--json").json()
+        assert exact["output_tokens_per_s"] == pytest.approx(exact["requests_per_s"] * 128)
 
 
 def test_concurrency_one_is_the_static_batch_of_one_plus_the_frontend(cli):
     """One client: nothing queues and nothing shares a step, so TTFT and E2E are the static
     batch-1 prediction (`latency --batch 1` with the same efficiencies) plus the per-request
     frontend cost, and TPOT is its inter-token latency."""
-    served = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "1", "--json").json()
+    # every request exactly O tokens (the engine's default spreads the lengths)
+    served = cli(
+        "latency", MODEL, "--gpu", GPU, "--concurrency", "1", "--output-spread", "0", "--json"
+    ).json()
     flags = []
     for key, value in served.items():
         if key.startswith("assume_"):
@@ -97,6 +120,22 @@ def test_concurrency_one_is_the_static_batch_of_one_plus_the_frontend(cli):
     assert served["tpot_s"] == pytest.approx(static["itl_s"], rel=1e-4)
     assert served["e2e_s"] == pytest.approx(static["e2e_s"] + served["frontend_s"], rel=1e-4)
     assert served["queue_s"] == 0 and served["binding_limit"] == "none"
+
+
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (),
+        ("--weight-dtype", "fp8"),
+        ("--weight-dtype", "fp8", "--kv-dtype", "fp8"),
+        ("--weight-dtype", "int4"),
+    ],
+)
+def test_dtypes_are_reported_resolved_as_the_static_batch_reports_them(cli, dtypes):
+    served = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "2", *dtypes, "--json").json()
+    static = cli("latency", MODEL, "--gpu", GPU, *dtypes, "--json").json()
+    for key in ("weight_dtype", "kv_dtype", "compute_dtype"):
+        assert served[key] == static[key] != "auto"
 
 
 def test_frontend_overhead_is_paid_once_per_request(cli):
@@ -171,6 +210,10 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--concurrency", "4", "--num-requests", "99999999"), ("--num-requests",)),
         (("--rps", "0"), ("--rps",)),
         (("--concurrency", "4", "--frontend-overhead", "fast"), ("--frontend-overhead",)),
+        (("--output-spread", "0.1"), ("--output-spread", "--concurrency")),
+        (("--concurrency", "4", "--output-spread", "1"), ("--output-spread", "1")),
+        (("--concurrency", "4", "--output-spread", "-0.2"), ("--output-spread",)),
+        (("--concurrency", "4", "--output-spread", "nan"), ("--output-spread",)),
     ],
 )
 def test_bad_serving_flags_are_one_line(cli, args, words):

@@ -3,7 +3,7 @@
     capcalc latency MODEL --gpu G [--prompt P] [--output O] [--batch B]
     capcalc latency MODEL --gpu G [--prompt P] [--output O] --concurrency C | --rps R
         [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
-        [--frontend-overhead 9ms] [--num-requests N] [--seed S]
+        [--frontend-overhead 9ms] [--num-requests N] [--seed S] [--output-spread S]
 
 Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
 of them a continuously batching server under load (``Session.serving``, docs/serving.md).
@@ -84,6 +84,7 @@ def compute(
     frontend_overhead=None,
     num_requests=None,
     seed=0,
+    output_spread=None,
     spec_tokens=None,
     acceptance=None,
     draft_model=None,
@@ -97,6 +98,7 @@ def compute(
             "max_num_seqs": max_num_seqs,
             "frontend_s": frontend_overhead,
             "num_requests": num_requests,
+            "output_spread": output_spread,
         }
         named = [k for k, v in given.items() if v is not None]
         if named:
@@ -140,6 +142,7 @@ def compute(
         frontend_s=frontend_overhead,
         seed=seed,
         num_requests=num_requests,
+        output_spread=output_spread,
         deployment=deployment,
         efficiency=efficiency,
     )
@@ -199,6 +202,13 @@ def latency_command(
         Optional[int], typer.Option(help="Requests measured under load (default: 5 per client; --rps 400).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --rps arrival times.")] = 0,
+    output_spread: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Spread of output lengths under load, 0..1: lengths evenly over O x (1 ± s); "
+            "0 every request exactly O (default: the engine's)."
+        ),
+    ] = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
     ] = None,
@@ -225,7 +235,7 @@ def latency_command(
         report = compute(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
-            num_requests, seed, spec_tokens, acceptance, draft_model,
+            num_requests, seed, output_spread, spec_tokens, acceptance, draft_model,
         )  # fmt: skip
     finally:
         show_notes(s)

@@ -534,12 +534,15 @@ class Simulation:
         start = window_start if window_start is not None else min(r.sent for r in m)
         end = max(r.finish for r in m)
         span = max(end - start, 1e-12)
-        # closed loop: a client sends when its last request ends, so sends count completions;
+        # closed loop: each of the C clients is always inside a request (no think time), so
+        # its throughput is C / mean e2e, the response-time law (Little's law for the whole
+        # loop), and the served runs' tokens/s are derived so too. (Counting the n measured
+        # sends over the span to the next send credits the opening burst, all C sent at
+        # once, for free: up to 10 % over C / mean e2e once output lengths spread, beyond
+        # what the GPU's FLOP/s allow at saturation.)
         # open loop: completions (below saturation they match the arrivals)
-        # closed loop: the n measured requests are sent from the first one's send to the send
-        # of the request after them, n per that span whatever waves the clients fall into
-        if w.concurrency and len(reqs) > total and reqs[total].sent > m[0].sent:
-            rate = len(m) / (reqs[total].sent - m[0].sent)
+        if w.concurrency:
+            rate = w.concurrency / _mean(e2e)
         else:
             times = sorted(r.finish for r in m)
             rate = (len(m) - 1) / (times[-1] - times[0]) if times[-1] > times[0] else 1 / _mean(e2e)
