@@ -103,6 +103,7 @@ from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
 from capcalc.model.layers import (
     CrossAttentionSpec,
     LayerSpec,
+    ParallelHybridSpec,
     StateSpec,
     attention_spec,
     cdiv,
@@ -171,17 +172,27 @@ def kv_cache_groups(
     kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
     ``layers[i::num_groups]``. Recurrent layers need the hybrid manager. A speculative
     draft's KV layers (``draft``, numbered after the target's) are grouped with the
-    target's layers of their kind (:mod:`capcalc.model.draft`)."""
+    target's layers of their kind (:mod:`capcalc.model.draft`).
+
+    A parallel hybrid layer (Falcon-H1) is two cache layers in vLLM: its attention
+    (``model.layers.i.self_attn.attn``) and its Mamba2 mixer (registered under layer index
+    ``num_hidden_layers + i``: "In V1 all attention/ssm layers must have different index in
+    prefix", ``FalconH1ParallelHybrid``, vllm/model_executor/models/falcon_h1.py). So it is
+    listed in a 'full' group and in a 'mamba' group, under its own index i both times (the
+    index places it in its pipeline stage)."""
     full = attention_spec(model)
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
-    for i, spec in enumerate((*layer_specs(model), *draft)):
-        if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
-            continue  # a layer with no mixer, or one sharing another's KV, caches nothing
-        if not hybrid and spec.caches:
-            spec = full
-        kinds.setdefault(spec.kind, []).append(i)
-        specs[spec.kind] = spec
+    for i, layer in enumerate((*layer_specs(model), *draft)):
+        # a parallel hybrid layer is two cache layers: its attention and its Mamba2 state
+        parts = (layer.attention_part(), layer.mamba) if isinstance(layer, ParallelHybridSpec) else (layer,)
+        for spec in parts:
+            if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
+                continue  # a layer with no mixer, or one sharing another's KV, caches nothing
+            if not hybrid and spec.caches:
+                spec = full
+            kinds.setdefault(spec.kind, []).append(i)
+            specs[spec.kind] = spec
     if not hybrid and any(not spec.attends for spec in specs.values()):
         raise CapcalcError(
             f"{model.name} has recurrent (Mamba / linear-attention) layers, which need vLLM's hybrid KV "
@@ -609,7 +620,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_shortfall_bytes=shortfall,
         max_model_len_that_fits=longest,
         binding_stage=st.stage,
-        state_layers=sum(1 for spec in specs if isinstance(spec, StateSpec)),
+        state_layers=sum(1 for spec in specs if spec.state_part() is not None),
         state_page_bytes=pages.state_page_bytes if pages else 0.0,
         state_page_padding_pct=pages.padding_pct if pages else 0.0,
         block_size_raised=pages.raised if pages else False,
