@@ -514,9 +514,7 @@ def test_falcon_h1_fit_counts_each_layer_in_the_attention_and_the_state_group(re
     # = 21 attention blocks and 1 state block
     r = fit(
         m,
-        FitRequest(
-            80 * GIB, "flag", max_model_len=32_768, max_num_seqs=256, kv_cache_memory=44 * page * 300
-        ),
+        FitRequest(80 * GIB, "flag", max_model_len=32_768, max_num_seqs=256, kv_cache_memory=44 * page * 300),
     )
     assert (r.kv_cache_groups, r.layers_per_group, r.block_size, r.page_bytes) == (2, 44, 1568, page)
     assert (r.num_blocks, r.blocks_per_request, r.state_layers) == (300, 22, 44)
@@ -524,7 +522,8 @@ def test_falcon_h1_fit_counts_each_layer_in_the_attention_and_the_state_group(re
     assert r.fits and not r.max_num_seqs_over_state_blocks
     # more running sequences than the 300 state blocks: vLLM refuses to start
     crowded = fit(
-        m, FitRequest(80 * GIB, "flag", max_model_len=32_768, max_num_seqs=512, kv_cache_memory=44 * page * 300)
+        m,
+        FitRequest(80 * GIB, "flag", max_model_len=32_768, max_num_seqs=512, kv_cache_memory=44 * page * 300),
     )
     assert crowded.max_num_seqs_over_state_blocks and not crowded.fits
     with pytest.raises(CapcalcError, match="hybrid"):
@@ -546,7 +545,12 @@ def test_falcon_h1_config_maps_to_the_parallel_kind_and_refuses_what_it_cannot_m
     config = _falcon_h1_config()
     m = _profile(config, "falcon-h1")
     assert m.layer_types == ("parallel_hybrid",) * 44
-    assert (m.mamba.num_heads, m.mamba.head_dim, m.mamba.state_size, m.mamba.gated_norm) == (24, 128, 256, True)
+    assert (m.mamba.num_heads, m.mamba.head_dim, m.mamba.state_size, m.mamba.gated_norm) == (
+        24,
+        128,
+        256,
+        True,
+    )
     assert state_spec(m).intermediate == 3072
     # mamba_rms_norm false drops the gated norm: 3,072 parameters a layer
     plain = _profile({**config, "mamba_rms_norm": False}, "falcon-h1-plain")

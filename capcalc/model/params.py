@@ -229,7 +229,9 @@ def _count_params(m: ModelProfile) -> ParamCount:
         shared_experts=shared,
         router=router,
         # a parallel hybrid layer (attention and Mamba2) has its norms counted with the attention
-        norms=attn * s.norms + (recur - parallel_layers(m) + mixerless_layers(m)) * s.recurrent_norms + final_norm,
+        norms=attn * s.norms
+        + (recur - parallel_layers(m) + mixerless_layers(m)) * s.recurrent_norms
+        + final_norm,
         extra=m.extra_params.count if m.extra_params else 0,
         routed_experts_active=routed_active,
         recurrent=recur * s.recurrent,

@@ -1264,12 +1264,19 @@ def _falcon_h1(c: _Cfg) -> _Mapping:
     # RMSNorm only when mamba_rms_norm. The muP multipliers (embedding, lm_head, key,
     # attention/ssm in and out, mlp, ssm) scale activations and add no parameters. Untied.
     if c.get("attn_layer_indices") is not None:
-        raise c.fail("attn_layer_indices (attention in some layers only) is not mapped: capcalc maps "
-                     "Falcon-H1 with attention and Mamba2 in every layer")
+        raise c.fail(
+            "attn_layer_indices (attention in some layers only) is not mapped: capcalc maps "
+            "Falcon-H1 with attention and Mamba2 in every layer"
+        )
     if not c.flag("mamba_use_mlp", True):
         raise c.fail("mamba_use_mlp false (layers without an MLP) is not mapped")
-    arch = _decoder(c, tie_default=False, qkv_bias=c.flag("attention_bias", False),
-                    o_bias=c.flag("attention_bias", False), mlp_bias=c.flag("mlp_bias", False))
+    arch = _decoder(
+        c,
+        tie_default=False,
+        qkv_bias=c.flag("attention_bias", False),
+        o_bias=c.flag("attention_bias", False),
+        mlp_bias=c.flag("mlp_bias", False),
+    )
     hidden = arch["hidden_size"]
     heads = c.int("mamba_n_heads", default=128)
     d_ssm = c.int("mamba_d_ssm", default=c.int("mamba_expand", default=2) * hidden)
@@ -1280,8 +1287,10 @@ def _falcon_h1(c: _Cfg) -> _Mapping:
         )
     proj_bias = c.flag("mamba_proj_bias", False)
     if c.flag("projectors_bias", False) != proj_bias:
-        raise c.fail("projectors_bias and mamba_proj_bias differ: capcalc counts the mixer's in and out "
-                     "projection biases together")
+        raise c.fail(
+            "projectors_bias and mamba_proj_bias differ: capcalc counts the mixer's in and out "
+            "projection biases together"
+        )
     mamba = _state_dtype(
         c,
         dict(

@@ -369,7 +369,9 @@ def _layer_kinds(top: _Reader, layers: int, values: dict):
     values["mixer_only"] = block.boolean("mixer_only")
     block.finish()
     if not any(k in ("full", "sliding", "chunked", "parallel_hybrid") for k in kinds):
-        top.fail("layers", "needs at least one attention layer ('full', 'sliding', 'chunked' or 'parallel_hybrid')")
+        top.fail(
+            "layers", "needs at least one attention layer ('full', 'sliding', 'chunked' or 'parallel_hybrid')"
+        )
     return kinds
 
 
