@@ -568,3 +568,23 @@ def test_a_parallel_hybrid_profile_needs_its_mamba_block(registry):
     del data["mamba"]
     with pytest.raises(ProfileError, match="'parallel_hybrid' layer kind and a mamba block go together"):
         model_from_dict(data, "fh1")
+
+
+def test_falcon_h1_05b_parameters_and_state_by_hand():
+    from conftest import real_config
+
+    m = _profile(real_config("tiiuae__Falcon-H1-0.5B-Instruct"), "falcon-h1-0.5b")
+    # no mamba_d_ssm in the config: 24 heads x mamba_d_head 64 = 1536 channels; conv_dim 1536 + 2 x 128
+    spec = state_spec(m)
+    assert (spec.intermediate, spec.conv_dim(), spec.gated_norm) == (1536, 1792, False)
+    h = 1024
+    attention = h * 512 + 2 * h * 128 + 512 * h  # 8 heads and 2 KV heads of 64
+    mixer = h * (1536 + 1792 + 24) + 1536 * h + 1792 * 5 + 3 * 24  # no gated norm (mamba_rms_norm false)
+    layer = attention + mixer + 3 * h * 2048 + 2 * h
+    assert layer == 12_618_568
+    total = 2 * 32_784 * h + 36 * layer + h
+    assert count_params(m).total == total == 521_411_104
+    assert round(total / 1e6) == 521  # the published 521M (the fixture names its source)
+    # the state of one layer: 3 x 1792 conv + 24 x 64 x 128 SSM values, bf16
+    assert state_bytes_per_sequence(m) == 36 * (3 * 1792 + 24 * 64 * 128) * 2
+    assert kv_bytes_per_token(m, "bf16") == 36 * 2 * 2 * 64 * 2

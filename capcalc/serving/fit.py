@@ -108,6 +108,7 @@ from capcalc.model.layers import (
     attention_spec,
     cdiv,
     layer_specs,
+    parallel_layers,
     state_spec,
 )
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
@@ -279,7 +280,9 @@ def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, 
     # the widest mixer: attention's q, k, v and output columns, or a recurrent layer's
     attention = attention_spec(model).activation_width(tp)
     recurrent = state_spec(model)
-    if recurrent is not None:
+    if recurrent is not None and parallel_layers(model):  # both mixers of one layer at once (Falcon-H1)
+        attention = attention + recurrent.activation_width(tp)
+    elif recurrent is not None:
         attention = max(attention, recurrent.activation_width(tp))
     per_width = 3 if model.mlp == "gated" else 2
     mlp = per_width * model.intermediate_size / tp

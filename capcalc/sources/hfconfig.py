@@ -1279,7 +1279,12 @@ def _falcon_h1(c: _Cfg) -> _Mapping:
     )
     hidden = arch["hidden_size"]
     heads = c.int("mamba_n_heads", default=128)
-    d_ssm = c.int("mamba_d_ssm", default=c.int("mamba_expand", default=2) * hidden)
+    # without mamba_d_ssm: heads x mamba_d_head when the config gives the head width (the only
+    # width the mixer can have), else mamba_expand x hidden (FalconH1Config's default)
+    if c.get("mamba_d_ssm") is None and c.get("mamba_d_head") is not None:
+        d_ssm = heads * c.int("mamba_d_head")
+    else:
+        d_ssm = c.int("mamba_d_ssm", default=c.int("mamba_expand", default=2) * hidden)
     head_dim = c.int("mamba_d_head", default=max(1, d_ssm // heads))
     if heads * head_dim != d_ssm:
         raise c.fail(
