@@ -588,3 +588,20 @@ def test_falcon_h1_05b_parameters_and_state_by_hand():
     # the state of one layer: 3 x 1792 conv + 24 x 64 x 128 SSM values, bf16
     assert state_bytes_per_sequence(m) == 36 * (3 * 1792 + 24 * 64 * 128) * 2
     assert kv_bytes_per_token(m, "bf16") == 36 * 2 * 2 * 64 * 2
+
+
+def test_falcon_h1_prefill_activations_and_pipeline_stages_hold_both_mixers(registry):
+    from capcalc.model.flops import activation_elements_per_token
+    from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+
+    m = registry.model("falcon-h1-7b-instruct")
+    # per token per layer: the residual stream (2 x 2 norms + 2) x 3072; the attention's q, k, v
+    # (1536 + 256 + 256), roped q and k (1536 + 256) and output (1536); the Mamba2 mixer's in_proj
+    # output (3072 + 3584 + 24), conv output (3584) and its own output (3072); the gated MLP's
+    # 2 x 12288 + 12288; written and read: x 2
+    stream, attention, mamba, mlp = 6 * 3072, 2048 + 1792 + 1536, 6680 + 3584 + 3072, 3 * 12288
+    assert activation_elements_per_token(m) == 2 * 44 * (stream + attention + mamba + mlp)
+    # two pipeline stages of 22 layers hold every weight once (the LM head is untied)
+    stages = weight_bytes_per_gpu(m, Deployment(weight_dtype="bf16", pp=2))
+    assert [(s.first_layer, s.end_layer) for s in stages] == [(0, 22), (22, 44)]
+    assert sum(s.bytes for s in stages) == weight_bytes(m, "bf16").bytes == 2 * 7_585_654_880

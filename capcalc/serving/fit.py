@@ -178,7 +178,8 @@ def kv_cache_groups(
     A parallel hybrid layer (Falcon-H1) is two cache layers in vLLM: its attention
     (``model.layers.i.self_attn.attn``) and its Mamba2 mixer (registered under layer index
     ``num_hidden_layers + i``: "In V1 all attention/ssm layers must have different index in
-    prefix", ``FalconH1ParallelHybrid``, vllm/model_executor/models/falcon_h1.py). So it is
+    prefix", ``FalconH1ParallelHybrid``, vllm/model_executor/models/falcon_h1.py of the V1
+    engine; the model came in with vLLM PR 18406, and its model card asks for vllm >= 0.9.0). So it is
     listed in a 'full' group and in a 'mamba' group, under its own index i both times (the
     index places it in its pipeline stage)."""
     full = attention_spec(model)

@@ -193,7 +193,7 @@ class _Mapping:
     layer_types: list[str] | None = None
     extra_params: dict | None = None
     notes: list[str] = field(default_factory=list)
-    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba'), with its mixer block
+    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba' / 'parallel_hybrid'), with its mixer block
     kinds: list[str] | None = None
     linear_attention: dict | None = None
     mamba: dict | None = None
