@@ -67,6 +67,7 @@ SHIPPED = {
     "mistralai__Mistral-Small-3.2-24B-Instruct-2506": "mistral-small-3.1-24b",
     "google__gemma-3n-E4B-it": "gemma-3n-e4b",
     "meta-llama__Llama-3.2-11B-Vision-Instruct": "llama-3.2-11b-vision",
+    "tiiuae__Falcon-H1-7B-Instruct": "falcon-h1-7b-instruct",
 }
 
 #: the architectures the issue lists, by model_type

@@ -432,3 +432,176 @@ def test_show_lists_every_layer_kind(registry, cli):
     assert layer_layout(registry.model("llama-3-8b")) == "32 full"
     r = cli("show", "granite-4.0-h-small", "--json")
     assert r.code == 0 and r.json()["layer_kinds"] == {"full": 4, "mamba": 36}
+
+
+# --------------------------------------------------------------------------- Falcon-H1: attention and Mamba2 in one layer
+
+
+def _falcon_h1_config() -> dict:
+    from conftest import real_config
+
+    return real_config("tiiuae__Falcon-H1-7B-Instruct")  # the fixture names its source
+
+
+#: Falcon-H1-7B by hand, from its config.json: attention 12 heads / 2 KV heads of 128; Mamba2
+#: 24 heads of 128 (mamba_d_ssm 3072), state 256, 1 group, conv 4; conv_dim 3072 + 2 x 256 = 3584
+FALCON_KV_PER_TOKEN_LAYER = 2 * 2 * 128 * 2  # K and V x 2 KV heads x 128 x bf16 = 1,024
+FALCON_STATE_LAYER = 3 * 3584 * 2 + 24 * 128 * 256 * 2  # conv 21,504 + SSM 1,572,864
+
+
+def test_falcon_h1_7b_kv_per_token_8k_sequence_and_state_by_hand(registry):
+    m = registry.model("falcon-h1-7b-instruct")
+    assert set(m.layer_types) == {"parallel_hybrid"} and len(m.layer_types) == 44
+    # every layer caches attention KV: 44 x 1,024 = 45,056 bytes per token
+    assert kv_bytes_per_token(m, "bf16") == 44 * FALCON_KV_PER_TOKEN_LAYER == 45_056
+    # AND keeps a Mamba2 state: 44 x 1,594,368 = 70,152,192 bytes per sequence
+    assert FALCON_STATE_LAYER == 1_594_368
+    assert state_bytes_per_sequence(m) == 44 * FALCON_STATE_LAYER == 70_152_192
+    # an 8k sequence: 45,056 x 8,192 + 70,152,192
+    assert kv_bytes_per_sequence(m, 8192, "bf16") == 45_056 * 8192 + 70_152_192 == 439_250_944
+    r = kv_cache(m, 8192)
+    assert (r.full_layers, r.state_layers, r.kv_bytes_per_sequence) == (44, 44, 439_250_944)
+    # tp 2: one KV head per GPU (512 B per token per layer); the one B/C group is kept on both
+    # ranks (n_groups raised to 2): conv 3 x (3072 + 2 x 2 x 256) / 2, SSM 12 heads x 128 x 256
+    assert kv_bytes_per_token(m, "bf16", tp=2) == 44 * 512
+    assert state_bytes_per_sequence(m, tp=2) == 44 * (3 * 4096 // 2 + 12 * 128 * 256) * 2
+    # an fp32 SSM state (--mamba-ssm-cache-dtype float32) doubles only the SSM part
+    assert state_bytes_per_sequence(m, state_dtype="fp32") == 44 * (3 * 3584 * 2 + 24 * 128 * 256 * 4)
+
+
+def test_falcon_h1_7b_parameters_by_hand(registry):
+    m = registry.model("falcon-h1-7b-instruct")
+    h, vocab, layers = 3072, 130_049, 44
+    attention = h * 1536 + 2 * h * 256 + 1536 * h  # q, k, v, o: 11,010,048
+    # Mamba2 in_proj -> z (3072), xBC (3584), dt (24); out_proj 3072 -> 3072
+    mixer = h * (3072 + 3584 + 24) + 3072 * h
+    mixer_other = 3584 * (4 + 1) + 3 * 24 + 3072  # conv with bias, A_log / D / dt_bias, gated norm
+    mlp = 3 * h * 12288
+    norms = 2 * h  # input_layernorm, pre_ff_layernorm: once per layer, not once per mixer
+    layer = attention + mixer + mixer_other + mlp + norms
+    assert layer == 154_241_608
+    total = 2 * vocab * h + layers * layer + h  # untied embedding and LM head, final norm
+    p = count_params(m)
+    assert p.total == total == 7_585_654_880
+    assert (p.attention, p.recurrent, p.recurrent_other) == (
+        layers * attention,
+        layers * mixer,
+        layers * mixer_other,
+    )
+    assert p.norms == layers * norms + h
+    # the technical report (arXiv 2507.22448) calls it the 7B model
+    assert p.total == pytest.approx(7e9, rel=0.09)
+    # bf16 weights: 2 bytes each, and one GPU of one stage holds them all
+    from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+
+    assert weight_bytes(m, "bf16").bytes == 2 * total
+    assert weight_bytes_per_gpu(m, Deployment(weight_dtype="bf16"))[0].bytes == 2 * total
+
+
+def test_falcon_h1_fit_counts_each_layer_in_the_attention_and_the_state_group(registry):
+    # vLLM registers a Falcon-H1 layer's attention and its Mamba2 mixer as two cache layers
+    # (FalconH1ParallelHybrid: the mixer's prefix takes index num_hidden_layers + i): 44 of each,
+    # so one group of 44 attention layers and one of 44 Mamba2 layers (44 < 1.5 x 44)
+    m = registry.model("falcon-h1-7b-instruct")
+    groups = kv_cache_groups(m)
+    assert [(g.kind, g.layers) for g in groups] == [("full", tuple(range(44))), ("mamba", tuple(range(44)))]
+    # one attention page must cover a state page: 16 x cdiv(1,594,368, 16 x 1,024) = 16 x 98
+    pages = hybrid_pages(m, "bf16", tp=1, block_size=16)
+    assert (pages.state_page_bytes, pages.block_size) == (1_594_368, 1568)
+    page = 1568 * 1024  # 1,605,632 bytes: the state page padded by 11,264 bytes (0.71%)
+    assert pages.padding_pct == pytest.approx(100 * (page - 1_594_368) / 1_594_368)
+    # a KV budget of 44 x page x 300 gives 300 blocks; a 32k request takes cdiv(32768, 1568)
+    # = 21 attention blocks and 1 state block
+    r = fit(
+        m,
+        FitRequest(80 * GIB, "flag", max_model_len=32_768, max_num_seqs=256, kv_cache_memory=44 * page * 300),
+    )
+    assert (r.kv_cache_groups, r.layers_per_group, r.block_size, r.page_bytes) == (2, 44, 1568, page)
+    assert (r.num_blocks, r.blocks_per_request, r.state_layers) == (300, 22, 44)
+    assert r.kv_cache_tokens == 300 // 2 * 1568
+    assert r.fits and not r.max_num_seqs_over_state_blocks
+    # more running sequences than the 300 state blocks: vLLM refuses to start
+    crowded = fit(
+        m,
+        FitRequest(80 * GIB, "flag", max_model_len=32_768, max_num_seqs=512, kv_cache_memory=44 * page * 300),
+    )
+    assert crowded.max_num_seqs_over_state_blocks and not crowded.fits
+    with pytest.raises(CapcalcError, match="hybrid"):
+        kv_cache_groups(m, hybrid=False)
+
+
+def test_falcon_h1_decode_prices_both_mixers(registry):
+    m = registry.model("falcon-h1-7b-instruct")
+    cost = {c.name: c for c in decode_cost(m, batch=1, ctx=4096).components}
+    # the Mamba2 update of one token: 5 x 24 x 128 x 256 on the state plus the conv 2 x 3584 x 4, x 44
+    assert cost["recurrent_update"].flops == 44 * (5 * 24 * 128 * 256 + 2 * 3584 * 4) == 174_276_608
+    # and the attention over the 4,096 cached tokens: 2 x 12 heads x 128 x 4,096 x 44 layers
+    assert cost["attention_scores"].flops == 2 * 12 * 128 * 4096 * 44
+    # both mixers' projections are read: q, k, v (12 + 2 + 2 heads of 128) and in_proj, per layer
+    assert cost["qkv_proj"].bytes == 44 * (3072 * 2048 + 3072 * 6680) * 2
+
+
+def test_falcon_h1_config_maps_to_the_parallel_kind_and_refuses_what_it_cannot_model():
+    config = _falcon_h1_config()
+    m = _profile(config, "falcon-h1")
+    assert m.layer_types == ("parallel_hybrid",) * 44
+    assert (m.mamba.num_heads, m.mamba.head_dim, m.mamba.state_size, m.mamba.gated_norm) == (
+        24,
+        128,
+        256,
+        True,
+    )
+    assert state_spec(m).intermediate == 3072
+    # mamba_rms_norm false drops the gated norm: 3,072 parameters a layer
+    plain = _profile({**config, "mamba_rms_norm": False}, "falcon-h1-plain")
+    assert count_params(m).total - count_params(plain).total == 44 * 3072
+    with pytest.raises(CapcalcError, match="attn_layer_indices"):
+        _profile({**config, "attn_layer_indices": [0, 1]}, "x")
+    with pytest.raises(CapcalcError, match="mamba_d_ssm 4096 is not mamba_n_heads x mamba_d_head"):
+        _profile({**config, "mamba_d_ssm": 4096}, "x")
+
+
+def test_a_parallel_hybrid_profile_needs_its_mamba_block(registry):
+    from capcalc.core.errors import ProfileError
+
+    data, _ = profile_mapping(_falcon_h1_config(), name="fh1", source="test", where="fh1")
+    del data["mamba"]
+    with pytest.raises(ProfileError, match="'parallel_hybrid' layer kind and a mamba block go together"):
+        model_from_dict(data, "fh1")
+
+
+def test_falcon_h1_05b_parameters_and_state_by_hand():
+    from conftest import real_config
+
+    m = _profile(real_config("tiiuae__Falcon-H1-0.5B-Instruct"), "falcon-h1-0.5b")
+    # no mamba_d_ssm in the config: 24 heads x mamba_d_head 64 = 1536 channels; conv_dim 1536 + 2 x 128
+    spec = state_spec(m)
+    assert (spec.intermediate, spec.conv_dim(), spec.gated_norm) == (1536, 1792, False)
+    h = 1024
+    attention = h * 512 + 2 * h * 128 + 512 * h  # 8 heads and 2 KV heads of 64
+    mixer = h * (1536 + 1792 + 24) + 1536 * h + 1792 * 5 + 3 * 24  # no gated norm (mamba_rms_norm false)
+    layer = attention + mixer + 3 * h * 2048 + 2 * h
+    assert layer == 12_618_568
+    total = 2 * 32_784 * h + 36 * layer + h
+    assert count_params(m).total == total == 521_411_104
+    assert round(total / 1e6) == 521  # the published 521M (the fixture names its source)
+    # the state of one layer: 3 x 1792 conv + 24 x 64 x 128 SSM values, bf16
+    assert state_bytes_per_sequence(m) == 36 * (3 * 1792 + 24 * 64 * 128) * 2
+    assert kv_bytes_per_token(m, "bf16") == 36 * 2 * 2 * 64 * 2
+
+
+def test_falcon_h1_prefill_activations_and_pipeline_stages_hold_both_mixers(registry):
+    from capcalc.model.flops import activation_elements_per_token
+    from capcalc.model.weights import weight_bytes, weight_bytes_per_gpu
+
+    m = registry.model("falcon-h1-7b-instruct")
+    # per token per layer: the residual stream (2 x 2 norms + 2) x 3072; the attention's q, k, v
+    # (1536 + 256 + 256), roped q and k (1536 + 256) and output (1536); the Mamba2 mixer's in_proj
+    # output (3072 + 3584 + 24), conv output (3584) and its own output (3072); the gated MLP's
+    # 2 x 12288 + 12288; written and read: x 2
+    stream, attention, mamba, mlp = 6 * 3072, 2048 + 1792 + 1536, 6680 + 3584 + 3072, 3 * 12288
+    assert activation_elements_per_token(m) == 2 * 44 * (stream + attention + mamba + mlp)
+    # two pipeline stages of 22 layers hold every weight once (the LM head is untied)
+    stages = weight_bytes_per_gpu(m, Deployment(weight_dtype="bf16", pp=2))
+    assert [(s.first_layer, s.end_layer) for s in stages] == [(0, 22), (22, 44)]
+    assert sum(s.bytes for s in stages) == weight_bytes(m, "bf16").bytes == 2 * 7_585_654_880

@@ -66,6 +66,7 @@ from capcalc.model.layers import (  # noqa: E402
     GatedDeltaNetSpec,
     Mamba2Spec,
     MLAAttentionSpec,
+    ParallelHybridSpec,
     SharedFullAttentionSpec,
     SharedSlidingWindowSpec,
     SlidingWindowSpec,
@@ -99,6 +100,14 @@ def test_each_kind_by_hand():
     mamba = Mamba2Spec(128, 64, 128, 1, 4)
     # tp 4 does not divide one B/C group: each rank keeps it (n_groups raised to 4)
     assert mamba.state_shapes(4) == (3 * (8192 + 2 * 4 * 128) // 4, 32 * 64 * 128)
+    # Falcon-H1-7B's layer: its attention part caches as a full layer of 2 KV heads of 128, its
+    # Mamba2 part (24 heads of 128, state 256, 1 group, conv 4) keeps 3 x 3584 + 24 x 128 x 256
+    both = ParallelHybridSpec(12, 2, 128, mamba=Mamba2Spec(24, 128, 256, 1, 4))
+    assert both.cache_bytes_per_token(2.0) == 2 * 2 * 128 * 2 and both.tokens_held(8192) == 8192
+    assert both.state_bytes(1, 2.0, 2.0) == (3 * 3584 + 24 * 128 * 256) * 2 == 1_594_368
+    assert both.blocks_per_request(32_768, 1568, 8192) == 21  # its attention part's; the state: 1
+    assert both.recurrent_flops(1) == 5 * 24 * 128 * 256 + 2 * 3584 * 4
+    assert not both.tp_valid(3)  # 24 Mamba heads split 3 ways, 2 KV heads do not
 
 
 shapes = st.tuples(
@@ -124,8 +133,13 @@ def test_no_kind_holds_more_than_a_full_attention_layer_of_the_same_shape(shape)
         SharedFullAttentionSpec(kv * 4, kv, head_dim),
         SharedSlidingWindowSpec(kv * 4, kv, head_dim, window=window),
         CrossAttentionSpec(kv * 4, kv, head_dim),
+        # attention AND Mamba2 in one layer: its attention part holds no more than a full layer
+        ParallelHybridSpec(kv * 4, kv, head_dim, mamba=Mamba2Spec(kv * 4, head_dim, 128, 1, 4)),
     ]
     per_token = full.cache_bytes_per_token(2.0, tp)
+    both = others[-1]
+    assert both.attention_part() == full  # its attention part is a full layer of the same shape
+    assert both.state_bytes(tp) == both.mamba.state_bytes(tp) > 0  # plus the state of its Mamba2 part
     for spec in others:
         assert spec.tokens_held(ctx) <= full.tokens_held(ctx)
         assert spec.cache_bytes_per_token(2.0, tp) * spec.tokens_held(ctx) <= per_token * ctx

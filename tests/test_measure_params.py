@@ -36,6 +36,7 @@ REFUSED = {
 REFUSED |= {name: "chunked layers" for name in ("llama-4-scout", "llama-4-maverick")}
 REFUSED.update(dict.fromkeys(("granite-4.0-h-small", "nemotron-nano-9b-v2", "nemotron-h-8b"), "mamba layers"))
 REFUSED.update({"gemma-3n-e4b": "shared_sliding layers", "llama-3.2-11b-vision": "cross layers"})
+REFUSED["falcon-h1-7b-instruct"] = "parallel_hybrid layers"  # attention and Mamba2 in one layer
 
 
 def _refused(profile: ModelProfile) -> bool:

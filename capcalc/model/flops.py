@@ -90,6 +90,7 @@ from capcalc.model.layers import (
     layer_specs,
     mixerless_layers,
     pairs_per_sequence,
+    parallel_layers,
     sparse_spec,
     spec_counts,
     state_layers,
@@ -213,7 +214,8 @@ def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
     total = 0.0
     specs = layer_specs(model)
     # the attention layers, then a recurrent mixer's (its projections' and conv's outputs)
-    for mixer, layers in ((attention, attention_layers(model)), (None, state_layers(model))):
+    parallel = parallel_layers(model)  # attention and a recurrent mixer in one layer: priced once
+    for mixer, layers in ((attention, attention_layers(model)), (None, state_layers(model) - parallel)):
         if not layers:
             continue
         dense = sum(
@@ -228,6 +230,8 @@ def activation_elements_per_token(model: ModelProfile, tp: int = 1) -> float:
             per_dense_layer = stream + (mixer + mlp(model.intermediate_size)) / tp
             per_moe_layer = stream + (mixer + moe_mlp) / tp if model.moe is not None else 0.0
         total += dense * per_dense_layer + (layers - dense) * per_moe_layer
+    if parallel:  # their recurrent mixer's columns beside the attention's
+        total += parallel * recurrent.activation_width()
     if model.mixer_only:  # a layer is a mixer or an MLP: price each by what it has
         total = 0.0
         for i, spec in enumerate(specs):
@@ -258,7 +262,7 @@ def attention_dims(model: ModelProfile, phase: str) -> tuple[int, int]:
 def recurrent_flops(model: ModelProfile, tokens: float, tp: int = 1) -> float:
     """FLOPs of the recurrent layers' state updates for ``tokens`` tokens on one of ``tp``
     GPUs (:meth:`capcalc.model.layers.LayerSpec.recurrent_flops`; 0 without such layers)."""
-    return sum(n * spec.recurrent_flops(tokens) for spec, n in spec_counts(model) if not spec.attends) / tp
+    return sum(n * spec.recurrent_flops(tokens) for spec, n in spec_counts(model)) / tp
 
 
 def step_cost(
@@ -284,6 +288,8 @@ def step_cost(
     logit_tokens = batch  # decode: every token; prefill: the last of each prompt
     moe_layers = model.num_moe_layers
     attn_layers, recur_layers = attention_layers(model), state_layers(model)
+    # a parallel hybrid layer's norms are counted with its attention (norms_biases)
+    parallel = parallel_layers(model)
 
     def matmul(name: str, weights: float, weight_bytes_each: float, uses: float) -> Component:
         """``weights`` parameters (on this GPU) read once, each used by ``uses`` tokens (2 FLOP per use)."""
@@ -343,6 +349,7 @@ def step_cost(
             (
                 attn_layers * g.norms_biases
                 + recur_layers * (g.recurrent_norms + g.recurrent_other)
+                - parallel * g.recurrent_norms
                 + mixerless_layers(model) * g.recurrent_norms
                 + g.final_norm
             )

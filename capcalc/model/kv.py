@@ -16,10 +16,12 @@ GPUs; when there are fewer KV heads than GPUs each GPU still holds one head
 (replication), and an MLA latent is replicated on every GPU.
 
 A recurrent layer (Mamba2, Gated DeltaNet) keeps no per-token cache but a fixed state
-per sequence (conv state + recurrent state), counted in the sequence's bytes:
+per sequence (conv state + recurrent state), counted in the sequence's bytes; a parallel
+hybrid layer (Falcon-H1) keeps both, its attention part's per-token cache and its Mamba2
+part's state:
 
     bytes per sequence = sum over attention layers of per_token x tokens_held(ctx)
-                       + sum over recurrent layers of state_bytes
+                       + sum over recurrent (and parallel hybrid) layers of state_bytes
 
 Each kind's arithmetic is its spec's (:mod:`capcalc.model.layers`). The conv state is
 stored in the serving dtype (vLLM's ``mamba_cache_dtype auto``), the recurrent state
@@ -82,7 +84,8 @@ def state_bytes_per_sequence(model: ModelProfile, tp: int = 1, state_dtype: str 
     if not state_layers(model):
         return 0.0
     conv, ssm = (DTYPE_BYTES[d] for d in state_dtypes(model, state_dtype))
-    return sum(n * spec.state_bytes(tp, conv, ssm) for spec, n in spec_counts(model) if not spec.attends)
+    # attention kinds answer 0; a parallel hybrid layer, its Mamba2 part's state
+    return sum(n * spec.state_bytes(tp, conv, ssm) for spec, n in spec_counts(model))
 
 
 def kv_bytes_per_sequence(

@@ -36,7 +36,12 @@ The equations, per kind (w bytes per value, g = KV heads per GPU = max(1, kv_hea
   ``extra_groups_for_head_shards``); one block per request;
 * Gated DeltaNet: conv state ``(conv_kernel - 1) x (2 key_heads key_dim + value_heads
   value_dim) / tp`` plus recurrent state ``value_heads / tp x key_dim x value_dim``
-  (``gated_delta_net_state_shape``); one block per request.
+  (``gated_delta_net_state_shape``); one block per request;
+* parallel hybrid (Falcon-H1): full attention AND a Mamba2 mixer side by side in one layer
+  (their outputs summed, then the MLP): the attention part's per-token KV as a full layer's
+  plus the Mamba2 part's state per sequence; vLLM registers the two parts as two cache
+  layers (``FalconH1ParallelHybrid`` numbers the Mamba2 part ``num_hidden_layers + i``), so
+  the layer sits in an attention group and in a state group (``state_part``).
 
 Recurrent FLOPs per token per layer (the state-passing form; a chunked prefill kernel
 does the same state work plus intra-chunk products of O(chunk) per token, left out):
@@ -102,6 +107,11 @@ class LayerSpec:
 
     def recurrent_flops(self, tokens: float) -> float:
         return 0.0
+
+    def state_part(self) -> StateSpec | None:
+        """The recurrent mixer whose state the layer keeps (itself for a recurrent layer, the
+        Mamba2 part of a parallel hybrid layer), or None."""
+        return None
 
     def tp_valid(self, tp: int) -> bool:
         return True
@@ -372,6 +382,9 @@ class StateSpec(LayerSpec):
     def blocks_per_request(self, max_model_len: int, block_size: int, max_num_batched_tokens: int) -> int:
         return 1
 
+    def state_part(self) -> StateSpec:
+        return self
+
 
 @dataclass(frozen=True)
 class Mamba2Spec(StateSpec):
@@ -382,16 +395,19 @@ class Mamba2Spec(StateSpec):
     conv_kernel: int
     conv_bias: bool = True
     proj_bias: bool = False
+    #: whether the mixer has its gated RMSNorm (Falcon-H1's ``mamba_rms_norm``; the others always)
+    gated_norm: bool = True
 
     kind: ClassVar[str] = "mamba"
 
     def params(self, hidden: int) -> tuple[int, int, int]:
         """in_proj hidden -> (z: intermediate, xBC: conv_dim, dt: heads); conv1d conv_dim x
-        conv_kernel (+ bias); dt_bias, A_log, D per head; gated RMSNorm of intermediate;
-        out_proj intermediate -> hidden (transformers GraniteMoeHybrid / NemotronH mixer)."""
+        conv_kernel (+ bias); dt_bias, A_log, D per head; gated RMSNorm of intermediate (when
+        ``gated_norm``); out_proj intermediate -> hidden (transformers GraniteMoeHybrid /
+        NemotronH / FalconH1 mixer)."""
         width = self.intermediate + self.conv_dim() + self.num_heads
         other = self.conv_dim() * (self.conv_kernel + (1 if self.conv_bias else 0))
-        other += 3 * self.num_heads + self.intermediate
+        other += 3 * self.num_heads + (self.intermediate if self.gated_norm else 0)
         if self.proj_bias:
             other += width + hidden
         return hidden * width, self.intermediate * hidden, other
@@ -468,6 +484,35 @@ class NoMixerSpec(LayerSpec):
     kind: ClassVar[str] = "mlp"
 
 
+@dataclass(frozen=True)
+class ParallelHybridSpec(FullAttentionSpec):
+    """Full attention and a Mamba2 mixer in parallel in one layer (Falcon-H1,
+    ``FalconH1ParallelHybrid``: both read the normed input, their outputs are summed; then
+    the MLP). It answers as its attention part for the per-token cache (2 g head_dim w per
+    token, every token held, ``cdiv(max_model_len, block)`` blocks, causal pairs) and as its
+    Mamba2 part (``mamba``) for the state per sequence, the recurrent FLOPs and the split."""
+
+    mamba: Mamba2Spec | None = None
+
+    kind: ClassVar[str] = "parallel_hybrid"
+
+    def state_part(self) -> Mamba2Spec:
+        return self.mamba
+
+    def state_bytes(self, tp: int = 1, conv_width: float = 2.0, ssm_width: float = 2.0) -> float:
+        return self.mamba.state_bytes(tp, conv_width, ssm_width)
+
+    def recurrent_flops(self, tokens: float) -> float:
+        return self.mamba.recurrent_flops(tokens)
+
+    def tp_valid(self, tp: int) -> bool:
+        return super().tp_valid(tp) and self.mamba.tp_valid(tp)
+
+    def attention_part(self) -> FullAttentionSpec:
+        """The layer's attention alone, as a full-attention layer of its shape."""
+        return FullAttentionSpec(self.num_heads, self.num_kv_heads, self.head_dim)
+
+
 # --------------------------------------------------------------------------- a model's layers
 
 _MEMO: dict[int, tuple[ModelProfile, tuple]] = {}
@@ -507,6 +552,20 @@ def _attention_spec(m: ModelProfile) -> FullAttentionSpec:
     return FullAttentionSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim)
 
 
+def _mamba_spec(m: ModelProfile) -> Mamba2Spec:
+    s = m.mamba
+    return Mamba2Spec(
+        s.num_heads,
+        s.head_dim,
+        s.state_size,
+        s.n_groups,
+        s.conv_kernel,
+        s.conv_bias,
+        s.proj_bias,
+        s.gated_norm,
+    )
+
+
 def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
     if kind == "full":
         return full
@@ -527,10 +586,9 @@ def _spec_of(m: ModelProfile, kind: str, full: FullAttentionSpec) -> LayerSpec:
             m.num_attention_heads, m.num_kv_heads, m.head_dim, chunk=m.attention_chunk_size
         )
     if kind == "mamba":
-        s = m.mamba
-        return Mamba2Spec(
-            s.num_heads, s.head_dim, s.state_size, s.n_groups, s.conv_kernel, s.conv_bias, s.proj_bias
-        )
+        return _mamba_spec(m)
+    if kind == "parallel_hybrid":
+        return ParallelHybridSpec(m.num_attention_heads, m.num_kv_heads, m.head_dim, mamba=_mamba_spec(m))
     if kind == "linear":
         s = m.linear_attention
         return GatedDeltaNetSpec(
@@ -588,13 +646,20 @@ def cached_layers(m: ModelProfile) -> int:
 
 
 def state_spec(m: ModelProfile) -> StateSpec | None:
-    """The spec of the model's recurrent layers (None without them; one kind per model)."""
-    return next((spec for spec, _ in spec_counts(m) if isinstance(spec, StateSpec)), None)
+    """The spec of the model's recurrent mixers (None without them; one kind per model): a
+    recurrent layer's, or the Mamba2 part of a parallel hybrid layer."""
+    return next((spec.state_part() for spec, _ in spec_counts(m) if spec.state_part() is not None), None)
 
 
 def state_layers(m: ModelProfile) -> int:
-    """Recurrent layers (a fixed state per sequence)."""
-    return sum(n for spec, n in spec_counts(m) if isinstance(spec, StateSpec))
+    """Layers that keep a fixed state per sequence (recurrent and parallel hybrid layers)."""
+    return sum(n for spec, n in spec_counts(m) if spec.state_part() is not None)
+
+
+def parallel_layers(m: ModelProfile) -> int:
+    """Layers with both an attention and a recurrent mixer (parallel hybrid, Falcon-H1): counted
+    in :func:`attention_layers` and in :func:`state_layers` alike."""
+    return sum(n for spec, n in spec_counts(m) if isinstance(spec, ParallelHybridSpec))
 
 
 def mixerless_layers(m: ModelProfile) -> int:

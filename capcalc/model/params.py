@@ -17,7 +17,8 @@ Every count is a product of shapes from the profile:
 * a recurrent layer (Mamba2, Gated DeltaNet) has its mixer in place of attention: input
   and output projections (``recurrent``, matrix weights) and its conv, per-head vectors
   and gated norm (``recurrent_other``), as its spec counts them
-  (:meth:`capcalc.model.layers.StateSpec.params`). A gated attention layer (Qwen3-Next,
+  (:meth:`capcalc.model.layers.StateSpec.params`). A parallel hybrid layer (Falcon-H1) has
+  both mixers: its attention projections and its Mamba2 mixer's, and the layer norms once. A gated attention layer (Qwen3-Next,
   ``attention_output_gate``) doubles q's projection: it also gives the output gate.
 
 ``active`` counts what one token touches: everything but the routed experts it
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from capcalc.model.layers import attention_layers, mixerless_layers, state_layers, state_spec
+from capcalc.model.layers import attention_layers, mixerless_layers, parallel_layers, state_layers, state_spec
 from capcalc.schema.profiles import ModelProfile
 
 
@@ -227,7 +228,10 @@ def _count_params(m: ModelProfile) -> ParamCount:
         routed_experts=routed,
         shared_experts=shared,
         router=router,
-        norms=attn * s.norms + (recur + mixerless_layers(m)) * s.recurrent_norms + final_norm,
+        # a parallel hybrid layer (attention and Mamba2) has its norms counted with the attention
+        norms=attn * s.norms
+        + (recur - parallel_layers(m) + mixerless_layers(m)) * s.recurrent_norms
+        + final_norm,
         extra=m.extra_params.count if m.extra_params else 0,
         routed_experts_active=routed_active,
         recurrent=recur * s.recurrent,

@@ -169,11 +169,15 @@ class GpuWeights:
         return w.linear * (self.qkv + self.o + self.dense_mlp) + w.high * self.norms_biases
 
     def part_bytes(self, mixer: str, mlp: str | None) -> float:
-        """Bytes of a layer made of ``mixer`` ('attention', 'recurrent' or 'none') and ``mlp``
-        ('dense', 'moe' or None), its norms included (a mixer-only or MLP-only layer)."""
+        """Bytes of a layer made of ``mixer`` ('attention', 'recurrent', 'both': a parallel
+        hybrid layer's attention and recurrent mixer, its norms once with the attention's, or
+        'none') and ``mlp`` ('dense', 'moe' or None), its norms included (a mixer-only or
+        MLP-only layer)."""
         w = self.widths
         total = {
             "attention": w.linear * (self.qkv + self.o) + w.high * self.norms_biases,
+            "both": w.linear * (self.qkv + self.o + self.recurrent_in + self.recurrent_out)
+            + w.high * (self.norms_biases + self.recurrent_other),
             "recurrent": w.linear * (self.recurrent_in + self.recurrent_out)
             + w.high * (self.recurrent_norms + self.recurrent_other),
             "none": w.high * self.recurrent_norms,
@@ -298,6 +302,7 @@ def weight_bytes_per_gpu(
     # dense or MoE MLP, then the layers missing one of the two (Nemotron-H)
     layouts = [(r, moe) for r in ("attention", "recurrent") for moe in ("dense", "moe")]
     layouts += [("attention", None), ("recurrent", None), ("none", "dense"), ("none", "moe"), ("none", None)]
+    layouts += [("both", "dense"), ("both", "moe"), ("both", None)]
     layer_bytes = {
         ("attention", "dense"): g.dense_layer_bytes(),
         ("attention", "moe"): g.moe_layer_bytes(),
@@ -311,6 +316,8 @@ def weight_bytes_per_gpu(
     def layout_of(layer: int) -> tuple[str, str | None]:
         spec = specs[layer]
         mixer = "attention" if spec.attends else "none" if isinstance(spec, NoMixerSpec) else "recurrent"
+        if spec.attends and spec.state_part() is not None:
+            mixer = "both"
         mlp = ("moe" if model.is_moe_layer(layer) else "dense") if model.has_mlp(layer) else None
         return mixer, mlp
 

@@ -26,6 +26,7 @@ _KIND_LABELS = {
     "mlp": "MLP-only",
     "shared_full": "full KV-shared",
     "shared_sliding": "sliding({window}) KV-shared",
+    "parallel_hybrid": "attention+Mamba2 parallel",
 }
 
 

@@ -21,7 +21,9 @@ from capcalc.core.errors import CapcalcError
 #: mixer, only its MLP (Nemotron-H's '-' blocks); 'shared_full' and 'shared_sliding': a full or
 #: sliding layer that attends over the KV of the last earlier layer of its kind and caches
 #: nothing itself (gemma-3n's num_kv_shared_layers); 'cross': a cross-attention layer whose KV
-#: holds the request's image (encoder) tokens, not its text (Llama-3.2-Vision, mllama)
+#: holds the request's image (encoder) tokens, not its text (Llama-3.2-Vision, mllama);
+#: 'parallel_hybrid': full attention and a Mamba2 mixer side by side in one layer, keeping both
+#: the attention KV per token and the Mamba2 state per sequence (Falcon-H1)
 LAYER_KINDS = (
     "full",
     "sliding",
@@ -32,9 +34,12 @@ LAYER_KINDS = (
     "shared_full",
     "shared_sliding",
     "cross",
+    "parallel_hybrid",
 )
-#: the kinds that keep a fixed state per sequence instead of a per-token cache
-STATE_KINDS = ("mamba", "linear")
+#: the kinds that keep a fixed state per sequence ('parallel_hybrid' beside its per-token cache)
+STATE_KINDS = ("mamba", "linear", "parallel_hybrid")
+#: the kinds whose layers run a Mamba2 mixer (the profile's ``mamba`` block)
+MAMBA_KINDS = ("mamba", "parallel_hybrid")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,9 @@ class Mamba2:
     conv_kernel: int = 4
     conv_bias: bool = True
     proj_bias: bool = False
+    #: the mixer's gated RMSNorm over the intermediate channels (Falcon-H1 ``mamba_rms_norm``
+    #: may turn it off; Nemotron-H and Granite-4.0-H always have it)
+    gated_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ class ModelProfile:
     mixer_only: bool = False
     #: tokens per chunk of the 'chunked' layers (attention_chunk_size)
     attention_chunk_size: int | None = None
-    #: Mamba2 mixer of the 'mamba' layers
+    #: Mamba2 mixer of the 'mamba' layers (and of the 'parallel_hybrid' layers' Mamba2 part)
     mamba: Mamba2 | None = None
     #: Gated DeltaNet mixer of the 'linear' layers
     linear_attention: LinearAttention | None = None
@@ -163,10 +171,11 @@ class ModelProfile:
 
     @property
     def num_full_layers(self) -> int:
-        """Full-attention layers (MLA ones included); not sliding, not recurrent."""
+        """Full-attention layers (MLA ones included, and the attention of a parallel hybrid
+        layer); not sliding, not recurrent."""
         if not self.layer_types:
             return self.num_layers
-        return sum(1 for t in self.layer_types if t == "full")
+        return sum(1 for t in self.layer_types if t in ("full", "parallel_hybrid"))
 
     def has_mlp(self, i: int) -> bool:
         """Whether layer ``i`` has an MLP (every layer, unless ``mixer_only``: then the 'mlp' ones)."""

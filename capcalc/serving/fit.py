@@ -103,10 +103,12 @@ from capcalc.model.kv import kv_bytes_per_token_per_layer, state_dtypes
 from capcalc.model.layers import (
     CrossAttentionSpec,
     LayerSpec,
+    ParallelHybridSpec,
     StateSpec,
     attention_spec,
     cdiv,
     layer_specs,
+    parallel_layers,
     state_spec,
 )
 from capcalc.model.parallel import MAX_TP, check_tp, kv_heads_per_gpu, kv_replication_factor, valid_tp_degrees
@@ -171,17 +173,28 @@ def kv_cache_groups(
     kinds in order of first appearance, each cut into ``cdiv(n, g)`` groups of
     ``layers[i::num_groups]``. Recurrent layers need the hybrid manager. A speculative
     draft's KV layers (``draft``, numbered after the target's) are grouped with the
-    target's layers of their kind (:mod:`capcalc.model.draft`)."""
+    target's layers of their kind (:mod:`capcalc.model.draft`).
+
+    A parallel hybrid layer (Falcon-H1) is two cache layers in vLLM: its attention
+    (``model.layers.i.self_attn.attn``) and its Mamba2 mixer (registered under layer index
+    ``num_hidden_layers + i``: "In V1 all attention/ssm layers must have different index in
+    prefix", ``FalconH1ParallelHybrid``, vllm/model_executor/models/falcon_h1.py of the V1
+    engine; the model came in with vLLM PR 18406, and its model card asks for vllm >= 0.9.0). So it is
+    listed in a 'full' group and in a 'mamba' group, under its own index i both times (the
+    index places it in its pipeline stage)."""
     full = attention_spec(model)
     kinds: dict[str, list[int]] = {}
     specs: dict[str, LayerSpec] = {}
-    for i, spec in enumerate((*layer_specs(model), *draft)):
-        if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
-            continue  # a layer with no mixer, or one sharing another's KV, caches nothing
-        if not hybrid and spec.caches:
-            spec = full
-        kinds.setdefault(spec.kind, []).append(i)
-        specs[spec.kind] = spec
+    for i, layer in enumerate((*layer_specs(model), *draft)):
+        # a parallel hybrid layer is two cache layers: its attention and its Mamba2 state
+        parts = (layer.attention_part(), layer.mamba) if isinstance(layer, ParallelHybridSpec) else (layer,)
+        for spec in parts:
+            if not spec.caches and not isinstance(spec, (StateSpec, CrossAttentionSpec)):
+                continue  # a layer with no mixer, or one sharing another's KV, caches nothing
+            if not hybrid and spec.caches:
+                spec = full
+            kinds.setdefault(spec.kind, []).append(i)
+            specs[spec.kind] = spec
     if not hybrid and any(not spec.attends for spec in specs.values()):
         raise CapcalcError(
             f"{model.name} has recurrent (Mamba / linear-attention) layers, which need vLLM's hybrid KV "
@@ -268,7 +281,9 @@ def activation_bytes(model: ModelProfile, tp: int, max_num_batched_tokens: int, 
     # the widest mixer: attention's q, k, v and output columns, or a recurrent layer's
     attention = attention_spec(model).activation_width(tp)
     recurrent = state_spec(model)
-    if recurrent is not None:
+    if recurrent is not None and parallel_layers(model):  # both mixers of one layer at once (Falcon-H1)
+        attention = attention + recurrent.activation_width(tp)
+    elif recurrent is not None:
         attention = max(attention, recurrent.activation_width(tp))
     per_width = 3 if model.mlp == "gated" else 2
     mlp = per_width * model.intermediate_size / tp
@@ -609,7 +624,7 @@ def fit(model: ModelProfile, req: FitRequest, suggest: bool = True) -> FitResult
         weights_shortfall_bytes=shortfall,
         max_model_len_that_fits=longest,
         binding_stage=st.stage,
-        state_layers=sum(1 for spec in specs if isinstance(spec, StateSpec)),
+        state_layers=sum(1 for spec in specs if spec.state_part() is not None),
         state_page_bytes=pages.state_page_bytes if pages else 0.0,
         state_page_padding_pct=pages.padding_pct if pages else 0.0,
         block_size_raised=pages.raised if pages else False,

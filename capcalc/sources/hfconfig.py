@@ -111,6 +111,7 @@ _COUNT_KIND = {
     "mamba_n_groups": "heads",
     "mamba_d_conv": "head_dim",
     "mamba_expand": "heads",
+    "mamba_d_ssm": "intermediate_size",
     "shared_intermediate_size": "intermediate_size",
     "mtp_num_hidden_layers": "layers",
     "attention_chunk_size": "context",
@@ -192,7 +193,7 @@ class _Mapping:
     layer_types: list[str] | None = None
     extra_params: dict | None = None
     notes: list[str] = field(default_factory=list)
-    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba'), with its mixer block
+    #: the kinds of a hybrid model's layers ('full' / 'linear' / 'mamba' / 'parallel_hybrid'), with its mixer block
     kinds: list[str] | None = None
     linear_attention: dict | None = None
     mamba: dict | None = None
@@ -1252,6 +1253,70 @@ def _nemotron_h(c: _Cfg) -> _Mapping:
     return m
 
 
+def _falcon_h1(c: _Cfg) -> _Mapping:
+    # FalconH1Config (Falcon-H1): every decoder layer runs attention (num_attention_heads,
+    # num_key_value_heads of head_dim, RoPE, no bias) AND a Mamba2 mixer in parallel on the
+    # same normed input (FalconH1DecoderLayer: their outputs summed), then a gated MLP of
+    # intermediate_size; two RMSNorms per layer (input_layernorm, pre_ff_layernorm). The mixer:
+    # mamba_n_heads x mamba_d_head = mamba_d_ssm channels (default mamba_expand x hidden),
+    # state mamba_d_state, mamba_n_groups B/C groups, conv mamba_d_conv with bias
+    # (mamba_conv_bias), in_proj bias mamba_proj_bias, out_proj bias projectors_bias, its gated
+    # RMSNorm only when mamba_rms_norm. The muP multipliers (embedding, lm_head, key,
+    # attention/ssm in and out, mlp, ssm) scale activations and add no parameters. Untied.
+    if c.get("attn_layer_indices") is not None:
+        raise c.fail(
+            "attn_layer_indices (attention in some layers only) is not mapped: capcalc maps "
+            "Falcon-H1 with attention and Mamba2 in every layer"
+        )
+    if not c.flag("mamba_use_mlp", True):
+        raise c.fail("mamba_use_mlp false (layers without an MLP) is not mapped")
+    arch = _decoder(
+        c,
+        tie_default=False,
+        qkv_bias=c.flag("attention_bias", False),
+        o_bias=c.flag("attention_bias", False),
+        mlp_bias=c.flag("mlp_bias", False),
+    )
+    hidden = arch["hidden_size"]
+    heads = c.int("mamba_n_heads", default=128)
+    # without mamba_d_ssm: heads x mamba_d_head when the config gives the head width (the only
+    # width the mixer can have), else mamba_expand x hidden (FalconH1Config's default)
+    if c.get("mamba_d_ssm") is None and c.get("mamba_d_head") is not None:
+        d_ssm = heads * c.int("mamba_d_head")
+    else:
+        d_ssm = c.int("mamba_d_ssm", default=c.int("mamba_expand", default=2) * hidden)
+    head_dim = c.int("mamba_d_head", default=max(1, d_ssm // heads))
+    if heads * head_dim != d_ssm:
+        raise c.fail(
+            f"mamba_d_ssm {d_ssm} is not mamba_n_heads x mamba_d_head ({heads} x {head_dim} = {heads * head_dim})"
+        )
+    proj_bias = c.flag("mamba_proj_bias", False)
+    if c.flag("projectors_bias", False) != proj_bias:
+        raise c.fail(
+            "projectors_bias and mamba_proj_bias differ: capcalc counts the mixer's in and out "
+            "projection biases together"
+        )
+    mamba = _state_dtype(
+        c,
+        dict(
+            num_heads=heads,
+            head_dim=head_dim,
+            state_size=c.int("mamba_d_state", default=256),
+            n_groups=c.int("mamba_n_groups", default=1),
+            conv_kernel=c.int("mamba_d_conv", default=4),
+            conv_bias=c.flag("mamba_conv_bias", True),
+            proj_bias=proj_bias,
+            gated_norm=c.flag("mamba_rms_norm", False),
+        ),
+    )
+    m = _Mapping(arch, kinds=["parallel_hybrid"] * arch["num_layers"], mamba=mamba)
+    m.notes.append(
+        "Falcon-H1 parallel hybrid: every layer keeps the attention KV per token and the Mamba2 state "
+        "per sequence. The muP multipliers change no parameter or cache count."
+    )
+    return m
+
+
 def llama4_vision_params(vision: dict, text_hidden: int) -> int:
     """Llama 4's vision tower, pixel-shuffle adapter and projector.
 
@@ -1399,6 +1464,7 @@ _MAPPERS: dict[str, Callable[[_Cfg], _Mapping]] = {
     "llama4": _llama4,
     "deepseek_v32": _deepseek_v32,
     "nemotron_h": _nemotron_h,
+    "falcon_h1": _falcon_h1,
     "llama4_text": _llama4_text,
 }
 #: transformers model classes (config.json ``architectures``) of the mapped model_types: a
@@ -1439,6 +1505,7 @@ _ARCHITECTURE_CLASSES = {
     "Llama4ForConditionalGeneration": "llama4",
     "DeepseekV32ForCausalLM": "deepseek_v32",
     "NemotronHForCausalLM": "nemotron_h",
+    "FalconH1ForCausalLM": "falcon_h1",
     "Llama4ForCausalLM": "llama4_text",
 }
 #: the config.json model_type values capcalc maps (what `import` accepts)

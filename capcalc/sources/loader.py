@@ -18,6 +18,7 @@ from capcalc.core.units import parse_quantity
 from capcalc.perf.efficiency import check_mapping
 from capcalc.schema.profiles import (
     LAYER_KINDS,
+    MAMBA_KINDS,
     MLA,
     ExtraParams,
     HardwareProfile,
@@ -367,27 +368,30 @@ def _layer_kinds(top: _Reader, layers: int, values: dict):
     kinds = _kind_list(block, layers, LAYER_KINDS)
     values["mixer_only"] = block.boolean("mixer_only")
     block.finish()
-    if not any(k in ("full", "sliding", "chunked") for k in kinds):
-        top.fail("layers", "needs at least one attention layer ('full', 'sliding' or 'chunked')")
+    if not any(k in ("full", "sliding", "chunked", "parallel_hybrid") for k in kinds):
+        top.fail(
+            "layers", "needs at least one attention layer ('full', 'sliding', 'chunked' or 'parallel_hybrid')"
+        )
     return kinds
 
 
 def _recurrent_blocks(top: _Reader, values: dict, layer_types: tuple[str, ...]) -> None:
-    """The ``mamba`` and ``linear_attention`` mixer blocks, each present exactly when its
-    kind is in the layer list."""
-    for key, kind in (("mamba", "mamba"), ("linear_attention", "linear")):
+    """The ``mamba`` and ``linear_attention`` mixer blocks, each present exactly when a kind
+    that runs it is in the layer list ('mamba' or 'parallel_hybrid'; 'linear')."""
+    for key, kinds in (("mamba", MAMBA_KINDS), ("linear_attention", ("linear",))):
         block = top.sub(key)
-        if (block is None) != (kind not in layer_types):
+        if (block is None) != (not any(k in layer_types for k in kinds)):
+            named = " or ".join(f"'{k}'" for k in kinds)
             top.fail(
                 key if block is not None else "layers",
-                f"a '{kind}' layer kind and a {key} block go together (one without the other)",
+                f"a {named} layer kind and a {key} block go together (one without the other)",
             )
         if block is None:
             continue
         state = block.raw("state_dtype", False)
         if state is not None:
             values["ssm_state_dtype"] = _dtype_field(block, "state_dtype")
-        if kind == "mamba":
+        if key == "mamba":
             values["mamba"] = Mamba2(
                 num_heads=block.integer("num_heads"),
                 head_dim=block.integer("head_dim"),
@@ -396,6 +400,7 @@ def _recurrent_blocks(top: _Reader, values: dict, layer_types: tuple[str, ...]) 
                 conv_kernel=block.integer("conv_kernel", False, 4),
                 conv_bias=block.boolean("conv_bias", True),
                 proj_bias=block.boolean("proj_bias"),
+                gated_norm=block.boolean("gated_norm", True),
             )
         else:
             values["linear_attention"] = LinearAttention(
