@@ -346,3 +346,16 @@ def test_variants_keep_their_base_architecture(registry, variant):
     a, b = registry.model(variant), registry.model(base)
     differ = {f.name for f in fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert differ == {"name", "display_name", "aliases", "notes", "path", changed}, differ
+
+
+def test_readme_counts_the_shipped_profiles():
+    """The README's "(N models, M GPUs)" is the number of shipped profile files."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    said = re.search(r"\((\d+) models, (\d+) GPUs\)", (root / "README.md").read_text())
+    assert said, "README.md no longer says how many profiles ship"
+    models = len(list((root / "model_profiles").glob("*.yaml")))
+    gpus = len(list((root / "hardware_profiles").glob("*.yaml")))
+    assert (int(said[1]), int(said[2])) == (models, gpus)
