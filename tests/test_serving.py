@@ -239,3 +239,71 @@ def test_output_spread_keeps_the_mean_length(llama8b, h100):
     assert r.ttft_s < flat.ttft_s
     with pytest.raises(CapcalcError):
         Workload(1024, 200, concurrency=4, output_spread=1.5)
+
+
+#: a tiny Qwen3.5-style hybrid (``qwen3_5_moe_text`` fields): layers 0-2 Gated DeltaNet,
+#: layer 3 full attention (full_attention_interval 4), recurrent state in fp32
+TINY_HYBRID = {
+    "model_type": "qwen3_5_moe_text",
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "intermediate_size": 128,
+    "vocab_size": 1024,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": False,
+    "full_attention_interval": 4,
+    "attn_output_gate": True,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32,
+    "linear_conv_kernel_dim": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "mamba_ssm_dtype": "float32",
+    "dtype": "bfloat16",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_hybrid():
+    from capcalc.sources.hfconfig import profile_mapping
+    from capcalc.sources.loader import model_from_dict
+
+    data, _ = profile_mapping(TINY_HYBRID, name="tiny-hybrid", source="test", where="tiny-hybrid")
+    return model_from_dict(data, "tiny-hybrid")
+
+
+def test_mixed_step_of_a_hybrid_by_hand(tiny_hybrid, h100):
+    """Decodes at contexts 1,000 and 8,000 plus a chunk of 100 prompt tokens (prefix 0), bf16:
+    n = 102 tokens, 3 sequences in the step.
+    Full layer (1): KV 2 x 2 heads x 64 x 2 B = 512 B per token.
+    Gated DeltaNet layers (3), per sequence: conv state (4 - 1) x (2 x 2 x 32 + 4 x 32) = 768
+    elements x 2 B = 1,536 B, recurrent state 4 x 32 x 32 = 4,096 x 4 B (fp32) = 16,384 B:
+    17,920 B a layer, 53,760 B for three.
+      kv_read  = (1,000 + 8,000 + 100) x 512 + 3 x 53,760 = 4,820,480 B (each state read)
+      recurrent_update bytes = 3 x 53,760 = 161,280 B (each state written back)
+      recurrent_update FLOPs = 102 tokens x 3 layers x (7 x 4,096 + 2 x 256 x 4) = 9,400,320
+    A decode's share in the recurrent layers does not grow with its context: moving one from
+    1k to 8k adds 7,000 x 512 B of full-layer KV and nothing else."""
+    sm = MixedStepModel(tiny_hybrid, h100, default_efficiency(h100), ctx_floor=1000)
+    cost = sm.cost(2, 9000, (Chunk(prefix=0, tokens=100),))
+    assert cost.component("kv_read").bytes == pytest.approx(4_820_480)
+    assert cost.component("recurrent_update").bytes == pytest.approx(161_280)
+    assert cost.component("recurrent_update").flops == pytest.approx(9_400_320)
+    assert cost.component("kv_write").bytes == pytest.approx(102 * 512)
+    at_1k, at_8k = sm.cost(1, 1000), sm.cost(1, 8000)
+    assert at_8k.component("recurrent_update") == at_1k.component("recurrent_update")
+    assert at_8k.component("kv_read").bytes - at_1k.component("kv_read").bytes == pytest.approx(7000 * 512)
+    # and a pure decode step is the step model's own decode step of one sequence, component by component
+    from capcalc.model.flops import decode_cost
+
+    ref = {c.name: c for c in decode_cost(tiny_hybrid, 1, 8000).components}
+    for c in at_8k.components:
+        assert c.flops == pytest.approx(ref[c.name].flops, rel=1e-9, abs=1e-6), c.name
+        assert c.bytes == pytest.approx(ref[c.name].bytes, rel=1e-9, abs=1e-6), c.name

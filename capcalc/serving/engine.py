@@ -251,19 +251,50 @@ def _order(c: _Cohort) -> int:
     return c.order
 
 
+@dataclass(frozen=True)
+class KVPool:
+    """The KV cache as the simulation counts it: a request at context ``ctx`` holds
+    ``per_token x ctx + per_request`` units of ``capacity``.
+
+    A model with one kind of layer has a unit of one token (per_token 1, per_request 0,
+    capacity the tokens of the cache). vLLM's hybrid allocator shares one pool of
+    ``num_blocks`` pages among the groups (:func:`capcalc.serving.fit.fit`): a request holds
+    ``cdiv(ctx, block)`` pages in each of the n full-attention groups, and in every other
+    group (sliding window, chunked-local, recurrent state, cross-attention) the pages
+    :meth:`capcalc.model.layers.LayerSpec.blocks_per_request` gives at ``max_model_len``,
+    B in all, whatever its length. In units of block / n tokens that is ``ctx + B x block / n``
+    of ``num_blocks x block / n``; at ctx = max_model_len a request holds fit's
+    ``blocks_per_request``, so the pool admits fit's ``max_concurrency`` requests. Without a
+    full-attention group the unit is a page (per_token 0)."""
+
+    capacity: float
+    per_token: float = 1.0
+    per_request: float = 0.0
+
+
 class Simulation:
-    """Simulate ``workload`` on one replica; see the module docstring."""
+    """Simulate ``workload`` on one replica; see the module docstring. ``kv`` is the KV
+    cache: a :class:`KVPool`, or a number of tokens (each request holding its context)."""
 
     def __init__(
         self,
         steps: MixedStepModel,
         config: EngineConfig,
-        kv_capacity_tokens: int,
+        kv_capacity_tokens: int | KVPool,
         gpus: int = 1,
     ):
-        if kv_capacity_tokens < 1:
+        pool = kv_capacity_tokens if isinstance(kv_capacity_tokens, KVPool) else KVPool(kv_capacity_tokens)
+        if pool.capacity < 1 or pool.capacity < pool.per_token + pool.per_request:
             raise CapcalcError("the KV cache holds no token: the model does not fit")
-        self.sm, self.cfg, self.cap, self.gpus = steps, config, kv_capacity_tokens, gpus
+        self.sm, self.cfg, self.gpus = steps, config, gpus
+        self.cap, self.kv_w, self.kv_fixed = pool.capacity, pool.per_token, pool.per_request
+        self.pool = pool
+
+    @property
+    def kv_tokens(self) -> int:
+        """The capacity as reported: tokens (of each full-attention group), or pages."""
+        tokens = getattr(self.pool, "tokens", None)
+        return tokens if tokens is not None else int(self.cap)
 
     # ------------------------------------------------------------------ KV accounting
 
@@ -271,12 +302,15 @@ class Simulation:
         if self.cfg.admission == "reserve":
             return s.reserved
         decoding = s.k_sum + s.d * s.g  # each decode holds its context at the next step
-        return decoding + sum(r.computed for r in s.prefilling)
+        used = self.kv_w * (decoding + sum(r.computed for r in s.prefilling))
+        if self.kv_fixed:
+            used += self.kv_fixed * (s.d + len(s.prefilling))
+        return used
 
     def _kv_need(self, r: _Req, tokens: int) -> float:
         if self.cfg.admission == "reserve":
-            return r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
-        return tokens
+            tokens = r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
+        return self.kv_w * tokens + self.kv_fixed
 
     # ------------------------------------------------------------------ the run
 
@@ -363,7 +397,7 @@ class Simulation:
                     why_blocked = "token_budget"  # a whole prompt waits for a step with room
                     break
                 need = self._kv_need(r, take)
-                pending = sum(c for _, c in chunks) if cfg.admission == "on_demand" else 0
+                pending = self.kv_w * sum(c for _, c in chunks) if cfg.admission == "on_demand" else 0
                 if self._kv_used(s) + pending + need > self.cap:
                     why_blocked = "kv_capacity"
                     break
@@ -387,7 +421,8 @@ class Simulation:
                     if room < 0:  # the cache is full: preempt, then step again
                         preemptions += self._preempt(s, -room)
                         continue
-                    k = max(1, min(k, int(room // s.d) + 1))
+                    if self.kv_w:  # each decode step adds d x per_token
+                        k = max(1, min(k, int(room // (s.d * self.kv_w)) + 1))
                 k = self._limit_by_arrival(s, k, arrivals, why_blocked)
                 dt = self._decode_run_time(s, k)
                 n_run = running()
@@ -512,7 +547,7 @@ class Simulation:
                 s.d -= 1
                 s.k_sum -= c.base + 1 - c.g0
                 s.waiting.appendleft(r)
-                freed += ctx - 1
+                freed += self.kv_w * (ctx - 1) + self.kv_fixed
                 count += 1
             if not c.members:
                 s.drop_cohort(c)
@@ -576,7 +611,7 @@ class Simulation:
             queue_s=_mean([r.scheduled - r.arrival for r in m]),
             preemptions=preemptions,
             binding_limit=binding,
-            kv_capacity_tokens=self.cap,
+            kv_capacity_tokens=self.kv_tokens,
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             frontend_s=cfg.frontend_s,
@@ -651,40 +686,75 @@ class Replica:
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
     """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
-    num_blocks x block_size, with the engine's batch limits sizing the activation peak; or,
-    where the engine sizes its pool as a fraction f of the memory left free once the model is
-    loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
-    activations - overheads) over the KV bytes per token, in whole blocks."""
-    from capcalc.serving.fit import FitRequest, fit, memory_of
+    num_blocks x block_size per group, with the engine's batch limits sizing the activation
+    peak; or, where the engine sizes its pool as a fraction f of the memory left free once the
+    model is loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
+    activations - overheads) over the KV bytes per token, in whole blocks. For a model with
+    more than one kind of layer :func:`kv_pool` says how requests share it."""
+    return kv_pool(replica, config, max_model_len).tokens
 
+
+@dataclass(frozen=True)
+class SizedPool(KVPool):
+    tokens: int = 0  # fit's kv_cache_tokens (or TensorRT-LLM's), as reported
+
+
+def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int) -> SizedPool:
+    """The replica's KV cache as the simulation counts it (:class:`KVPool`), sized by
+    :func:`capcalc.serving.fit.fit` (or TensorRT-LLM's free-memory fraction, see
+    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's prompt + output)."""
+    from capcalc.model.layers import attention_spec
+    from capcalc.serving.fit import FitRequest, fit, kv_cache_groups, memory_of, request_blocks
+
+    model = replica.model
     memory, source = memory_of(replica.gpu)
+    max_model_len = min(max_model_len, model.max_context)
     req = FitRequest(
         memory_bytes=memory,
         memory_source=source,
         gpu=replica.gpu.name,
         deployment=replica.deployment,
         gpu_memory_utilization=replica.gpu_memory_utilization,
-        max_model_len=min(max_model_len, replica.model.max_context),
+        max_model_len=max_model_len,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
     )
-    result = fit(replica.model, req, suggest=False)
+    result = fit(model, req, suggest=False)
     if not result.weights_fit:
         raise CapcalcError(
-            f"{replica.model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
+            f"{model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
         )
+    groups = kv_cache_groups(model, req.hybrid)
+    full = attention_spec(model)
+    big = 1 << 40  # a context no bounded kind holds whole
+
+    def grows(g) -> bool:
+        return (g.spec or full).tokens_held(big) >= big
+
+    growing = sum(1 for g in groups if grows(g))
+    bounded = [g for g in groups if not grows(g)]
+    bs = result.block_size
     f = config.kv_free_memory_fraction
     if f is None:
-        return result.kv_cache_tokens
-    # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
-    free = result.memory_bytes - (
-        result.weights_bytes_per_gpu
-        + result.activation_bytes_per_gpu
-        + result.overhead_bytes_per_gpu
-        + result.cudagraph_bytes_per_gpu
-    )
-    tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
-    return tokens // result.block_size * result.block_size
+        tokens, blocks = result.kv_cache_tokens, result.num_blocks
+    else:
+        # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
+        free = result.memory_bytes - (
+            result.weights_bytes_per_gpu
+            + result.activation_bytes_per_gpu
+            + result.overhead_bytes_per_gpu
+            + result.cudagraph_bytes_per_gpu
+        )
+        tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
+        tokens = tokens // bs * bs
+        blocks = int(f * free // (result.page_bytes * result.layers_per_group)) if free > 0 else 0
+    if not bounded:  # one kind of layer: tokens, each request holding its context
+        return SizedPool(float(tokens), tokens=tokens)
+    fixed = request_blocks(model, bounded, max_model_len, bs, result.max_num_batched_tokens)
+    if not growing:  # every group bounded: count pages
+        return SizedPool(float(blocks), per_token=0.0, per_request=float(fixed), tokens=tokens)
+    unit = bs / growing  # tokens per page
+    return SizedPool(blocks * unit, per_token=1.0, per_request=fixed * unit, tokens=tokens)
 
 
 def predict_serving(
@@ -692,15 +762,16 @@ def predict_serving(
     workload: Workload,
     config: EngineConfig,
     efficiency,
-    kv_tokens: int | None = None,
+    kv_tokens: int | KVPool | None = None,
     steps: MixedStepModel | None = None,
 ) -> ServingResult:
     """TTFT, TPOT, ITL, E2E and throughput of ``workload`` on ``replica`` run by ``config``,
     with the step efficiencies ``efficiency`` (:class:`capcalc.perf.efficiency.Efficiency`).
-    ``kv_tokens`` None sizes the KV cache with :func:`kv_capacity_tokens`; ``steps`` reuses
+    ``kv_tokens`` None sizes the KV cache with :func:`kv_pool` (a number: that many tokens,
+    each request holding its context); ``steps`` reuses
     a step model already built for this replica and efficiency (sweeps)."""
     if kv_tokens is None:
-        kv_tokens = kv_capacity_tokens(replica, config, workload.prompt_tokens + workload.output_tokens)
+        kv_tokens = kv_pool(replica, config, workload.prompt_tokens + workload.output_tokens)
     if steps is None:
         steps = step_model(replica, efficiency, workload.prompt_tokens)
     return Simulation(steps, config, kv_tokens, gpus=replica.tp).run(workload)
