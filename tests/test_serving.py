@@ -307,3 +307,49 @@ def test_mixed_step_of_a_hybrid_by_hand(tiny_hybrid, h100):
     for c in at_8k.components:
         assert c.flops == pytest.approx(ref[c.name].flops, rel=1e-9, abs=1e-6), c.name
         assert c.bytes == pytest.approx(ref[c.name].bytes, rel=1e-9, abs=1e-6), c.name
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tp", "tokens"),
+    [("gemma-3-27b", "h100-sxm", 1, 2048), ("qwen3.5-397b-a17b", "b200", 8, 8192)],
+)
+def test_admission_holds_as_many_requests_as_fit_says(registry, model, gpu, tp, tokens):
+    """Where KV binds, the simulation runs fit's max_concurrency requests at once: Gemma-3's
+    sliding layers hold window - 1 + max_num_batched_tokens tokens (+1 block), not the whole
+    16k request; Qwen3.5's Gated DeltaNet layers one state page each. Admission reserves
+    each request's whole length (prompt + output - 1 stored tokens), so the oracle is
+    floor(num_blocks / blocks_per_request) from capcalc.serving.fit."""
+    from capcalc.serving.engine import kv_pool
+    from capcalc.serving.fit import FitRequest, fit, memory_of
+
+    m, g = registry.model(model), registry.gpu(gpu)
+    replica = Replica(m, g, tp=tp)
+    memory, source = memory_of(g)
+
+    def fit_at(length):
+        req = FitRequest(
+            memory_bytes=memory,
+            memory_source=source,
+            gpu=g.name,
+            deployment=replica.deployment,
+            max_model_len=length,
+            max_num_seqs=256,
+            max_num_batched_tokens=tokens,
+        )
+        return fit(m, req, suggest=False)
+
+    # a length of whole blocks (the simulation counts tokens, fit whole blocks; a hybrid's
+    # block is raised to cover a state page)
+    block = fit_at(16384).block_size
+    prompt = 12288
+    output = block * -(-16384 // block) - prompt
+    capacity = fit_at(prompt + output)
+    cfg = EngineConfig("vllm", max_num_batched_tokens=tokens, max_num_seqs=256, admission="reserve")
+    expected = int(capacity.max_concurrency)
+    assert 2 <= expected < 256  # KV binds, not max_num_seqs
+    steps = step_model(replica, default_efficiency(g), prompt)
+    pool = kv_pool(replica, cfg, prompt + output)
+    wl = Workload(prompt, output, concurrency=expected + 4, num_requests=2 * expected + 8, output_spread=0.0)
+    r = Simulation(steps, cfg, pool).run(wl)
+    assert r.max_running == expected
+    assert r.binding_limit == "kv_capacity"

@@ -57,7 +57,7 @@ import heapq
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from capcalc.core.errors import CapcalcError
 from capcalc.schema.deployment import Deployment
@@ -156,6 +156,7 @@ class ServingResult:
     max_num_batched_tokens: int
     frontend_s: float
     steps: int  # engine steps simulated
+    max_running: int = 0  # the most requests admitted at once (decoding or prefilling)
 
     def as_record(self) -> dict:
         from dataclasses import asdict
@@ -349,6 +350,7 @@ class Simulation:
         blocked = {"kv_capacity": 0.0, "max_num_seqs": 0.0}
         window_start = None
         measured_done = 0
+        peak = 0
 
         def finish(r: _Req, at: float) -> None:
             nonlocal done, measured_done
@@ -435,6 +437,7 @@ class Simulation:
             else:  # nothing runnable (admission blocked with nothing running cannot happen)
                 raise CapcalcError("the KV cache cannot hold one request of this workload")
 
+            peak = max(peak, n_run)
             t_end = s.t + dt
             if window_start is not None:
                 lo = max(s.t, window_start)
@@ -473,7 +476,8 @@ class Simulation:
                     s.d += c.n
                     s.k_sum += c.n * (base + 1 - s.g)
 
-        return self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
+        out = self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
+        return replace(out, max_running=peak)
 
     # ------------------------------------------------------------------ helpers
 
