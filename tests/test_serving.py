@@ -353,3 +353,32 @@ def test_admission_holds_as_many_requests_as_fit_says(registry, model, gpu, tp, 
     r = Simulation(steps, cfg, pool).run(wl)
     assert r.max_running == expected
     assert r.binding_limit == "kv_capacity"
+
+
+def test_pooled_gap_percentiles_are_numpy_percentiles_of_the_gaps():
+    """vllm bench serve pools every inter-token gap and takes numpy's linear-interpolated
+    percentile. Pieces of evenly spaced gaps give the same: 1,001 gaps 10, 10.01, ..., 20 ms
+    (one piece) and 3 gaps of 100 ms (a point)."""
+    import numpy as np
+
+    from capcalc.serving.engine import _mixture_pcts
+
+    gaps = [0.010 + i * 0.00001 for i in range(1001)]
+    assert _mixture_pcts([(0.010, 0.020, 1001.0)], (50, 90)) == pytest.approx(
+        tuple(np.percentile(gaps, [50, 90])), rel=1e-3
+    )
+    both = _mixture_pcts([(0.010, 0.020, 1001.0), (0.1, 0.1, 3.0)], (50, 99.9))
+    assert both == pytest.approx(tuple(np.percentile([*gaps, 0.1, 0.1, 0.1], [50, 99.9])), rel=2e-3)
+
+
+def test_itl_percentiles_at_concurrency_one_and_under_prefill_stalls(llama8b, h100):
+    """One client: every gap is one decode step of one sequence, the steps growing with the
+    context, so p50 is the mean ITL (a linear step) and p99 is near the last step. SGLang's
+    prefill-only steps (mixed_batches off) make the decodes wait whole prefills: a tail far
+    above the median."""
+    one = sim(llama8b, h100, VLLM, prompt=1024).run(Workload(1024, 256, concurrency=1, output_spread=0.0))
+    assert one.itl_p50_s == pytest.approx(one.itl_s, rel=1e-3)
+    assert one.itl_p50_s <= one.itl_p90_s <= one.itl_p99_s < 1.01 * one.itl_p50_s
+    sglang = replace(VLLM, mixed_batches=False)
+    busy = sim(llama8b, h100, sglang, prompt=4096).run(Workload(4096, 256, concurrency=32))
+    assert busy.itl_p99_s > 3 * busy.itl_p50_s

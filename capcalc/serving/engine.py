@@ -140,6 +140,9 @@ class ServingResult:
     tpot_p50_s: float
     tpot_p90_s: float
     tpot_p99_s: float
+    itl_p50_s: float
+    itl_p90_s: float
+    itl_p99_s: float
     e2e_p50_s: float
     e2e_p90_s: float
     e2e_p99_s: float
@@ -178,6 +181,7 @@ class _Req:
     generated: int = 0
     order: int = 0  # admission order
     reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
+    preempted_at: float = 0.0  # when it was last preempted (its last token before the recompute)
     osl: int = 0  # output tokens asked for
 
 
@@ -351,6 +355,8 @@ class Simulation:
         window_start = None
         measured_done = 0
         peak = 0
+        gaps: list[tuple[float, float, float]] = []  # inter-token gaps: (shortest, longest, count)
+        stall = 0.0  # time the decodes waited on prefill-only steps since their last token
 
         def finish(r: _Req, at: float) -> None:
             nonlocal done, measured_done
@@ -428,12 +434,21 @@ class Simulation:
                 k = self._limit_by_arrival(s, k, arrivals, why_blocked)
                 dt = self._decode_run_time(s, k)
                 n_run = running()
+                if window_start is not None:
+                    self._run_gaps(s, k, stall, gaps)
+                stall = 0.0
             elif chunks:
                 k = 1
                 ctx_sum = s.k_sum + s.d * s.g if decodes else 0.0
                 pred = self.sm.predict(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
                 n_run = running()
                 dt = pred.time_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+                if decodes:
+                    if window_start is not None:
+                        gaps.append((stall + dt, stall + dt, float(decodes)))
+                    stall = 0.0
+                elif s.d:
+                    stall += dt
             else:  # nothing runnable (admission blocked with nothing running cannot happen)
                 raise CapcalcError("the KV cache cannot hold one request of this workload")
 
@@ -464,6 +479,8 @@ class Simulation:
                         s.prefilling.remove(r)
                         if r.first_token is None:
                             r.first_token = t_end
+                        elif window_start is not None:  # a recompute: the gap since its last token
+                            gaps.append((t_end - r.preempted_at, t_end - r.preempted_at, 1.0))
                         r.generated += 1
                         r.out_left -= 1
                         if r.out_left <= 0:
@@ -477,7 +494,8 @@ class Simulation:
                     s.k_sum += c.n * (base + 1 - s.g)
 
         out = self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
-        return replace(out, max_running=peak)
+        p50, p90, p99 = _mixture_pcts(gaps, (50, 90, 99))
+        return replace(out, max_running=peak, itl_p50_s=p50, itl_p90_s=p90, itl_p99_s=p99)
 
     # ------------------------------------------------------------------ helpers
 
@@ -511,17 +529,48 @@ class Simulation:
                 lo = mid + 1
         return lo
 
-    def _decode_run_time(self, s: _State, k: int) -> float:
-        """Sum of k pure decode step times from decode step s.g, in closed form: each
-        step is max(compute, memory) + fixed, both affine in the step index (the step
-        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
-        context sum k_sum + d x g)."""
+    def _run_lines(self, s: _State) -> tuple[float, float, float, float, float, float]:
+        """(c0, c1, m0, m1, fixed, extra): decode step i from s.g takes
+        max(c0 + c1 i, m0 + m1 i) + fixed + extra (compute and memory lines, fixed costs,
+        per-sequence step overhead)."""
         d = s.d
         x0 = s.k_sum + d * s.g
         lc0, lc1, lm0, lm1, fixed = self.sm.decode_line(d)
         c0, c1 = lc0 + lc1 * x0, lc1 * d  # compute_s of step i = c0 + c1 i
         m0, m1 = lm0 + lm1 * x0, lm1 * d
-        extra = self.cfg.seq_step_overhead_s * d
+        return c0, c1, m0, m1, fixed, self.cfg.seq_step_overhead_s * d
+
+    def _run_gaps(self, s: _State, k: int, stall: float, gaps: list) -> None:
+        """Append the inter-token gaps of a run of k decode steps to ``gaps``: each step gives
+        its d sequences one gap of the step's time, linear in the step index on each side of
+        where compute overtakes memory, so each side is one (shortest, longest, count) piece;
+        the first step's gap also holds ``stall`` (prefill-only steps the decodes waited on)."""
+        c0, c1, m0, m1, fixed, extra = self._run_lines(s)
+        d = float(s.d)
+
+        def at(i: int) -> float:
+            return max(c0 + c1 * i, m0 + m1 * i) + fixed + extra
+
+        first = at(0)
+        gaps.append((first + stall, first + stall, d))
+        if k == 1:
+            return
+        if (c0 >= m0) == (c0 + c1 * (k - 1) >= m0 + m1 * (k - 1)):
+            cuts = [1, k]
+        else:
+            cross = min(k, max(1, math.ceil((m0 - c0) / (c1 - m1))))
+            cuts = sorted({1, max(1, cross), k})
+        for i0, i1 in zip(cuts, cuts[1:], strict=False):
+            if i1 > i0:
+                a, b = at(i0), at(i1 - 1)
+                gaps.append((min(a, b), max(a, b), d * (i1 - i0)))
+
+    def _decode_run_time(self, s: _State, k: int) -> float:
+        """Sum of k pure decode step times from decode step s.g, in closed form: each
+        step is max(compute, memory) + fixed, both affine in the step index (the step
+        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
+        context sum k_sum + d x g)."""
+        c0, c1, m0, m1, fixed, extra = self._run_lines(s)
         if k == 1:
             return max(c0, m0) + fixed + extra
 
@@ -551,6 +600,7 @@ class Simulation:
                 s.d -= 1
                 s.k_sum -= c.base + 1 - c.g0
                 s.waiting.appendleft(r)
+                r.preempted_at = s.t
                 freed += self.kv_w * (ctx - 1) + self.kv_fixed
                 count += 1
             if not c.members:
@@ -604,6 +654,9 @@ class Simulation:
             tpot_p50_s=_pct(tpot, 50),
             tpot_p90_s=_pct(tpot, 90),
             tpot_p99_s=_pct(tpot, 99),
+            itl_p50_s=0.0,  # set by run() from the pooled gaps
+            itl_p90_s=0.0,
+            itl_p99_s=0.0,
             e2e_p50_s=_pct(e2e, 50),
             e2e_p90_s=_pct(e2e, 90),
             e2e_p99_s=_pct(e2e, 99),
@@ -645,6 +698,41 @@ def _output_len(w: Workload, i: int, default: float) -> int:
         return w.output_tokens
     u = _evenly(i)
     return max(1, round(w.output_tokens * (1 + spread * (2 * u - 1))))
+
+
+def _mixture_pcts(pieces: list[tuple[float, float, float]], qs: tuple[float, ...]) -> tuple[float, ...]:
+    """Percentiles ``qs`` of pooled gaps given as pieces (lo, hi, count): ``count`` values
+    spread evenly over [lo, hi] (a point where lo == hi). The distribution function is
+    piecewise linear between the pieces' ends, found in one sweep over them (sorted)."""
+    total = sum(c for _, _, c in pieces)
+    if not total:
+        return tuple(0.0 for _ in qs)
+    events: dict[float, list[float]] = {}  # x -> [jump, slope change]
+    for lo, hi, c in pieces:
+        if hi <= lo:
+            events.setdefault(lo, [0.0, 0.0])[0] += c
+        else:
+            rate = c / (hi - lo)
+            events.setdefault(lo, [0.0, 0.0])[1] += rate
+            events.setdefault(hi, [0.0, 0.0])[1] -= rate
+    xs = sorted(events)
+    targets = sorted((q / 100 * total, i) for i, q in enumerate(qs))
+    out = [xs[-1]] * len(qs)
+    cum, slope, t = 0.0, 0.0, 0
+    for j, x in enumerate(xs):
+        if j:  # the linear stretch from the previous end to x
+            dx = x - xs[j - 1]
+            while t < len(targets) and slope > 0 and cum + slope * dx >= targets[t][0]:
+                out[targets[t][1]] = xs[j - 1] + (targets[t][0] - cum) / slope
+                t += 1
+            cum += slope * dx
+        jump, dslope = events[x]
+        cum += jump
+        slope += dslope
+        while t < len(targets) and cum >= targets[t][0]:
+            out[targets[t][1]] = x
+            t += 1
+    return tuple(out)
 
 
 def _mean(xs: list[float]) -> float:

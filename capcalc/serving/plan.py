@@ -106,7 +106,7 @@ SLO_STATS = ("mean", "p50", "p90", "p99")
 SLO_METRICS = (
     ("TTFT", "ttft", SLO_STATS),
     ("TPOT", "tpot", SLO_STATS),
-    ("ITL", "itl", ("mean",)),
+    ("ITL", "itl", SLO_STATS),
     ("E2E", "e2e", SLO_STATS),
 )
 
