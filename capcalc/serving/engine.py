@@ -55,6 +55,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+import operator
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -216,6 +217,7 @@ class _State:
     waiting: deque = field(default_factory=deque)
     reserved: float = 0.0  # KV tokens held by 'reserve' admission
     admit_order: int = 0
+    prefilled: int = 0  # prompt tokens computed by the requests in prefilling
 
     def add_cohort(self, c: _Cohort) -> None:
         c.seq = self.cohort_seq
@@ -226,6 +228,9 @@ class _State:
 
     def drop_cohort(self, c: _Cohort) -> None:
         del self.cohorts[c.seq]  # its heap entry is skipped when it surfaces
+        if self.by_order[-1] is c:  # the latest admitted (preemption): no search
+            self.by_order.pop()
+            return
         i = bisect.bisect_left(self.by_order, c.order, key=_order)
         while self.by_order[i] is not c:  # orders are unique; this only guards the invariant
             i += 1
@@ -252,8 +257,7 @@ class _State:
         return out
 
 
-def _order(c: _Cohort) -> int:
-    return c.order
+_order = operator.attrgetter("order")
 
 
 @dataclass(frozen=True)
@@ -307,7 +311,7 @@ class Simulation:
         if self.cfg.admission == "reserve":
             return s.reserved
         decoding = s.k_sum + s.d * s.g  # each decode holds its context at the next step
-        used = self.kv_w * (decoding + sum(r.computed for r in s.prefilling))
+        used = self.kv_w * (decoding + s.prefilled)
         if self.kv_fixed:
             used += self.kv_fixed * (s.d + len(s.prefilling))
         return used
@@ -394,21 +398,15 @@ class Simulation:
                 take = min(r.target - r.computed, budget)
                 chunks.append((r, take))
                 budget -= take
+            chunk_tokens = cfg.max_num_batched_tokens - decodes - budget
             why_blocked = None
             while s.waiting and budget > 0:
                 r = s.waiting[0]
-                if running() >= cfg.max_num_seqs:
-                    why_blocked = "max_num_seqs"
+                why_blocked = self._head_blocked(s, budget, chunk_tokens, decodes)
+                if why_blocked:
                     break
                 take = min(r.target, budget)
-                if not cfg.chunked_prefill and take < r.target and (chunks or decodes):
-                    why_blocked = "token_budget"  # a whole prompt waits for a step with room
-                    break
                 need = self._kv_need(r, take)
-                pending = self.kv_w * sum(c for _, c in chunks) if cfg.admission == "on_demand" else 0
-                if self._kv_used(s) + pending + need > self.cap:
-                    why_blocked = "kv_capacity"
-                    break
                 s.waiting.popleft()
                 if cfg.admission == "reserve":
                     s.reserved += need
@@ -420,6 +418,7 @@ class Simulation:
                 s.prefilling.append(r)
                 chunks.append((r, take))
                 budget -= take
+                chunk_tokens += take
 
             if not chunks and decodes:
                 # a run of pure decode steps until the next event
@@ -427,15 +426,25 @@ class Simulation:
                 if cfg.admission == "on_demand":
                     room = self.cap - self._kv_used(s)  # after this step's writes
                     if room < 0:  # the cache is full: preempt, then step again
-                        preemptions += self._preempt(s, -room)
-                        continue
+                        while room < 0:
+                            preemptions += self._preempt(s, -room)
+                            # scheduling again gives the same decode run when the queue's head
+                            # (the request just preempted) still cannot be admitted: go on to it
+                            why_blocked = self._rescheduled_blocked(s)
+                            if why_blocked is None:
+                                break
+                            room = self.cap - self._kv_used(s)
+                        if why_blocked is None:
+                            continue
+                        k = self._decode_run_length(s, arrivals, why_blocked)
                     if self.kv_w:  # each decode step adds d x per_token
                         k = max(1, min(k, int(room // (s.d * self.kv_w)) + 1))
-                k = self._limit_by_arrival(s, k, arrivals, why_blocked)
-                dt = self._decode_run_time(s, k)
+                lines = self._run_lines(s)
+                k = self._limit_by_arrival(s, k, arrivals, why_blocked, lines)
+                dt = self._decode_run_time(s, k, lines)
                 n_run = running()
                 if window_start is not None:
-                    self._run_gaps(s, k, stall, gaps)
+                    self._run_gaps(k, stall, gaps, lines, s.d)
                 stall = 0.0
             elif chunks:
                 k = 1
@@ -475,8 +484,10 @@ class Simulation:
                 new: dict[tuple[int, int], list[_Req]] = {}
                 for r, c in chunks:
                     r.computed += c
+                    s.prefilled += c
                     if r.computed >= r.target:
                         s.prefilling.remove(r)
+                        s.prefilled -= r.computed
                         if r.first_token is None:
                             r.first_token = t_end
                         elif window_start is not None:  # a recompute: the gap since its last token
@@ -499,6 +510,33 @@ class Simulation:
 
     # ------------------------------------------------------------------ helpers
 
+    def _head_blocked(self, s: _State, budget: int, chunk_tokens: int, decodes: int) -> str | None:
+        """Why the queue's head cannot be admitted into a step with ``budget`` tokens left
+        beside ``chunk_tokens`` of prefill chunks and ``decodes`` (None: it can)."""
+        cfg = self.cfg
+        r = s.waiting[0]
+        if s.d + len(s.prefilling) >= cfg.max_num_seqs:
+            return "max_num_seqs"
+        take = min(r.target, budget)
+        if not cfg.chunked_prefill and take < r.target and (chunk_tokens or decodes):
+            return "token_budget"  # a whole prompt waits for a step with room
+        need = self._kv_need(r, take)
+        pending = self.kv_w * chunk_tokens if cfg.admission == "on_demand" else 0
+        if self._kv_used(s) + pending + need > self.cap:
+            return "kv_capacity"
+        return None
+
+    def _rescheduled_blocked(self, s: _State) -> str | None:
+        """After a preemption, with no prefill running: why scheduling the step again would
+        admit nothing and run the same decodes (the reason admission gives), or None when it
+        might not (then the step is scheduled again)."""
+        budget = self.cfg.max_num_batched_tokens - s.d
+        if not s.d or s.prefilling or not s.waiting or budget <= 0:
+            return None
+        if not self.cfg.mixed_batches and self._admissible(s, self.cfg.max_num_batched_tokens, s.d):
+            return None  # a prefill-only step comes first
+        return self._head_blocked(s, budget, 0, s.d)
+
     def _admissible(self, s: _State, budget: int, n_running: int) -> bool:
         if not s.waiting or n_running >= self.cfg.max_num_seqs:
             return False
@@ -509,7 +547,7 @@ class Simulation:
         """Pure decode steps until a cohort finishes."""
         return max(1, s.next_end() - s.g + 1)
 
-    def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked) -> int:
+    def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked, lines) -> int:
         """Stop the run at the step during which the next admissible request arrives."""
         if k <= 1:
             return k
@@ -523,7 +561,7 @@ class Simulation:
         lo, hi = 1, k
         while lo < hi:  # smallest k' whose run reaches the arrival
             mid = (lo + hi) // 2
-            if self._decode_run_time(s, mid) >= horizon:
+            if self._decode_run_time(s, mid, lines) >= horizon:
                 hi = mid
             else:
                 lo = mid + 1
@@ -540,37 +578,43 @@ class Simulation:
         m0, m1 = lm0 + lm1 * x0, lm1 * d
         return c0, c1, m0, m1, fixed, self.cfg.seq_step_overhead_s * d
 
-    def _run_gaps(self, s: _State, k: int, stall: float, gaps: list) -> None:
+    def _run_gaps(self, k: int, stall: float, gaps: list, lines: tuple, d: int) -> None:
         """Append the inter-token gaps of a run of k decode steps to ``gaps``: each step gives
         its d sequences one gap of the step's time, linear in the step index on each side of
         where compute overtakes memory, so each side is one (shortest, longest, count) piece;
-        the first step's gap also holds ``stall`` (prefill-only steps the decodes waited on)."""
-        c0, c1, m0, m1, fixed, extra = self._run_lines(s)
-        d = float(s.d)
+        the first step's gap also holds ``stall`` (prefill-only steps the decodes waited on);
+        ``lines`` are :meth:`_run_lines` of the run's d decodes."""
+        c0, c1, m0, m1, fixed, extra = lines
+        d = float(d)
+        base = fixed + extra
 
         def at(i: int) -> float:
-            return max(c0 + c1 * i, m0 + m1 * i) + fixed + extra
+            return max(c0 + c1 * i, m0 + m1 * i) + base
 
-        first = at(0)
-        gaps.append((first + stall, first + stall, d))
-        if k == 1:
+        start = 0
+        if stall:
+            first = at(0) + stall
+            gaps.append((first, first, d))
+            start = 1
+        if k <= start:
             return
-        if (c0 >= m0) == (c0 + c1 * (k - 1) >= m0 + m1 * (k - 1)):
-            cuts = [1, k]
+        end = k - 1
+        if (c0 >= m0) == (c0 + c1 * end >= m0 + m1 * end):
+            cuts = (start, k)
         else:
             cross = min(k, max(1, math.ceil((m0 - c0) / (c1 - m1))))
-            cuts = sorted({1, max(1, cross), k})
+            cuts = (start, max(start, cross), k)
         for i0, i1 in zip(cuts, cuts[1:], strict=False):
             if i1 > i0:
                 a, b = at(i0), at(i1 - 1)
-                gaps.append((min(a, b), max(a, b), d * (i1 - i0)))
+                gaps.append((a, b, d * (i1 - i0)) if a <= b else (b, a, d * (i1 - i0)))
 
-    def _decode_run_time(self, s: _State, k: int) -> float:
+    def _decode_run_time(self, s: _State, k: int, lines: tuple | None = None) -> float:
         """Sum of k pure decode step times from decode step s.g, in closed form: each
         step is max(compute, memory) + fixed, both affine in the step index (the step
         model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
         context sum k_sum + d x g)."""
-        c0, c1, m0, m1, fixed, extra = self._run_lines(s)
+        c0, c1, m0, m1, fixed, extra = lines or self._run_lines(s)
         if k == 1:
             return max(c0, m0) + fixed + extra
 
@@ -589,7 +633,8 @@ class Simulation:
     def _preempt(self, s: _State, tokens: float) -> int:
         """Free ``tokens`` of KV by recomputing the most recently admitted decodes."""
         freed, count = 0.0, 0
-        for c in reversed(list(s.by_order)):
+        while s.by_order and freed < tokens:  # the most recently admitted cohort first
+            c = s.by_order[-1]
             while c.members and freed < tokens:
                 r = c.members.pop()
                 ctx = c.base + 1 + (s.g - c.g0)
@@ -605,8 +650,6 @@ class Simulation:
                 count += 1
             if not c.members:
                 s.drop_cohort(c)
-            if freed >= tokens:
-                break
         if count == 0:
             raise CapcalcError("the KV cache cannot hold the running requests")
         return count
@@ -707,31 +750,33 @@ def _mixture_pcts(pieces: list[tuple[float, float, float]], qs: tuple[float, ...
     total = sum(c for _, _, c in pieces)
     if not total:
         return tuple(0.0 for _ in qs)
-    events: dict[float, list[float]] = {}  # x -> [jump, slope change]
+    events: list[tuple[float, float, float]] = []  # (x, jump, slope change)
     for lo, hi, c in pieces:
         if hi <= lo:
-            events.setdefault(lo, [0.0, 0.0])[0] += c
+            events.append((lo, c, 0.0))
         else:
             rate = c / (hi - lo)
-            events.setdefault(lo, [0.0, 0.0])[1] += rate
-            events.setdefault(hi, [0.0, 0.0])[1] -= rate
-    xs = sorted(events)
+            events.append((lo, 0.0, rate))
+            events.append((hi, 0.0, -rate))
+    events.sort()
     targets = sorted((q / 100 * total, i) for i, q in enumerate(qs))
-    out = [xs[-1]] * len(qs)
-    cum, slope, t = 0.0, 0.0, 0
-    for j, x in enumerate(xs):
-        if j:  # the linear stretch from the previous end to x
-            dx = x - xs[j - 1]
-            while t < len(targets) and slope > 0 and cum + slope * dx >= targets[t][0]:
-                out[targets[t][1]] = xs[j - 1] + (targets[t][0] - cum) / slope
+    out = [events[-1][0]] * len(qs)
+    cum, slope, t, last = 0.0, 0.0, 0, events[0][0]
+    for x, jump, dslope in events:
+        if slope > 0 and x > last:  # the linear stretch from the previous end to x
+            rise = slope * (x - last)
+            while t < len(targets) and cum + rise >= targets[t][0]:
+                out[targets[t][1]] = last + (targets[t][0] - cum) / slope
                 t += 1
-            cum += slope * dx
-        jump, dslope = events[x]
+            cum += rise
         cum += jump
         slope += dslope
+        last = x
         while t < len(targets) and cum >= targets[t][0]:
             out[targets[t][1]] = x
             t += 1
+        if t == len(targets):
+            break
     return tuple(out)
 
 

@@ -132,6 +132,7 @@ class MixedStepModel:
         self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
         self._template = d_lo
         self._lines: dict[int, tuple[float, float, float, float, float]] = {}
+        self._pairs: dict[int, float] = {}
 
     @staticmethod
     def _decode_anchor(model: ModelProfile, ctx: int, mean: bool, kw: dict) -> StepCost:
@@ -150,6 +151,13 @@ class MixedStepModel:
 
     # ------------------------------------------------------------------ costs
 
+    def prefill_pairs(self, ctx: int) -> float:
+        """:func:`capcalc.model.flops.attended_pairs` of a ``ctx``-token prefill (memoised)."""
+        pairs = self._pairs.get(ctx)
+        if pairs is None:
+            pairs = self._pairs[ctx] = attended_pairs(self.model, "prefill", ctx)
+        return pairs
+
     def kv_read_bytes(self, ctx: float) -> float:
         """KV bytes one sequence at ``ctx`` reads (affine form, module docstring)."""
         return self._kv_a + self._kv_b * ctx
@@ -161,9 +169,7 @@ class MixedStepModel:
         n = decodes + chunk_tokens
         logits = decodes + len(chunks)
         pairs = sum(
-            attended_pairs(self.model, "prefill", ch.prefix + ch.tokens)
-            - attended_pairs(self.model, "prefill", ch.prefix)
-            for ch in chunks
+            self.prefill_pairs(ch.prefix + ch.tokens) - self.prefill_pairs(ch.prefix) for ch in chunks
         )
         kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
         kv_read += sum(self.kv_read_bytes(ch.prefix + ch.tokens) for ch in chunks)
