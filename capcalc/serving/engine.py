@@ -449,9 +449,9 @@ class Simulation:
             elif chunks:
                 k = 1
                 ctx_sum = s.k_sum + s.d * s.g if decodes else 0.0
-                pred = self.sm.predict(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
+                step_s = self.sm.step_time_s(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
                 n_run = running()
-                dt = pred.time_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+                dt = step_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
                 if decodes:
                     if window_start is not None:
                         gaps.append((stall + dt, stall + dt, float(decodes)))
