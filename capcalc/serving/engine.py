@@ -251,7 +251,8 @@ class _State:
             c = self.cohorts.get(seq)
             if c is not None:
                 out.append(c)
-        out.sort(key=lambda c: c.seq)
+        if len(out) > 1:
+            out.sort(key=lambda c: c.seq)
         for c in out:
             self.drop_cohort(c)
         return out
