@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", default=None, help="only rows of this engine")
     ap.add_argument("--no-cv", action="store_true", help="skip the cross-validation")
     ap.add_argument("--limit", type=int, default=None, help="only the first N expressible rows (quick look)")
+    ap.add_argument("--dump", default=None, help="write each row's predicted TTFT and TPOT to this CSV")
     args = ap.parse_args(argv)
     registry = Registry.load()
     with open(args.csv, newline="") as f:
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
         rows = rows[: args.limit]
     t0 = time.perf_counter()
     errs: dict[str, tuple] = {}
+    preds: dict[str, tuple[float, float]] = {}
     kept = []
     for row in rows:
         try:
@@ -206,8 +208,15 @@ def main(argv=None) -> int:
             why[f"cannot predict: {str(e).split(':')[0]}"] += 1
             continue
         errs[row.id] = errors(row.point, res.ttft_s, res.tpot_s)
+        preds[row.id] = (res.ttft_s, res.tpot_s)
         kept.append(row)
     rows = kept
+    if args.dump:
+        with open(args.dump, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["id", "ttft_s", "tpot_s"])
+            for row in rows:
+                out.writerow([row.id, repr(preds[row.id][0]), repr(preds[row.id][1])])
     elapsed = time.perf_counter() - t0
     lines = [
         f"served_validation: {os.path.relpath(args.csv, ROOT)}",

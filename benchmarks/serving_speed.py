@@ -11,7 +11,7 @@ import itertools
 import time
 
 from capcalc.perf.efficiency import resolve_efficiency
-from capcalc.serving.engine import Replica, Workload, kv_capacity_tokens, predict_serving, step_model
+from capcalc.serving.engine import Replica, Workload, kv_pool, predict_serving, step_model
 from capcalc.serving.engines import engine_defaults, engine_efficiency
 from capcalc.sources.registry import Registry
 
@@ -38,7 +38,7 @@ def main() -> None:
             if n >= 1000:
                 break
             t = time.perf_counter()
-            kv = kv_capacity_tokens(replica, cfg, p + o)
+            kv = kv_pool(replica, cfg, p + o)
             predict_serving(
                 replica,
                 Workload(p, o, concurrency=c),

@@ -255,3 +255,163 @@ def test_output_spread_keeps_the_mean_length(llama8b, h100):
     assert r.ttft_s < flat.ttft_s
     with pytest.raises(CapcalcError):
         Workload(1024, 200, concurrency=4, output_spread=1.5)
+
+
+#: a tiny Qwen3.5-style hybrid (``qwen3_5_moe_text`` fields): layers 0-2 Gated DeltaNet,
+#: layer 3 full attention (full_attention_interval 4), recurrent state in fp32
+TINY_HYBRID = {
+    "model_type": "qwen3_5_moe_text",
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "intermediate_size": 128,
+    "vocab_size": 1024,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": False,
+    "full_attention_interval": 4,
+    "attn_output_gate": True,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32,
+    "linear_conv_kernel_dim": 4,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "mamba_ssm_dtype": "float32",
+    "dtype": "bfloat16",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_hybrid():
+    from capcalc.sources.hfconfig import profile_mapping
+    from capcalc.sources.loader import model_from_dict
+
+    data, _ = profile_mapping(TINY_HYBRID, name="tiny-hybrid", source="test", where="tiny-hybrid")
+    return model_from_dict(data, "tiny-hybrid")
+
+
+def test_mixed_step_of_a_hybrid_by_hand(tiny_hybrid, h100):
+    """Decodes at contexts 1,000 and 8,000 plus a chunk of 100 prompt tokens (prefix 0), bf16:
+    n = 102 tokens, 3 sequences in the step.
+    Full layer (1): KV 2 x 2 heads x 64 x 2 B = 512 B per token.
+    Gated DeltaNet layers (3), per sequence: conv state (4 - 1) x (2 x 2 x 32 + 4 x 32) = 768
+    elements x 2 B = 1,536 B, recurrent state 4 x 32 x 32 = 4,096 x 4 B (fp32) = 16,384 B:
+    17,920 B a layer, 53,760 B for three.
+      kv_read  = (1,000 + 8,000 + 100) x 512 + 3 x 53,760 = 4,820,480 B (each state read)
+      recurrent_update bytes = 3 x 53,760 = 161,280 B (each state written back)
+      recurrent_update FLOPs = 102 tokens x 3 layers x (7 x 4,096 + 2 x 256 x 4) = 9,400,320
+    A decode's share in the recurrent layers does not grow with its context: moving one from
+    1k to 8k adds 7,000 x 512 B of full-layer KV and nothing else."""
+    sm = MixedStepModel(tiny_hybrid, h100, default_efficiency(h100), ctx_floor=1000)
+    cost = sm.cost(2, 9000, (Chunk(prefix=0, tokens=100),))
+    assert cost.component("kv_read").bytes == pytest.approx(4_820_480)
+    assert cost.component("recurrent_update").bytes == pytest.approx(161_280)
+    assert cost.component("recurrent_update").flops == pytest.approx(9_400_320)
+    assert cost.component("kv_write").bytes == pytest.approx(102 * 512)
+    at_1k, at_8k = sm.cost(1, 1000), sm.cost(1, 8000)
+    assert at_8k.component("recurrent_update") == at_1k.component("recurrent_update")
+    assert at_8k.component("kv_read").bytes - at_1k.component("kv_read").bytes == pytest.approx(7000 * 512)
+    # and a pure decode step is the step model's own decode step of one sequence, component by component
+    from capcalc.model.flops import decode_cost
+
+    ref = {c.name: c for c in decode_cost(tiny_hybrid, 1, 8000).components}
+    for c in at_8k.components:
+        assert c.flops == pytest.approx(ref[c.name].flops, rel=1e-9, abs=1e-6), c.name
+        assert c.bytes == pytest.approx(ref[c.name].bytes, rel=1e-9, abs=1e-6), c.name
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tp", "tokens"),
+    [("gemma-3-27b", "h100-sxm", 1, 2048), ("qwen3.5-397b-a17b", "b200", 8, 8192)],
+)
+def test_admission_holds_as_many_requests_as_fit_says(registry, model, gpu, tp, tokens):
+    """Where KV binds, the simulation runs fit's max_concurrency requests at once: Gemma-3's
+    sliding layers hold window - 1 + max_num_batched_tokens tokens (+1 block), not the whole
+    16k request; Qwen3.5's Gated DeltaNet layers one state page each. Admission reserves
+    each request's whole length (prompt + output - 1 stored tokens), so the oracle is
+    floor(num_blocks / blocks_per_request) from capcalc.serving.fit."""
+    from capcalc.serving.engine import kv_pool
+    from capcalc.serving.fit import FitRequest, fit, memory_of
+
+    m, g = registry.model(model), registry.gpu(gpu)
+    replica = Replica(m, g, tp=tp)
+    memory, source = memory_of(g)
+
+    def fit_at(length):
+        req = FitRequest(
+            memory_bytes=memory,
+            memory_source=source,
+            gpu=g.name,
+            deployment=replica.deployment,
+            max_model_len=length,
+            max_num_seqs=256,
+            max_num_batched_tokens=tokens,
+        )
+        return fit(m, req, suggest=False)
+
+    # a length of whole blocks (the simulation counts tokens, fit whole blocks; a hybrid's
+    # block is raised to cover a state page)
+    block = fit_at(16384).block_size
+    prompt = 12288
+    output = block * -(-16384 // block) - prompt
+    capacity = fit_at(prompt + output)
+    cfg = EngineConfig("vllm", max_num_batched_tokens=tokens, max_num_seqs=256, admission="reserve")
+    expected = int(capacity.max_concurrency)
+    assert 2 <= expected < 256  # KV binds, not max_num_seqs
+    steps = step_model(replica, default_efficiency(g), prompt)
+    pool = kv_pool(replica, cfg, prompt + output)
+    wl = Workload(prompt, output, concurrency=expected + 4, num_requests=2 * expected + 8, output_spread=0.0)
+    r = Simulation(steps, cfg, pool).run(wl)
+    assert r.max_running == expected
+    assert r.binding_limit == "kv_capacity"
+
+
+def test_pooled_gap_percentiles_are_those_of_every_gap():
+    """vllm bench serve pools every inter-token gap and takes numpy's linear-interpolated
+    percentile. 1,001 gaps 10, 10.01, ..., 20 ms as one piece: the q-th percentile of evenly
+    spaced values is 10 + q/100 x 10 ms (p50 15 ms, p90 19 ms). With 3 gaps of 100 ms
+    more (1,004 in all), p99.9 falls among them (position 0.999 x 1,003 = 1,002.0 of 0..1,003,
+    at or past the 1,001st) and p50 at position 501.5: 10 + 501.5 x 0.01 = 15.015 ms."""
+    from capcalc.serving.engine import _mixture_pcts
+
+    assert _mixture_pcts([(0.010, 0.020, 1001.0)], (50, 90)) == pytest.approx((0.015, 0.019), rel=1e-3)
+    both = _mixture_pcts([(0.010, 0.020, 1001.0), (0.1, 0.1, 3.0)], (50, 99.9))
+    assert both == pytest.approx((0.015015, 0.1), rel=1e-3)
+    assert _mixture_pcts([], (50,)) == (0.0,)
+
+
+def test_itl_percentiles_at_concurrency_one_and_under_prefill_stalls(llama8b, h100):
+    """One client: every gap is one decode step of one sequence, the steps growing with the
+    context, so p50 is the mean ITL (a linear step) and p99 is near the last step. SGLang's
+    prefill-only steps (mixed_batches off) make the decodes wait whole prefills: a tail far
+    above the median."""
+    one = sim(llama8b, h100, VLLM, prompt=1024).run(Workload(1024, 256, concurrency=1, output_spread=0.0))
+    assert one.itl_p50_s == pytest.approx(one.itl_s, rel=1e-3)
+    assert one.itl_p50_s <= one.itl_p90_s <= one.itl_p99_s < 1.01 * one.itl_p50_s
+    sglang = replace(VLLM, mixed_batches=False)
+    busy = sim(llama8b, h100, sglang, prompt=4096).run(Workload(4096, 256, concurrency=32))
+    assert busy.itl_p99_s > 3 * busy.itl_p50_s
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen3.5-397b-a17b", "gpt-oss-120b"])
+def test_compact_step_cost_times_as_the_itemised_one(registry, h100, name):
+    """The simulation times mixed steps from the compact cost; same totals, same time."""
+    m = registry.model(name)
+    tp = 8 if name.startswith("qwen3.5") else 1
+    sm = MixedStepModel(m, h100, default_efficiency(h100), tp=tp, ctx_floor=1000, kernel_roofline=True)
+    for decodes, ctx_sum, chunks in (
+        (3, 4000.0, ()),
+        (40, 60_000.0, (Chunk(0, 700), Chunk(5000, 2000))),
+        (0, 0.0, (Chunk(100, 50),)),
+    ):
+        full, compact = sm.cost(decodes, ctx_sum, chunks), sm.step_cost(decodes, ctx_sum, chunks)
+        for total in ("flops", "bytes", "kv_bytes", "matmul_flops", "attention_flops", "weight_bytes"):
+            assert getattr(compact, total) == pytest.approx(getattr(full, total), rel=1e-12), total
+        assert sm.step_time_s(decodes, ctx_sum, chunks) == pytest.approx(
+            sm.time_s(decodes, ctx_sum, chunks), rel=1e-12
+        )

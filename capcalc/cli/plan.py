@@ -141,7 +141,8 @@ def plan_command(
         Optional[str], typer.Option(help=SLO_HELP.format(what="Time to first token", example="p90:1s"))
     ] = None,
     itl_slo: Annotated[
-        Optional[str], typer.Option(help="Inter-token latency target (the mean of all gaps), e.g. 50ms.")
+        Optional[str],
+        typer.Option(help=SLO_HELP.format(what="Inter-token latency (all gaps pooled)", example="p99:50ms")),
     ] = None,
     e2e_slo: Annotated[
         Optional[str], typer.Option(help=SLO_HELP.format(what="End-to-end latency", example="p99:30s"))

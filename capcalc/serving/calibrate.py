@@ -40,7 +40,7 @@ from capcalc.serving.engine import (
     Replica,
     ServingResult,
     Workload,
-    kv_capacity_tokens,
+    kv_pool,
     predict_serving,
     step_model,
 )
@@ -122,7 +122,7 @@ def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
     )
     cached = _KV_CACHE.get(key)
     if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
-        kv = kv_capacity_tokens(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+        kv = kv_pool(point.replica, params.config, w.prompt_tokens + w.output_tokens)
         cached = _KV_CACHE[key] = (point.replica, kv)
     steps = step_model(point.replica, params.efficiency, w.prompt_tokens)
     return predict_serving(

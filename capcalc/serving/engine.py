@@ -55,9 +55,10 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+import operator
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from capcalc.core.errors import CapcalcError
 from capcalc.schema.deployment import Deployment
@@ -140,6 +141,9 @@ class ServingResult:
     tpot_p50_s: float
     tpot_p90_s: float
     tpot_p99_s: float
+    itl_p50_s: float
+    itl_p90_s: float
+    itl_p99_s: float
     e2e_p50_s: float
     e2e_p90_s: float
     e2e_p99_s: float
@@ -156,6 +160,7 @@ class ServingResult:
     max_num_batched_tokens: int
     frontend_s: float
     steps: int  # engine steps simulated
+    max_running: int = 0  # the most requests admitted at once (decoding or prefilling)
 
     def as_record(self) -> dict:
         from dataclasses import asdict
@@ -177,6 +182,7 @@ class _Req:
     generated: int = 0
     order: int = 0  # admission order
     reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
+    preempted_at: float = 0.0  # when it was last preempted (its last token before the recompute)
     osl: int = 0  # output tokens asked for
 
 
@@ -211,6 +217,7 @@ class _State:
     waiting: deque = field(default_factory=deque)
     reserved: float = 0.0  # KV tokens held by 'reserve' admission
     admit_order: int = 0
+    prefilled: int = 0  # prompt tokens computed by the requests in prefilling
 
     def add_cohort(self, c: _Cohort) -> None:
         c.seq = self.cohort_seq
@@ -221,6 +228,9 @@ class _State:
 
     def drop_cohort(self, c: _Cohort) -> None:
         del self.cohorts[c.seq]  # its heap entry is skipped when it surfaces
+        if self.by_order[-1] is c:  # the latest admitted (preemption): no search
+            self.by_order.pop()
+            return
         i = bisect.bisect_left(self.by_order, c.order, key=_order)
         while self.by_order[i] is not c:  # orders are unique; this only guards the invariant
             i += 1
@@ -241,29 +251,60 @@ class _State:
             c = self.cohorts.get(seq)
             if c is not None:
                 out.append(c)
-        out.sort(key=lambda c: c.seq)
+        if len(out) > 1:
+            out.sort(key=lambda c: c.seq)
         for c in out:
             self.drop_cohort(c)
         return out
 
 
-def _order(c: _Cohort) -> int:
-    return c.order
+_order = operator.attrgetter("order")
+
+
+@dataclass(frozen=True)
+class KVPool:
+    """The KV cache as the simulation counts it: a request at context ``ctx`` holds
+    ``per_token x ctx + per_request`` units of ``capacity``.
+
+    A model with one kind of layer has a unit of one token (per_token 1, per_request 0,
+    capacity the tokens of the cache). vLLM's hybrid allocator shares one pool of
+    ``num_blocks`` pages among the groups (:func:`capcalc.serving.fit.fit`): a request holds
+    ``cdiv(ctx, block)`` pages in each of the n full-attention groups, and in every other
+    group (sliding window, chunked-local, recurrent state, cross-attention) the pages
+    :meth:`capcalc.model.layers.LayerSpec.blocks_per_request` gives at ``max_model_len``,
+    B in all, whatever its length. In units of block / n tokens that is ``ctx + B x block / n``
+    of ``num_blocks x block / n``; at ctx = max_model_len a request holds fit's
+    ``blocks_per_request``, so the pool admits fit's ``max_concurrency`` requests. Without a
+    full-attention group the unit is a page (per_token 0)."""
+
+    capacity: float
+    per_token: float = 1.0
+    per_request: float = 0.0
 
 
 class Simulation:
-    """Simulate ``workload`` on one replica; see the module docstring."""
+    """Simulate ``workload`` on one replica; see the module docstring. ``kv`` is the KV
+    cache: a :class:`KVPool`, or a number of tokens (each request holding its context)."""
 
     def __init__(
         self,
         steps: MixedStepModel,
         config: EngineConfig,
-        kv_capacity_tokens: int,
+        kv_capacity_tokens: int | KVPool,
         gpus: int = 1,
     ):
-        if kv_capacity_tokens < 1:
+        pool = kv_capacity_tokens if isinstance(kv_capacity_tokens, KVPool) else KVPool(kv_capacity_tokens)
+        if pool.capacity < 1 or pool.capacity < pool.per_token + pool.per_request:
             raise CapcalcError("the KV cache holds no token: the model does not fit")
-        self.sm, self.cfg, self.cap, self.gpus = steps, config, kv_capacity_tokens, gpus
+        self.sm, self.cfg, self.gpus = steps, config, gpus
+        self.cap, self.kv_w, self.kv_fixed = pool.capacity, pool.per_token, pool.per_request
+        self.pool = pool
+
+    @property
+    def kv_tokens(self) -> int:
+        """The capacity as reported: tokens (of each full-attention group), or pages."""
+        tokens = getattr(self.pool, "tokens", None)
+        return tokens if tokens is not None else int(self.cap)
 
     # ------------------------------------------------------------------ KV accounting
 
@@ -271,12 +312,15 @@ class Simulation:
         if self.cfg.admission == "reserve":
             return s.reserved
         decoding = s.k_sum + s.d * s.g  # each decode holds its context at the next step
-        return decoding + sum(r.computed for r in s.prefilling)
+        used = self.kv_w * (decoding + s.prefilled)
+        if self.kv_fixed:
+            used += self.kv_fixed * (s.d + len(s.prefilling))
+        return used
 
     def _kv_need(self, r: _Req, tokens: int) -> float:
         if self.cfg.admission == "reserve":
-            return r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
-        return tokens
+            tokens = r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
+        return self.kv_w * tokens + self.kv_fixed
 
     # ------------------------------------------------------------------ the run
 
@@ -315,6 +359,9 @@ class Simulation:
         blocked = {"kv_capacity": 0.0, "max_num_seqs": 0.0}
         window_start = None
         measured_done = 0
+        peak = 0
+        gaps: list[tuple[float, float, float]] = []  # inter-token gaps: (shortest, longest, count)
+        stall = 0.0  # time the decodes waited on prefill-only steps since their last token
 
         def finish(r: _Req, at: float) -> None:
             nonlocal done, measured_done
@@ -352,21 +399,15 @@ class Simulation:
                 take = min(r.target - r.computed, budget)
                 chunks.append((r, take))
                 budget -= take
+            chunk_tokens = cfg.max_num_batched_tokens - decodes - budget
             why_blocked = None
             while s.waiting and budget > 0:
                 r = s.waiting[0]
-                if running() >= cfg.max_num_seqs:
-                    why_blocked = "max_num_seqs"
+                why_blocked = self._head_blocked(s, budget, chunk_tokens, decodes)
+                if why_blocked:
                     break
                 take = min(r.target, budget)
-                if not cfg.chunked_prefill and take < r.target and (chunks or decodes):
-                    why_blocked = "token_budget"  # a whole prompt waits for a step with room
-                    break
                 need = self._kv_need(r, take)
-                pending = sum(c for _, c in chunks) if cfg.admission == "on_demand" else 0
-                if self._kv_used(s) + pending + need > self.cap:
-                    why_blocked = "kv_capacity"
-                    break
                 s.waiting.popleft()
                 if cfg.admission == "reserve":
                     s.reserved += need
@@ -378,6 +419,7 @@ class Simulation:
                 s.prefilling.append(r)
                 chunks.append((r, take))
                 budget -= take
+                chunk_tokens += take
 
             if not chunks and decodes:
                 # a run of pure decode steps until the next event
@@ -385,21 +427,42 @@ class Simulation:
                 if cfg.admission == "on_demand":
                     room = self.cap - self._kv_used(s)  # after this step's writes
                     if room < 0:  # the cache is full: preempt, then step again
-                        preemptions += self._preempt(s, -room)
-                        continue
-                    k = max(1, min(k, int(room // s.d) + 1))
-                k = self._limit_by_arrival(s, k, arrivals, why_blocked)
-                dt = self._decode_run_time(s, k)
+                        while room < 0:
+                            preemptions += self._preempt(s, -room)
+                            # scheduling again gives the same decode run when the queue's head
+                            # (the request just preempted) still cannot be admitted: go on to it
+                            why_blocked = self._rescheduled_blocked(s)
+                            if why_blocked is None:
+                                break
+                            room = self.cap - self._kv_used(s)
+                        if why_blocked is None:
+                            continue
+                        k = self._decode_run_length(s, arrivals, why_blocked)
+                    if self.kv_w:  # each decode step adds d x per_token
+                        k = max(1, min(k, int(room // (s.d * self.kv_w)) + 1))
+                lines = self._run_lines(s)
+                k = self._limit_by_arrival(s, k, arrivals, why_blocked, lines)
+                dt = self._decode_run_time(s, k, lines)
                 n_run = running()
+                if window_start is not None:
+                    self._run_gaps(k, stall, gaps, lines, s.d)
+                stall = 0.0
             elif chunks:
                 k = 1
                 ctx_sum = s.k_sum + s.d * s.g if decodes else 0.0
-                pred = self.sm.predict(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
+                step_s = self.sm.step_time_s(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
                 n_run = running()
-                dt = pred.time_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+                dt = step_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+                if decodes:
+                    if window_start is not None:
+                        gaps.append((stall + dt, stall + dt, float(decodes)))
+                    stall = 0.0
+                elif s.d:
+                    stall += dt
             else:  # nothing runnable (admission blocked with nothing running cannot happen)
                 raise CapcalcError("the KV cache cannot hold one request of this workload")
 
+            peak = max(peak, n_run)
             t_end = s.t + dt
             if window_start is not None:
                 lo = max(s.t, window_start)
@@ -422,10 +485,14 @@ class Simulation:
                 new: dict[tuple[int, int], list[_Req]] = {}
                 for r, c in chunks:
                     r.computed += c
+                    s.prefilled += c
                     if r.computed >= r.target:
                         s.prefilling.remove(r)
+                        s.prefilled -= r.computed
                         if r.first_token is None:
                             r.first_token = t_end
+                        elif window_start is not None:  # a recompute: the gap since its last token
+                            gaps.append((t_end - r.preempted_at, t_end - r.preempted_at, 1.0))
                         r.generated += 1
                         r.out_left -= 1
                         if r.out_left <= 0:
@@ -438,9 +505,38 @@ class Simulation:
                     s.d += c.n
                     s.k_sum += c.n * (base + 1 - s.g)
 
-        return self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
+        out = self._result(w, reqs, steps, preemptions, busy_area, blocked, window_start, total)
+        p50, p90, p99 = _mixture_pcts(gaps, (50, 90, 99))
+        return replace(out, max_running=peak, itl_p50_s=p50, itl_p90_s=p90, itl_p99_s=p99)
 
     # ------------------------------------------------------------------ helpers
+
+    def _head_blocked(self, s: _State, budget: int, chunk_tokens: int, decodes: int) -> str | None:
+        """Why the queue's head cannot be admitted into a step with ``budget`` tokens left
+        beside ``chunk_tokens`` of prefill chunks and ``decodes`` (None: it can)."""
+        cfg = self.cfg
+        r = s.waiting[0]
+        if s.d + len(s.prefilling) >= cfg.max_num_seqs:
+            return "max_num_seqs"
+        take = min(r.target, budget)
+        if not cfg.chunked_prefill and take < r.target and (chunk_tokens or decodes):
+            return "token_budget"  # a whole prompt waits for a step with room
+        need = self._kv_need(r, take)
+        pending = self.kv_w * chunk_tokens if cfg.admission == "on_demand" else 0
+        if self._kv_used(s) + pending + need > self.cap:
+            return "kv_capacity"
+        return None
+
+    def _rescheduled_blocked(self, s: _State) -> str | None:
+        """After a preemption, with no prefill running: why scheduling the step again would
+        admit nothing and run the same decodes (the reason admission gives), or None when it
+        might not (then the step is scheduled again)."""
+        budget = self.cfg.max_num_batched_tokens - s.d
+        if not s.d or s.prefilling or not s.waiting or budget <= 0:
+            return None
+        if not self.cfg.mixed_batches and self._admissible(s, self.cfg.max_num_batched_tokens, s.d):
+            return None  # a prefill-only step comes first
+        return self._head_blocked(s, budget, 0, s.d)
 
     def _admissible(self, s: _State, budget: int, n_running: int) -> bool:
         if not s.waiting or n_running >= self.cfg.max_num_seqs:
@@ -452,7 +548,7 @@ class Simulation:
         """Pure decode steps until a cohort finishes."""
         return max(1, s.next_end() - s.g + 1)
 
-    def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked) -> int:
+    def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked, lines) -> int:
         """Stop the run at the step during which the next admissible request arrives."""
         if k <= 1:
             return k
@@ -466,23 +562,60 @@ class Simulation:
         lo, hi = 1, k
         while lo < hi:  # smallest k' whose run reaches the arrival
             mid = (lo + hi) // 2
-            if self._decode_run_time(s, mid) >= horizon:
+            if self._decode_run_time(s, mid, lines) >= horizon:
                 hi = mid
             else:
                 lo = mid + 1
         return lo
 
-    def _decode_run_time(self, s: _State, k: int) -> float:
-        """Sum of k pure decode step times from decode step s.g, in closed form: each
-        step is max(compute, memory) + fixed, both affine in the step index (the step
-        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
-        context sum k_sum + d x g)."""
+    def _run_lines(self, s: _State) -> tuple[float, float, float, float, float, float]:
+        """(c0, c1, m0, m1, fixed, extra): decode step i from s.g takes
+        max(c0 + c1 i, m0 + m1 i) + fixed + extra (compute and memory lines, fixed costs,
+        per-sequence step overhead)."""
         d = s.d
         x0 = s.k_sum + d * s.g
         lc0, lc1, lm0, lm1, fixed = self.sm.decode_line(d)
         c0, c1 = lc0 + lc1 * x0, lc1 * d  # compute_s of step i = c0 + c1 i
         m0, m1 = lm0 + lm1 * x0, lm1 * d
-        extra = self.cfg.seq_step_overhead_s * d
+        return c0, c1, m0, m1, fixed, self.cfg.seq_step_overhead_s * d
+
+    def _run_gaps(self, k: int, stall: float, gaps: list, lines: tuple, d: int) -> None:
+        """Append the inter-token gaps of a run of k decode steps to ``gaps``: each step gives
+        its d sequences one gap of the step's time, linear in the step index on each side of
+        where compute overtakes memory, so each side is one (shortest, longest, count) piece;
+        the first step's gap also holds ``stall`` (prefill-only steps the decodes waited on);
+        ``lines`` are :meth:`_run_lines` of the run's d decodes."""
+        c0, c1, m0, m1, fixed, extra = lines
+        d = float(d)
+        base = fixed + extra
+
+        def at(i: int) -> float:
+            return max(c0 + c1 * i, m0 + m1 * i) + base
+
+        start = 0
+        if stall:
+            first = at(0) + stall
+            gaps.append((first, first, d))
+            start = 1
+        if k <= start:
+            return
+        end = k - 1
+        if (c0 >= m0) == (c0 + c1 * end >= m0 + m1 * end):
+            cuts = (start, k)
+        else:
+            cross = min(k, max(1, math.ceil((m0 - c0) / (c1 - m1))))
+            cuts = (start, max(start, cross), k)
+        for i0, i1 in zip(cuts, cuts[1:], strict=False):
+            if i1 > i0:
+                a, b = at(i0), at(i1 - 1)
+                gaps.append((a, b, d * (i1 - i0)) if a <= b else (b, a, d * (i1 - i0)))
+
+    def _decode_run_time(self, s: _State, k: int, lines: tuple | None = None) -> float:
+        """Sum of k pure decode step times from decode step s.g, in closed form: each
+        step is max(compute, memory) + fixed, both affine in the step index (the step
+        model's :meth:`~capcalc.serving.stepmodel.MixedStepModel.decode_line` in the
+        context sum k_sum + d x g)."""
+        c0, c1, m0, m1, fixed, extra = lines or self._run_lines(s)
         if k == 1:
             return max(c0, m0) + fixed + extra
 
@@ -501,7 +634,8 @@ class Simulation:
     def _preempt(self, s: _State, tokens: float) -> int:
         """Free ``tokens`` of KV by recomputing the most recently admitted decodes."""
         freed, count = 0.0, 0
-        for c in reversed(list(s.by_order)):
+        while s.by_order and freed < tokens:  # the most recently admitted cohort first
+            c = s.by_order[-1]
             while c.members and freed < tokens:
                 r = c.members.pop()
                 ctx = c.base + 1 + (s.g - c.g0)
@@ -512,12 +646,11 @@ class Simulation:
                 s.d -= 1
                 s.k_sum -= c.base + 1 - c.g0
                 s.waiting.appendleft(r)
-                freed += ctx - 1
+                r.preempted_at = s.t
+                freed += self.kv_w * (ctx - 1) + self.kv_fixed
                 count += 1
             if not c.members:
                 s.drop_cohort(c)
-            if freed >= tokens:
-                break
         if count == 0:
             raise CapcalcError("the KV cache cannot hold the running requests")
         return count
@@ -568,6 +701,9 @@ class Simulation:
             tpot_p50_s=_pct(tpot, 50),
             tpot_p90_s=_pct(tpot, 90),
             tpot_p99_s=_pct(tpot, 99),
+            itl_p50_s=0.0,  # set by run() from the pooled gaps
+            itl_p90_s=0.0,
+            itl_p99_s=0.0,
             e2e_p50_s=_pct(e2e, 50),
             e2e_p90_s=_pct(e2e, 90),
             e2e_p99_s=_pct(e2e, 99),
@@ -579,7 +715,7 @@ class Simulation:
             queue_s=_mean([r.scheduled - r.arrival for r in m]),
             preemptions=preemptions,
             binding_limit=binding,
-            kv_capacity_tokens=self.cap,
+            kv_capacity_tokens=self.kv_tokens,
             max_num_seqs=cfg.max_num_seqs,
             max_num_batched_tokens=cfg.max_num_batched_tokens,
             frontend_s=cfg.frontend_s,
@@ -609,6 +745,43 @@ def _output_len(w: Workload, i: int, default: float) -> int:
         return w.output_tokens
     u = _evenly(i)
     return max(1, round(w.output_tokens * (1 + spread * (2 * u - 1))))
+
+
+def _mixture_pcts(pieces: list[tuple[float, float, float]], qs: tuple[float, ...]) -> tuple[float, ...]:
+    """Percentiles ``qs`` of pooled gaps given as pieces (lo, hi, count): ``count`` values
+    spread evenly over [lo, hi] (a point where lo == hi). The distribution function is
+    piecewise linear between the pieces' ends, found in one sweep over them (sorted)."""
+    total = sum(c for _, _, c in pieces)
+    if not total:
+        return tuple(0.0 for _ in qs)
+    events: list[tuple[float, float, float]] = []  # (x, jump, slope change)
+    for lo, hi, c in pieces:
+        if hi <= lo:
+            events.append((lo, c, 0.0))
+        else:
+            rate = c / (hi - lo)
+            events.append((lo, 0.0, rate))
+            events.append((hi, 0.0, -rate))
+    events.sort()
+    targets = sorted((q / 100 * total, i) for i, q in enumerate(qs))
+    out = [events[-1][0]] * len(qs)
+    cum, slope, t, last = 0.0, 0.0, 0, events[0][0]
+    for x, jump, dslope in events:
+        if slope > 0 and x > last:  # the linear stretch from the previous end to x
+            rise = slope * (x - last)
+            while t < len(targets) and cum + rise >= targets[t][0]:
+                out[targets[t][1]] = last + (targets[t][0] - cum) / slope
+                t += 1
+            cum += rise
+        cum += jump
+        slope += dslope
+        last = x
+        while t < len(targets) and cum >= targets[t][0]:
+            out[targets[t][1]] = x
+            t += 1
+        if t == len(targets):
+            break
+    return tuple(out)
 
 
 def _mean(xs: list[float]) -> float:
@@ -654,40 +827,75 @@ class Replica:
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
     """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
-    num_blocks x block_size, with the engine's batch limits sizing the activation peak; or,
-    where the engine sizes its pool as a fraction f of the memory left free once the model is
-    loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
-    activations - overheads) over the KV bytes per token, in whole blocks."""
-    from capcalc.serving.fit import FitRequest, fit, memory_of
+    num_blocks x block_size per group, with the engine's batch limits sizing the activation
+    peak; or, where the engine sizes its pool as a fraction f of the memory left free once the
+    model is loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
+    activations - overheads) over the KV bytes per token, in whole blocks. For a model with
+    more than one kind of layer :func:`kv_pool` says how requests share it."""
+    return kv_pool(replica, config, max_model_len).tokens
 
+
+@dataclass(frozen=True)
+class SizedPool(KVPool):
+    tokens: int = 0  # fit's kv_cache_tokens (or TensorRT-LLM's), as reported
+
+
+def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int) -> SizedPool:
+    """The replica's KV cache as the simulation counts it (:class:`KVPool`), sized by
+    :func:`capcalc.serving.fit.fit` (or TensorRT-LLM's free-memory fraction, see
+    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's prompt + output)."""
+    from capcalc.model.layers import attention_spec
+    from capcalc.serving.fit import FitRequest, fit, kv_cache_groups, memory_of, request_blocks
+
+    model = replica.model
     memory, source = memory_of(replica.gpu)
+    max_model_len = min(max_model_len, model.max_context)
     req = FitRequest(
         memory_bytes=memory,
         memory_source=source,
         gpu=replica.gpu.name,
         deployment=replica.deployment,
         gpu_memory_utilization=replica.gpu_memory_utilization,
-        max_model_len=min(max_model_len, replica.model.max_context),
+        max_model_len=max_model_len,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
     )
-    result = fit(replica.model, req, suggest=False)
+    result = fit(model, req, suggest=False)
     if not result.weights_fit:
         raise CapcalcError(
-            f"{replica.model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
+            f"{model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
         )
+    groups = kv_cache_groups(model, req.hybrid)
+    full = attention_spec(model)
+    big = 1 << 40  # a context no bounded kind holds whole
+
+    def grows(g) -> bool:
+        return (g.spec or full).tokens_held(big) >= big
+
+    growing = sum(1 for g in groups if grows(g))
+    bounded = [g for g in groups if not grows(g)]
+    bs = result.block_size
     f = config.kv_free_memory_fraction
     if f is None:
-        return result.kv_cache_tokens
-    # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
-    free = result.memory_bytes - (
-        result.weights_bytes_per_gpu
-        + result.activation_bytes_per_gpu
-        + result.overhead_bytes_per_gpu
-        + result.cudagraph_bytes_per_gpu
-    )
-    tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
-    return tokens // result.block_size * result.block_size
+        tokens, blocks = result.kv_cache_tokens, result.num_blocks
+    else:
+        # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
+        free = result.memory_bytes - (
+            result.weights_bytes_per_gpu
+            + result.activation_bytes_per_gpu
+            + result.overhead_bytes_per_gpu
+            + result.cudagraph_bytes_per_gpu
+        )
+        tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
+        tokens = tokens // bs * bs
+        blocks = int(f * free // (result.page_bytes * result.layers_per_group)) if free > 0 else 0
+    if not bounded:  # one kind of layer: tokens, each request holding its context
+        return SizedPool(float(tokens), tokens=tokens)
+    fixed = request_blocks(model, bounded, max_model_len, bs, result.max_num_batched_tokens)
+    if not growing:  # every group bounded: count pages
+        return SizedPool(float(blocks), per_token=0.0, per_request=float(fixed), tokens=tokens)
+    unit = bs / growing  # tokens per page
+    return SizedPool(blocks * unit, per_token=1.0, per_request=fixed * unit, tokens=tokens)
 
 
 def predict_serving(
@@ -695,15 +903,16 @@ def predict_serving(
     workload: Workload,
     config: EngineConfig,
     efficiency,
-    kv_tokens: int | None = None,
+    kv_tokens: int | KVPool | None = None,
     steps: MixedStepModel | None = None,
 ) -> ServingResult:
     """TTFT, TPOT, ITL, E2E and throughput of ``workload`` on ``replica`` run by ``config``,
     with the step efficiencies ``efficiency`` (:class:`capcalc.perf.efficiency.Efficiency`).
-    ``kv_tokens`` None sizes the KV cache with :func:`kv_capacity_tokens`; ``steps`` reuses
+    ``kv_tokens`` None sizes the KV cache with :func:`kv_pool` (a number: that many tokens,
+    each request holding its context); ``steps`` reuses
     a step model already built for this replica and efficiency (sweeps)."""
     if kv_tokens is None:
-        kv_tokens = kv_capacity_tokens(replica, config, workload.prompt_tokens + workload.output_tokens)
+        kv_tokens = kv_pool(replica, config, workload.prompt_tokens + workload.output_tokens)
     if steps is None:
         steps = step_model(replica, efficiency, workload.prompt_tokens)
     return Simulation(steps, config, kv_tokens, gpus=replica.tp).run(workload)

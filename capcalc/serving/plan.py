@@ -40,8 +40,8 @@ serve less), and the replica's operating point is the smallest concurrency
 latencies are reported, a slight overestimate since a whole client is rounded up.
 
 An SLO binds a statistic of a metric: the mean (the default) or a percentile the
-simulation gives (p50, p90, p99), written ``p90:500ms``; TTFT, TPOT and E2E have all four,
-ITL (gaps pooled over requests) has its mean only. ``binding_constraint`` names what stops
+simulation gives (p50, p90, p99), written ``p90:500ms``; TTFT, TPOT, E2E and ITL (its
+gaps pooled over requests, as ``vllm bench serve`` pools them) have all four. ``binding_constraint`` names what stops
 ``C_max`` growing: ``memory`` (``C`` reached the KV capacity), ``max_num_seqs``,
 ``search_limit``, the SLO
 broken at ``C_max + 1`` (``TTFT``, ``TPOT``, ``ITL``, ``E2E``; ``binding_slo`` says which
@@ -69,7 +69,15 @@ from capcalc.model.weights import resolve_weight_dtype
 from capcalc.perf.efficiency import Efficiency, ResolvedEfficiency
 from capcalc.schema.deployment import Deployment
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
-from capcalc.serving.engine import Replica, ServingResult, Workload, predict_serving, step_model
+from capcalc.serving.engine import (
+    KVPool,
+    Replica,
+    ServingResult,
+    Workload,
+    kv_pool,
+    predict_serving,
+    step_model,
+)
 from capcalc.serving.engines import ENGINES, EngineConfig, engine_defaults, engine_efficiency, with_overrides
 from capcalc.serving.fit import DEFAULT_UTILIZATION, FitRequest, FitResult, check_request, fit, memory_of
 from capcalc.serving.stepmodel import Chunk
@@ -106,7 +114,7 @@ SLO_STATS = ("mean", "p50", "p90", "p99")
 SLO_METRICS = (
     ("TTFT", "ttft", SLO_STATS),
     ("TPOT", "tpot", SLO_STATS),
-    ("ITL", "itl", ("mean",)),
+    ("ITL", "itl", SLO_STATS),
     ("E2E", "e2e", SLO_STATS),
 )
 
@@ -121,7 +129,7 @@ class Traffic:
 @dataclass(frozen=True)
 class SLOs:
     """Latency targets in seconds (None: no target), each on a statistic of its metric:
-    ``mean`` or a percentile of :data:`SLO_STATS` (ITL: the mean only)."""
+    ``mean`` or a percentile of :data:`SLO_STATS`."""
 
     ttft_s: float | None = None
     itl_s: float | None = None
@@ -161,12 +169,6 @@ def parse_slo(value, parameter: str) -> tuple[float, str]:
         head, colon, tail = text.partition(":")
         if colon:
             stat = head.strip().lower()
-            if stat not in allowed and allowed == ("mean",):
-                raise CapcalcError(
-                    f"{parameter} {excerpt(text)}: ITL is the mean of every gap between tokens, pooled "
-                    f"over requests; a percentile binds tpot_s, e.g. p99:50ms",
-                    parameter=(parameter, "tpot_s"),
-                )
             if stat not in allowed:
                 raise CapcalcError(
                     f"{parameter} {excerpt(text)}: the serving model gives the {', '.join(allowed)}; "
@@ -274,6 +276,9 @@ class PlanResult:
     e2e_p50_s: float | None = None
     e2e_p90_s: float | None = None
     e2e_p99_s: float | None = None
+    itl_p50_s: float | None = None
+    itl_p90_s: float | None = None
+    itl_p99_s: float | None = None
     decode_step_s: float | None = None  # a pure decode step of the running batch, contexts at P + O/2
     prefill_s: float | None = None  # one prompt alone: TTFT at concurrency 1 less the frontend cost
     prefill_share: float | None = None  # lam x prefill_s: prefill work per second, a load indicator
@@ -334,7 +339,7 @@ class LoadedReplica:
         slos: SLOs,
         config: EngineConfig,
         efficiency: Efficiency,
-        kv_tokens: int,
+        kv_tokens: int | KVPool,
     ):
         self.replica, self.traffic, self.slos = replica, traffic, slos
         self.config, self.efficiency, self.kv_tokens = config, efficiency, kv_tokens
@@ -606,7 +611,10 @@ def plan_candidate(
     )
     eff = served_eff if serving is not None else serving_efficiency(engine, efficiency, capacity.weight_dtype)
     try:
-        loaded = LoadedReplica(replica, traffic, slos, config, eff, capacity.kv_cache_tokens)
+        # the cache as the simulation counts it: fit's groups (sliding windows and recurrent
+        # state hold a fixed share per request), TensorRT-LLM's free-memory pool for trtllm
+        pool = kv_pool(replica, config, context)
+        loaded = LoadedReplica(replica, traffic, slos, config, eff, pool)
         one = loaded.at(1)
     except CapcalcError as exc:
         return replace(base, rejected_because=exc.message)
@@ -630,10 +638,9 @@ def plan_candidate(
             binding_constraint=name,
             binding_slo=label,
         )
-    # the simulation counts the cache in tokens, every request's KV at its full context (no
-    # sliding-window saving), so memory holds the fewer of fit's requests and tokens / (P + O);
-    # a step holds at most max_num_batched_tokens decodes: more running requests cannot run
-    kv_requests = min(base.kv_capacity_requests, capacity.kv_cache_tokens // context)
+    # requests of P + O tokens the pool holds (for vLLM, fit's max_concurrency); a step holds
+    # at most max_num_batched_tokens decodes: more running requests cannot run
+    kv_requests = math.floor(pool.capacity / (pool.per_token * context + pool.per_request))
     cap = replica_capacity(loaded, kv_requests, min(config.max_num_seqs, config.max_num_batched_tokens))
     replicas = max(1, math.ceil(traffic.requests_per_s / cap.max_load * (1 - 1e-12)))
     lam = traffic.requests_per_s / replicas
@@ -650,7 +657,7 @@ def plan_candidate(
     tokens_per_hour = traffic.requests_per_s * traffic.output_tokens * 3600.0
     percentiles = {
         f"{key}_{p}_s": getattr(at, f"{key}_{p}_s")
-        for key in ("ttft", "tpot", "e2e")
+        for key in ("ttft", "tpot", "e2e", "itl")
         for p in ("p50", "p90", "p99")
     }
     return replace(

@@ -15,7 +15,11 @@ prices it like any step: with n = decodes + chunk tokens,
   the prefill pair count of :func:`capcalc.model.flops.attended_pairs`;
 * KV: each decode reads its sequence's cache at its context, a chunk reads its prefix and
   its own KV (kv(q + c)); every new token writes one token of KV per layer;
-* activations are streamed for the chunk tokens only (decode activations stay on chip).
+* activations are streamed for the chunk tokens only (decode activations stay on chip);
+* recurrent layers (Mamba2, Gated DeltaNet): ``recurrent_update`` costs its FLOPs per token
+  for all n tokens, and each sequence in the step (decode or chunk) writes its fixed state
+  back once; the state's read is part of kv_read's per-sequence intercept, so neither
+  grows with the context.
 
 Exactness: every component is the same as the one :func:`capcalc.model.flops.step_cost`
 gives, taken from two decode steps and one prefill step of one sequence computed by it
@@ -26,7 +30,11 @@ prompt alone is ``prefill_cost(model, 1, P)``, component by component. The one
 approximation: per-sequence KV and attention are taken affine in the context from
 ``ctx_floor`` up, which is exact for full-attention layers and for sliding-window layers
 once the context passes the window (below it a sliding layer's cache grows with the
-context too: the affine form then overstates it by at most window x per-token KV).
+context too: the affine form then overstates it by at most window x per-token KV). A
+chunked-local layer (Llama 4) holds ((ctx - 1) mod chunk) + 1 tokens, a sawtooth: while the
+prompt is within the first chunk the anchors stay inside it (exact there, a chunked layer
+holding every token; decodes that cross into the next chunk are overstated), and past it
+they are taken whole chunks apart at the chunk's mean, (chunk + 1) / 2 tokens.
 
 A step is then timed by :func:`capcalc.perf.latency.predict_step`, which sees the step as
 ``prefill`` (eff(n) on its n tokens) when it holds any chunk, else as ``decode``.
@@ -34,7 +42,7 @@ A step is then timed by :func:`capcalc.perf.latency.predict_step`, which sees th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from capcalc.model.flops import (
     Component,
@@ -44,6 +52,7 @@ from capcalc.model.flops import (
     experts_touched,
     prefill_cost,
 )
+from capcalc.model.layers import cdiv
 from capcalc.perf.efficiency import Efficiency
 from capcalc.perf.latency import StepPrediction, predict_step, resolve_compute_dtype
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
@@ -80,16 +89,23 @@ class MixedStepModel:
         self.compute_dtype = resolve_compute_dtype(compute_dtype, weight_dtype, model, gpu)
         kw = dict(weight_dtype=weight_dtype, kv_dtype=kv_dtype, tp=tp, **cost_kw)
         lo = max(1, ctx_floor, model.sliding_window or 1)
+        span = 1024
+        chunk = model.attention_chunk_size
+        mean = chunk is not None and lo >= chunk
+        if mean:  # past the first chunk: anchors where the chunk is half full, whole chunks apart
+            lo = lo - (lo - 1) % chunk + chunk // 2 - 1  # holds chunk // 2 tokens
+            span = chunk * cdiv(1024, chunk)
+        elif chunk is not None:  # within the first chunk a chunked layer holds every token
+            span = max(1, min(span, chunk - lo))
         self._ctx_lo = lo
-        hi = lo + 1024
-        d_lo, d_hi = decode_cost(model, 1, lo, **kw), decode_cost(model, 1, hi, **kw)
+        hi = lo + span
+        d_lo, d_hi = self._decode_anchor(model, lo, mean, kw), self._decode_anchor(model, hi, mean, kw)
         p_len = 256
         pre = prefill_cost(model, 1, p_len, **kw)
         self.weight_dtype, self.kv_dtype = d_lo.weight_dtype, d_lo.kv_dtype
         c = {x.name: x for x in d_lo.components}
         c_hi = {x.name: x for x in d_hi.components}
         cp = {x.name: x for x in pre.components}
-        span = hi - lo
         # per-sequence KV read and decode attention FLOPs: value at ctx = a + b x ctx
         self._kv_b = (c_hi["kv_read"].bytes - c["kv_read"].bytes) / span
         self._kv_a = c["kv_read"].bytes - self._kv_b * lo
@@ -105,14 +121,49 @@ class MixedStepModel:
         self._embedding_per_token = c["embedding"].bytes
         self._matmul = {n: (c[n].flops, c[n].bytes) for n in (*_PER_TOKEN_MATMULS, "lm_head")}
         self._norms = c["norms_biases"].bytes
+        # recurrent layers (Mamba2, Gated DeltaNet): FLOPs per token, the state written back
+        # once per sequence in the step (its read is in kv_read's per-sequence intercept)
+        rec = c["recurrent_update"]
+        self._rec_flops_per_token = rec.flops
+        self._rec_bytes_per_seq = rec.bytes
         self._routed = c["routed_experts"]
         moe = model.moe
         self._k = moe.experts_per_token if moe else 0
         self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
         self._template = d_lo
+        # the compact form's sums (:meth:`step_cost`): dense matrix products per token and
+        # their weights, attention per decode, per context token and per prefill pair
+        self._mm_per_token = sum(self._matmul[x][0] for x in _PER_TOKEN_MATMULS)
+        self._mm_bytes = sum(self._matmul[x][1] for x in (*_PER_TOKEN_MATMULS, "lm_head"))
+        self._att_a = sum(self._att[x][0] for x in self._att)
+        self._att_b = sum(self._att[x][1] for x in self._att)
+        self._pre_att_sum = sum(self._pre_att.values())
         self._lines: dict[int, tuple[float, float, float, float, float]] = {}
+        self._pairs: dict[int, float] = {}
+
+    @staticmethod
+    def _decode_anchor(model: ModelProfile, ctx: int, mean: bool, kw: dict) -> StepCost:
+        """The decode step of one sequence at ``ctx``; with ``mean`` (past a chunked layer's
+        first chunk, ``ctx`` holding chunk/2 tokens in it) the mean of the steps at ``ctx``
+        and ``ctx + 1``: held chunk/2 + 1/2 = (chunk + 1) / 2, the mean of 1..chunk."""
+        a = decode_cost(model, 1, ctx, **kw)
+        if not mean:
+            return a
+        b = decode_cost(model, 1, ctx + 1, **kw)
+        comps = tuple(
+            Component(x.name, (x.flops + y.flops) / 2, (x.bytes + y.bytes) / 2, x.kind)
+            for x, y in zip(a.components, b.components, strict=True)
+        )
+        return replace(a, components=comps)
 
     # ------------------------------------------------------------------ costs
+
+    def prefill_pairs(self, ctx: int) -> float:
+        """:func:`capcalc.model.flops.attended_pairs` of a ``ctx``-token prefill (memoised)."""
+        pairs = self._pairs.get(ctx)
+        if pairs is None:
+            pairs = self._pairs[ctx] = attended_pairs(self.model, "prefill", ctx)
+        return pairs
 
     def kv_read_bytes(self, ctx: float) -> float:
         """KV bytes one sequence at ``ctx`` reads (affine form, module docstring)."""
@@ -125,9 +176,7 @@ class MixedStepModel:
         n = decodes + chunk_tokens
         logits = decodes + len(chunks)
         pairs = sum(
-            attended_pairs(self.model, "prefill", ch.prefix + ch.tokens)
-            - attended_pairs(self.model, "prefill", ch.prefix)
-            for ch in chunks
+            self.prefill_pairs(ch.prefix + ch.tokens) - self.prefill_pairs(ch.prefix) for ch in chunks
         )
         kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
         kv_read += sum(self.kv_read_bytes(ch.prefix + ch.tokens) for ch in chunks)
@@ -158,6 +207,14 @@ class MixedStepModel:
         comps.append(Component("lm_head", f * logits, b, "matmul"))
         comps.append(Component("kv_read", 0.0, kv_read, "memory"))
         comps.append(Component("kv_write", 0.0, n * self._kv_write_per_token, "memory"))
+        comps.append(
+            Component(
+                "recurrent_update",
+                self._rec_flops_per_token * n,
+                self._rec_bytes_per_seq * (decodes + len(chunks)),
+                "attention",
+            )
+        )
         t = self._template
         phase = "prefill" if chunks else "decode"
         return StepCost(
@@ -172,6 +229,67 @@ class MixedStepModel:
             components=tuple(comps),
             experts_touched_per_layer=touched,
         )
+
+    def step_cost(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepCost:
+        """:meth:`cost` in compact form, for timing: the same totals in fewer components
+        (the dense matrix products as one, attention as one, the streamed non-weight bytes as
+        one; ``routed_experts``, ``kv_read``, ``kv_write`` and ``recurrent_update`` as they
+        are), so that :func:`capcalc.perf.latency.predict_step` gives the same time (to float
+        rounding) from half the objects. The simulation prices its mixed steps with it."""
+        chunk_tokens = 0
+        pairs = 0.0
+        kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
+        for ch in chunks:
+            end = ch.prefix + ch.tokens
+            chunk_tokens += ch.tokens
+            pairs += self.prefill_pairs(end) - self.prefill_pairs(ch.prefix)
+            kv_read += self._kv_a + self._kv_b * end
+        n = decodes + chunk_tokens
+        seqs = decodes + len(chunks)
+        f_lm = self._matmul["lm_head"][0]
+        touched = None
+        routed = (0.0, 0.0)
+        if self.model.moe is not None:
+            touched = experts_touched(self.model.moe.num_experts, self._k, n)
+            routed = (self._routed.flops * n, self._bytes_per_expert * touched)
+        streamed = n * self._embedding_per_token + self._norms + chunk_tokens * self._act_per_token
+        att = decodes * self._att_a + self._att_b * decode_ctx_sum + self._pre_att_sum * pairs
+        comps = (
+            Component("matmuls", self._mm_per_token * n + f_lm * seqs, self._mm_bytes, "matmul"),
+            Component("routed_experts", *routed, "matmul"),
+            Component("attention", att, 0.0, "attention"),
+            Component("streamed", 0.0, streamed, "memory"),
+            Component("kv_read", 0.0, kv_read, "memory"),
+            Component("kv_write", 0.0, n * self._kv_write_per_token, "memory"),
+            Component(
+                "recurrent_update", self._rec_flops_per_token * n, self._rec_bytes_per_seq * seqs, "attention"
+            ),
+        )
+        t = self._template
+        return StepCost(
+            phase="prefill" if chunks else "decode",
+            model=t.model,
+            batch=decodes if not chunks else 1,
+            new_tokens=1 if not chunks else n,
+            ctx=max(1, round(decode_ctx_sum / decodes)) if decodes else chunks[0].prefix + chunks[0].tokens,
+            tp=t.tp,
+            weight_dtype=t.weight_dtype,
+            kv_dtype=t.kv_dtype,
+            components=comps,
+            experts_touched_per_layer=touched,
+        )
+
+    def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
+        """The step's time from its compact cost (:meth:`step_cost`)."""
+        cost = self.step_cost(decodes, decode_ctx_sum, chunks)
+        return predict_step(
+            self.model,
+            self.gpu,
+            cost,
+            self.compute_dtype,
+            self.efficiency,
+            kernel_roofline=self.kernel_roofline,
+        ).time_s
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         cost = self.cost(decodes, decode_ctx_sum, chunks)
