@@ -605,3 +605,17 @@ def test_falcon_h1_prefill_activations_and_pipeline_stages_hold_both_mixers(regi
     stages = weight_bytes_per_gpu(m, Deployment(weight_dtype="bf16", pp=2))
     assert [(s.first_layer, s.end_layer) for s in stages] == [(0, 22), (22, 44)]
     assert sum(s.bytes for s in stages) == weight_bytes(m, "bf16").bytes == 2 * 7_585_654_880
+
+
+def test_fit_table_names_the_state_blocks_as_what_stops_it(cli):
+    """Granite-4.0-H-Small at 32k on an H100: the KV budget holds a request, but vLLM's
+    default max_num_seqs (1024) is over the pool's state blocks, so the table's verdict
+    names that and not the KV cache; the JSON says the same through its flags."""
+    args = ("fit", "granite-4.0-h-small", "--gpu", "h100-sxm", "--ctx", "32768")
+    rec = cli(*args, "--json").json()
+    assert not rec["fits"] and rec["max_num_seqs_over_state_blocks"]
+    assert rec["kv_needed_bytes"] <= rec["kv_cache_bytes_per_gpu"]
+    table = cli(*args)
+    assert table.code == 1
+    assert "does not fit: max_num_seqs over the state blocks" in table.out
+    assert f"exceeds available Mamba cache blocks ({rec['num_blocks']})" in table.out.replace("\n", " ")

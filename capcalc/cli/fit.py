@@ -308,9 +308,14 @@ def render(r: FitResult, console: Console, notes: list[str]) -> None:
         )
     console.print(table)
 
-    verdict = (
-        "fits" if r.fits else ("does not fit: weights" if not r.weights_fit else "does not fit: KV cache")
-    )
+    if r.fits:
+        verdict = "fits"
+    elif not r.weights_fit:
+        verdict = "does not fit: weights"
+    elif r.max_num_seqs_over_state_blocks and r.kv_needed_bytes <= r.kv_cache_bytes_per_gpu:
+        verdict = "does not fit: max_num_seqs over the state blocks"
+    else:
+        verdict = "does not fit: KV cache"
     console.print(
         field_table(
             {
