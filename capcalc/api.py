@@ -81,8 +81,18 @@ def _split_deployment(deployment: Deployment | None, kwargs: dict[str, Any]) -> 
     return Deployment.of(deployment, **fields)
 
 
+class _ReadsThrough:
+    """A report whose ``result``'s fields read through: ``report.ttft_s`` is
+    ``report.result.ttft_s``."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+
 @dataclass(frozen=True)
-class LatencyReport:
+class LatencyReport(_ReadsThrough):
     """A latency prediction, the efficiency it assumed (each parameter's value and source)
     and whether vLLM would serve it (:func:`capcalc.serving.fit.request_fits`: ``batch``
     requests of prompt + output tokens). The prediction's fields read through: ``report.ttft_s``."""
@@ -90,11 +100,6 @@ class LatencyReport:
     result: LatencyResult
     efficiency: ResolvedEfficiency
     serving: RequestFit | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def record(self) -> dict:
         """The CLI's ``latency --json`` record: the prediction, then ``assume_*`` and
@@ -104,18 +109,13 @@ class LatencyReport:
 
 
 @dataclass(frozen=True)
-class RooflineReport:
+class RooflineReport(_ReadsThrough):
     """A roofline and whether vLLM would hold its requests (:func:`capcalc.serving.fit.request_fits`:
     ``batch`` sequences of ``max(ctx, prompt_tokens)`` tokens, the longer of the decode step's
     context and the prefill's prompt). The roofline's fields read through: ``report.critical_batch``."""
 
     result: RooflineResult
     serving: RequestFit | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def record(self) -> dict:
         """The CLI's ``roofline --json`` record: the roofline's, then ``fits_in_memory`` and
@@ -155,7 +155,7 @@ class PlanReport:
 
 
 @dataclass(frozen=True)
-class ServingReport:
+class ServingReport(_ReadsThrough):
     """One replica under load (:class:`capcalc.serving.engine.ServingResult`, whose fields
     read through: ``report.ttft_p90_s``) and what it assumed."""
 
@@ -167,11 +167,6 @@ class ServingReport:
     serving: Any  # capcalc.sources.calibration.ResolvedServing
     kv_dtype: str | None = None  # resolved (``auto`` read as the serving dtype)
     compute_dtype: str | None = None  # resolved (the dtype whose peak bounds the products)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.result, name)
 
     def record(self) -> dict:
         """``latency --concurrency/--rps --json``: the deployment, the prediction, then

@@ -369,9 +369,7 @@ def predict_latency(
         itl_first_s=steps[0].time_s,
         itl_last_s=steps[-1].time_s,
         e2e_s=e2e,
-        output_tokens_per_s=batch * output_tokens / e2e,
-        output_tokens_per_s_per_user=1.0 / itl,
-        total_tokens_per_s=batch * (prompt_tokens + output_tokens) / e2e,
+        **throughputs(batch, prompt_tokens, output_tokens, itl, e2e),
         prefill_bound=prefill.bound,
         decode_bound=middle.bound,
         prefill_compute_s=prefill.compute_s,
@@ -390,6 +388,16 @@ def predict_latency(
 
 
 # --------------------------------------------------------------------------- speculative decoding
+
+
+def throughputs(batch: int, prompt_tokens: int, output_tokens: int, itl_s: float, e2e_s: float) -> dict:
+    """A static batch's rates in tokens per second: ``batch x O / e2e`` out, ``1 / itl`` for
+    each user, and ``batch x (P + O) / e2e`` in and out together."""
+    return {
+        "output_tokens_per_s": batch * output_tokens / e2e_s,
+        "output_tokens_per_s_per_user": 1.0 / itl_s,
+        "total_tokens_per_s": batch * (prompt_tokens + output_tokens) / e2e_s,
+    }
 
 
 def expected_tokens_per_step(spec_tokens: int, acceptance: float) -> float:
@@ -498,9 +506,7 @@ def predict_speculative_latency(
         itl_first_s=per_token[0],
         itl_last_s=per_token[-1],
         e2e_s=e2e,
-        output_tokens_per_s=batch * output_tokens / e2e,
-        output_tokens_per_s_per_user=1.0 / itl,
-        total_tokens_per_s=batch * (prompt_tokens + output_tokens) / e2e,
+        **throughputs(batch, prompt_tokens, output_tokens, itl, e2e),
         itl_roofline_s=ideal_itl,
         spec_tokens=k,
         acceptance=acceptance,

@@ -281,18 +281,12 @@ class MixedStepModel:
 
     def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
         """The step's time from its compact cost (:meth:`step_cost`)."""
-        cost = self.step_cost(decodes, decode_ctx_sum, chunks)
-        return predict_step(
-            self.model,
-            self.gpu,
-            cost,
-            self.compute_dtype,
-            self.efficiency,
-            kernel_roofline=self.kernel_roofline,
-        ).time_s
+        return self._timed(self.step_cost(decodes, decode_ctx_sum, chunks)).time_s
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
-        cost = self.cost(decodes, decode_ctx_sum, chunks)
+        return self._timed(self.cost(decodes, decode_ctx_sum, chunks))
+
+    def _timed(self, cost: StepCost) -> StepPrediction:
         return predict_step(
             self.model,
             self.gpu,
