@@ -512,7 +512,7 @@ class Session:
         An SLO is seconds (the mean) or a string binding a statistic, ``'p90:500ms'``
         (:func:`capcalc.serving.plan.parse_slo`).
         ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``."""
-        from capcalc.perf.efficiency import PARAMETERS, resolve_efficiency
+        from capcalc.perf.efficiency import PARAMETERS
         from capcalc.serving.plan import Traffic, candidates, plan, slos_of
 
         overrides = dict(efficiency or {})
@@ -546,7 +546,7 @@ class Session:
             cands,
             traffic,
             slos,
-            lambda g: resolve_efficiency(g, overrides, self.calibration()),
+            None,  # serving() resolves the efficiencies
             price_of,
             max_num_seqs=max_num_seqs,
             engine=engine,

@@ -840,10 +840,12 @@ class SizedPool(KVPool):
     tokens: int = 0  # fit's kv_cache_tokens (or TensorRT-LLM's), as reported
 
 
-def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int) -> SizedPool:
+def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=None) -> SizedPool:
     """The replica's KV cache as the simulation counts it (:class:`KVPool`), sized by
     :func:`capcalc.serving.fit.fit` (or TensorRT-LLM's free-memory fraction, see
-    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's prompt + output)."""
+    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's prompt + output).
+    ``fitted``: that fit's result when the caller has it already (the same request), so it
+    is not fitted twice."""
     from capcalc.model.layers import attention_spec
     from capcalc.serving.fit import FitRequest, fit, kv_cache_groups, memory_of, request_blocks
 
@@ -860,7 +862,7 @@ def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int) -> Sized
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
     )
-    result = fit(model, req, suggest=False)
+    result = fitted if fitted is not None else fit(model, req, suggest=False)
     if not result.weights_fit:
         raise CapcalcError(
             f"{model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"

@@ -535,7 +535,7 @@ def plan_candidate(
     cand: Candidate,
     traffic: Traffic,
     slos: SLOs,
-    efficiency: Efficiency | ResolvedEfficiency,
+    efficiency: Efficiency | ResolvedEfficiency | None,
     price: tuple[float, str] | None = None,
     gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
@@ -613,7 +613,7 @@ def plan_candidate(
     try:
         # the cache as the simulation counts it: fit's groups (sliding windows and recurrent
         # state hold a fixed share per request), TensorRT-LLM's free-memory pool for trtllm
-        pool = kv_pool(replica, config, context)
+        pool = kv_pool(replica, config, context, fitted=capacity)
         loaded = LoadedReplica(replica, traffic, slos, config, eff, pool)
         one = loaded.at(1)
     except CapcalcError as exc:
@@ -732,7 +732,7 @@ def plan(
     candidates: list[Candidate],
     traffic: Traffic,
     slos: SLOs,
-    efficiency: Callable[[HardwareProfile], Efficiency | ResolvedEfficiency],
+    efficiency: Callable[[HardwareProfile], Efficiency | ResolvedEfficiency] | None,
     prices: dict[str, tuple[float, str]] | None = None,
     gpu_memory_utilization: float = DEFAULT_UTILIZATION,
     max_num_seqs: int | None = None,
@@ -747,6 +747,8 @@ def plan(
     Session's resolution: flags > a ``capcalc calibrate`` entry > engine defaults), and
     ``efficiency`` is not used."""
     engine = check_engine(engine)
+    if serving is None and efficiency is None:
+        raise CapcalcError("plan needs efficiency(gpu) or serving(gpu, weight_dtype)", parameter="efficiency")
     check_traffic(model, traffic, slos)
     if candidates:  # the settings are the same in every candidate's request
         check_request(fit_request(candidates[0], traffic, gpu_memory_utilization, max_num_seqs), model)
@@ -757,7 +759,7 @@ def plan(
             cand,
             traffic,
             slos,
-            efficiency(cand.gpu),
+            efficiency(cand.gpu) if serving is None else None,
             prices.get(cand.gpu.name),
             gpu_memory_utilization,
             max_num_seqs,
