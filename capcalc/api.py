@@ -167,6 +167,7 @@ class ServingReport(_ReadsThrough):
     serving: Any  # capcalc.sources.calibration.ResolvedServing
     kv_dtype: str | None = None  # resolved (``auto`` read as the serving dtype)
     compute_dtype: str | None = None  # resolved (the dtype whose peak bounds the products)
+    output_spread: float | None = None  # the output-length spread simulated (0: every request O)
 
     def record(self) -> dict:
         """``latency --concurrency/--rps --json``: the deployment, the prediction, then
@@ -187,6 +188,7 @@ class ServingReport(_ReadsThrough):
         return flat_record(
             head,
             **result,
+            output_spread=self.output_spread,
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
@@ -704,7 +706,8 @@ class Session:
         result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
         kv = resolve_kv_dtype(d.kv_dtype, profile.native_dtype)
         compute = resolve_compute_dtype(d.compute_dtype, weight, profile, device)
-        return ServingReport(profile.name, device.name, d, weight, result, resolved, kv, compute)
+        spread = resolved.config.output_spread if workload.output_spread is None else workload.output_spread
+        return ServingReport(profile.name, device.name, d, weight, result, resolved, kv, compute, spread)
 
     def calibrate(
         self,

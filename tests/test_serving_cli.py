@@ -99,6 +99,9 @@ def test_littles_law_in_the_printed_record(cli):
         )
         exact = cli(*args, "--json").json()
         assert exact["output_tokens_per_s"] == pytest.approx(exact["requests_per_s"] * 128)
+        # the record says which spread it simulated: the flag's, else vLLM's default
+        default = Session(use_calibration=False).serving_parameters(GPU, "vllm").config.output_spread
+        assert exact["output_spread"] == 0 and r["output_spread"] == default > 0
 
 
 def test_concurrency_one_is_the_static_batch_of_one_plus_the_frontend(cli):
