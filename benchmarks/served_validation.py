@@ -90,6 +90,14 @@ def map_row(r: dict, registry: Registry) -> Row | str:
     if not m:
         return "no concurrency in silicon_data_source"
     conc = int(m.group(1))
+    per_engine = _int(r["batch_size"])
+    if per_engine and conc > per_engine and conc % per_engine == 0:
+        # the benchmark's clients were spread over conc / batch_size engines: replicas when the
+        # row says attention_dp_size 1 (their TTFTs show no queue at conc), else attention-DP
+        # ranks the row does not record (TensorRT-LLM 1.3 rows: conc = batch_size x tp)
+        if r["attention_dp_size"] != "1":
+            return "concurrency a multiple of batch_size, attention_dp_size not recorded: ranks or replicas unknown"
+        conc = per_engine
     precision = r["precision"] or "bf16"
     gemm = r["gemm_quant_mode"]
     group = 128
