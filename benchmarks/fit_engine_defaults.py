@@ -28,6 +28,7 @@ PARAMETERS = (
     "bandwidth_scale",
     "flops_scale",
     "low_precision_flops_scale",
+    "expert_flops_ratio",
     "layer_overhead_s",
     "moe_layer_overhead_s",
     "allreduce_latency_per_rank_s",

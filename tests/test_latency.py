@@ -320,6 +320,7 @@ def test_every_parameter_has_a_flag(cli):
         "moe_layer_overhead_s": ("--moe-layer-overhead", "15 us", 15e-6),
         "moe_token_overhead_s": ("--moe-token-overhead", "200ns", 200e-9),
         "allreduce_latency_per_rank_s": ("--allreduce-latency-per-rank", "2us", 2e-6),
+        "expert_flops_ratio": ("--expert-flops-ratio", "0.5", 0.5),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]
@@ -736,4 +737,36 @@ def test_routed_experts_prefill_at_the_efficiency_of_their_own_token_count(regis
     dense_step = predict_step(registry.model("llama-3-8b"), gpu, dense, "bf16", eff)
     assert dense_step.compute_s == pytest.approx(
         (dense.matmul_flops + dense.attention_flops) / (peak * 0.6 * 2048 / 2148), rel=1e-9
+    )
+
+
+def test_low_precision_routed_experts_run_at_the_expert_flops_ratio(registry):
+    """In fp8 the routed experts' products run at expert_flops_ratio x their own eff(n); the
+    dense products and attention keep eff(n), and a 16-bit step ignores the ratio."""
+    from capcalc.model.flops import prefill_cost
+    from capcalc.perf.efficiency import Efficiency
+    from capcalc.perf.latency import predict_step
+
+    model, gpu = registry.model("qwen3-30b-a3b"), registry.gpu("h100-sxm")
+    cost = prefill_cost(model, 1, 2048)
+    eff = Efficiency(prefill_flops_efficiency=0.6, prefill_tokens_half_efficiency=100, expert_flops_ratio=0.5)
+    routed = cost.component("routed_experts").flops
+    dense_eff, expert_eff = 0.6 * 2048 / 2148, 0.6 * 128 / 228
+    fp8 = predict_step(model, gpu, cost, "fp8", eff)
+    by_hand = (
+        (cost.matmul_flops - routed) / (gpu.peak("fp8") * dense_eff)
+        + routed / (gpu.peak("fp8") * expert_eff * 0.5)
+        + cost.attention_flops / (gpu.peak("bf16") * dense_eff)
+    )
+    assert fp8.compute_s == pytest.approx(by_hand, rel=1e-9)
+    bf16 = predict_step(model, gpu, cost, "bf16", eff)
+    assert bf16.compute_s == pytest.approx(
+        predict_step(
+            model,
+            gpu,
+            cost,
+            "bf16",
+            Efficiency(prefill_flops_efficiency=0.6, prefill_tokens_half_efficiency=100),
+        ).compute_s,
+        rel=1e-12,
     )

@@ -228,7 +228,7 @@ def _efficiency_option(name: str):
 
 
 def efficiency_options(func):
-    """Add the nine efficiency flags (:data:`capcalc.perf.efficiency.PARAMETERS`) to a
+    """Add the efficiency flags (:data:`capcalc.perf.efficiency.PARAMETERS`) to a
     command, which receives the ones given as ``efficiency: dict`` (parameter -> value)."""
     params = [_efficiency_option(name) for name in PARAMETERS]
     names = dict(zip((p.name for p in params), PARAMETERS, strict=True))

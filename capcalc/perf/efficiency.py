@@ -67,7 +67,12 @@ class Efficiency:
     #: extra fixed cost of each all-reduce call per GPU beyond the first: the call's fixed
     #: cost at tp GPUs is allreduce_latency_s + (tp - 1) x this (0: flat in tp)
     allreduce_latency_per_rank_s: float = 0.0
-    # (the last three come last, so that positional construction of the earlier fields keeps its meaning)
+    #: share of the dense products' FLOP/s efficiency that the routed experts' fp8/fp4 products
+    #: reach at the same tokens per matrix: a block-scaled grouped GEMM over many experts pays
+    #: per-expert tile padding, token permutation and scale handling that one dense GEMM does
+    #: not (1: as dense; 16-bit expert products always run as dense)
+    expert_flops_ratio: float = 1.0
+    # (the last four come last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -85,7 +90,12 @@ class Efficiency:
 
 
 PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(Efficiency))
-_FRACTIONS = ("weight_bandwidth_efficiency", "kv_bandwidth_efficiency", "prefill_flops_efficiency")
+_FRACTIONS = (
+    "weight_bandwidth_efficiency",
+    "kv_bandwidth_efficiency",
+    "prefill_flops_efficiency",
+    "expert_flops_ratio",
+)
 _DURATIONS = (
     "layer_overhead_s",
     "step_overhead_s",
@@ -107,6 +117,7 @@ DESCRIPTIONS = {
     "moe_layer_overhead_s": "fixed cost per MoE layer per step (routing, token permutation)",
     "moe_token_overhead_s": "cost per token per MoE layer (dispatch to and from the experts)",
     "allreduce_latency_per_rank_s": "extra fixed cost per all-reduce call per GPU beyond the first",
+    "expert_flops_ratio": "share of the dense FLOP/s efficiency the fp8/fp4 routed experts reach",
 }
 
 

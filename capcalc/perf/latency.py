@@ -6,8 +6,9 @@ One step (see :mod:`capcalc.model.flops` for its FLOPs and bytes, per GPU) takes
     compute_s = dense_matmul_flops / (P_c x e) + routed_expert_flops / (P_c x e_x)
               + attention_flops / (P_a x e)
         e = eff(n) in prefill, its asymptote prefill_flops_efficiency in decode
-        e_x = eff(n x k / E_t) in prefill (the tokens each of the E_t touched experts
-              multiplies, k routed per token), the asymptote in decode
+        e_x = r x eff(n x k / E_t) in prefill (the tokens each of the E_t touched experts
+              multiplies, k routed per token), r x the asymptote in decode; r the
+              expert_flops_ratio of an fp8/fp4 grouped expert GEMM to a dense one (1 in 16 bits)
     comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x a / I + l(tp))    (tp > 1)
         l(tp) = allreduce_latency_s + (tp - 1) x allreduce_latency_per_rank_s
     step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
@@ -64,6 +65,9 @@ __all__ = [
 #: compute overtakes memory), so evenly spaced samples including both ends average it to
 #: within a fraction of the step change over one sample interval (1/32 of the range).
 ITL_SAMPLES = 33
+#: compute dtypes whose routed-expert products run at expert_flops_ratio of the dense ones:
+#: block-scaled fp8 / fp4 grouped GEMMs; 16-bit grouped GEMMs keep the dense efficiency
+LOW_PRECISION = ("fp8", "fp4")
 
 
 def resolve_compute_dtype(
@@ -189,6 +193,8 @@ def predict_step(
         expert_eff = eff.flops_efficiency(tokens_per_expert(model, cost)) if routed_flops else flops_eff
     else:
         flops_eff = expert_eff = eff.prefill_flops_efficiency
+    if compute_dtype in LOW_PRECISION:
+        expert_eff *= eff.expert_flops_ratio
     peak = gpu.peak(compute_dtype)
     matmul_s = (cost.matmul_flops - routed_flops) / (peak * flops_eff) + routed_flops / (peak * expert_eff)
     attention_s = cost.attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)

@@ -18,6 +18,7 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``frontend_s``: fixed cost per request (HTTP, tokenisation);
 * ``seq_step_overhead_s``: host cost per running sequence per step;
 * ``low_precision_flops_scale``: multiplies the FLOP/s efficiency of fp8/fp4 products only;
+* ``expert_flops_ratio``: the routed experts' share of the dense products' FLOP/s efficiency;
 * ``allreduce_latency_s``, ``allreduce_latency_per_rank_s``: the all-reduce call's fixed cost
   and its growth per rank beyond the first;
 * ``output_spread``: the spread of output lengths (EngineConfig.output_spread).
@@ -59,6 +60,7 @@ BOUNDS = {
     "bandwidth_scale": (0.5, 1.6),
     "flops_scale": (0.2, 2.0),
     "low_precision_flops_scale": (0.2, 1.5),
+    "expert_flops_ratio": (0.05, 1.0),
     "allreduce_latency_s": (1e-7, 50e-6),
     "allreduce_latency_per_rank_s": (1e-7, 20e-6),
     "output_spread": (0.01, 0.9),
@@ -154,6 +156,7 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         "moe_layer_overhead_s",
         "allreduce_latency_s",
         "allreduce_latency_per_rank_s",
+        "expert_flops_ratio",
     ):
         if name in values:
             eff = replace(eff, **{name: values[name]})
@@ -208,6 +211,7 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
         "allreduce_latency_per_rank_s": max(
             d.efficiency.allreduce_latency_per_rank_s, BOUNDS["allreduce_latency_per_rank_s"][0]
         ),
+        "expert_flops_ratio": d.efficiency.expert_flops_ratio,
         "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
         "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
         "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),

@@ -237,12 +237,19 @@ MAX_MATMUL_FRACTION = 0.869
 # and B200 come out lower, 0.5-1.6 us), on top of the vendor default allreduce_latency_s 10 us.
 # low_precision_flops: fp8/fp4 prefill reaches this share of the 16-bit fraction of its own
 # peak (the issue's comparison found TensorRT-LLM fp8 at 0.09-0.39 of fp8 peak).
+# expert_flops_ratio: fp8/fp4 routed-expert (block-scaled grouped GEMM) products reach this share
+# of the dense products' efficiency. Without it one fp8 share served dense and MoE rows alike and
+# the fit put vLLM's at 0.43, fp8 prefill slower than bf16, because the MoE rows (MiniMax-M2.5)
+# dominate: vLLM's 0.8 / 0.3 and TensorRT-LLM's 0.5 (at its fitted 0.771) were picked from a grid
+# on all of the engine's rows (docs/latency.md, "Serving parameters"); SGLang keeps 1 (its grid
+# made TTFT worse: its frontend_s catch-all absorbs the same TTFT).
 #: Per-engine fixed costs of a step.
 ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
     "vllm": {
         "layer_overhead_s": 46.7e-6,
         "moe_layer_overhead_s": 13.4e-6,
         "allreduce_latency_per_rank_s": 0.74e-6,
+        "expert_flops_ratio": 0.3,
     },
     "sglang": {
         "layer_overhead_s": 62.7e-6,
@@ -253,12 +260,13 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
         "layer_overhead_s": 21.6e-6,
         "moe_layer_overhead_s": 1.0e-6,
         "allreduce_latency_per_rank_s": 1.60e-6,
+        "expert_flops_ratio": 0.5,
     },
 }
 #: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies, and the share of the
 #: 16-bit FLOP/s fraction fp8/fp4 products reach (same fit).
 ENGINE_SCALES: dict[str, dict[str, float]] = {
-    "vllm": {"bandwidth": 0.941, "flops": 1.144, "low_precision_flops": 0.428},
+    "vllm": {"bandwidth": 0.941, "flops": 1.144, "low_precision_flops": 0.8},
     "sglang": {"bandwidth": 1.020, "flops": 1.08, "low_precision_flops": 0.207},
     "trtllm": {"bandwidth": 0.904, "flops": 0.893, "low_precision_flops": 0.771},
 }
