@@ -24,7 +24,7 @@ def main() -> None:
         ("gpt-oss-120b", "b200", 1, "auto"),
         ("deepseek-v3", "b200", 8, "fp8"),
     ]
-    worst = 0.0
+    worst, worst_case = 0.0, ""
     t_all = time.perf_counter()
     n = 0
     concurrencies = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512]
@@ -47,11 +47,14 @@ def main() -> None:
                 kv_tokens=kv,
                 steps=step_model(replica, eff, p),
             )
-            worst = max(worst, time.perf_counter() - t)
+            took = time.perf_counter() - t
+            if took > worst:
+                worst, worst_case = took, f"{m} {g} tp{tp} {wd} {engine} {p}/{o} C={c}"
             n += 1
     total = time.perf_counter() - t_all
     print(
         f"{n} answers in {total:.1f} s ({total / n * 1e3:.1f} ms each); slowest single answer {worst:.3f} s"
+        f" ({worst_case})"
     )
 
 

@@ -72,8 +72,7 @@ from :func:`capcalc.model.kv.kv_bytes_per_sequence`, which keeps replicated KV h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 
 from capcalc.core.dtypes import resolve_kv_dtype
 from capcalc.core.errors import CapcalcError
@@ -129,6 +128,10 @@ class Component:
     kind: str
 
 
+#: the components whose bytes are cache traffic rather than weights (StepCost.kv_bytes)
+KV_COMPONENTS = frozenset(("kv_read", "kv_write", "recurrent_update"))
+
+
 @dataclass(frozen=True)
 class StepCost:
     """FLOPs and bytes of one step on one GPU, itemised. (Totals are computed once:
@@ -144,6 +147,14 @@ class StepCost:
     kv_dtype: str
     components: tuple[Component, ...]
     experts_touched_per_layer: float | None  # routed experts read per MoE layer (None: dense)
+    # totals, set once from the components (__post_init__)
+    flops: float = field(init=False, repr=False, compare=False)
+    matmul_flops: float = field(init=False, repr=False, compare=False)
+    attention_flops: float = field(init=False, repr=False, compare=False)
+    bytes: float = field(init=False, repr=False, compare=False)
+    #: cache traffic: KV reads and writes (``kv_read``, ``kv_write``) and the recurrent state
+    #: written back (``recurrent_update``'s bytes, where the step has that component)
+    kv_bytes: float = field(init=False, repr=False, compare=False)
 
     @property
     def tokens(self) -> int:
@@ -152,27 +163,26 @@ class StepCost:
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
-    @cached_property
-    def flops(self) -> float:
-        return sum(c.flops for c in self.components)
-
-    @cached_property
-    def matmul_flops(self) -> float:
-        return sum(c.flops for c in self.components if c.kind == "matmul")
-
-    @cached_property
-    def attention_flops(self) -> float:
-        return sum(c.flops for c in self.components if c.kind == "attention")
-
-    @cached_property
-    def bytes(self) -> float:
-        return sum(c.bytes for c in self.components)
-
-    @cached_property
-    def kv_bytes(self) -> float:
-        """Cache traffic: KV reads and writes (``kv_read``, ``kv_write``) and the recurrent
-        state written back (``recurrent_update``'s bytes, where the step has that component)."""
-        return sum(c.bytes for c in self.components if c.name in ("kv_read", "kv_write", "recurrent_update"))
+    def __post_init__(self) -> None:
+        # one pass for every total: a simulation times thousands of these, each read once
+        flops = matmul = attention = total_bytes = kv = 0.0
+        for c in self.components:
+            flops += c.flops
+            total_bytes += c.bytes
+            if c.kind == "matmul":
+                matmul += c.flops
+            elif c.kind == "attention":
+                attention += c.flops
+            if c.name in KV_COMPONENTS:
+                kv += c.bytes
+        for name, value in (
+            ("flops", flops),
+            ("matmul_flops", matmul),
+            ("attention_flops", attention),
+            ("bytes", total_bytes),
+            ("kv_bytes", kv),
+        ):
+            object.__setattr__(self, name, value)
 
     @property
     def weight_bytes(self) -> float:
