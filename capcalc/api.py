@@ -631,6 +631,7 @@ class Session:
         from capcalc.perf.efficiency import PARAMETERS
         from capcalc.perf.latency import resolve_compute_dtype
         from capcalc.serving.engine import Replica, Workload, predict_serving
+        from capcalc.serving.fit import context_note
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
         if (concurrency is None) == (requests_per_s is None):
@@ -704,6 +705,9 @@ class Session:
             output_spread=None if output_spread is None else _spread(output_spread),
         )
         result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
+        beyond = context_note(profile, prompt_tokens + output_tokens)
+        if beyond is not None:
+            self.note(beyond)
         kv = resolve_kv_dtype(d.kv_dtype, profile.native_dtype)
         compute = resolve_compute_dtype(d.compute_dtype, weight, profile, device)
         spread = resolved.config.output_spread if workload.output_spread is None else workload.output_spread

@@ -415,3 +415,20 @@ def test_compact_step_cost_times_as_the_itemised_one(registry, h100, name):
         assert sm.step_time_s(decodes, ctx_sum, chunks) == pytest.approx(
             sm.time_s(decodes, ctx_sum, chunks), rel=1e-12
         )
+
+
+def test_a_run_past_the_event_budget_stops_with_one_error(llama8b, h100, monkeypatch):
+    """A simulation that would run for minutes stops at MAX_EVENTS scheduling events: up front
+    when the measured prompts alone need more prefill steps (20 x 4,096 tokens at 64 per step
+    = 1,280 > 1,000), else when the loop passes it (a cache of two requests preempting)."""
+    import capcalc.serving.engine as engine
+
+    monkeypatch.setattr(engine, "MAX_EVENTS", 1000)
+    chunked = replace(VLLM, max_num_batched_tokens=64)
+    with pytest.raises(CapcalcError, match="1,000 scheduling events") as upfront:
+        sim(llama8b, h100, chunked).run(Workload(4096, 16, concurrency=4, num_requests=20))
+    assert upfront.value.parameters == ("num_requests", "max_num_batched_tokens")
+    # 320 prompts of 1,024 at 8,192 per step need only 40 steps: the loop's count stops this one
+    monkeypatch.setattr(engine, "MAX_EVENTS", 50)
+    with pytest.raises(CapcalcError, match="50 scheduling events"):
+        sim(llama8b, h100, VLLM, kv_tokens=2 * 2048).run(Workload(1024, 1024, concurrency=64))

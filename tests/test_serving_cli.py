@@ -217,9 +217,16 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--concurrency", "4", "--output-spread", "1"), ("--output-spread", "1")),
         (("--concurrency", "4", "--output-spread", "-0.2"), ("--output-spread",)),
         (("--concurrency", "4", "--output-spread", "nan"), ("--output-spread",)),
+        # 20 prompts of 8,000 tokens one token per step: 160,000 steps at least, over a
+        # budget of 100,000 (set below), refused before the simulation starts
+        (
+            ("--concurrency", "4", "--prompt", "8000", "--max-num-batched-tokens", "1"),
+            ("--num-requests", "--max-num-batched-tokens", "scheduling events"),
+        ),
     ],
 )
-def test_bad_serving_flags_are_one_line(cli, args, words):
+def test_bad_serving_flags_are_one_line(cli, args, words, monkeypatch):
+    monkeypatch.setattr("capcalc.serving.engine.MAX_EVENTS", 100_000)
     got = cli("latency", MODEL, "--gpu", GPU, *args)
     assert got.code == 2
     lines = got.err.strip().splitlines()
@@ -245,3 +252,11 @@ def test_sweep_over_concurrency_runs_the_same_calls(cli):
     assert [r["concurrency"] for r in rows] == [2, 8]
     want = Session().serving(MODEL, GPU, 1024, 64, concurrency=8).record()
     assert rows[1]["ttft_s"] == pytest.approx(want["ttft_s"], rel=1e-12)
+
+
+def test_requests_beyond_the_max_context_are_a_note(cli):
+    """vLLM refuses a request longer than the model's context; the simulation still prices
+    it (as the static batch does) and says so once on stderr."""
+    got = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "2", "--prompt", "130000", "--output", "2000")
+    assert got.code == 0
+    assert got.err.count("132,000 tokens exceed llama-3.1-8b's max context (131,072)") == 1

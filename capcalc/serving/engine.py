@@ -75,6 +75,11 @@ KERNEL_ROOFLINE = True
 REQUESTS_PER_CLIENT = 5
 #: a limit "binds" when admission waited on it for at least this share of the measured time
 BINDING_SHARE = 0.05
+#: most scheduling events (engine steps or runs of pure decode steps) one simulation takes:
+#: 10-50 us each on one core, so 10-50 s at most. The heaviest answers that mean something
+#: stay well under it (2,048 clients of an 8B at 8k/8k: 0.67 M); runs past it are prompts
+#: chunked a token at a time, or a cache that preempts for ever
+MAX_EVENTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -376,7 +381,14 @@ class Simulation:
         def running() -> int:
             return s.d + len(s.prefilling)
 
+        # every prefill step is one event, and the measured prompts need at least this many
+        if w.measured * w.prompt_tokens / cfg.max_num_batched_tokens > MAX_EVENTS:
+            raise _too_many_events(w)
+        events = 0
         while measured_done < w.measured:
+            events += 1
+            if events > MAX_EVENTS:
+                raise _too_many_events(w)
             while arrivals and arrivals[0][0] <= s.t + 1e-15:
                 s.waiting.append(heapq.heappop(arrivals)[2])
             if not s.d and not s.prefilling and not s.waiting:
@@ -721,6 +733,15 @@ class Simulation:
             frontend_s=cfg.frontend_s,
             steps=steps,
         )
+
+
+def _too_many_events(w: Workload) -> CapcalcError:
+    return CapcalcError(
+        parameter=("num_requests", "max_num_batched_tokens"),
+        template=f"the simulation would pass {MAX_EVENTS:,} scheduling events before its {w.measured:,} "
+        "measured requests end (prompts in many small chunks, or a cache that keeps preempting): "
+        "lower {num_requests} or raise {max_num_batched_tokens}",
+    )
 
 
 #: frac(i x this) spreads request i's output length evenly over the range (golden ratio)

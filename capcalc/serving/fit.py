@@ -741,6 +741,14 @@ class RequestFit:
         return {"fits_in_memory": self.fits_in_memory, "within_max_context": self.within_max_context}
 
 
+def context_note(model: ModelProfile, context: int) -> Note | None:
+    """The note for requests of ``context`` tokens beyond the model's max context (vLLM
+    refuses them; capcalc still prices them, as if the model accepted that many), else None."""
+    if context <= model.max_context:
+        return None
+    return Note(f"{context:,} tokens exceed {model.name}'s max context ({model.max_context:,})")
+
+
 def request_fits(
     model: ModelProfile,
     gpu: HardwareProfile,
@@ -773,7 +781,7 @@ def request_fits(
         return RequestFit(within, False, Note(exc.message, exc.parameter, exc.template))
     fits = capacity.fits and capacity.max_concurrency >= batch
     if not within:
-        note = Note(f"{context:,} tokens exceed {model.name}'s max context ({model.max_context:,})")
+        note = context_note(model, context)
     elif not capacity.fits:
         note = Note(
             f"{model.name} at tp={deployment.tp} on {gpu.name} with {context:,}-token requests: "
