@@ -432,3 +432,28 @@ def test_a_run_past_the_event_budget_stops_with_one_error(llama8b, h100, monkeyp
     monkeypatch.setattr(engine, "MAX_EVENTS", 50)
     with pytest.raises(CapcalcError, match="50 scheduling events"):
         sim(llama8b, h100, VLLM, kv_tokens=2 * 2048).run(Workload(1024, 1024, concurrency=64))
+
+
+def test_a_fit_past_its_event_budget_is_refused_before_it_starts(registry, monkeypatch):
+    """Each fit simulates every point 3 + rounds x parameters x (evaluations + 3) times: one
+    point of 20 prompts of 2,048 tokens at 64 tokens per step needs 640 prefill steps, 1 round
+    of 2 parameters at 4 evaluations is 17 simulations, 10,880 in all: over a budget of
+    10,000, under one of 11,000."""
+    import capcalc.serving.calibrate as calibrate
+
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    point = ServedPoint(
+        Replica(model, gpu),
+        Workload(2048, 8, concurrency=4, num_requests=20),
+        "vllm",
+        0.1,
+        0.01,
+        max_num_batched_tokens=64,
+    )
+    fit = dict(parameters=("frontend_s", "bandwidth_scale"), rounds=1, evaluations=4)
+    monkeypatch.setattr(calibrate, "MAX_FIT_EVENTS", 10_000)
+    with pytest.raises(CapcalcError, match="at least 10,880 prefill steps") as refused:
+        fit_serving([point], **fit)
+    assert refused.value.parameters == ("max_num_batched_tokens",)
+    monkeypatch.setattr(calibrate, "MAX_FIT_EVENTS", 11_000)
+    assert fit_serving([point], **fit).values is not None

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import Efficiency, resolve_efficiency
 from capcalc.perf.latency import resolve_compute_dtype
 from capcalc.serving.engine import (
@@ -42,11 +43,17 @@ from capcalc.serving.engine import (
     ServingResult,
     Workload,
     kv_pool,
+    least_events,
     predict_serving,
     step_model,
 )
 from capcalc.serving.engines import EngineConfig, engine_defaults, engine_efficiency, with_overrides
 
+#: most scheduling events one fit may simulate, all its simulations together: 20 x a single
+#: simulation's capcalc.serving.engine.MAX_EVENTS, minutes at most. Fitting every one of
+#: served_dev.csv's 265 vLLM MiniMax-M2.5 B200 rows needs about 4 M by the bound below; a
+#: prompt chunked a token at a time needs 10-100x that
+MAX_FIT_EVENTS = 20_000_000
 FIT_PARAMETERS = (
     "bandwidth_scale",
     "flops_scale",
@@ -232,6 +239,20 @@ def fit_serving(
     Returns the values and the errors before (shipped defaults) and after."""
     if not points:
         raise ValueError("fit_serving needs at least one point")
+    # the fit simulates every point once per evaluation (golden-section searches, plus the
+    # defaults, the start and the result); refuse what would run for hours, before it starts
+    simulations = 3 + rounds * len(parameters) * (evaluations + 3)
+    least = simulations * sum(
+        least_events(p.workload, serving_defaults(p).config.max_num_batched_tokens) for p in points
+    )
+    if least > MAX_FIT_EVENTS:
+        runs = f"{len(points)} run" + ("s" if len(points) != 1 else "")
+        raise CapcalcError(
+            parameter="max_num_batched_tokens",
+            template=f"a fit to {runs} would simulate at least {least:,.0f} prefill steps "
+            f"({simulations} simulations of each), over the {MAX_FIT_EVENTS:,} it may take: "
+            "fit fewer or shorter runs, or raise {max_num_batched_tokens}",
+        )
     loss0, before = _loss(points, {}, weights)
     values = _initial(points, parameters)
     best, _ = _loss(points, values, weights)

@@ -381,8 +381,7 @@ class Simulation:
         def running() -> int:
             return s.d + len(s.prefilling)
 
-        # every prefill step is one event, and the measured prompts need at least this many
-        if w.measured * w.prompt_tokens / cfg.max_num_batched_tokens > MAX_EVENTS:
+        if least_events(w, cfg.max_num_batched_tokens) > MAX_EVENTS:
             raise _too_many_events(w)
         events = 0
         while measured_done < w.measured:
@@ -733,6 +732,12 @@ class Simulation:
             frontend_s=cfg.frontend_s,
             steps=steps,
         )
+
+
+def least_events(w: Workload, max_num_batched_tokens: int) -> float:
+    """Fewest scheduling events a simulation of ``w`` can take: every step that prefills is
+    an event of its own, and the measured prompts need prompt x measured / budget of them."""
+    return w.measured * w.prompt_tokens / max_num_batched_tokens
 
 
 def _too_many_events(w: Workload) -> CapcalcError:
