@@ -457,3 +457,25 @@ def test_a_fit_past_its_event_budget_is_refused_before_it_starts(registry, monke
     assert refused.value.parameters == ("max_num_batched_tokens",)
     monkeypatch.setattr(calibrate, "MAX_FIT_EVENTS", 11_000)
     assert fit_serving([point], **fit).values is not None
+
+
+def test_a_fit_whose_simulation_runs_too_long_says_so_in_its_own_terms(registry, monkeypatch):
+    """A simulation past MAX_EVENTS inside a fit is refused as the fit's, naming the token
+    budget: a fit's runs take their request counts from the files, not from num_requests."""
+    import capcalc.serving.engine as engine
+    from capcalc.serving.engine import TooManyEvents
+
+    monkeypatch.setattr(engine, "MAX_EVENTS", 50)
+    point = ServedPoint(
+        Replica(registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")),
+        Workload(1024, 256, concurrency=16),
+        "vllm",
+        0.1,
+        0.01,
+    )
+    with pytest.raises(
+        CapcalcError, match="one simulation of a fit to 1 run passed 50 scheduling events"
+    ) as refused:
+        fit_serving([point], parameters=("frontend_s",), rounds=1, evaluations=2)
+    assert not isinstance(refused.value, TooManyEvents)
+    assert refused.value.parameters == ("max_num_batched_tokens",)

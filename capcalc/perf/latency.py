@@ -65,8 +65,9 @@ __all__ = [
 #: compute overtakes memory), so evenly spaced samples including both ends average it to
 #: within a fraction of the step change over one sample interval (1/32 of the range).
 ITL_SAMPLES = 33
-#: compute dtypes whose routed-expert products run at expert_flops_ratio of the dense ones:
-#: block-scaled fp8 / fp4 grouped GEMMs; 16-bit grouped GEMMs keep the dense efficiency
+#: the 8- and 4-bit compute dtypes: their routed-expert products (block-scaled grouped GEMMs)
+#: run at expert_flops_ratio of the dense ones, 16-bit ones at the dense efficiency; the
+#: serving engines scale their FLOP/s apart too (capcalc.serving.engines.engine_efficiency)
 LOW_PRECISION = ("fp8", "fp4")
 
 

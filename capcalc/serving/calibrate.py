@@ -37,10 +37,12 @@ from dataclasses import dataclass, field, replace
 
 from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import Efficiency, resolve_efficiency
-from capcalc.perf.latency import resolve_compute_dtype
+from capcalc.perf.latency import LOW_PRECISION, resolve_compute_dtype
+from capcalc.serving import engine as serving_engine
 from capcalc.serving.engine import (
     Replica,
     ServingResult,
+    TooManyEvents,
     Workload,
     kv_pool,
     least_events,
@@ -153,7 +155,7 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         eff = replace(
             eff, prefill_flops_efficiency=min(1.0, eff.prefill_flops_efficiency * values["flops_scale"])
         )
-    if "low_precision_flops_scale" in values and params.compute_dtype in ("fp8", "fp4"):
+    if "low_precision_flops_scale" in values and params.compute_dtype in LOW_PRECISION:
         eff = replace(
             eff, prefill_flops_efficiency=eff.prefill_flops_efficiency * values["low_precision_flops_scale"]
         )
@@ -245,14 +247,29 @@ def fit_serving(
     least = simulations * sum(
         least_events(p.workload, serving_defaults(p).config.max_num_batched_tokens) for p in points
     )
+    runs = f"{len(points)} run" + ("s" if len(points) != 1 else "")
     if least > MAX_FIT_EVENTS:
-        runs = f"{len(points)} run" + ("s" if len(points) != 1 else "")
-        raise CapcalcError(
-            parameter="max_num_batched_tokens",
-            template=f"a fit to {runs} would simulate at least {least:,.0f} prefill steps "
-            f"({simulations} simulations of each), over the {MAX_FIT_EVENTS:,} it may take: "
-            "fit fewer or shorter runs, or raise {max_num_batched_tokens}",
+        raise _too_long(
+            f"a fit to {runs} would simulate at least {least:,.0f} prefill steps "
+            f"({simulations} simulations of each), over the {MAX_FIT_EVENTS:,} it may take"
         )
+    try:
+        return _fit(points, parameters, rounds, evaluations, weights)
+    except TooManyEvents:
+        raise _too_long(
+            f"one simulation of a fit to {runs} passed {serving_engine.MAX_EVENTS:,} scheduling "
+            "events (a cache that keeps preempting, or prompts in many small chunks)"
+        ) from None
+
+
+def _too_long(why: str) -> CapcalcError:
+    return CapcalcError(
+        parameter="max_num_batched_tokens",
+        template=why + ": fit fewer or shorter runs, or raise {max_num_batched_tokens}",
+    )
+
+
+def _fit(points, parameters, rounds, evaluations, weights) -> ServingFit:
     loss0, before = _loss(points, {}, weights)
     values = _initial(points, parameters)
     best, _ = _loss(points, values, weights)

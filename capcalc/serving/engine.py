@@ -740,8 +740,13 @@ def least_events(w: Workload, max_num_batched_tokens: int) -> float:
     return w.measured * w.prompt_tokens / max_num_batched_tokens
 
 
-def _too_many_events(w: Workload) -> CapcalcError:
-    return CapcalcError(
+class TooManyEvents(CapcalcError):
+    """A simulation past :data:`MAX_EVENTS` (a fit says it in its own terms: its runs' request
+    counts come from the files, not from a num_requests)."""
+
+
+def _too_many_events(w: Workload) -> TooManyEvents:
+    return TooManyEvents(
         parameter=("num_requests", "max_num_batched_tokens"),
         template=f"the simulation would pass {MAX_EVENTS:,} scheduling events before its {w.measured:,} "
         "measured requests end (prompts in many small chunks, or a cache that keeps preempting): "

@@ -52,6 +52,7 @@ from dataclasses import dataclass, replace
 
 from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import Efficiency
+from capcalc.perf.latency import LOW_PRECISION
 from capcalc.schema.profiles import HardwareProfile
 
 GB = 1e9
@@ -207,7 +208,7 @@ def engine_efficiency(
     flops = min(MAX_MATMUL_FRACTION, base.prefill_flops_efficiency * scales.get("flops", 1.0))
     if compute_dtype is None:
         compute_dtype = {"fp8": "fp8", "nvfp4": "fp4"}.get(weight_dtype)
-    if compute_dtype in ("fp8", "fp4"):
+    if compute_dtype in LOW_PRECISION:
         flops *= scales.get("low_precision_flops", LOW_PRECISION_FLOPS_FACTOR)
     changes["prefill_flops_efficiency"] = flops
     return replace(base, **changes)
@@ -264,7 +265,8 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
     },
 }
 #: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies, and the share of the
-#: 16-bit FLOP/s fraction fp8/fp4 products reach (same fit).
+#: 16-bit FLOP/s fraction fp8/fp4 products reach (same fit; vLLM's fp8/fp4 share chosen with
+#: expert_flops_ratio, comment above).
 ENGINE_SCALES: dict[str, dict[str, float]] = {
     "vllm": {"bandwidth": 0.941, "flops": 1.144, "low_precision_flops": 0.8},
     "sglang": {"bandwidth": 1.020, "flops": 1.08, "low_precision_flops": 0.207},
