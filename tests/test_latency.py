@@ -721,7 +721,8 @@ def test_routed_experts_prefill_at_the_efficiency_of_their_own_token_count(regis
 
     model, gpu = registry.model("qwen3-30b-a3b"), registry.gpu("h100-sxm")
     cost = prefill_cost(model, 1, 2048)
-    assert tokens_per_expert(model, cost) == pytest.approx(2048 * 8 / 128, rel=1e-6)
+    touched = cost.experts_touched_per_layer
+    assert tokens_per_expert(model, cost.tokens, touched) == pytest.approx(2048 * 8 / 128, rel=1e-6)
     eff = Efficiency(prefill_flops_efficiency=0.6, prefill_tokens_half_efficiency=100)
     step = predict_step(model, gpu, cost, "bf16", eff)
     routed = cost.component("routed_experts").flops

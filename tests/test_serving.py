@@ -399,8 +399,9 @@ def test_itl_percentiles_at_concurrency_one_and_under_prefill_stalls(llama8b, h1
 
 
 @pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen3.5-397b-a17b", "gpt-oss-120b"])
-def test_compact_step_cost_times_as_the_itemised_one(registry, h100, name):
-    """The simulation times mixed steps from the compact cost; same totals, same time."""
+def test_step_time_from_totals_times_as_the_itemised_cost(registry, h100, name):
+    """The simulation times mixed steps from their totals alone; same time as the itemised
+    cost through predict_step (dense, MoE with its experts' own eff(), a hybrid)."""
     m = registry.model(name)
     tp = 8 if name.startswith("qwen3.5") else 1
     sm = MixedStepModel(m, h100, default_efficiency(h100), tp=tp, ctx_floor=1000, kernel_roofline=True)
@@ -409,9 +410,6 @@ def test_compact_step_cost_times_as_the_itemised_one(registry, h100, name):
         (40, 60_000.0, (Chunk(0, 700), Chunk(5000, 2000))),
         (0, 0.0, (Chunk(100, 50),)),
     ):
-        full, compact = sm.cost(decodes, ctx_sum, chunks), sm.step_cost(decodes, ctx_sum, chunks)
-        for total in ("flops", "bytes", "kv_bytes", "matmul_flops", "attention_flops", "weight_bytes"):
-            assert getattr(compact, total) == pytest.approx(getattr(full, total), rel=1e-12), total
         assert sm.step_time_s(decodes, ctx_sum, chunks) == pytest.approx(
             sm.time_s(decodes, ctx_sum, chunks), rel=1e-12
         )

@@ -41,6 +41,7 @@ batching overlaps them, which `plan` accounts for.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from capcalc.core.dtypes import COMPUTE_DTYPES, canonical_dtype, serving_dtype
 from capcalc.core.errors import CapcalcError
@@ -153,15 +154,93 @@ def allreduce_s(
     return 2 * model.num_layers * per_call
 
 
-def tokens_per_expert(model: ModelProfile, cost: StepCost) -> float:
+def tokens_per_expert(model: ModelProfile, tokens: float, touched: float | None) -> float:
     """Tokens each touched routed expert multiplies in a step: tokens x k / experts touched
-    (uniform routing). The expert matmuls' FLOP/s efficiency follows eff() of this, not of
-    the step's tokens: 2,048 prompt tokens over 128 experts, 8 each, is 128 tokens per
-    expert, a much smaller matrix product than the dense layers'."""
-    touched = cost.experts_touched_per_layer
+    (uniform routing; ``touched`` is StepCost.experts_touched_per_layer). The expert matmuls'
+    FLOP/s efficiency follows eff() of this, not of the step's tokens: 2,048 prompt tokens
+    over 128 experts, 8 each, is 128 tokens per expert, a much smaller matrix product than
+    the dense layers'."""
     if model.moe is None or not touched:
-        return float(cost.tokens)
-    return cost.tokens * model.moe.experts_per_token / touched
+        return float(tokens)
+    return tokens * model.moe.experts_per_token / touched
+
+
+class StepTimes(NamedTuple):
+    """The parts of one step's time (seconds; see the module docstring)."""
+
+    time_s: float
+    compute_s: float
+    memory_s: float
+    weight_memory_s: float
+    kv_memory_s: float
+    overhead_s: float
+    comm_s: float
+    attention_compute_s: float
+    flops_efficiency: float
+    peak_flops_per_s: float
+
+
+def step_times(
+    model: ModelProfile,
+    gpu: HardwareProfile,
+    compute_dtype: str,
+    efficiency: Efficiency,
+    *,
+    prefill: bool,
+    tokens: float,
+    tp: int,
+    weight_bytes: float,
+    kv_bytes: float,
+    matmul_flops: float,
+    routed_flops: float,
+    attention_flops: float,
+    expert_tokens: float,
+    kernel_roofline: bool = False,
+) -> StepTimes:
+    """Time a step given its totals (per GPU): the arithmetic of :func:`predict_step`, which
+    takes them from a :class:`StepCost`; a simulation that knows them already calls this
+    directly (:meth:`capcalc.serving.stepmodel.MixedStepModel.step_time_s`).
+    ``matmul_flops`` includes ``routed_flops``; ``expert_tokens`` is
+    :func:`tokens_per_expert`."""
+    eff = efficiency
+    bandwidth = gpu.bandwidth_bytes_per_s
+    weight_s = weight_bytes / (bandwidth * eff.weight_bandwidth_efficiency)
+    kv_s = kv_bytes / (bandwidth * eff.kv_bandwidth_efficiency)
+    if prefill:
+        flops_eff = eff.flops_efficiency(tokens)
+        # each routed expert multiplies only the tokens routed to it
+        expert_eff = eff.flops_efficiency(expert_tokens) if routed_flops else flops_eff
+    else:
+        flops_eff = expert_eff = eff.prefill_flops_efficiency
+    if compute_dtype in LOW_PRECISION:
+        expert_eff *= eff.expert_flops_ratio
+    peak = gpu.peak(compute_dtype)
+    matmul_s = (matmul_flops - routed_flops) / (peak * flops_eff) + routed_flops / (peak * expert_eff)
+    attention_s = attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)
+    compute_s = matmul_s + attention_s
+    memory_s = weight_s + kv_s
+    # kernel classes one after another, or the whole step under one bound
+    split = max(matmul_s, weight_s) + max(attention_s, kv_s)
+    core = split if kernel_roofline else max(compute_s, memory_s)
+    overhead = (
+        model.num_layers * eff.layer_overhead_s
+        + model.num_moe_layers * (eff.moe_layer_overhead_s + tokens * eff.moe_token_overhead_s)
+        + eff.step_overhead_s
+    )
+    activation_bytes = 4.0 if compute_dtype in ("fp32", "tf32") else 2.0
+    comm = allreduce_s(model, gpu, tokens, tp, eff, activation_bytes)
+    return StepTimes(
+        core + overhead + comm,
+        compute_s,
+        memory_s,
+        weight_s,
+        kv_s,
+        overhead,
+        comm,
+        attention_s,
+        flops_eff,
+        peak,
+    )
 
 
 def predict_step(
@@ -183,50 +262,38 @@ def predict_step(
     kernel classes (a prefill: compute; a decode: memory); they differ in a mixed step,
     where the chunk's matrix products are compute-bound while the decodes' attention is
     bound by reading their KV cache, which the single max would hide behind the products."""
-    eff = efficiency
-    bandwidth = gpu.bandwidth_bytes_per_s
-    weight_s = cost.weight_bytes / (bandwidth * eff.weight_bandwidth_efficiency)
-    kv_s = cost.kv_bytes / (bandwidth * eff.kv_bandwidth_efficiency)
-    routed_flops = cost.component("routed_experts").flops
-    if cost.phase == "prefill":
-        flops_eff = eff.flops_efficiency(cost.tokens)
-        # each routed expert multiplies only the tokens routed to it
-        expert_eff = eff.flops_efficiency(tokens_per_expert(model, cost)) if routed_flops else flops_eff
-    else:
-        flops_eff = expert_eff = eff.prefill_flops_efficiency
-    if compute_dtype in LOW_PRECISION:
-        expert_eff *= eff.expert_flops_ratio
-    peak = gpu.peak(compute_dtype)
-    matmul_s = (cost.matmul_flops - routed_flops) / (peak * flops_eff) + routed_flops / (peak * expert_eff)
-    attention_s = cost.attention_flops / (gpu.peak(serving_dtype(model.native_dtype)) * flops_eff)
-    compute_s = matmul_s + attention_s
-    memory_s = weight_s + kv_s
-    # kernel classes one after another, or the whole step under one bound
-    split = max(matmul_s, weight_s) + max(attention_s, kv_s)
-    core = split if kernel_roofline else max(compute_s, memory_s)
-    overhead = (
-        model.num_layers * eff.layer_overhead_s
-        + model.num_moe_layers * (eff.moe_layer_overhead_s + cost.tokens * eff.moe_token_overhead_s)
-        + eff.step_overhead_s
+    t = step_times(
+        model,
+        gpu,
+        compute_dtype,
+        efficiency,
+        prefill=cost.phase == "prefill",
+        tokens=cost.tokens,
+        tp=cost.tp,
+        weight_bytes=cost.weight_bytes,
+        kv_bytes=cost.kv_bytes,
+        matmul_flops=cost.matmul_flops,
+        routed_flops=cost.component("routed_experts").flops,
+        attention_flops=cost.attention_flops,
+        expert_tokens=tokens_per_expert(model, cost.tokens, cost.experts_touched_per_layer),
+        kernel_roofline=kernel_roofline,
     )
-    activation_bytes = 4.0 if compute_dtype in ("fp32", "tf32") else 2.0
-    comm = allreduce_s(model, gpu, cost.tokens, cost.tp, eff, activation_bytes)
     return StepPrediction(
-        time_s=core + overhead + comm,
-        compute_s=compute_s,
-        memory_s=memory_s,
-        weight_memory_s=weight_s,
-        kv_memory_s=kv_s,
-        overhead_s=overhead,
-        comm_s=comm,
-        bound="compute" if compute_s >= memory_s else "memory",
+        time_s=t.time_s,
+        compute_s=t.compute_s,
+        memory_s=t.memory_s,
+        weight_memory_s=t.weight_memory_s,
+        kv_memory_s=t.kv_memory_s,
+        overhead_s=t.overhead_s,
+        comm_s=t.comm_s,
+        bound="compute" if t.compute_s >= t.memory_s else "memory",
         flops=cost.flops,
         bytes=cost.bytes,
-        flops_efficiency=flops_eff,
+        flops_efficiency=t.flops_efficiency,
         compute_dtype=compute_dtype,
-        peak_flops_per_s=peak,
+        peak_flops_per_s=t.peak_flops_per_s,
         cost=cost,
-        attention_compute_s=attention_s,
+        attention_compute_s=t.attention_compute_s,
         kernel_roofline=kernel_roofline,
     )
 

@@ -437,18 +437,17 @@ class Simulation:
                 k = self._decode_run_length(s, arrivals, why_blocked)
                 if cfg.admission == "on_demand":
                     room = self.cap - self._kv_used(s)  # after this step's writes
-                    if room < 0:  # the cache is full: preempt, then step again
+                    if room < 0:  # the cache is full: preempt the latest admitted until it fits
                         while room < 0:
                             preemptions += self._preempt(s, -room)
-                            # scheduling again gives the same decode run when the queue's head
-                            # (the request just preempted) still cannot be admitted: go on to it
-                            why_blocked = self._rescheduled_blocked(s)
-                            if why_blocked is None:
-                                break
                             room = self.cap - self._kv_used(s)
-                        if why_blocked is None:
+                        if not s.d:  # every decode preempted: schedule again
                             continue
-                        k = self._decode_run_length(s, arrivals, why_blocked)
+                        # vLLM v1 admits no waiting request in a step that preempted: this step
+                        # runs the decodes left, one step when the next might admit the queue's
+                        # head, the whole run when the head stays blocked until a finish
+                        why_blocked = self._rescheduled_blocked(s)
+                        k = 1 if why_blocked is None else self._decode_run_length(s, arrivals, why_blocked)
                     if self.kv_w:  # each decode step adds d x per_token
                         k = max(1, min(k, int(room // (s.d * self.kv_w)) + 1))
                 lines = self._run_lines(s)
@@ -539,9 +538,9 @@ class Simulation:
         return None
 
     def _rescheduled_blocked(self, s: _State) -> str | None:
-        """After a preemption, with no prefill running: why scheduling the step again would
-        admit nothing and run the same decodes (the reason admission gives), or None when it
-        might not (then the step is scheduled again)."""
+        """After a preemption, with no prefill running: why the next step would admit nothing
+        either and run the same decodes (the reason admission gives now, the cache only
+        filling until a finish), or None when it might admit the queue's head."""
         budget = self.cfg.max_num_batched_tokens - s.d
         if not s.d or s.prefilling or not s.waiting or budget <= 0:
             return None

@@ -42,7 +42,8 @@ A step is then timed by :func:`capcalc.perf.latency.predict_step`, which sees th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from capcalc.model.flops import (
     Component,
@@ -54,15 +55,21 @@ from capcalc.model.flops import (
 )
 from capcalc.model.layers import cdiv
 from capcalc.perf.efficiency import Efficiency
-from capcalc.perf.latency import StepPrediction, predict_step, resolve_compute_dtype
+from capcalc.perf.latency import (
+    StepPrediction,
+    predict_step,
+    resolve_compute_dtype,
+    step_times,
+    tokens_per_expert,
+)
 from capcalc.schema.profiles import HardwareProfile, ModelProfile
 
 _PER_TOKEN_MATMULS = ("qkv_proj", "o_proj", "mlp", "router", "shared_experts")
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """``tokens`` prompt tokens of one sequence, after ``prefix`` already computed ones."""
+class Chunk(NamedTuple):
+    """``tokens`` prompt tokens of one sequence, after ``prefix`` already computed ones (a
+    tuple: a simulation builds one for every chunk of every step)."""
 
     prefix: int
     tokens: int
@@ -131,10 +138,11 @@ class MixedStepModel:
         self._k = moe.experts_per_token if moe else 0
         self._bytes_per_expert = self._routed.bytes / d_lo.experts_touched_per_layer if moe else 0.0
         self._template = d_lo
-        # the compact form's sums (:meth:`step_cost`): dense matrix products per token and
-        # their weights, attention per decode, per context token and per prefill pair
+        # the sums :meth:`step_time_s` takes: dense matrix products per token and their
+        # weights, attention per decode, per context token and per prefill pair
         self._mm_per_token = sum(self._matmul[x][0] for x in _PER_TOKEN_MATMULS)
         self._mm_bytes = sum(self._matmul[x][1] for x in (*_PER_TOKEN_MATMULS, "lm_head"))
+        self._lm_flops = self._matmul["lm_head"][0]
         self._att_a = sum(self._att[x][0] for x in self._att)
         self._att_b = sum(self._att[x][1] for x in self._att)
         self._pre_att_sum = sum(self._pre_att.values())
@@ -230,58 +238,44 @@ class MixedStepModel:
             experts_touched_per_layer=touched,
         )
 
-    def step_cost(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepCost:
-        """:meth:`cost` in compact form, for timing: the same totals in fewer components
-        (the dense matrix products as one, attention as one, the streamed non-weight bytes as
-        one; ``routed_experts``, ``kv_read``, ``kv_write`` and ``recurrent_update`` as they
-        are), so that :func:`capcalc.perf.latency.predict_step` gives the same time (to float
-        rounding) from half the objects. The simulation prices its mixed steps with it."""
+    def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
+        """The time of :meth:`cost`'s step from its totals alone, without itemising it: the
+        same sums (dense matrix products, attention, weights and streamed bytes, cache
+        traffic) handed to :func:`capcalc.perf.latency.step_times`, so the same time to
+        float rounding at a fraction of the cost. The simulation prices its mixed steps so."""
         chunk_tokens = 0
         pairs = 0.0
         kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
-        for ch in chunks:
-            end = ch.prefix + ch.tokens
-            chunk_tokens += ch.tokens
-            pairs += self.prefill_pairs(end) - self.prefill_pairs(ch.prefix)
+        for prefix, tokens in chunks:
+            end = prefix + tokens
+            chunk_tokens += tokens
+            pairs += self.prefill_pairs(end) - self.prefill_pairs(prefix)
             kv_read += self._kv_a + self._kv_b * end
         n = decodes + chunk_tokens
         seqs = decodes + len(chunks)
-        f_lm = self._matmul["lm_head"][0]
         touched = None
-        routed = (0.0, 0.0)
+        routed_flops = routed_bytes = 0.0
         if self.model.moe is not None:
             touched = experts_touched(self.model.moe.num_experts, self._k, n)
-            routed = (self._routed.flops * n, self._bytes_per_expert * touched)
+            routed_flops, routed_bytes = self._routed.flops * n, self._bytes_per_expert * touched
         streamed = n * self._embedding_per_token + self._norms + chunk_tokens * self._act_per_token
-        att = decodes * self._att_a + self._att_b * decode_ctx_sum + self._pre_att_sum * pairs
-        comps = (
-            Component("matmuls", self._mm_per_token * n + f_lm * seqs, self._mm_bytes, "matmul"),
-            Component("routed_experts", *routed, "matmul"),
-            Component("attention", att, 0.0, "attention"),
-            Component("streamed", 0.0, streamed, "memory"),
-            Component("kv_read", 0.0, kv_read, "memory"),
-            Component("kv_write", 0.0, n * self._kv_write_per_token, "memory"),
-            Component(
-                "recurrent_update", self._rec_flops_per_token * n, self._rec_bytes_per_seq * seqs, "attention"
-            ),
-        )
-        t = self._template
-        return StepCost(
-            phase="prefill" if chunks else "decode",
-            model=t.model,
-            batch=decodes if not chunks else 1,
-            new_tokens=1 if not chunks else n,
-            ctx=max(1, round(decode_ctx_sum / decodes)) if decodes else chunks[0].prefix + chunks[0].tokens,
-            tp=t.tp,
-            weight_dtype=t.weight_dtype,
-            kv_dtype=t.kv_dtype,
-            components=comps,
-            experts_touched_per_layer=touched,
-        )
-
-    def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
-        """The step's time from its compact cost (:meth:`step_cost`)."""
-        return self._timed(self.step_cost(decodes, decode_ctx_sum, chunks)).time_s
+        attention = decodes * self._att_a + self._att_b * decode_ctx_sum + self._pre_att_sum * pairs
+        return step_times(
+            self.model,
+            self.gpu,
+            self.compute_dtype,
+            self.efficiency,
+            prefill=bool(chunks),
+            tokens=n,
+            tp=self.tp,
+            weight_bytes=self._mm_bytes + routed_bytes + streamed,
+            kv_bytes=kv_read + n * self._kv_write_per_token + self._rec_bytes_per_seq * seqs,
+            matmul_flops=self._mm_per_token * n + self._lm_flops * seqs + routed_flops,
+            routed_flops=routed_flops,
+            attention_flops=attention + self._rec_flops_per_token * n,
+            expert_tokens=tokens_per_expert(self.model, n, touched),
+            kernel_roofline=self.kernel_roofline,
+        ).time_s
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         return self._timed(self.cost(decodes, decode_ctx_sum, chunks))
