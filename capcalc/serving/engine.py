@@ -447,7 +447,10 @@ class Simulation:
                         # runs the decodes left, one step when the next might admit the queue's
                         # head, the whole run when the head stays blocked until a finish
                         why_blocked = self._rescheduled_blocked(s)
-                        k = 1 if why_blocked is None else self._decode_run_length(s, arrivals, why_blocked)
+                        if why_blocked is None:
+                            k, why_blocked = 1, "kv_capacity"  # the queue waits on the cache
+                        else:
+                            k = self._decode_run_length(s, arrivals, why_blocked)
                     if self.kv_w:  # each decode step adds d x per_token
                         k = max(1, min(k, int(room // (s.d * self.kv_w)) + 1))
                 lines = self._run_lines(s)
