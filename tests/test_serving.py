@@ -477,3 +477,28 @@ def test_a_fit_whose_simulation_runs_too_long_says_so_in_its_own_terms(registry,
         fit_serving([point], parameters=("frontend_s",), rounds=1, evaluations=2)
     assert not isinstance(refused.value, TooManyEvents)
     assert refused.value.parameters == ("max_num_batched_tokens",)
+
+
+def test_a_step_that_preempts_admits_no_waiting_request(llama8b, h100, monkeypatch):
+    """vLLM v1 schedules the waiting queue only when the step preempted nothing
+    (`if not preempted_reqs`): the step after a preemption is a pure decode step, never a
+    prefill chunk that recomputes the victim in the step that evicted it. A cache of 1,650
+    tokens admits three 500-token prompts, which outgrow it as they decode: preemptions."""
+    s = sim(llama8b, h100, VLLM, kv_tokens=3 * 550)
+    calls: list[str] = []
+    preempt, step, run = s._preempt, s.sm.step_time_s, s._decode_run_time
+
+    def log(name, f):
+        def wrapped(*a, **k):
+            calls.append(name)
+            return f(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(s, "_preempt", log("preempt", preempt))
+    monkeypatch.setattr(s.sm, "step_time_s", log("mixed", step))
+    monkeypatch.setattr(s, "_decode_run_time", log("decode", run))
+    out = s.run(Workload(500, 100, concurrency=8, output_spread=0))
+    assert out.preemptions > 0 and out.binding_limit == "kv_capacity"
+    after = [calls[i + 1] for i, c in enumerate(calls[:-1]) if c == "preempt"]
+    assert after and set(after) == {"decode"}, after
