@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import default_efficiency
-from capcalc.perf.latency import predict_latency
+from capcalc.perf.latency import predict_latency, step_totals
 from capcalc.serving.calibrate import ServedPoint, apply, fit_serving, predict_point, serving_defaults
 from capcalc.serving.engine import Replica, Simulation, Workload, predict_serving, step_model
 from capcalc.serving.engines import EngineConfig, engine_defaults
@@ -410,6 +410,13 @@ def test_step_time_from_totals_times_as_the_itemised_cost(registry, h100, name):
         (40, 60_000.0, (Chunk(0, 700), Chunk(5000, 2000))),
         (0, 0.0, (Chunk(100, 50),)),
     ):
+        full, totals = (
+            step_totals(m, sm.cost(decodes, ctx_sum, chunks)),
+            sm.step_totals(decodes, ctx_sum, chunks),
+        )
+        assert totals.keys() == full.keys()
+        for total, value in full.items():
+            assert totals[total] == pytest.approx(value, rel=1e-12), total
         assert sm.step_time_s(decodes, ctx_sum, chunks) == pytest.approx(
             sm.time_s(decodes, ctx_sum, chunks), rel=1e-12
         )

@@ -243,6 +243,21 @@ def step_times(
     )
 
 
+def step_totals(model: ModelProfile, cost: StepCost) -> dict:
+    """The totals of ``cost`` that :func:`step_times` takes, as its keyword arguments."""
+    return {
+        "prefill": cost.phase == "prefill",
+        "tokens": cost.tokens,
+        "tp": cost.tp,
+        "weight_bytes": cost.weight_bytes,
+        "kv_bytes": cost.kv_bytes,
+        "matmul_flops": cost.matmul_flops,
+        "routed_flops": cost.component("routed_experts").flops,
+        "attention_flops": cost.attention_flops,
+        "expert_tokens": tokens_per_expert(model, cost.tokens, cost.experts_touched_per_layer),
+    }
+
+
 def predict_step(
     model: ModelProfile,
     gpu: HardwareProfile,
@@ -263,20 +278,7 @@ def predict_step(
     where the chunk's matrix products are compute-bound while the decodes' attention is
     bound by reading their KV cache, which the single max would hide behind the products."""
     t = step_times(
-        model,
-        gpu,
-        compute_dtype,
-        efficiency,
-        prefill=cost.phase == "prefill",
-        tokens=cost.tokens,
-        tp=cost.tp,
-        weight_bytes=cost.weight_bytes,
-        kv_bytes=cost.kv_bytes,
-        matmul_flops=cost.matmul_flops,
-        routed_flops=cost.component("routed_experts").flops,
-        attention_flops=cost.attention_flops,
-        expert_tokens=tokens_per_expert(model, cost.tokens, cost.experts_touched_per_layer),
-        kernel_roofline=kernel_roofline,
+        model, gpu, compute_dtype, efficiency, kernel_roofline=kernel_roofline, **step_totals(model, cost)
     )
     return StepPrediction(
         time_s=t.time_s,

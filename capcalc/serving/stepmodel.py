@@ -238,11 +238,10 @@ class MixedStepModel:
             experts_touched_per_layer=touched,
         )
 
-    def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
-        """The time of :meth:`cost`'s step from its totals alone, without itemising it: the
-        same sums (dense matrix products, attention, weights and streamed bytes, cache
-        traffic) handed to :func:`capcalc.perf.latency.step_times`, so the same time to
-        float rounding at a fraction of the cost. The simulation prices its mixed steps so."""
+    def step_totals(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> dict:
+        """:meth:`cost`'s totals without itemising it, as
+        :func:`capcalc.perf.latency.step_totals` gives them from the itemised cost: dense and
+        routed matrix products, attention, weights and streamed bytes, cache traffic."""
         chunk_tokens = 0
         pairs = 0.0
         kv_read = decodes * self._kv_a + self._kv_b * decode_ctx_sum
@@ -260,21 +259,31 @@ class MixedStepModel:
             routed_flops, routed_bytes = self._routed.flops * n, self._bytes_per_expert * touched
         streamed = n * self._embedding_per_token + self._norms + chunk_tokens * self._act_per_token
         attention = decodes * self._att_a + self._att_b * decode_ctx_sum + self._pre_att_sum * pairs
+        return {
+            "prefill": bool(chunks),
+            "tokens": n,
+            "tp": self.tp,
+            "weight_bytes": self._mm_bytes + routed_bytes + streamed,
+            "kv_bytes": kv_read + n * self._kv_write_per_token + self._rec_bytes_per_seq * seqs,
+            "matmul_flops": self._mm_per_token * n + self._lm_flops * seqs + routed_flops,
+            "routed_flops": routed_flops,
+            "attention_flops": attention + self._rec_flops_per_token * n,
+            "expert_tokens": tokens_per_expert(self.model, n, touched),
+        }
+
+    def step_time_s(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> float:
+        """The time of :meth:`cost`'s step from :meth:`step_totals` alone, through
+        :func:`capcalc.perf.latency.step_times` (the arithmetic predict_step uses): the same
+        time to float rounding, at a fraction of the cost. The simulation prices its mixed
+        steps so."""
+        totals = self.step_totals(decodes, decode_ctx_sum, chunks)
         return step_times(
             self.model,
             self.gpu,
             self.compute_dtype,
             self.efficiency,
-            prefill=bool(chunks),
-            tokens=n,
-            tp=self.tp,
-            weight_bytes=self._mm_bytes + routed_bytes + streamed,
-            kv_bytes=kv_read + n * self._kv_write_per_token + self._rec_bytes_per_seq * seqs,
-            matmul_flops=self._mm_per_token * n + self._lm_flops * seqs + routed_flops,
-            routed_flops=routed_flops,
-            attention_flops=attention + self._rec_flops_per_token * n,
-            expert_tokens=tokens_per_expert(self.model, n, touched),
             kernel_roofline=self.kernel_roofline,
+            **totals,
         ).time_s
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
