@@ -12,8 +12,17 @@ from capcalc.core.errors import CapcalcError
 from capcalc.perf.efficiency import default_efficiency
 from capcalc.perf.latency import predict_latency, step_totals
 from capcalc.serving.calibrate import ServedPoint, apply, fit_serving, predict_point, serving_defaults
-from capcalc.serving.engine import Replica, Simulation, Workload, predict_serving, step_model
-from capcalc.serving.engines import EngineConfig, engine_defaults
+from capcalc.serving.engine import (
+    Replica,
+    Simulation,
+    Workload,
+    engine_kv_bytes,
+    kv_pool,
+    predict_serving,
+    step_model,
+)
+from capcalc.serving.engines import EngineConfig, engine_defaults, sglang_mem_fraction_static
+from capcalc.serving.fit import FitRequest, fit
 from capcalc.serving.stepmodel import Chunk, MixedStepModel
 
 
@@ -153,7 +162,59 @@ def test_engine_defaults_follow_gpu_memory(registry):
     assert engine_defaults("sglang", h100).max_num_batched_tokens == 8192
     assert engine_defaults("sglang", b200).max_num_batched_tokens == 16384
     assert engine_defaults("sglang", l4).max_num_batched_tokens == 2048
+    # SGLang's 35-60 GiB bucket (A100-40GB, L40S) chunks 4096
+    assert engine_defaults("sglang", registry.gpu("a100-40gb-sxm")).max_num_batched_tokens == 4096
     assert engine_defaults("trtllm", b200).max_num_seqs == 2048
+
+
+def test_sglang_mem_fraction_static_by_hand():
+    """(gpu_mem - reserved) / gpu_mem in MiB, reserved = 512 + 1.5 chunk + 2 graph_bs + 1024 tp / 8:
+    an 80 GiB card at tp1 (graph bs 256), chunk 8192: 512 + 12288 + 512 + 128 = 13440 of 81920;
+    180 GiB at tp8 (graph bs 512), chunk 16384: 512 + 24576 + 1024 + 1024 = 27136 of 184320;
+    24 GiB at tp1 (graph bs 24), chunk 2048: 512 + 3072 + 48 + 128 = 3760 of 24576, no 10 GiB
+    floor below 60 GiB; 64 GiB at tp1 with a 2048 chunk: 512 + 3072 + 512 + 128 = 4224, raised to
+    the 10240 floor."""
+    gib = 2**30
+    assert sglang_mem_fraction_static(80 * gib, 1, 8192) == round(68480 / 81920, 3) == 0.836
+    assert sglang_mem_fraction_static(180 * gib, 8, 16384) == round(157184 / 184320, 3) == 0.853
+    assert sglang_mem_fraction_static(24 * gib, 1, 2048) == round(20816 / 24576, 3) == 0.847
+    assert sglang_mem_fraction_static(64 * gib, 1, 2048) == round((65536 - 10240) / 65536, 3)
+
+
+def test_each_engine_sizes_its_kv_pool_by_its_own_rule(registry):
+    """DeepSeek-V3 in fp8 on four B200s: 169 GB of weights per GPU. vLLM's 0.9 share of the card
+    leaves no KV cache; TensorRT-LLM takes 0.9 of what is free once the model is loaded, SGLang
+    mem_fraction_static x (memory - overheads) - weights, which is below zero at its default
+    (0.854 on this card) and positive once raised, as its --mem-fraction-static flag does."""
+    model, b200 = registry.model("deepseek-v3"), registry.gpu("b200")
+    replica = Replica(model, b200, tp=4, weight_dtype="fp8")
+    with pytest.raises(CapcalcError, match="vllm's memory rule"):
+        kv_pool(replica, engine_defaults("vllm", b200), 2048)
+    trt = engine_defaults("trtllm", b200)
+    r = fit(
+        model,
+        FitRequest(
+            memory_bytes=b200.memory_reported_bytes,
+            memory_source="reported",
+            gpu=b200.name,
+            deployment=replica.deployment,
+            max_model_len=2048,
+            max_num_seqs=trt.max_num_seqs,
+            max_num_batched_tokens=trt.max_num_batched_tokens,
+        ),
+        suggest=False,
+    )
+    assert not r.weights_fit
+    free = r.memory_bytes - r.weights_bytes_per_gpu - r.activation_bytes_per_gpu - r.overhead_bytes_per_gpu
+    assert engine_kv_bytes(r, trt, 4) == pytest.approx(0.9 * free, rel=1e-12)
+    tokens = kv_pool(replica, trt, 2048).tokens
+    assert tokens == int(0.9 * free / r.kv_bytes_per_token_per_gpu) // r.block_size * r.block_size > 100_000
+    sglang = engine_defaults("sglang", b200)
+    with pytest.raises(CapcalcError, match="sglang's memory rule"):
+        kv_pool(replica, sglang, 2048)
+    raised = replace(sglang, mem_fraction_static=0.95)
+    budget = 0.95 * (r.memory_bytes - r.overhead_bytes_per_gpu) - r.weights_bytes_per_gpu
+    assert kv_pool(replica, raised, 2048).tokens == int(budget / r.kv_bytes_per_token_per_gpu) // 16 * 16
 
 
 def test_fit_recovers_known_parameters(registry):

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field, replace
 
 from capcalc.core.errors import CapcalcError
 from capcalc.schema.deployment import Deployment
-from capcalc.serving.engines import EngineConfig
+from capcalc.serving.engines import EngineConfig, sglang_mem_fraction_static
 from capcalc.serving.stepmodel import Chunk, MixedStepModel
 
 LIMITS = ("kv_capacity", "max_num_seqs", "none")
@@ -859,13 +859,44 @@ class Replica:
 
 
 def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: int) -> int:
-    """Tokens the replica's KV cache holds: vLLM's memory fit (:func:`capcalc.serving.fit.fit`),
-    num_blocks x block_size per group, with the engine's batch limits sizing the activation
-    peak; or, where the engine sizes its pool as a fraction f of the memory left free once the
-    model is loaded (``config.kv_free_memory_fraction``, TensorRT-LLM), f x (memory - weights -
-    activations - overheads) over the KV bytes per token, in whole blocks. For a model with
-    more than one kind of layer :func:`kv_pool` says how requests share it."""
+    """Tokens the replica's KV cache holds, by the engine's rule (:func:`engine_kv_bytes`):
+    vLLM's memory fit (:func:`capcalc.serving.fit.fit`), num_blocks x block_size per group,
+    with the engine's batch limits sizing the activation peak; TensorRT-LLM's and SGLang's
+    pools over the KV bytes per token, in whole blocks. For a model with more than one kind
+    of layer :func:`kv_pool` says how requests share it."""
     return kv_pool(replica, config, max_model_len).tokens
+
+
+def engine_kv_bytes(result, config: EngineConfig, tp: int) -> float | None:
+    """KV cache bytes per GPU that the engine's own memory rule leaves, from the memory fit
+    ``result`` (:class:`capcalc.serving.fit.FitResult`, whose weights, activation peak and
+    non-torch overhead it reuses); zero or less: the weights leave none. None for vLLM,
+    whose pool is the fit's own (gpu_memory_utilization x memory - weights - activations -
+    overheads).
+
+    * TensorRT-LLM: ``KvCacheConfig.free_gpu_memory_fraction`` f of the memory free once the
+      model is loaded, f x (memory - weights - activations - overheads)
+      (``config.kv_free_memory_fraction``).
+    * SGLang: ``mem_fraction_static`` s of the memory free before loading, less the weights:
+      s x (memory - overheads) - weights (``ModelRunner.profile_max_num_token``: the memory
+      free after loading minus (1 - s) x the memory free before); activations and CUDA
+      graphs live in the 1 - s. s is ``config.mem_fraction_static``, else SGLang's default
+      (:func:`capcalc.serving.engines.sglang_mem_fraction_static`)."""
+    memory, weights, overhead = (
+        result.memory_bytes,
+        result.weights_bytes_per_gpu,
+        result.overhead_bytes_per_gpu,
+    )
+    if config.engine == "sglang":
+        static = config.mem_fraction_static or sglang_mem_fraction_static(
+            memory, tp, config.max_num_batched_tokens
+        )
+        return static * (memory - overhead) - weights
+    f = config.kv_free_memory_fraction
+    if f is None:
+        return None
+    free = memory - (weights + result.activation_bytes_per_gpu + overhead + result.cudagraph_bytes_per_gpu)
+    return f * free if free > 0 else free
 
 
 @dataclass(frozen=True)
@@ -896,9 +927,11 @@ def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=N
         max_num_batched_tokens=config.max_num_batched_tokens,
     )
     result = fitted if fitted is not None else fit(model, req, suggest=False)
-    if not result.weights_fit:
+    budget = engine_kv_bytes(result, config, replica.tp)
+    if (budget is None and not result.weights_fit) or (budget is not None and budget <= 0):
         raise CapcalcError(
-            f"{model.name} does not fit on {replica.gpu.name} x{replica.tp}: no memory left for the KV cache"
+            f"{model.name} does not fit on {replica.gpu.name} x{replica.tp} under {config.engine}'s memory "
+            "rule: no memory left for the KV cache"
         )
     groups = kv_cache_groups(model, req.hybrid)
     full = attention_spec(model)
@@ -910,20 +943,11 @@ def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=N
     growing = sum(1 for g in groups if grows(g))
     bounded = [g for g in groups if not grows(g)]
     bs = result.block_size
-    f = config.kv_free_memory_fraction
-    if f is None:
+    if budget is None:
         tokens, blocks = result.kv_cache_tokens, result.num_blocks
-    else:
-        # TensorRT-LLM: f x (memory - weights - activations - overheads), in whole blocks
-        free = result.memory_bytes - (
-            result.weights_bytes_per_gpu
-            + result.activation_bytes_per_gpu
-            + result.overhead_bytes_per_gpu
-            + result.cudagraph_bytes_per_gpu
-        )
-        tokens = int(f * free / result.kv_bytes_per_token_per_gpu) if free > 0 else 0
-        tokens = tokens // bs * bs
-        blocks = int(f * free // (result.page_bytes * result.layers_per_group)) if free > 0 else 0
+    else:  # the engine's pool, in whole blocks
+        tokens = int(budget / result.kv_bytes_per_token_per_gpu) // bs * bs
+        blocks = int(budget // (result.page_bytes * result.layers_per_group))
     if not bounded:  # one kind of layer: tokens, each request holding its context
         return SizedPool(float(tokens), tokens=tokens)
     fixed = request_blocks(model, bounded, max_model_len, bs, result.max_num_batched_tokens)

@@ -16,9 +16,12 @@ Scheduler defaults, by engine, as read from each engine's source:
   budget), then admits waiting requests FCFS while the token budget, ``max_num_seqs`` and
   the free KV blocks allow; a running request that cannot get a block preempts the last
   admitted one, which is recomputed from scratch later (``PreemptionMode.RECOMPUTE``).
-* SGLang (``python -m sglang.launch_server``): ``ServerArgs`` (python/sglang/srt/server_args.py)
-  sets ``chunked_prefill_size`` by GPU memory: < 35 GB 2048, < 160 GB (H100, H200, A100)
-  8192, else (B200, MI300) 16384. ``max_running_requests`` is unset by default; the
+* SGLang (``python -m sglang.launch_server``): ``ServerArgs._handle_gpu_memory_settings``
+  (python/sglang/srt/server_args.py, heuristics of sglang PR #10975) sets ``chunked_prefill_size``
+  and ``cuda_graph_max_bs`` by GPU memory (MiB, torch's total / 2^20): < 35 GiB 2048, < 60 GiB
+  (A100-40GB, L40S) 4096, < 160 GiB (H100, H200) 8192, else (B200, MI300) 16384; and
+  ``mem_fraction_static`` (weights + KV pool over the card) from them
+  (:func:`sglang_mem_fraction_static`). ``max_running_requests`` is unset by default; the
   scheduler then bounds it by the request pool, ``max_num_reqs = min(max(max_total_num_tokens
   / context_len x 512, 2048), 4096)`` (python/sglang/srt/model_executor/model_runner.py,
   ``init_memory_pool``), at least 2048 -- the default here -- and by the KV pool itself,
@@ -91,6 +94,10 @@ class EngineConfig:
     #: activations - overheads); a fraction f as TensorRT-LLM's KvCacheConfig
     #: free_gpu_memory_fraction: f x the memory left free once the model is loaded
     kv_free_memory_fraction: float | None = None
+    #: SGLang's ``mem_fraction_static``: weights + KV pool as a share of the card (the rest
+    #: holds activations and CUDA graphs); None on SGLang: its default heuristic at the
+    #: replica's tp (:func:`sglang_mem_fraction_static`). Unused by the other engines
+    mem_fraction_static: float | None = None
     #: spread of output lengths for workloads that leave it unset (Workload.output_spread):
     #: how far the engine's served runs are from lock-step waves (docs/serving.md, "Lengths")
     output_spread: float = 0.15
@@ -108,6 +115,8 @@ class EngineConfig:
             raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
         if self.frontend_s < 0 or self.seq_step_overhead_s < 0:
             raise CapcalcError("frontend_s and seq_step_overhead_s must not be negative")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
+            raise CapcalcError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
 
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
@@ -132,6 +141,39 @@ def _memory(gpu: HardwareProfile) -> float:
     return gpu.memory_reported_bytes or gpu.memory_bytes
 
 
+def _sglang_buckets(memory_bytes: float, tp: int) -> tuple[int, int]:
+    """SGLang's (chunked_prefill_size, cuda_graph_max_bs) for a CUDA GPU of this much memory
+    (``_handle_gpu_memory_settings``; it compares the total in MiB against x * 1024)."""
+    mib = memory_bytes / 2**20
+    small_tp = tp < 4
+    if mib < 20 * 1024:  # T4, 4080
+        return 2048, 8
+    if mib < 35 * 1024:  # A10, 4090, 5090
+        return 2048, 24 if small_tp else 80
+    if mib < 60 * 1024:  # A100-40GB, L40
+        return 4096, 32 if small_tp else 160
+    if mib < 160 * 1024:  # H100, H200, H20
+        return 8192, 256 if small_tp else 512
+    return 16384, 512  # B200, MI300
+
+
+def sglang_mem_fraction_static(memory_bytes: float, tp: int, chunked_prefill_size: int) -> float:
+    """SGLang's default ``mem_fraction_static`` (``_handle_gpu_memory_settings``, no DP
+    attention, no speculative decoding): (gpu_mem - reserved) / gpu_mem, rounded to 3
+    places, with, in MiB,
+
+        reserved = 512 + 1.5 x max(chunked_prefill_size, 2048) + 2 x cuda_graph_max_bs + 1024 x tp / 8
+
+    at least 10 GiB on a GPU of more than 60 GiB. The 512 MiB is attention metadata, the
+    chunk term the prefill activations, the graph term the captured CUDA graphs."""
+    mib = memory_bytes / 2**20
+    graph_bs = _sglang_buckets(memory_bytes, tp)[1]
+    reserved = 512 + 1.5 * max(chunked_prefill_size, 2048) + 2 * graph_bs + tp / 8 * 1024
+    if mib > 60 * 1024:
+        reserved = max(reserved, 10 * 1024)
+    return round((mib - reserved) / mib, 3)
+
+
 def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
     """The scheduler defaults ``engine`` picks on ``gpu`` when not told (module docstring)."""
     engine = engine.lower()
@@ -148,9 +190,7 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
             **fixed,
         )
     if engine == "sglang":
-        # server_args.py compares gpu_mem in MB (torch total / 2^20) against x * 1024
-        mib = mem / 2**20
-        chunk = 2048 if mib < 35 * 1024 else 8192 if mib < 160 * 1024 else 16384
+        chunk = _sglang_buckets(mem, tp=1)[0]
         return EngineConfig(
             "sglang",
             max_num_batched_tokens=chunk,

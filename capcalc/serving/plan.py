@@ -74,6 +74,7 @@ from capcalc.serving.engine import (
     Replica,
     ServingResult,
     Workload,
+    engine_kv_bytes,
     kv_pool,
     predict_serving,
     step_model,
@@ -516,18 +517,31 @@ def engine_config(engine: str, gpu: HardwareProfile, max_num_seqs: int | None = 
     return with_overrides(engine_defaults(engine, gpu), max_num_seqs=max_num_seqs)
 
 
-def _rejected(capacity: FitResult, context: int) -> str | None:
-    if not capacity.weights_fit:
-        return (
-            f"weights do not fit: {format_bytes(capacity.weights_bytes_per_gpu)} per GPU; with activations and "
-            f"overhead, {format_bytes(capacity.weights_shortfall_bytes)} more than vLLM may use"
-        )
-    if math.floor(capacity.max_concurrency) < 1 or capacity.kv_cache_tokens < context:
-        return (
-            f"KV cache ({format_bytes(max(capacity.kv_cache_bytes_per_gpu, 0))} per GPU) holds no request of "
-            f"{context:,} tokens (needs {format_bytes(capacity.kv_needed_bytes)})"
-        )
-    return None
+def _rejected(capacity: FitResult, context: int, engine_kv: float | None, engine: str) -> str | None:
+    """Why the memory rejects the candidate, or None. ``engine_kv``: the KV bytes per GPU the
+    engine's own rule leaves (:func:`capcalc.serving.engine.engine_kv_bytes`; None: vLLM's fit)."""
+    if engine_kv is None:
+        if not capacity.weights_fit:
+            return (
+                f"weights do not fit: {format_bytes(capacity.weights_bytes_per_gpu)} per GPU; with activations and "
+                f"overhead, {format_bytes(capacity.weights_shortfall_bytes)} more than vLLM may use"
+            )
+        kv_bytes = max(capacity.kv_cache_bytes_per_gpu, 0)
+        holds_one = math.floor(capacity.max_concurrency) >= 1 and capacity.kv_cache_tokens >= context
+    else:
+        if engine_kv <= 0:
+            return (
+                f"weights do not fit: {format_bytes(capacity.weights_bytes_per_gpu)} per GPU leave "
+                f"{engine}'s memory rule no KV cache"
+            )
+        kv_bytes = engine_kv
+        holds_one = engine_kv >= capacity.kv_needed_bytes
+    if holds_one:
+        return None
+    return (
+        f"KV cache ({format_bytes(kv_bytes)} per GPU) holds no request of "
+        f"{context:,} tokens (needs {format_bytes(capacity.kv_needed_bytes)})"
+    )
 
 
 def plan_candidate(
@@ -595,7 +609,15 @@ def plan_candidate(
         kv_cache_bytes_per_gpu=capacity.kv_cache_bytes_per_gpu,
         weights_bytes_per_gpu=capacity.weights_bytes_per_gpu,
     )
-    why = _rejected(capacity, context)
+    engine_kv = engine_kv_bytes(capacity, config, cand.tp)
+    if engine_kv is not None:  # the pool the engine sizes by its own rule, not vLLM's share
+        base = replace(
+            base,
+            kv_cache_bytes_per_gpu=max(engine_kv, 0.0),
+            kv_capacity_requests=math.floor(max(engine_kv, 0.0) / capacity.kv_needed_bytes),
+            kv_capacity_tokens=None,
+        )
+    why = _rejected(capacity, context, engine_kv, config.engine)
     if why is not None:
         return replace(base, rejected_because=why, binding_constraint="memory")
     d = cand.deployment
@@ -625,6 +647,7 @@ def plan_candidate(
         batch1_tpot_s=one.tpot_s,
         batch1_e2e_s=one.e2e_s,
         prefill_s=one.ttft_s - config.frontend_s,
+        kv_capacity_tokens=base.kv_capacity_tokens if engine_kv is None else pool.tokens,
     )
     broken = violations(one, slos)
     if broken:
