@@ -304,6 +304,7 @@ class Simulation:
         self.sm, self.cfg, self.gpus = steps, config, gpus
         self.cap, self.kv_w, self.kv_fixed = pool.capacity, pool.per_token, pool.per_request
         self.pool = pool
+        self._reserve = config.admission == "reserve"  # read at every admission check
 
     @property
     def kv_tokens(self) -> int:
@@ -314,7 +315,7 @@ class Simulation:
     # ------------------------------------------------------------------ KV accounting
 
     def _kv_used(self, s: _State) -> float:
-        if self.cfg.admission == "reserve":
+        if self._reserve:
             return s.reserved
         decoding = s.k_sum + s.d * s.g  # each decode holds its context at the next step
         used = self.kv_w * (decoding + s.prefilled)
@@ -323,7 +324,7 @@ class Simulation:
         return used
 
     def _kv_need(self, r: _Req, tokens: int) -> float:
-        if self.cfg.admission == "reserve":
+        if self._reserve:
             tokens = r.target + math.ceil(self.cfg.reserve_output_fraction * max(r.out_left - 1, 0))
         return self.kv_w * tokens + self.kv_fixed
 
@@ -531,11 +532,12 @@ class Simulation:
         r = s.waiting[0]
         if s.d + len(s.prefilling) >= cfg.max_num_seqs:
             return "max_num_seqs"
-        take = min(r.target, budget)
-        if not cfg.chunked_prefill and take < r.target and (chunk_tokens or decodes):
+        target = r.target
+        take = target if target < budget else budget
+        if take < target and not cfg.chunked_prefill and (chunk_tokens or decodes):
             return "token_budget"  # a whole prompt waits for a step with room
         need = self._kv_need(r, take)
-        pending = self.kv_w * chunk_tokens if cfg.admission == "on_demand" else 0
+        pending = 0 if self._reserve else self.kv_w * chunk_tokens
         if self._kv_used(s) + pending + need > self.cap:
             return "kv_capacity"
         return None
