@@ -22,7 +22,7 @@ asked) is appended to :attr:`Session.notes`, each message once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,6 +168,8 @@ class ServingReport(_ReadsThrough):
     kv_dtype: str | None = None  # resolved (``auto`` read as the serving dtype)
     compute_dtype: str | None = None  # resolved (the dtype whose peak bounds the products)
     output_spread: float | None = None  # the output-length spread simulated (0: every request O)
+    #: the engine's memory knob that sized the KV pool (:func:`capcalc.serving.engine.memory_fraction`)
+    memory_fraction: float | None = None
 
     def record(self) -> dict:
         """``latency --concurrency/--rps --json``: the deployment, the prediction, then
@@ -189,6 +191,7 @@ class ServingReport(_ReadsThrough):
             head,
             **result,
             output_spread=self.output_spread,
+            memory_fraction=self.memory_fraction,
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
@@ -616,6 +619,7 @@ class Session:
         deployment: Deployment | None = None,
         efficiency: dict[str, Any] | None = None,
         output_spread: float | None = None,
+        memory_fraction: float | None = None,
         **fields,
     ) -> ServingReport:
         """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
@@ -625,13 +629,17 @@ class Session:
         per user, the running batch, the queueing time and the limit that binds.
         ``num_requests``: measured requests (default: 5 per client; open loop 400).
         ``output_spread`` s: output lengths spread evenly over O x (1 ± s), 0 every request
-        exactly O; None the engine's default (:attr:`capcalc.serving.engine.Workload.output_spread`)."""
+        exactly O; None the engine's default (:attr:`capcalc.serving.engine.Workload.output_spread`).
+        ``memory_fraction``: the engine's own memory knob, which sizes its KV pool: vLLM's
+        ``gpu_memory_utilization`` (default 0.9), SGLang's ``mem_fraction_static`` (default:
+        its heuristic), TensorRT-LLM's ``free_gpu_memory_fraction`` (default 0.9)."""
         from capcalc.core.dtypes import resolve_kv_dtype
         from capcalc.model.weights import resolve_weight_dtype
         from capcalc.perf.efficiency import PARAMETERS
         from capcalc.perf.latency import resolve_compute_dtype
         from capcalc.serving.engine import Replica, Workload, predict_serving
-        from capcalc.serving.fit import context_note
+        from capcalc.serving.engine import memory_fraction as engine_memory_fraction
+        from capcalc.serving.fit import DEFAULT_UTILIZATION, context_note
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
         if (concurrency is None) == (requests_per_s is None):
@@ -672,6 +680,24 @@ class Session:
                 raise CapcalcError(
                     f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
                 )
+        if memory_fraction is not None and (
+            isinstance(memory_fraction, bool)
+            or not isinstance(memory_fraction, (int, float))
+            or not 0 < memory_fraction <= 1
+        ):
+            raise CapcalcError(
+                f"memory_fraction must be a number above 0 and at most 1, got {memory_fraction!r}",
+                parameter="memory_fraction",
+            )
+        if memory_fraction is not None and (
+            isinstance(memory_fraction, bool)
+            or not isinstance(memory_fraction, (int, float))
+            or not 0 < memory_fraction <= 1
+        ):
+            raise CapcalcError(
+                f"memory_fraction must be a number above 0 and at most 1, got {memory_fraction!r}",
+                parameter="memory_fraction",
+            )
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
         profile, device = self.model(model), self.gpu(gpu)
@@ -686,6 +712,15 @@ class Session:
             max_num_seqs=max_num_seqs,
             frontend_s=frontend_s,
         )
+        config, utilization = resolved.config, DEFAULT_UTILIZATION
+        if memory_fraction is not None:  # the knob of the engine in use
+            if config.engine == "sglang":
+                config = replace(config, mem_fraction_static=float(memory_fraction))
+            elif config.engine == "trtllm":
+                config = replace(config, kv_free_memory_fraction=float(memory_fraction))
+            else:
+                utilization = float(memory_fraction)
+            resolved = replace(resolved, config=config)
         replica = Replica(
             profile,
             device,
@@ -694,6 +729,7 @@ class Session:
             kv_dtype=d.kv_dtype,
             compute_dtype=d.compute_dtype,
             group_size=d.group_size,
+            gpu_memory_utilization=utilization,
         )
         workload = Workload(
             prompt_tokens,
@@ -711,7 +747,10 @@ class Session:
         kv = resolve_kv_dtype(d.kv_dtype, profile.native_dtype)
         compute = resolve_compute_dtype(d.compute_dtype, weight, profile, device)
         spread = resolved.config.output_spread if workload.output_spread is None else workload.output_spread
-        return ServingReport(profile.name, device.name, d, weight, result, resolved, kv, compute, spread)
+        return ServingReport(
+            profile.name, device.name, d, weight, result, resolved, kv, compute, spread,
+            engine_memory_fraction(replica, resolved.config),
+        )  # fmt: skip
 
     def calibrate(
         self,

@@ -186,6 +186,33 @@ def test_token_budget_and_engine_flags(cli):
     assert r["engine"] == "sglang" and r["max_num_batched_tokens"] == 4096
 
 
+def test_memory_fraction_sets_the_engines_own_knob(cli, registry):
+    """--memory-fraction is vLLM's gpu_memory_utilization, SGLang's mem_fraction_static,
+    TensorRT-LLM's free_gpu_memory_fraction: the record echoes the value that sized the pool
+    (the engine's default without the flag, SGLang's its heuristic), and a larger share never
+    holds fewer tokens."""
+    from capcalc.serving.engines import engine_defaults, sglang_mem_fraction_static
+
+    h100 = registry.gpu(GPU)
+    chunk = engine_defaults("sglang", h100).max_num_batched_tokens
+    defaults = {
+        "vllm": 0.9,
+        "sglang": sglang_mem_fraction_static(h100.memory_reported_bytes, 1, chunk),
+        "trtllm": 0.9,
+    }
+    assert defaults["sglang"] == 0.834  # (81,079 - 13,440) / 81,079 MiB, the H100 total torch reports
+    for engine, default in defaults.items():
+        args = ("latency", MODEL, "--gpu", GPU, "--engine", engine, "--concurrency", "4", "--json")
+        base = cli(*args).json()
+        more = cli(*args, "--memory-fraction", "0.97")
+        assert more.code == 0, more.err
+        more = more.json()
+        assert base["memory_fraction"] == default and more["memory_fraction"] == 0.97
+        assert more["kv_capacity_tokens"] > base["kv_capacity_tokens"]
+        want = Session().serving(MODEL, GPU, 1024, 256, concurrency=4, engine=engine, memory_fraction=0.97)
+        _same(more, want.record())
+
+
 def test_per_gpu_throughput_divides_by_tp(cli):
     r = cli("latency", MODEL, "--gpu", GPU, "--tp", "2", "--concurrency", "8", "--json").json()
     assert r["gpus"] == 2
@@ -214,6 +241,14 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--rps", "0"), ("--rps",)),
         (("--concurrency", "4", "--frontend-overhead", "fast"), ("--frontend-overhead",)),
         (("--output-spread", "0.1"), ("--output-spread", "--concurrency")),
+        (("--memory-fraction", "0.9"), ("--memory-fraction", "--concurrency")),
+        (("--concurrency", "4", "--memory-fraction", "0"), ("--memory-fraction", "0")),
+        (("--concurrency", "4", "--memory-fraction", "1.5"), ("--memory-fraction", "1.5")),
+        # SGLang's static share at 0.1 of an 80 GB card holds less than the 16 GB of weights
+        (
+            ("--concurrency", "4", "--engine", "sglang", "--memory-fraction", "0.1"),
+            ("does not fit", "mem_fraction_static 0.1"),
+        ),
         (("--concurrency", "4", "--output-spread", "1"), ("--output-spread", "1")),
         (("--concurrency", "4", "--output-spread", "-0.2"), ("--output-spread",)),
         (("--concurrency", "4", "--output-spread", "nan"), ("--output-spread",)),

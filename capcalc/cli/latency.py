@@ -4,6 +4,7 @@
     capcalc latency MODEL --gpu G [--prompt P] [--output O] --concurrency C | --rps R
         [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
         [--frontend-overhead 9ms] [--num-requests N] [--seed S] [--output-spread S]
+        [--memory-fraction F]
 
 Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
 of them a continuously batching server under load (``Session.serving``, docs/serving.md).
@@ -88,6 +89,7 @@ def compute(
     spec_tokens=None,
     acceptance=None,
     draft_model=None,
+    memory_fraction=None,
 ):
     """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
     under load (``Session.serving``)."""
@@ -99,6 +101,7 @@ def compute(
             "frontend_s": frontend_overhead,
             "num_requests": num_requests,
             "output_spread": output_spread,
+            "memory_fraction": memory_fraction,
         }
         named = [k for k, v in given.items() if v is not None]
         if named:
@@ -143,6 +146,7 @@ def compute(
         seed=seed,
         num_requests=num_requests,
         output_spread=output_spread,
+        memory_fraction=memory_fraction,
         deployment=deployment,
         efficiency=efficiency,
     )
@@ -209,6 +213,14 @@ def latency_command(
             "0 every request exactly O (default: the engine's)."
         ),
     ] = None,
+    memory_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Under load, the engine's memory knob that sizes its KV cache: vLLM "
+            "--gpu-memory-utilization (default 0.9), SGLang --mem-fraction-static (default: its "
+            "heuristic), TensorRT-LLM free_gpu_memory_fraction (default 0.9)."
+        ),
+    ] = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
     ] = None,
@@ -235,7 +247,7 @@ def latency_command(
         report = compute(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
-            num_requests, seed, output_spread, spec_tokens, acceptance, draft_model,
+            num_requests, seed, output_spread, spec_tokens, acceptance, draft_model, memory_fraction,
         )  # fmt: skip
     finally:
         show_notes(s)

@@ -869,6 +869,35 @@ def kv_capacity_tokens(replica: Replica, config: EngineConfig, max_model_len: in
     return kv_pool(replica, config, max_model_len).tokens
 
 
+#: each engine's name for the memory share :func:`memory_fraction` reads
+MEMORY_KNOB = {
+    "vllm": "gpu_memory_utilization",
+    "sglang": "mem_fraction_static",
+    "trtllm": "free_gpu_memory_fraction",
+}
+
+
+def memory_fraction(replica: Replica, config: EngineConfig) -> float:
+    """The engine's memory knob as it sizes the KV pool: vLLM's ``gpu_memory_utilization``
+    (the replica's), SGLang's ``mem_fraction_static`` (given, else its default heuristic,
+    :func:`capcalc.serving.engines.sglang_mem_fraction_static`), TensorRT-LLM's
+    ``free_gpu_memory_fraction`` (``config.kv_free_memory_fraction``)."""
+    from capcalc.serving.fit import memory_of
+
+    if config.engine == "sglang":
+        return _static_fraction(config, memory_of(replica.gpu)[0], replica.tp)
+    if config.kv_free_memory_fraction is not None:
+        return config.kv_free_memory_fraction
+    return replica.gpu_memory_utilization
+
+
+def _static_fraction(config: EngineConfig, memory_bytes: float, tp: int) -> float:
+    """SGLang's mem_fraction_static: the configured one, else its default at this memory and tp."""
+    if config.mem_fraction_static is not None:
+        return config.mem_fraction_static
+    return sglang_mem_fraction_static(memory_bytes, tp, config.max_num_batched_tokens)
+
+
 def engine_kv_bytes(result, config: EngineConfig, tp: int) -> float | None:
     """KV cache bytes per GPU that the engine's own memory rule leaves, from the memory fit
     ``result`` (:class:`capcalc.serving.fit.FitResult`, whose weights, activation peak and
@@ -890,10 +919,7 @@ def engine_kv_bytes(result, config: EngineConfig, tp: int) -> float | None:
         result.overhead_bytes_per_gpu,
     )
     if config.engine == "sglang":
-        static = config.mem_fraction_static or sglang_mem_fraction_static(
-            memory, tp, config.max_num_batched_tokens
-        )
-        return static * (memory - overhead) - weights
+        return _static_fraction(config, memory, tp) * (memory - overhead) - weights
     f = config.kv_free_memory_fraction
     if f is None:
         return None
@@ -931,9 +957,10 @@ def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=N
     result = fitted if fitted is not None else fit(model, req, suggest=False)
     budget = engine_kv_bytes(result, config, replica.tp)
     if (budget is None and not result.weights_fit) or (budget is not None and budget <= 0):
+        knob = MEMORY_KNOB.get(config.engine, "gpu_memory_utilization")
         raise CapcalcError(
             f"{model.name} does not fit on {replica.gpu.name} x{replica.tp} under {config.engine}'s memory "
-            "rule: no memory left for the KV cache"
+            f"rule ({knob} {memory_fraction(replica, config):g}): no memory left for the KV cache"
         )
     groups = kv_cache_groups(model, req.hybrid)
     full = attention_spec(model)
