@@ -198,6 +198,17 @@ class ServingReport(_ReadsThrough):
         )
 
 
+def _fraction(value: Any, parameter: str = "memory_fraction") -> float | None:
+    """An engine memory share: None, or a number in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise CapcalcError(
+            f"{parameter} must be a number above 0 and at most 1, got {value!r}", parameter=parameter
+        )
+    return float(value)
+
+
 def _spread(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise CapcalcError(
@@ -508,6 +519,7 @@ class Session:
         max_num_seqs: int | None = None,
         tpot_s: float | str | None = None,
         engine: str = "vllm",
+        memory_fraction: float | None = None,
         **fields,
     ) -> PlanReport:
         """The fewest GPUs carrying ``requests_per_s`` requests of ``prompt_tokens`` in and
@@ -516,9 +528,27 @@ class Session:
         each a replica of ``engine`` (vllm, sglang, trtllm) on the serving model.
         An SLO is seconds (the mean) or a string binding a statistic, ``'p90:500ms'``
         (:func:`capcalc.serving.plan.parse_slo`).
-        ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``."""
+        ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``.
+        ``memory_fraction``: the engine's own memory knob, as in :meth:`serving`;
+        ``gpu_memory_utilization`` is vLLM's name for it (as ``fit``), for vLLM only."""
         from capcalc.perf.efficiency import PARAMETERS
+        from capcalc.serving.engines import with_memory_fraction
         from capcalc.serving.plan import Traffic, candidates, plan, slos_of
+
+        memory_fraction = _fraction(memory_fraction)
+        named = str(engine).strip().lower()
+        if gpu_memory_utilization is not None and memory_fraction is not None:
+            raise CapcalcError(
+                "give gpu_memory_utilization or memory_fraction, not both",
+                parameter=("gpu_memory_utilization", "memory_fraction"),
+            )
+        if gpu_memory_utilization is not None and named != "vllm":
+            raise CapcalcError(
+                parameter=("gpu_memory_utilization", "memory_fraction"),
+                template=f"{{gpu_memory_utilization}} is vLLM's memory knob; for {named} give {{memory_fraction}}",
+            )
+        if memory_fraction is not None and named == "vllm":
+            gpu_memory_utilization = memory_fraction
 
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
@@ -544,7 +574,7 @@ class Session:
             if key not in resolved:
                 resolved[key] = self.serving_parameters(g, engine, weight_dtype, efficiency=overrides)
             r = resolved[key]
-            return r.efficiency, r.config, r.source
+            return r.efficiency, with_memory_fraction(r.config, memory_fraction), r.source
 
         results = plan(
             profile,
@@ -639,6 +669,7 @@ class Session:
         from capcalc.perf.latency import resolve_compute_dtype
         from capcalc.serving.engine import Replica, Workload, predict_serving
         from capcalc.serving.engine import memory_fraction as engine_memory_fraction
+        from capcalc.serving.engines import with_memory_fraction
         from capcalc.serving.fit import DEFAULT_UTILIZATION, context_note
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
@@ -680,24 +711,8 @@ class Session:
                 raise CapcalcError(
                     f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
                 )
-        if memory_fraction is not None and (
-            isinstance(memory_fraction, bool)
-            or not isinstance(memory_fraction, (int, float))
-            or not 0 < memory_fraction <= 1
-        ):
-            raise CapcalcError(
-                f"memory_fraction must be a number above 0 and at most 1, got {memory_fraction!r}",
-                parameter="memory_fraction",
-            )
-        if memory_fraction is not None and (
-            isinstance(memory_fraction, bool)
-            or not isinstance(memory_fraction, (int, float))
-            or not 0 < memory_fraction <= 1
-        ):
-            raise CapcalcError(
-                f"memory_fraction must be a number above 0 and at most 1, got {memory_fraction!r}",
-                parameter="memory_fraction",
-            )
+        memory_fraction = _fraction(memory_fraction)
+        memory_fraction = _fraction(memory_fraction)
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
         profile, device = self.model(model), self.gpu(gpu)
@@ -712,15 +727,10 @@ class Session:
             max_num_seqs=max_num_seqs,
             frontend_s=frontend_s,
         )
-        config, utilization = resolved.config, DEFAULT_UTILIZATION
-        if memory_fraction is not None:  # the knob of the engine in use
-            if config.engine == "sglang":
-                config = replace(config, mem_fraction_static=float(memory_fraction))
-            elif config.engine == "trtllm":
-                config = replace(config, kv_free_memory_fraction=float(memory_fraction))
-            else:
-                utilization = float(memory_fraction)
-            resolved = replace(resolved, config=config)
+        # the memory knob of the engine in use: vLLM's is the replica's, the others' the config's
+        resolved = replace(resolved, config=with_memory_fraction(resolved.config, memory_fraction))
+        vllm = resolved.config.engine == "vllm"
+        utilization = memory_fraction if vllm and memory_fraction is not None else DEFAULT_UTILIZATION
         replica = Replica(
             profile,
             device,

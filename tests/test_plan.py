@@ -351,6 +351,22 @@ def test_each_engine_plans_on_its_own_scheduler(cli, registry, engine):
     assert_operating_point(rec, registry)
 
 
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_memory_fraction_sizes_the_plans_pool_as_latency_does(cli, engine):
+    """plan --memory-fraction is the engine's knob, as latency's: the pool it plans with is the
+    one latency --concurrency simulates (vLLM's gpu_memory_utilization, SGLang's
+    mem_fraction_static, TensorRT-LLM's free_gpu_memory_fraction), and a larger share holds more."""
+    pools = []
+    for fraction in ("0.85", "0.95"):
+        rec = one_plan(cli, "--rps", "5", "--engine", engine, "--memory-fraction", fraction)
+        lat = cli("latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "1000", "--output", "200",
+                  "--concurrency", "1", "--engine", engine, "--memory-fraction", fraction, "--json").json()  # fmt: skip
+        assert rec["kv_capacity_tokens"] == lat["kv_capacity_tokens"]
+        assert rec["memory_fraction"] == lat["memory_fraction"] == float(fraction)
+        pools.append(rec["kv_capacity_tokens"])
+    assert pools[1] > pools[0]
+
+
 # --------------------------------------------------------------------------- candidates, sorting, cost
 
 
@@ -438,6 +454,18 @@ UNKNOWN_KV_FP9 = "unknown KV dtype 'fp9': expected one of auto, bf16, fp16, fp8,
             "--gpu-memory-utilization must be in (0, 1], got 1.5",
         ),
         (["--rps", "1", "--kv-dtype", "fp9"], UNKNOWN_KV_FP9),
+        (
+            ["--rps", "1", "--memory-fraction", "0"],
+            "--memory-fraction must be a number above 0 and at most 1, got 0.0",
+        ),
+        (
+            ["--rps", "1", "--engine", "sglang", "--gpu-memory-utilization", "0.8"],
+            "--gpu-memory-utilization is vLLM's memory knob; for sglang give --memory-fraction",
+        ),
+        (
+            ["--rps", "1", "--gpu-memory-utilization", "0.8", "--memory-fraction", "0.8"],
+            "give --gpu-memory-utilization or --memory-fraction, not both",
+        ),
         (["--rps", "1", "--kv-dtype", "fp8,fp9"], UNKNOWN_KV_FP9),  # one bad dtype among several
         (
             ["--rps", "1", "--weight-dtype", "fp9"],

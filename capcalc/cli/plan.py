@@ -28,7 +28,6 @@ from capcalc.core.errors import CapcalcError
 from capcalc.core.inputs import excerpt, parse_float
 from capcalc.core.units import format_duration, parse_rate
 from capcalc.report.output import TableSpec, humanize
-from capcalc.serving.fit import DEFAULT_UTILIZATION
 
 #: feasible candidates the table shows (the machine formats carry all of them)
 TABLE_ROWS = 15
@@ -85,10 +84,11 @@ def compute(
     itl_slo=None,
     e2e_slo=None,
     price=None,
-    gpu_memory_utilization=DEFAULT_UTILIZATION,
+    gpu_memory_utilization=None,
     max_num_seqs=None,
     tpot_slo=None,
     engine="vllm",
+    memory_fraction=None,
 ):
     """The plan for the parsed options."""
     rate, unit = parse_rate(rps, "--rps")
@@ -113,6 +113,7 @@ def compute(
         gpu_memory_utilization=gpu_memory_utilization,
         max_num_seqs=max_num_seqs,
         engine=engine,
+        memory_fraction=memory_fraction,
     )
 
 
@@ -161,8 +162,17 @@ def plan_command(
         ),
     ] = None,
     gpu_memory_utilization: Annotated[
-        float, typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`).")
-    ] = DEFAULT_UTILIZATION,
+        Optional[float],
+        typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`; default 0.9); vLLM only."),
+    ] = None,
+    memory_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            help="The engine's memory knob that sizes its KV cache: vLLM --gpu-memory-utilization, "
+            "SGLang --mem-fraction-static (default: its heuristic), TensorRT-LLM "
+            "free_gpu_memory_fraction (default 0.9)."
+        ),
+    ] = None,
     max_num_seqs: Annotated[
         Optional[int],
         typer.Option(help="Most requests running at once (vLLM max_num_seqs; default: the engine's own)."),
@@ -179,7 +189,7 @@ def plan_command(
     try:
         report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
                          ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs,
-                         tpot_slo, engine)  # fmt: skip
+                         tpot_slo, engine, memory_fraction)  # fmt: skip
     finally:
         show_notes(s)
     rate = report.traffic.requests_per_s

@@ -212,6 +212,20 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
     )
 
 
+def with_memory_fraction(config: EngineConfig, fraction: float | None) -> EngineConfig:
+    """``config`` with the engine's own memory knob set to ``fraction``: SGLang's
+    ``mem_fraction_static``, TensorRT-LLM's ``free_gpu_memory_fraction``. vLLM's
+    ``gpu_memory_utilization`` belongs to the replica's memory fit
+    (:class:`capcalc.serving.engine.Replica`), so a vLLM config is returned as it is."""
+    if fraction is None:
+        return config
+    if config.engine == "sglang":
+        return replace(config, mem_fraction_static=fraction)
+    if config.engine == "trtllm":
+        return replace(config, kv_free_memory_fraction=fraction)
+    return config
+
+
 def with_overrides(config: EngineConfig, **changes) -> EngineConfig:
     """``config`` with the non-None ``changes`` applied (flags over defaults)."""
     return replace(config, **{k: v for k, v in changes.items() if v is not None})

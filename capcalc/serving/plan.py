@@ -76,6 +76,7 @@ from capcalc.serving.engine import (
     Workload,
     engine_kv_bytes,
     kv_pool,
+    memory_fraction,
     predict_serving,
     step_model,
 )
@@ -289,6 +290,8 @@ class PlanResult:
     compute_busy_fraction: float | None = None  # at C_max (see COMPUTE_SATURATION)
     kv_capacity_requests: int | None = None  # floor(max_concurrency) at P + O tokens
     kv_capacity_tokens: int | None = None
+    #: the engine's memory knob that sized the pool (capcalc.serving.engine.memory_fraction)
+    memory_fraction: float | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     frontend_s: float | None = None
@@ -590,6 +593,10 @@ def plan_candidate(
         base = replace(base, efficiency_source=source)
     else:
         config = engine_config(engine, cand.gpu, max_num_seqs)
+    knob = memory_fraction(
+        Replica(model, cand.gpu, tp=cand.tp, gpu_memory_utilization=gpu_memory_utilization), config
+    )
+    base = replace(base, memory_fraction=knob)
     capacity = fit(
         model,
         fit_request(
