@@ -57,6 +57,7 @@ from capcalc.model.layers import cdiv
 from capcalc.perf.efficiency import Efficiency
 from capcalc.perf.latency import (
     StepPrediction,
+    StepTimes,
     predict_step,
     resolve_compute_dtype,
     step_times,
@@ -276,6 +277,9 @@ class MixedStepModel:
         :func:`capcalc.perf.latency.step_times` (the arithmetic predict_step uses): the same
         time to float rounding, at a fraction of the cost. The simulation prices its mixed
         steps so."""
+        return self._step_times(decodes, decode_ctx_sum, chunks).time_s
+
+    def _step_times(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepTimes:
         totals = self.step_totals(decodes, decode_ctx_sum, chunks)
         return step_times(
             self.model,
@@ -284,7 +288,7 @@ class MixedStepModel:
             self.efficiency,
             kernel_roofline=self.kernel_roofline,
             **totals,
-        ).time_s
+        )
 
     def predict(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> StepPrediction:
         return self._timed(self.cost(decodes, decode_ctx_sum, chunks))
@@ -305,13 +309,14 @@ class MixedStepModel:
         being compute_s and memory_s (or, with ``kernel_roofline``, the attention's FLOP time
         and the KV read time, the matrix products' max(FLOPs, weights) going into fixed).
         Exact: in decode every FLOP and byte is affine in x (per-sequence KV and attention)
-        and the FLOP/s efficiency is the asymptote, so two predictions fix both lines.
+        and the FLOP/s efficiency is the asymptote, so two steps fix both lines (timed from
+        their totals, as :meth:`step_time_s`: a thrashing cache visits hundreds of batch sizes).
         Cached per ``decodes``."""
         line = self._lines.get(decodes)
         if line is None:
             x0 = float(decodes * self._ctx_lo)
             x1 = x0 + decodes * 1024.0
-            p0, p1 = self.predict(decodes, x0), self.predict(decodes, x1)
+            p0, p1 = self._step_times(decodes, x0), self._step_times(decodes, x1)
             if self.kernel_roofline:
                 (a0, a1), (b0, b1) = (
                     (p0.attention_compute_s, p1.attention_compute_s),
