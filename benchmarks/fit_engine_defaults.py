@@ -2,7 +2,7 @@
 into capcalc/serving/engines.py ENGINE_EFFICIENCY / FIXED_COSTS; docs/latency.md says so).
 
     PYTHONPATH=$PWD python benchmarks/fit_engine_defaults.py ENGINE [CSV] [--every N]
-        [--rounds R] [--evaluations E]
+        [--rounds R] [--evaluations E] [--parameters NAME,NAME...]
 
 Fits on every N-th expressible aggregated row of the engine (all GPUs and models together,
 so the values are the engine's, not one deployment's).
@@ -30,6 +30,7 @@ PARAMETERS = (
     "low_precision_flops_scale",
     "expert_flops_ratio",
     "layer_overhead_s",
+    "seq_layer_overhead_s",
     "moe_layer_overhead_s",
     "allreduce_latency_per_rank_s",
     "frontend_s",
@@ -46,6 +47,11 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--evaluations", type=int, default=7)
+    ap.add_argument(
+        "--parameters",
+        default=",".join(PARAMETERS),
+        help="comma-separated names to fit, the others kept at the shipped defaults",
+    )
     args = ap.parse_args()
     reg = Registry.load()
     with open(args.csv, newline="") as f:
@@ -58,8 +64,9 @@ def main() -> int:
         except sv.CapcalcError:
             continue
         points.append(row.point)
+    names = tuple(n.strip() for n in args.parameters.split(",") if n.strip())
     fit = fit_serving(
-        points, parameters=PARAMETERS, rounds=args.rounds, evaluations=args.evaluations, weights=WEIGHTS
+        points, parameters=names, rounds=args.rounds, evaluations=args.evaluations, weights=WEIGHTS
     )
     print(args.engine, len(points), "points; loss", round(fit.loss_before, 4), "->", round(fit.loss_after, 4))
     for k, v in fit.values.items():

@@ -321,6 +321,7 @@ def test_every_parameter_has_a_flag(cli):
         "moe_token_overhead_s": ("--moe-token-overhead", "200ns", 200e-9),
         "allreduce_latency_per_rank_s": ("--allreduce-latency-per-rank", "2us", 2e-6),
         "expert_flops_ratio": ("--expert-flops-ratio", "0.5", 0.5),
+        "seq_layer_overhead_s": ("--seq-layer-overhead", "300ns", 300e-9),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]

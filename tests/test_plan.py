@@ -268,12 +268,13 @@ def test_compute_bound_plan(cli):
 @pytest.mark.regression_pin
 def test_impossible_plan(cli, registry):
     # Was: 6.27 ms, `latency --batch 1`'s ITL. Now one request alone on vLLM's efficiencies (a bandwidth
-    # scale of 0.95 and 48.3 us per layer, capcalc.serving.engines): 7.80 ms, over 5 ms at any load.
+    # scale of 0.95, 43.5 us per layer and 0.1 us per sequence per layer, capcalc.serving.engines):
+    # 7.70 ms (7.80 before the per-sequence cost took 3.1 us of the 32 layers' fixed cost), over 5 ms.
     r = cli(*BASE, "--rps", "10", "--itl-slo", "5ms", "--json")
     assert r.code == 1
     (rec,) = r.json()
     assert rec["feasible"] is False and rec["replicas"] is None
-    assert rec["rejected_because"] == "ITL SLO unreachable even at concurrency 1: ITL 7.80 ms > 5.00 ms"
+    assert rec["rejected_because"] == "ITL SLO unreachable even at concurrency 1: ITL 7.70 ms > 5.00 ms"
     assert rec["batch1_itl_s"] == pytest.approx(served(registry, 1).itl_s)
     assert r.err.strip() == (
         "capcalc: error: no candidate carries 10 requests/s within the SLOs (1 rejected; see rejected_because)"

@@ -570,3 +570,26 @@ def test_a_step_that_preempts_admits_no_waiting_request(llama8b, h100, monkeypat
     assert out.preemptions > 0 and out.binding_limit == "kv_capacity"
     after = [calls[i + 1] for i, c in enumerate(calls[:-1]) if c == "preempt"]
     assert after and set(after) == {"decode"}, after
+
+
+def test_per_sequence_layer_cost_by_hand(llama8b, h100):
+    """seq_layer_overhead_s c adds layers x sequences x c to a step: Llama-3.1-8B has 32 layers,
+    so at c = 1 us a decode of 8 sequences costs 256 us more, a mixed step of 8 decodes and 2
+    chunks 320 us (its time from totals likewise), and a static prefill of 4 prompts 128 us."""
+    from capcalc.model.flops import prefill_cost
+    from capcalc.perf.latency import predict_step
+
+    eff = default_efficiency(h100)
+    more = replace(eff, seq_layer_overhead_s=1e-6)
+    base, extra = MixedStepModel(llama8b, h100, eff), MixedStepModel(llama8b, h100, more)
+    assert extra.time_s(8, 8000.0) - base.time_s(8, 8000.0) == pytest.approx(32 * 8 * 1e-6, rel=1e-9)
+    mixed = (8, 8000.0, (Chunk(0, 512), Chunk(256, 256)))
+    assert extra.time_s(*mixed) - base.time_s(*mixed) == pytest.approx(32 * 10 * 1e-6, rel=1e-9)
+    assert extra.step_time_s(*mixed) - base.step_time_s(*mixed) == pytest.approx(32 * 10 * 1e-6, rel=1e-9)
+    assert extra.decode_time_s(8, 8000.0) - base.decode_time_s(8, 8000.0) == pytest.approx(256e-6, rel=1e-9)
+    cost = prefill_cost(llama8b, 4, 512)
+    gap = (
+        predict_step(llama8b, h100, cost, "bf16", more).time_s
+        - predict_step(llama8b, h100, cost, "bf16", eff).time_s
+    )
+    assert gap == pytest.approx(32 * 4 * 1e-6, rel=1e-9)

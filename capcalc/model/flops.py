@@ -147,6 +147,8 @@ class StepCost:
     kv_dtype: str
     components: tuple[Component, ...]
     experts_touched_per_layer: float | None  # routed experts read per MoE layer (None: dense)
+    #: sequences the step advances when not ``batch`` (a mixed step: its decodes and chunks)
+    step_sequences: int | None = None
     # totals, set once from the components (__post_init__)
     flops: float = field(init=False, repr=False, compare=False)
     matmul_flops: float = field(init=False, repr=False, compare=False)
@@ -159,6 +161,11 @@ class StepCost:
     @property
     def tokens(self) -> int:
         return self.batch * self.new_tokens
+
+    @property
+    def sequences(self) -> int:
+        """Sequences the step advances: its batch, or a mixed step's decodes plus chunks."""
+        return self.batch if self.step_sequences is None else self.step_sequences
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)

@@ -6,12 +6,12 @@ do not reach. ``capcalc latency`` predicts a step as
     memory_s  = weight_bytes / (bandwidth x weight_bandwidth_efficiency)
               + kv_bytes     / (bandwidth x kv_bandwidth_efficiency)
     compute_s = flops / (peak x eff(n)),  eff(n) = prefill_flops_efficiency x n / (n + prefill_tokens_half_efficiency)
-    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
+    step_s    = max(compute_s, memory_s) + layers x (layer_overhead_s + s x seq_layer_overhead_s)
               + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
               + step_overhead_s (+ all-reduces)
 
 where ``n`` is the number of tokens the step multiplies through the weights (the
-batch in decode, batch x prompt in prefill). A datasheet roofline is the same
+batch in decode, batch x prompt in prefill) and ``s`` the sequences it advances. A datasheet roofline is the same
 formula with :meth:`Efficiency.ideal` (every fraction 1, no fixed costs).
 
 Each parameter is resolved on its own, first found wins:
@@ -72,7 +72,12 @@ class Efficiency:
     #: per-expert tile padding, token permutation and scale handling that one dense GEMM does
     #: not (1: as dense; 16-bit expert products always run as dense)
     expert_flops_ratio: float = 1.0
-    # (the last four come last, so that positional construction of the earlier fields keeps its meaning)
+    #: cost per sequence per layer per step: work each layer's kernels do for every sequence
+    #: in the step whatever its length (paged-attention block tables and per-sequence
+    #: attention tails, the decode attention kernel's split-KV reduction, per-row norm and
+    #: sampling bookkeeping); 0: fixed costs do not grow with the batch
+    seq_layer_overhead_s: float = 0.0
+    # (the last five come last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -103,6 +108,7 @@ _DURATIONS = (
     "moe_layer_overhead_s",
     "moe_token_overhead_s",
     "allreduce_latency_per_rank_s",
+    "seq_layer_overhead_s",
 )
 
 #: what each parameter means, for help text and docs
@@ -118,6 +124,7 @@ DESCRIPTIONS = {
     "moe_token_overhead_s": "cost per token per MoE layer (dispatch to and from the experts)",
     "allreduce_latency_per_rank_s": "extra fixed cost per all-reduce call per GPU beyond the first",
     "expert_flops_ratio": "share of the dense FLOP/s efficiency the fp8/fp4 routed experts reach",
+    "seq_layer_overhead_s": "cost per sequence per layer per step (per-sequence kernel work)",
 }
 
 
@@ -172,6 +179,10 @@ DESCRIPTIONS = {
 #   to ~17 us at tp 8, which
 #   is not one published measurement to pin a default on; `capcalc measure --gpu --tp N`
 #   fits it from all-reduces timed on 2, 4, ..., N GPUs of one host.
+# * seq_layer_overhead_s 0 -- not separable from bandwidth at batch 1, where every figure
+#   above was measured. The engines' served runs show it (`--engine`, capcalc/serving/engines.py):
+#   at 32-256 clients the TPOT left unexplained grows by 13-23 us per running sequence, and a
+#   cost per sequence per layer meets that across models better than one per sequence.
 #
 # AMD (Instinct, ROCm):
 # * weight/kv_bandwidth_efficiency 0.65 -- gpt-fast README, "AMD": Llama-2-7B bf16 batch 1

@@ -11,13 +11,14 @@ One step (see :mod:`capcalc.model.flops` for its FLOPs and bytes, per GPU) takes
               expert_flops_ratio of an fp8/fp4 grouped expert GEMM to a dense one (1 in 16 bits)
     comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x a / I + l(tp))    (tp > 1)
         l(tp) = allreduce_latency_s + (tp - 1) x allreduce_latency_per_rank_s
-    step_s    = max(compute_s, memory_s) + layers x layer_overhead_s
+    step_s    = max(compute_s, memory_s) + layers x (layer_overhead_s + s x seq_layer_overhead_s)
               + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
               + step_overhead_s + comm_s
 
 with B the datasheet bandwidth, P_c the dense peak of the compute dtype, P_a that of
 the serving dtype (:func:`capcalc.core.dtypes.serving_dtype`: attention runs in bf16/fp16
-whatever the weights), n the tokens in the step, eff(n) the FLOP/s efficiency curve of
+whatever the weights), n the tokens in the step, s the sequences it advances (the batch in
+decode, the prompts in a prefill, decodes plus chunks in a mixed step), eff(n) the FLOP/s efficiency curve of
 :class:`capcalc.perf.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
 a dense model), and I the interconnect bandwidth per direction (ring all-reduce of the
 hidden states, two per layer: after attention and after the MLP; a = 2 bytes, 4 when
@@ -188,6 +189,7 @@ def step_times(
     *,
     prefill: bool,
     tokens: float,
+    sequences: float,
     tp: int,
     weight_bytes: float,
     kv_bytes: float,
@@ -223,7 +225,7 @@ def step_times(
     split = max(matmul_s, weight_s) + max(attention_s, kv_s)
     core = split if kernel_roofline else max(compute_s, memory_s)
     overhead = (
-        model.num_layers * eff.layer_overhead_s
+        model.num_layers * (eff.layer_overhead_s + sequences * eff.seq_layer_overhead_s)
         + model.num_moe_layers * (eff.moe_layer_overhead_s + tokens * eff.moe_token_overhead_s)
         + eff.step_overhead_s
     )
@@ -248,6 +250,7 @@ def step_totals(model: ModelProfile, cost: StepCost) -> dict:
     return {
         "prefill": cost.phase == "prefill",
         "tokens": cost.tokens,
+        "sequences": cost.sequences,
         "tp": cost.tp,
         "weight_bytes": cost.weight_bytes,
         "kv_bytes": cost.kv_bytes,

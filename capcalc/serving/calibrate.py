@@ -14,6 +14,7 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``flops_scale``: multiplies prefill_flops_efficiency (compute-bound prefill);
 * ``step_overhead_s``: fixed cost per engine step (host, launches not in a graph);
 * ``layer_overhead_s``: fixed cost per layer per step (kernel launches and tails);
+* ``seq_layer_overhead_s``: cost per running sequence per layer per step (per-sequence kernel work);
 * ``moe_layer_overhead_s``: fixed cost per MoE layer per step (routing, permutation);
 * ``frontend_s``: fixed cost per request (HTTP, tokenisation);
 * ``seq_step_overhead_s``: host cost per running sequence per step;
@@ -60,6 +61,7 @@ FIT_PARAMETERS = (
     "bandwidth_scale",
     "flops_scale",
     "layer_overhead_s",
+    "seq_layer_overhead_s",
     "moe_layer_overhead_s",
     "frontend_s",
     "seq_step_overhead_s",
@@ -75,6 +77,7 @@ BOUNDS = {
     "output_spread": (0.01, 0.9),
     "step_overhead_s": (1e-5, 20e-3),
     "layer_overhead_s": (1e-6, 200e-6),
+    "seq_layer_overhead_s": (1e-9, 2e-6),
     "moe_layer_overhead_s": (1e-6, 300e-6),
     "frontend_s": (1e-4, 0.5),
     "seq_step_overhead_s": (1e-8, 2e-4),
@@ -162,6 +165,7 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
     for name in (
         "step_overhead_s",
         "layer_overhead_s",
+        "seq_layer_overhead_s",
         "moe_layer_overhead_s",
         "allreduce_latency_s",
         "allreduce_latency_per_rank_s",
@@ -223,6 +227,7 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
         "expert_flops_ratio": d.efficiency.expert_flops_ratio,
         "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
         "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
+        "seq_layer_overhead_s": max(d.efficiency.seq_layer_overhead_s, BOUNDS["seq_layer_overhead_s"][0]),
         "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),
         "frontend_s": max(d.config.frontend_s, BOUNDS["frontend_s"][0]),
         "seq_step_overhead_s": max(d.config.seq_step_overhead_s, BOUNDS["seq_step_overhead_s"][0]),

@@ -237,6 +237,7 @@ class MixedStepModel:
             kv_dtype=t.kv_dtype,
             components=tuple(comps),
             experts_touched_per_layer=touched,
+            step_sequences=decodes + len(chunks),
         )
 
     def step_totals(self, decodes: int, decode_ctx_sum: float, chunks: tuple[Chunk, ...] = ()) -> dict:
@@ -263,6 +264,7 @@ class MixedStepModel:
         return {
             "prefill": bool(chunks),
             "tokens": n,
+            "sequences": seqs,
             "tp": self.tp,
             "weight_bytes": self._mm_bytes + routed_bytes + streamed,
             "kv_bytes": kv_read + n * self._kv_write_per_token + self._rec_bytes_per_seq * seqs,
