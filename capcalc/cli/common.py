@@ -59,6 +59,15 @@ def _main_options(
 # The arguments and options several commands share (one definition each).
 ModelArg = Annotated[str, typer.Argument(help="Model name, alias, Hugging Face id or checkpoint folder.")]
 GpuOpt = Annotated[str, typer.Option("--gpu", help="GPU profile name or alias (see `capcalc gpus`).")]
+#: the serving engine's own memory share (latency under load, plan): one flag, each engine's knob
+MemoryFractionOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="The engine's memory knob that sizes its KV cache: vLLM --gpu-memory-utilization "
+        "(default 0.9), SGLang --mem-fraction-static (default: its heuristic), TensorRT-LLM "
+        "free_gpu_memory_fraction (default 0.9)."
+    ),
+]
 WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEIGHT_DTYPES)}.")]
 KvDtypeOpt = Annotated[
     str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")

@@ -23,6 +23,7 @@ from capcalc.cli.common import (
     GpuOpt,
     JsonFlag,
     JsonlFlag,
+    MemoryFractionOpt,
     ModelArg,
     NoCalibrationFlag,
     Output,
@@ -213,14 +214,7 @@ def latency_command(
             "0 every request exactly O (default: the engine's)."
         ),
     ] = None,
-    memory_fraction: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Under load, the engine's memory knob that sizes its KV cache: vLLM "
-            "--gpu-memory-utilization (default 0.9), SGLang --mem-fraction-static (default: its "
-            "heuristic), TensorRT-LLM free_gpu_memory_fraction (default 0.9)."
-        ),
-    ] = None,
+    memory_fraction: MemoryFractionOpt = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
     ] = None,

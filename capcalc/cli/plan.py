@@ -12,6 +12,7 @@ from capcalc.cli.common import (
     CsvFlag,
     JsonFlag,
     JsonlFlag,
+    MemoryFractionOpt,
     ModelArg,
     NoCalibrationFlag,
     Output,
@@ -165,14 +166,7 @@ def plan_command(
         Optional[float],
         typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`; default 0.9); vLLM only."),
     ] = None,
-    memory_fraction: Annotated[
-        Optional[float],
-        typer.Option(
-            help="The engine's memory knob that sizes its KV cache: vLLM --gpu-memory-utilization, "
-            "SGLang --mem-fraction-static (default: its heuristic), TensorRT-LLM "
-            "free_gpu_memory_fraction (default 0.9)."
-        ),
-    ] = None,
+    memory_fraction: MemoryFractionOpt = None,
     max_num_seqs: Annotated[
         Optional[int],
         typer.Option(help="Most requests running at once (vLLM max_num_seqs; default: the engine's own)."),
