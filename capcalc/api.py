@@ -549,6 +549,8 @@ class Session:
             )
         if memory_fraction is not None and named == "vllm":
             gpu_memory_utilization = memory_fraction
+        # the flag, as each engine names it, over a calibration's value
+        knob = memory_fraction if memory_fraction is not None else gpu_memory_utilization
 
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})
@@ -574,7 +576,7 @@ class Session:
             if key not in resolved:
                 resolved[key] = self.serving_parameters(g, engine, weight_dtype, efficiency=overrides)
             r = resolved[key]
-            return r.efficiency, with_memory_fraction(r.config, memory_fraction), r.source
+            return r.efficiency, with_memory_fraction(r.config, knob), r.source
 
         results = plan(
             profile,
@@ -670,7 +672,7 @@ class Session:
         from capcalc.serving.engine import Replica, Workload, predict_serving
         from capcalc.serving.engine import memory_fraction as engine_memory_fraction
         from capcalc.serving.engines import with_memory_fraction
-        from capcalc.serving.fit import DEFAULT_UTILIZATION, context_note
+        from capcalc.serving.fit import context_note
         from capcalc.sources.served import MAX_CLIENTS, MAX_REQUESTS
 
         if (concurrency is None) == (requests_per_s is None):
@@ -727,10 +729,8 @@ class Session:
             max_num_seqs=max_num_seqs,
             frontend_s=frontend_s,
         )
-        # the memory knob of the engine in use: vLLM's is the replica's, the others' the config's
+        # the memory knob of the engine in use, over a calibration's
         resolved = replace(resolved, config=with_memory_fraction(resolved.config, memory_fraction))
-        vllm = resolved.config.engine == "vllm"
-        utilization = memory_fraction if vllm and memory_fraction is not None else DEFAULT_UTILIZATION
         replica = Replica(
             profile,
             device,
@@ -739,7 +739,6 @@ class Session:
             kv_dtype=d.kv_dtype,
             compute_dtype=d.compute_dtype,
             group_size=d.group_size,
-            gpu_memory_utilization=utilization,
         )
         workload = Workload(
             prompt_tokens,

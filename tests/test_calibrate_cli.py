@@ -50,6 +50,19 @@ LLAMA_FP4_ROW = (
     "wip=False,vllm,,meta-llama/Llama-3.1-70B,b200_sxm,fp4,agg,1024,8192,nvfp4,nvfp4,4,4,1,1,4,1,"
     ",,,,,,,,,,,,,,87.40209329407662,7.464780910375318"
 )
+#: SGLang 0.5.8.post1, Qwen3-32B bf16 on one H100 SXM, 16 clients, copied unchanged from the same
+#: file: TTFTs of 6.8 s and 89 s say the requests queued on a KV pool smaller than SGLang's default
+#: mem_fraction_static (0.834 on this card) leaves
+SGLANG_KV_BOUND_ROWS = [
+    "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x128_c16_tp1_epnone_1,source_file=/Users/harrli/"
+    "projects/aic-auto-gap-analysis/data/h100_sxm/sglang/0.5.8.post1/Qwen_Qwen3-32B.csv; silicon_concurrency=16,"
+    "sglang,0.5.8.post1,Qwen/Qwen3-32B,h100_sxm,,agg,1024,128,,,16,1,1,,1,1,,,,,,,,,,,,,,,6775.53813289375,"
+    "25.47610364375",
+    "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_2048x512_c16_tp1_epnone_6,source_file=/Users/harrli/"
+    "projects/aic-auto-gap-analysis/data/h100_sxm/sglang/0.5.8.post1/Qwen_Qwen3-32B.csv; silicon_concurrency=16,"
+    "sglang,0.5.8.post1,Qwen/Qwen3-32B,h100_sxm,,agg,2048,512,,,16,1,1,,1,1,,,,,,,,,,,,,,,88769.65587960937,"
+    "26.328024493749997",
+]
 #: a disaggregated TensorRT-LLM row of the same file (fixture served_runs.csv, row 2)
 DISAGG_ROW = next(
     line for line in (FIXTURES / "served_runs.csv").read_text().splitlines() if ",disagg," in line
@@ -360,6 +373,26 @@ def test_save_then_plan_uses_the_fit_and_says_so(cli, isolated_user_config):
     # the same plan for another engine runs on that engine's defaults
     (other,) = cli(*args, "--engine", "sglang").json()
     assert other["efficiency_source"] == "engine:sglang"
+
+
+def test_a_fitted_memory_fraction_is_saved_and_sizes_later_pools(cli, tmp_path, isolated_user_config):
+    """Runs that queued on the KV cache give the engine's memory knob back: the fit puts SGLang's
+    mem_fraction_static below its default, meets the measured TTFTs, and a later latency call
+    under that calibration sizes its pool with the fitted share and says where it came from."""
+    path = write_csv(tmp_path, SGLANG_KV_BOUND_ROWS)
+    got = cli("calibrate", str(path), "--parameters", "memory_fraction,frontend_s", "--save", "--json")
+    assert got.code == 0, got.err
+    *points, summary = got.json()
+    fitted = summary["fitted_memory_fraction"]
+    assert 0.5 < fitted < 0.834
+    assert all(abs(p["ttft_error_after_pct"]) < 10 < abs(p["ttft_error_before_pct"]) for p in points)
+    served = cli("latency", "qwen3-32b", "--gpu", "h100-sxm", "--engine", "sglang", "--concurrency", "16",
+                 "--prompt", "1024", "--output", "128", "--json").json()  # fmt: skip
+    assert served["memory_fraction"] == pytest.approx(fitted)
+    assert served["efficiency_source"].startswith("calibration:")
+    flag = cli("latency", "qwen3-32b", "--gpu", "h100-sxm", "--engine", "sglang", "--concurrency", "16",
+               "--prompt", "1024", "--output", "128", "--memory-fraction", "0.85", "--json").json()  # fmt: skip
+    assert flag["memory_fraction"] == 0.85  # the flag over the calibration
 
 
 def test_save_keeps_the_rest_of_the_calibration_file(cli, isolated_user_config):

@@ -593,3 +593,26 @@ def test_per_sequence_layer_cost_by_hand(llama8b, h100):
         - predict_step(llama8b, h100, cost, "bf16", eff).time_s
     )
     assert gap == pytest.approx(32 * 4 * 1e-6, rel=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "trtllm"])
+def test_fit_recovers_a_known_memory_fraction(registry, engine):
+    """Qwen3-32B in bf16 on one H100 holds ~61 GiB of weights, so the engine's memory knob
+    decides how many of 16 clients' 2,048 + 256 tokens fit, and queueing shows in TTFT:
+    points made with the knob at 0.88 give it back (and every point after the fit within 2 %)."""
+    model, gpu = registry.model("qwen3-32b"), registry.gpu("h100-sxm")
+    replica = Replica(model, gpu)
+    truth = {"memory_fraction": 0.88}
+    points = []
+    for c, p, o in ((16, 2048, 256), (24, 1024, 256), (8, 4096, 128)):
+        probe = ServedPoint(replica, Workload(p, o, concurrency=c), engine, 1.0, 1.0)
+        r = predict_point(probe, apply(serving_defaults(probe), truth))
+        points.append(replace(probe, ttft_s=r.ttft_s, tpot_s=r.tpot_s))
+    before = predict_point(points[0], serving_defaults(points[0]))
+    assert (
+        before.kv_capacity_tokens
+        != predict_point(points[0], apply(serving_defaults(points[0]), truth)).kv_capacity_tokens
+    )
+    fit = fit_serving(points, parameters=("memory_fraction",), rounds=2, evaluations=14)
+    assert fit.values["memory_fraction"] == pytest.approx(0.88, abs=0.01)
+    assert max(abs(e) for pair in fit.after for e in pair) < 0.02

@@ -22,7 +22,10 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``expert_flops_ratio``: the routed experts' share of the dense products' FLOP/s efficiency;
 * ``allreduce_latency_s``, ``allreduce_latency_per_rank_s``: the all-reduce call's fixed cost
   and its growth per rank beyond the first;
-* ``output_spread``: the spread of output lengths (EngineConfig.output_spread).
+* ``output_spread``: the spread of output lengths (EngineConfig.output_spread);
+* ``memory_fraction``: the engine's memory knob, which sizes its KV pool (vLLM
+  gpu_memory_utilization, SGLang mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction):
+  result files rarely record it, and runs that queue on the KV cache show it.
 
 The loss may weight TTFT and TPOT unequally (``weights``).
 
@@ -47,10 +50,17 @@ from capcalc.serving.engine import (
     Workload,
     kv_pool,
     least_events,
+    memory_fraction,
     predict_serving,
     step_model,
 )
-from capcalc.serving.engines import EngineConfig, engine_defaults, engine_efficiency, with_overrides
+from capcalc.serving.engines import (
+    EngineConfig,
+    engine_defaults,
+    engine_efficiency,
+    with_memory_fraction,
+    with_overrides,
+)
 
 #: most scheduling events one fit may simulate, all its simulations together: 20 x a single
 #: simulation's capcalc.serving.engine.MAX_EVENTS, minutes at most. Fitting every one of
@@ -65,7 +75,14 @@ FIT_PARAMETERS = (
     "moe_layer_overhead_s",
     "frontend_s",
     "seq_step_overhead_s",
+    "memory_fraction",
 )
+#: parameters whose loss is a staircase with a wall, not one smooth valley: the KV pool grows
+#: in whole blocks with the memory share, and below some share the model leaves no cache at
+#: all. Each is scanned at SCAN_POINTS values (log-spaced over its range) before the
+#: golden-section search refines the best cell.
+SCANNED = frozenset({"memory_fraction"})
+SCAN_POINTS = 13
 #: search range of each parameter: (low, high); scales multiply the default
 BOUNDS = {
     "bandwidth_scale": (0.5, 1.6),
@@ -81,6 +98,7 @@ BOUNDS = {
     "moe_layer_overhead_s": (1e-6, 300e-6),
     "frontend_s": (1e-4, 0.5),
     "seq_step_overhead_s": (1e-8, 2e-4),
+    "memory_fraction": (0.5, 0.98),
 }
 
 
@@ -133,6 +151,7 @@ def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
         params.config.max_num_seqs,
         params.config.max_num_batched_tokens,
         w.prompt_tokens + w.output_tokens,
+        memory_fraction(point.replica, params.config),
     )
     cached = _KV_CACHE.get(key)
     if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
@@ -179,6 +198,8 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         cfg = replace(cfg, seq_step_overhead_s=values["seq_step_overhead_s"])
     if "output_spread" in values:
         cfg = replace(cfg, output_spread=values["output_spread"])
+    if "memory_fraction" in values:
+        cfg = with_memory_fraction(cfg, values["memory_fraction"])
     return ServingParams(eff, cfg, params.compute_dtype)
 
 
@@ -231,6 +252,7 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
         "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),
         "frontend_s": max(d.config.frontend_s, BOUNDS["frontend_s"][0]),
         "seq_step_overhead_s": max(d.config.seq_step_overhead_s, BOUNDS["seq_step_overhead_s"][0]),
+        "memory_fraction": min(max(memory_fraction(points[0].replica, d.config), 0.5), 0.98),
     }
     return {n: start[n] for n in names}
 
@@ -248,7 +270,7 @@ def fit_serving(
         raise ValueError("fit_serving needs at least one point")
     # the fit simulates every point once per evaluation (golden-section searches, plus the
     # defaults, the start and the result); refuse what would run for hours, before it starts
-    simulations = 3 + rounds * len(parameters) * (evaluations + 3)
+    simulations = 3 + rounds * sum(evaluations + 3 + (SCAN_POINTS if n in SCANNED else 0) for n in parameters)
     least = simulations * sum(
         least_events(p.workload, serving_defaults(p).config.max_num_batched_tokens) for p in points
     )
@@ -286,9 +308,18 @@ def _fit(points, parameters, rounds, evaluations, weights) -> ServingFit:
 
             def f(x, name=name, cache=cache):
                 if x not in cache:
-                    cache[x] = _loss(points, {**values, name: math.exp(x)}, weights)[0]
+                    try:
+                        cache[x] = _loss(points, {**values, name: math.exp(x)}, weights)[0]
+                    except TooManyEvents:
+                        raise
+                    except CapcalcError:  # e.g. a memory share that leaves no KV cache
+                        cache[x] = math.inf
                 return cache[x]
 
+            if name in SCANNED:  # steps and a wall in the loss: scan, then refine the best cell
+                step = (hi - lo) / (SCAN_POINTS - 1)
+                x0 = min((lo + step * i for i in range(SCAN_POINTS)), key=f)
+                lo, hi = max(lo, x0 - step), min(hi, x0 + step)
             a, b = lo, hi
             c, d = b - phi * (b - a), a + phi * (b - a)
             for _ in range(evaluations):
@@ -300,6 +331,9 @@ def _fit(points, parameters, rounds, evaluations, weights) -> ServingFit:
                     d = a + phi * (b - a)
             x = (a + b) / 2
             trial = f(x)
+            if name in SCANNED:  # a staircase need not narrow onto its best step: keep the best seen
+                x = min(cache, key=cache.get)
+                trial = cache[x]
             if trial < best:
                 best, values[name] = trial, math.exp(x)
     loss1, after = _loss(points, values, weights)

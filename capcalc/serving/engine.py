@@ -888,6 +888,13 @@ def memory_fraction(replica: Replica, config: EngineConfig) -> float:
         return _static_fraction(config, memory_of(replica.gpu)[0], replica.tp)
     if config.kv_free_memory_fraction is not None:
         return config.kv_free_memory_fraction
+    return vllm_utilization(replica, config)
+
+
+def vllm_utilization(replica: Replica, config: EngineConfig) -> float:
+    """vLLM's gpu_memory_utilization: the config's where set (a calibration), else the replica's."""
+    if config.gpu_memory_utilization is not None:
+        return config.gpu_memory_utilization
     return replica.gpu_memory_utilization
 
 
@@ -949,7 +956,7 @@ def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=N
         memory_source=source,
         gpu=replica.gpu.name,
         deployment=replica.deployment,
-        gpu_memory_utilization=replica.gpu_memory_utilization,
+        gpu_memory_utilization=vllm_utilization(replica, config),
         max_model_len=max_model_len,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,

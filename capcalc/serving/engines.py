@@ -98,6 +98,9 @@ class EngineConfig:
     #: holds activations and CUDA graphs); None on SGLang: its default heuristic at the
     #: replica's tp (:func:`sglang_mem_fraction_static`). Unused by the other engines
     mem_fraction_static: float | None = None
+    #: vLLM's ``gpu_memory_utilization`` where set here (a calibration fitted it); None: the
+    #: replica's (:class:`capcalc.serving.engine.Replica`, default 0.9). Unused by the others
+    gpu_memory_utilization: float | None = None
     #: spread of output lengths for workloads that leave it unset (Workload.output_spread):
     #: how far the engine's served runs are from lock-step waves (docs/serving.md, "Lengths")
     output_spread: float = 0.15
@@ -115,8 +118,10 @@ class EngineConfig:
             raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
         if self.frontend_s < 0 or self.seq_step_overhead_s < 0:
             raise CapcalcError("frontend_s and seq_step_overhead_s must not be negative")
-        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
-            raise CapcalcError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
+        for name in ("mem_fraction_static", "gpu_memory_utilization"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise CapcalcError(f"{name} must be in (0, 1], got {value}")
 
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
@@ -213,17 +218,16 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
 
 
 def with_memory_fraction(config: EngineConfig, fraction: float | None) -> EngineConfig:
-    """``config`` with the engine's own memory knob set to ``fraction``: SGLang's
-    ``mem_fraction_static``, TensorRT-LLM's ``free_gpu_memory_fraction``. vLLM's
-    ``gpu_memory_utilization`` belongs to the replica's memory fit
-    (:class:`capcalc.serving.engine.Replica`), so a vLLM config is returned as it is."""
+    """``config`` with the engine's own memory knob set to ``fraction``: vLLM's
+    ``gpu_memory_utilization``, SGLang's ``mem_fraction_static``, TensorRT-LLM's
+    ``free_gpu_memory_fraction``."""
     if fraction is None:
         return config
     if config.engine == "sglang":
         return replace(config, mem_fraction_static=fraction)
     if config.engine == "trtllm":
         return replace(config, kv_free_memory_fraction=fraction)
-    return config
+    return replace(config, gpu_memory_utilization=fraction)
 
 
 def with_overrides(config: EngineConfig, **changes) -> EngineConfig:

@@ -79,6 +79,7 @@ from capcalc.serving.engine import (
     memory_fraction,
     predict_serving,
     step_model,
+    vllm_utilization,
 )
 from capcalc.serving.engines import ENGINES, EngineConfig, engine_defaults, engine_efficiency, with_overrides
 from capcalc.serving.fit import DEFAULT_UTILIZATION, FitRequest, FitResult, check_request, fit, memory_of
@@ -593,10 +594,9 @@ def plan_candidate(
         base = replace(base, efficiency_source=source)
     else:
         config = engine_config(engine, cand.gpu, max_num_seqs)
-    knob = memory_fraction(
-        Replica(model, cand.gpu, tp=cand.tp, gpu_memory_utilization=gpu_memory_utilization), config
-    )
-    base = replace(base, memory_fraction=knob)
+    bare = Replica(model, cand.gpu, tp=cand.tp, gpu_memory_utilization=gpu_memory_utilization)
+    gpu_memory_utilization = vllm_utilization(bare, config)  # a calibration's, unless a flag set it
+    base = replace(base, memory_fraction=memory_fraction(bare, config))
     capacity = fit(
         model,
         fit_request(
