@@ -547,9 +547,8 @@ class Session:
                 parameter=("gpu_memory_utilization", "memory_fraction"),
                 template=f"{{gpu_memory_utilization}} is vLLM's memory knob; for {named} give {{memory_fraction}}",
             )
-        if memory_fraction is not None and named == "vllm":
-            gpu_memory_utilization = memory_fraction
-        # the flag, as each engine names it, over a calibration's value
+        # the flag, as each engine names it, over a calibration's value: it reaches the fit
+        # through the engine config (capcalc.serving.engine.vllm_utilization for vLLM)
         knob = memory_fraction if memory_fraction is not None else gpu_memory_utilization
 
         overrides = dict(efficiency or {})
@@ -713,7 +712,6 @@ class Session:
                 raise CapcalcError(
                     f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
                 )
-        memory_fraction = _fraction(memory_fraction)
         memory_fraction = _fraction(memory_fraction)
         overrides = dict(efficiency or {})
         overrides.update({k: fields.pop(k) for k in list(fields) if k in PARAMETERS})

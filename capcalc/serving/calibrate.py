@@ -98,6 +98,8 @@ BOUNDS = {
     "moe_layer_overhead_s": (1e-6, 300e-6),
     "frontend_s": (1e-4, 0.5),
     "seq_step_overhead_s": (1e-8, 2e-4),
+    # engines' shares in use: vLLM 0.9 default, SGLang's heuristic 0.83-0.86 on 80-180 GiB cards,
+    # TensorRT-LLM 0.9; 0.98 leaves the CUDA context room, below 0.5 no served deployment runs
     "memory_fraction": (0.5, 0.98),
 }
 

@@ -36,8 +36,9 @@ prompt is within the first chunk the anchors stay inside it (exact there, a chun
 holding every token; decodes that cross into the next chunk are overstated), and past it
 they are taken whole chunks apart at the chunk's mean, (chunk + 1) / 2 tokens.
 
-A step is then timed by :func:`capcalc.perf.latency.predict_step`, which sees the step as
-``prefill`` (eff(n) on its n tokens) when it holds any chunk, else as ``decode``.
+A step is then timed by :func:`capcalc.perf.latency.step_times` (the arithmetic of
+``predict_step``), from :meth:`MixedStepModel.step_totals`, as ``prefill`` (eff(n) on its n
+tokens) when it holds any chunk, else as ``decode``.
 """
 
 from __future__ import annotations
