@@ -25,13 +25,15 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from capcalc.core.errors import CapcalcError
 from capcalc.serving.calibrate import ServedPoint, fit_serving, predict_point, serving_defaults  # noqa: F401
-from capcalc.serving.engine import Replica, Workload
+from capcalc.serving.engine import Replica
+from capcalc.sources.benchresults import served_csv_run
 from capcalc.sources.registry import Registry
+from capcalc.sources.served import run_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = ROOT / ".." / "shared" / "validation" / "served_dev.csv"
@@ -120,7 +122,11 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         model, gpu, tp=tp, weight_dtype=weight, kv_dtype=kv, compute_dtype=compute, group_size=group
     )
     try:
-        wl = Workload(int(r["isl"]), int(r["osl"]), concurrency=conc)
+        # the benchmark's own workload: the row read as `capcalc calibrate` reads it (lengths
+        # spread and requests per client as the harness sent them, InferenceX's above all)
+        run = served_csv_run(r)
+        per_client = run.num_requests // run.concurrency if run.num_requests and run.concurrency else None
+        wl = run_workload(replace(run, concurrency=conc, num_requests=per_client and per_client * conc))
     except CapcalcError as e:
         return str(e)
     point = ServedPoint(

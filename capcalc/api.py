@@ -170,6 +170,7 @@ class ServingReport(_ReadsThrough):
     output_spread: float | None = None  # the output-length spread simulated (0: every request O)
     #: the engine's memory knob that sized the KV pool (:func:`capcalc.serving.engine.memory_fraction`)
     memory_fraction: float | None = None
+    prompt_spread: float = 0.0  # the prompt-length spread simulated (0: every prompt P)
 
     def record(self) -> dict:
         """``latency --concurrency/--rps --json``: the deployment, the prediction, then
@@ -191,6 +192,7 @@ class ServingReport(_ReadsThrough):
             head,
             **result,
             output_spread=self.output_spread,
+            prompt_spread=self.prompt_spread,
             memory_fraction=self.memory_fraction,
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
             **self.serving.efficiency.as_record(),
@@ -209,11 +211,11 @@ def _fraction(value: Any, parameter: str = "memory_fraction") -> float | None:
     return float(value)
 
 
-def _spread(value: Any) -> float:
+def _spread(value: Any, parameter: str = "output_spread") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise CapcalcError(
-            f"output_spread must be a number from 0 up to (not including) 1, got {value!r}",
-            parameter="output_spread",
+            f"{parameter} must be a number from 0 up to (not including) 1, got {value!r}",
+            parameter=parameter,
         )
     return float(value)
 
@@ -651,6 +653,7 @@ class Session:
         efficiency: dict[str, Any] | None = None,
         output_spread: float | None = None,
         memory_fraction: float | None = None,
+        prompt_spread: float = 0.0,
         **fields,
     ) -> ServingReport:
         """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
@@ -661,6 +664,9 @@ class Session:
         ``num_requests``: measured requests (default: 5 per client; open loop 400).
         ``output_spread`` s: output lengths spread evenly over O x (1 ± s), 0 every request
         exactly O; None the engine's default (:attr:`capcalc.serving.engine.Workload.output_spread`).
+        ``prompt_spread`` s: prompt lengths spread evenly over P x (1 ± s) (default 0: every
+        prompt exactly P). A benchmark's random dataset of lengths uniform over [lo, hi] is
+        P = (lo + hi) / 2 with s = (hi - lo) / (hi + lo), both ways.
         ``memory_fraction``: the engine's own memory knob, which sizes its KV pool: vLLM's
         ``gpu_memory_utilization`` (default 0.9), SGLang's ``mem_fraction_static`` (default:
         its heuristic), TensorRT-LLM's ``free_gpu_memory_fraction`` (default 0.9)."""
@@ -746,6 +752,7 @@ class Session:
             num_requests=num_requests,
             seed=seed,
             output_spread=None if output_spread is None else _spread(output_spread),
+            prompt_spread=_spread(prompt_spread, "prompt_spread"),
         )
         result = predict_serving(replica, workload, resolved.config, resolved.efficiency)
         beyond = context_note(profile, prompt_tokens + output_tokens)
@@ -756,7 +763,7 @@ class Session:
         spread = resolved.config.output_spread if workload.output_spread is None else workload.output_spread
         return ServingReport(
             profile.name, device.name, d, weight, result, resolved, kv, compute, spread,
-            engine_memory_fraction(replica, resolved.config),
+            engine_memory_fraction(replica, resolved.config), workload.prompt_spread,
         )  # fmt: skip
 
     def calibrate(

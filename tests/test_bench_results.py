@@ -17,7 +17,13 @@ import pytest
 
 from capcalc.core.errors import CapcalcError
 from capcalc.sources import benchresults
-from capcalc.sources.benchresults import ServedPoint, read_many, read_results
+from capcalc.sources.benchresults import (
+    ServedPoint,
+    inferencex_source,
+    read_many,
+    read_results,
+    uniform_lengths,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bench_results"
 approx = pytest.approx
@@ -247,10 +253,14 @@ def test_served_csv_rows():
     assert (vllm.tp, vllm.pp, vllm.attention_dp, vllm.moe_tp, vllm.moe_ep) == (4, 1, 4, 1, 16)
     assert (vllm.precision, vllm.mode, vllm.disagg) == ("fp8", "agg", None)
     assert vllm.concurrency == 256 and isinstance(vllm.concurrency, int)
-    assert (vllm.input_tokens, vllm.output_tokens) == (1024.0, 1024.0)
+    # an InferenceX row (a db-dump with a workflow_run_id): isl/osl 1024 are the upper ends of
+    # lengths uniform over [int(0.8 x 1024), 1024] = [819, 1024], 10 requests per client
+    assert (vllm.input_tokens, vllm.output_tokens) == (921.5, 921.5)
+    assert vllm.input_spread == vllm.output_spread == approx(205 / 1843)
+    assert vllm.num_requests == 2560
     assert vllm.ttft_mean_s == approx(0.3880431298702206)
     assert vllm.tpot_mean_s == approx(0.023670495370491842)
-    assert (vllm.num_requests, vllm.e2e_mean_s, vllm.percentiles) == (None, None, {})
+    assert (vllm.e2e_mean_s, vllm.percentiles) == (None, {})
 
     disagg = points["dsr1_b200_trtllm_fp8_disagg_8192x1024_c128_cfg666"]
     assert (disagg.engine, disagg.mode, disagg.concurrency, disagg.tp) == ("trtllm", "disagg", 128, None)
@@ -263,10 +273,45 @@ def test_served_csv_rows():
     fallback = points["qwen3_32b_qwen3_32b_h100_sxm_trtllm_agg_4000x1000_c_tp2_epnone_1"]
     assert (fallback.concurrency, fallback.attention_dp, fallback.moe_ep) == (64, None, 0)
     assert fallback.gpu == "h100_sxm"
+    # not InferenceX's: the nominal lengths, their spread and the request count unknown
+    assert (fallback.input_tokens, fallback.output_tokens) == (4000.0, 1000.0)
+    assert (fallback.input_spread, fallback.output_spread, fallback.num_requests) == (None, None, None)
     # Neither silicon_concurrency= nor batch_size: unknown.
     assert (
         points["qwen3_32b_qwen3_32b_h100_sxm_sglang_disagg_4000x1000_c_tpnone_epnone_1"].concurrency is None
     )
+
+
+@pytest.mark.parametrize(
+    "source, inferencex",
+    [
+        ("source_file=2026-04-06.csv; model=GPT-OSS-120B; silicon_concurrency=8; wip=False", True),
+        ("db-dump/2026-04-27; config_id=7; silicon_concurrency=8; workflow_run_id=799", True),
+        ("db-dump/2026-04-27; config_id=7; silicon_concurrency=8", False),
+        ("source_file=/Users/x/aic-auto-gap-analysis/data/h100_sxm/vllm/0.12.0/Qwen.csv", False),
+        ("source_file=2026-04-06.csv.bak", False),
+    ],
+)
+def test_inferencex_rows_are_told_by_their_source(source, inferencex):
+    assert inferencex_source(source) is inferencex
+
+
+def test_uniform_lengths_by_hand():
+    """[int(0.8 x 8192), 8192] = [6553, 8192]: mean 7372.5, half-width 819.5 / 7372.5."""
+    assert uniform_lengths(8192, 0.8) == (7372.5, approx(1639 / 14745))
+    assert uniform_lengths(100, 1.0) == (100.0, 0.0)
+
+
+def test_vllm_detailed_result_gives_the_spread_of_lengths(tmp_path):
+    """``--save-detailed`` lists each request's lengths: prompts 900..1100, outputs all 128."""
+    doc = load("vllm_bench_serve.json") | {
+        "input_lens": [900, 1000, 1100, 1000] * 50,
+        "output_lens": [128] * 200,
+    }
+    (p,) = read_results(write_json(tmp_path, doc))
+    assert p.input_spread == approx(200 / 2000)
+    assert p.output_spread == 0.0
+    assert one("vllm_bench_serve.json").input_spread is None
 
 
 def test_served_csv_concurrency_falls_back_to_batch_times_attention_dp(tmp_path):

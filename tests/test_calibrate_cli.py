@@ -19,7 +19,8 @@ import pytest
 
 from capcalc.api import Session
 from capcalc.core.errors import CapcalcError
-from capcalc.sources.served import find_gpu, precision_dtypes
+from capcalc.sources.benchresults import read_results
+from capcalc.sources.served import find_gpu, precision_dtypes, run_workload
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bench_results"
 VLLM = FIXTURES / "vllm_bench_serve.json"
@@ -156,6 +157,20 @@ def test_csv_runs_take_the_deployment_from_the_file(cli, tmp_path):
     }
     for m in ("ttft", "tpot"):
         assert summary[f"{m}_mean_abs_error_after_pct"] <= summary[f"{m}_mean_abs_error_before_pct"] * 1.5
+
+
+def test_an_inferencex_row_is_replayed_as_its_benchmark_sent_it():
+    """InferenceX's 1024/1024 at 256 clients: lengths uniform over [819, 1024] (mean 921.5, rounded
+    to 922, half-width 205 / 1843), 2,560 requests; a row from elsewhere keeps its nominal
+    lengths, the engine's output spread and the default request count."""
+    fixture = Path(__file__).parent / "fixtures" / "bench_results" / "served_runs.csv"
+    runs = {p.id: p for p in read_results(fixture)}
+    wl = run_workload(runs["minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c256_cfg691"])
+    assert (wl.prompt_tokens, wl.output_tokens, wl.concurrency, wl.num_requests) == (922, 922, 256, 2560)
+    assert wl.prompt_spread == wl.output_spread == pytest.approx(205 / 1843)
+    other = run_workload(runs["qwen3_32b_qwen3_32b_h100_sxm_trtllm_agg_4000x1000_c_tp2_epnone_1"])
+    assert (other.prompt_tokens, other.output_tokens, other.concurrency) == (4000, 1000, 64)
+    assert (other.prompt_spread, other.output_spread, other.num_requests) == (0.0, None, None)
 
 
 def test_gpu_aliases_and_precision_names_map_to_capcalc(cli, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from capcalc.serving.engine import (
     engine_kv_bytes,
     kv_pool,
     predict_serving,
+    shortest_prompt,
     step_model,
 )
 from capcalc.serving.engines import EngineConfig, engine_defaults, sglang_mem_fraction_static
@@ -316,6 +318,43 @@ def test_output_spread_keeps_the_mean_length(llama8b, h100):
     assert r.ttft_s < flat.ttft_s
     with pytest.raises(CapcalcError):
         Workload(1024, 200, concurrency=4, output_spread=1.5)
+
+
+def test_prompt_spread_keeps_the_mean_length_and_is_not_tied_to_the_output():
+    """Prompts spread evenly over P x (1 +- s) in 8 levels, over a sequence of their own: the
+    mean of 800 requests is P within a token, every prompt inside the range, the shortest
+    is the lowest level's, and long prompts are not paired with long outputs."""
+    from capcalc.serving.engine import _output_len, _prompt_len
+
+    wl = Workload(1000, 200, concurrency=8, prompt_spread=0.2, output_spread=0.2)
+    prompts = [_prompt_len(wl, i) for i in range(800)]
+    outputs = [_output_len(wl, i, 0.15) for i in range(800)]
+    assert sum(prompts) / 800 == pytest.approx(1000, abs=1)
+    assert min(prompts) == shortest_prompt(wl) == round(1000 * (1 - 0.2 * 7 / 8)) == 825
+    assert max(prompts) == round(1000 * (1 + 0.2 * 7 / 8)) == 1175
+    assert len(set(prompts)) == 8
+    assert abs(statistics.correlation(prompts, outputs)) < 0.2
+    exact = Workload(1000, 200, concurrency=8)
+    assert {_prompt_len(exact, i) for i in range(50)} == {1000} and shortest_prompt(exact) == 1000
+    with pytest.raises(CapcalcError, match="prompt_spread"):
+        Workload(1000, 200, concurrency=8, prompt_spread=1.0)
+
+
+def test_prompt_spread_prices_each_prompt_at_its_own_length(llama8b, h100):
+    """At concurrency 1 (no queue) each request's TTFT is its own prompt's: the mean TTFT of a
+    spread workload is the mean, over its requests' prompt lengths, of exact-length TTFTs."""
+    from capcalc.serving.engine import _prompt_len
+
+    def ttft(wl):
+        return predict_serving(Replica(llama8b, h100), wl, VLLM, default_efficiency(h100)).ttft_s
+
+    spread = Workload(4096, 64, concurrency=1, num_requests=16, prompt_spread=0.5, output_spread=0)
+    lengths = [_prompt_len(spread, i) for i in range(16)]
+    by_length = {
+        p: ttft(Workload(p, 64, concurrency=1, num_requests=2, output_spread=0)) for p in set(lengths)
+    }
+    assert ttft(spread) == pytest.approx(sum(by_length[p] for p in lengths) / 16, rel=1e-9)
+    assert len(by_length) > 4
 
 
 #: a tiny Qwen3.5-style hybrid (``qwen3_5_moe_text`` fields): layers 0-2 Gated DeltaNet,

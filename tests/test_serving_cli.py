@@ -102,6 +102,9 @@ def test_littles_law_in_the_printed_record(cli):
         # the record says which spread it simulated: the flag's, else vLLM's default
         default = Session(use_calibration=False).serving_parameters(GPU, "vllm").config.output_spread
         assert exact["output_spread"] == 0 and r["output_spread"] == default > 0
+        assert exact["prompt_spread"] == r["prompt_spread"] == 0  # prompts exact unless told
+        spread = cli(*args, "--prompt-spread", "0.25", "--json").json()
+        assert spread["prompt_spread"] == 0.25 and spread["prompt_tokens"] == exact["prompt_tokens"]
 
 
 def test_concurrency_one_is_the_static_batch_of_one_plus_the_frontend(cli):
@@ -252,6 +255,8 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--concurrency", "4", "--output-spread", "1"), ("--output-spread", "1")),
         (("--concurrency", "4", "--output-spread", "-0.2"), ("--output-spread",)),
         (("--concurrency", "4", "--output-spread", "nan"), ("--output-spread",)),
+        (("--prompt-spread", "0.1"), ("--prompt-spread", "--concurrency")),
+        (("--concurrency", "4", "--prompt-spread", "1"), ("--prompt-spread", "1")),
         # 20 prompts of 8,000 tokens one token per step: 160,000 steps at least, over a
         # budget of 100,000 (set below), refused before the simulation starts
         (

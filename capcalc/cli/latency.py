@@ -91,6 +91,7 @@ def compute(
     acceptance=None,
     draft_model=None,
     memory_fraction=None,
+    prompt_spread=None,
 ):
     """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
     under load (``Session.serving``)."""
@@ -102,6 +103,7 @@ def compute(
             "frontend_s": frontend_overhead,
             "num_requests": num_requests,
             "output_spread": output_spread,
+            "prompt_spread": prompt_spread,
             "memory_fraction": memory_fraction,
         }
         named = [k for k, v in given.items() if v is not None]
@@ -147,6 +149,7 @@ def compute(
         seed=seed,
         num_requests=num_requests,
         output_spread=output_spread,
+        prompt_spread=0.0 if prompt_spread is None else prompt_spread,
         memory_fraction=memory_fraction,
         deployment=deployment,
         efficiency=efficiency,
@@ -214,6 +217,13 @@ def latency_command(
             "0 every request exactly O (default: the engine's)."
         ),
     ] = None,
+    prompt_spread: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Spread of prompt lengths under load, 0..1: lengths evenly over P x (1 ± s) "
+            "(default 0: every prompt exactly P)."
+        ),
+    ] = None,
     memory_fraction: MemoryFractionOpt = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
@@ -242,6 +252,7 @@ def latency_command(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
             num_requests, seed, output_spread, spec_tokens, acceptance, draft_model, memory_fraction,
+            prompt_spread,
         )  # fmt: skip
     finally:
         show_notes(s)

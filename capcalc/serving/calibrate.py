@@ -52,6 +52,7 @@ from capcalc.serving.engine import (
     least_events,
     memory_fraction,
     predict_serving,
+    shortest_prompt,
     step_model,
 )
 from capcalc.serving.engines import (
@@ -159,7 +160,7 @@ def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
     if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
         kv = kv_pool(point.replica, params.config, w.prompt_tokens + w.output_tokens)
         cached = _KV_CACHE[key] = (point.replica, kv)
-    steps = step_model(point.replica, params.efficiency, w.prompt_tokens)
+    steps = step_model(point.replica, params.efficiency, shortest_prompt(w))
     return predict_serving(
         point.replica, w, params.config, params.efficiency, kv_tokens=cached[1], steps=steps
     )

@@ -68,10 +68,11 @@ from capcalc.serving.stepmodel import Chunk, MixedStepModel
 LIMITS = ("kv_capacity", "max_num_seqs", "none")
 #: steps are timed per kernel class (capcalc.perf.latency.predict_step, kernel_roofline)
 KERNEL_ROOFLINE = True
-#: closed-loop requests per client, as a benchmark run: ``vllm bench serve`` and aiperf
-#: measure every request, the opening burst of C simultaneous prompts included, and
-#: served-benchmark suites send a few requests per client (InferenceMAX: 10 x C; the
-#: served_dev rows' TTFTs are met best at about 5, see docs/serving.md)
+#: closed-loop requests per client where the workload does not say: ``vllm bench serve`` and
+#: aiperf measure every request, the opening burst of C simultaneous prompts included, and
+#: served-benchmark suites send a few requests per client (InferenceX: 10 x C, which its rows
+#: are replayed with; served_dev's rows from a harness it does not name are met as well at 5
+#: as at 10, see docs/serving.md)
 REQUESTS_PER_CLIENT = 5
 #: a limit "binds" when admission waited on it for at least this share of the measured time
 BINDING_SHARE = 0.05
@@ -100,6 +101,10 @@ class Workload:
     #: round(O x (1 + s x (2 u_i - 1))) tokens, u_i evenly spread over (0, 1) (mean O,
     #: deterministic); 0: every request exactly O; None: the engine's EngineConfig.output_spread
     output_spread: float | None = None
+    #: relative half-width of the spread of prompt lengths, as ``output_spread`` (over an
+    #: independent sequence, so long prompts are not paired with long outputs); 0: every
+    #: prompt exactly P
+    prompt_spread: float = 0.0
 
     def __post_init__(self):
         if (self.concurrency is None) == (self.rate_per_s is None):
@@ -110,8 +115,10 @@ class Workload:
             raise CapcalcError(f"--rps must be positive, got {self.rate_per_s}")
         if self.prompt_tokens < 1 or self.output_tokens < 1:
             raise CapcalcError("prompt and output lengths must be at least 1 token")
-        if self.output_spread is not None and not 0 <= self.output_spread < 1:
-            raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
+        for name in ("output_spread", "prompt_spread"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise CapcalcError(f"{name} must be in [0, 1), got {value}")
 
     @property
     def measured(self) -> int:
@@ -344,7 +351,7 @@ class Simulation:
             if w.rate_per_s is not None and len(reqs) >= total:
                 return
             i = len(reqs)
-            r = _Req(i, at, at + cfg.frontend_s, w.prompt_tokens, _output_len(w, i, cfg.output_spread))
+            r = _Req(i, at, at + cfg.frontend_s, _prompt_len(w, i), _output_len(w, i, cfg.output_spread))
             r.osl = r.out_left
             reqs.append(r)
             heapq.heappush(arrivals, (r.arrival, r.idx, r))
@@ -767,10 +774,30 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 SPREAD_LEVELS = 8
 
 
-def _evenly(i: int) -> float:
-    """The i-th of a sequence evenly spread over (0, 1): frac(i x golden ratio), put at the
-    middle of one of SPREAD_LEVELS equal bins."""
-    return (math.floor((i * _GOLDEN) % 1.0 * SPREAD_LEVELS) + 0.5) / SPREAD_LEVELS
+#: the prompts' sequence: frac(i x (sqrt 2 - 1)), independent of the outputs' golden ratio
+_SILVER = math.sqrt(2) - 1
+
+
+def _evenly(i: int, step: float = _GOLDEN) -> float:
+    """The i-th of a sequence evenly spread over (0, 1): frac(i x step), put at the middle of
+    one of SPREAD_LEVELS equal bins."""
+    return (math.floor((i * step) % 1.0 * SPREAD_LEVELS) + 0.5) / SPREAD_LEVELS
+
+
+def _spread_len(mean: int, spread: float, u: float) -> int:
+    return max(1, round(mean * (1 + spread * (2 * u - 1))))
+
+
+def _prompt_len(w: Workload, i: int) -> int:
+    """Prompt tokens of request ``i`` (:attr:`Workload.prompt_spread`)."""
+    if not w.prompt_spread:
+        return w.prompt_tokens
+    return _spread_len(w.prompt_tokens, w.prompt_spread, _evenly(i, _SILVER))
+
+
+def shortest_prompt(w: Workload) -> int:
+    """The shortest prompt any request of ``w`` sends (where decode contexts start)."""
+    return _spread_len(w.prompt_tokens, w.prompt_spread, 0.5 / SPREAD_LEVELS)
 
 
 def _output_len(w: Workload, i: int, default: float) -> int:
@@ -778,8 +805,7 @@ def _output_len(w: Workload, i: int, default: float) -> int:
     spread = default if w.output_spread is None else w.output_spread
     if not spread:
         return w.output_tokens
-    u = _evenly(i)
-    return max(1, round(w.output_tokens * (1 + spread * (2 * u - 1))))
+    return _spread_len(w.output_tokens, spread, _evenly(i))
 
 
 def _mixture_pcts(pieces: list[tuple[float, float, float]], qs: tuple[float, ...]) -> tuple[float, ...]:
@@ -1009,7 +1035,7 @@ def predict_serving(
     if kv_tokens is None:
         kv_tokens = kv_pool(replica, config, workload.prompt_tokens + workload.output_tokens)
     if steps is None:
-        steps = step_model(replica, efficiency, workload.prompt_tokens)
+        steps = step_model(replica, efficiency, shortest_prompt(workload))
     return Simulation(steps, config, kv_tokens, gpus=replica.tp).run(workload)
 
 

@@ -17,8 +17,10 @@ Formats (the versions named are the ones whose source the key names were copied 
     ``total_output_tokens`` over ``completed``, the load is ``max_concurrency``
     (closed loop) and ``request_rate`` (requests/s, the string ``"inf"`` for "as fast
     as possible"). ``--append-result`` files (one JSON object per line) give one point
-    a line. The file does not name the engine: ``backend`` is the request API
-    (``vllm``, ``openai``, ``openai-chat``...), so ``engine`` stays None.
+    a line. ``--save-detailed`` files also list each request's ``input_lens`` and
+    ``output_lens``, which give the spread of the lengths. The file does not name the
+    engine: ``backend`` is the request API (``vllm``, ``openai``, ``openai-chat``...), so
+    ``engine`` stays None.
 ``aiperf``
     aiperf ``profile_export_aiperf.json``: ai-dynamo/aiperf 0.8.0,
     ``src/aiperf/common/models/export_models.py`` (``JsonExportData``, export
@@ -49,7 +51,10 @@ Formats (the versions named are the ones whose source the key names were copied 
     ``silicon_ttft_ms``/``silicon_tpot_ms`` as the means, the concurrency from
     ``silicon_concurrency=N`` in ``silicon_data_source`` or else ``batch_size`` x
     ``attention_dp_size``. An empty ``precision`` stays None (that file's README says
-    empty means bf16; this reader does not guess).
+    empty means bf16; this reader does not guess). A row that InferenceX measured
+    (:func:`inferencex_source`) is read as that benchmark's workload: ``isl``/``osl`` are
+    the upper ends of lengths uniform over [int(0.8 L), L], so the means are 0.9 L with
+    their spreads, and 10 requests per client.
 
 TPOT is ``vllm bench serve``'s: per request ``(e2e - ttft) / (output_tokens - 1)``,
 averaged over requests. aiperf's and genai-perf's ``inter_token_latency`` is computed
@@ -159,6 +164,42 @@ class ServedPoint:
     disagg: dict[str, int] | None = field(default=None, hash=False)
     #: the served-runs CSV's ``gemm_quant_mode`` (tells NVFP4 from MXFP4 where ``precision`` says fp4)
     gemm_quant_mode: str | None = None
+    #: relative half-widths of the spread of prompt and output lengths about their means,
+    #: where the file says it (a ``--save-detailed`` vLLM result's per-request lengths, an
+    #: InferenceX row of the served-runs CSV); None: not known
+    input_spread: float | None = None
+    output_spread: float | None = None
+
+
+#: InferenceX (github.com/SemiAnalysisAI/InferenceX) runs its client
+#: (``utils/bench_serving/benchmark_serving.py``) with ``--random-range-ratio $RANDOM_RANGE_RATIO``,
+#: 0.8 (``.github/workflows/benchmark-tmpl.yml``): each prompt and each output length is
+#: uniform over the integers [int(0.8 L), L] (``sample_random_requests``), with
+#: ``--num-prompts $((CONC * 10))`` (the ``benchmarks/*.sh`` launchers) and ``--ignore-eos``
+INFERENCEX_RANGE_RATIO = 0.8
+INFERENCEX_PROMPTS_PER_CLIENT = 10
+
+
+def inferencex_source(source: str) -> bool:
+    """Whether a served-runs CSV row's ``silicon_data_source`` is an InferenceX measurement:
+    an export of its results (``source_file=YYYY-MM-DD.csv; model=...``) or of its database
+    (``db-dump/...; workflow_run_id=...``)."""
+    return bool(re.match(r"source_file=\d{4}-\d{2}-\d{2}\.csv(;|$)", source)) or (
+        source.startswith("db-dump") and "workflow_run_id=" in source
+    )
+
+
+def uniform_lengths(nominal: float, ratio: float) -> tuple[float, float]:
+    """(mean, relative half-width) of lengths uniform over the integers [int(nominal x ratio),
+    nominal]: ((lo + hi) / 2, (hi - lo) / (hi + lo))."""
+    low = int(nominal * ratio)
+    return (low + nominal) / 2, (nominal - low) / (nominal + low)
+
+
+def spread_of(lengths: list[float]) -> float:
+    """Relative half-width of a set of lengths: (max - min) / (max + min), 0 for one length."""
+    low, high = min(lengths), max(lengths)
+    return (high - low) / (high + low) if high + low > 0 else 0.0
 
 
 def read_many(paths: Iterable[str | os.PathLike]) -> list[ServedPoint]:
@@ -385,6 +426,8 @@ def _point(src: _Source, fmt: str, label: str, **fields: Any) -> ServedPoint:
             "output_tokens_per_s",
             "requests_per_s",
             "disagg",
+            "input_spread",
+            "output_spread",
         )
     )
     defaults["percentiles"] = {}
@@ -477,6 +520,12 @@ def _vllm(src: _Source, doc: dict, label: str, where: str) -> ServedPoint:
     completed = src.number(doc.get("completed"), key("completed"), required=True, integer=True, positive=True)
     total_in = src.number(doc.get("total_input_tokens"), key("total_input_tokens"), required=True)
     total_out = src.number(doc.get("total_output_tokens"), key("total_output_tokens"), required=True)
+    spreads = {}
+    for field_name, lens in (("input_spread", "input_lens"), ("output_spread", "output_lens")):
+        values = doc.get(lens)
+        if isinstance(values, list) and values:
+            numbers = [src.number(v, key(f"{lens}[{i}]"), required=True) for i, v in enumerate(values)]
+            spreads[field_name] = spread_of(numbers)
     percentiles: dict[str, float] = {}
     names = {"ttft": "ttft", "tpot": "tpot", "itl": "itl", "e2el": "e2e"}
     for name in sorted(doc):
@@ -505,6 +554,7 @@ def _vllm(src: _Source, doc: dict, label: str, where: str) -> ServedPoint:
         percentiles=percentiles,
         output_tokens_per_s=src.number(doc.get("output_throughput"), key("output_throughput")),
         requests_per_s=src.number(doc.get("request_throughput"), key("request_throughput")),
+        **spreads,
     )
 
 
@@ -714,6 +764,12 @@ def _read_served_csv(src: _Source, text: str) -> list[ServedPoint]:
     return points
 
 
+def served_csv_run(row: dict[str, str | None], source: str = "served-runs CSV") -> ServedPoint:
+    """One row of the served-runs CSV (a ``csv.DictReader`` row) read as ``read_results``
+    reads it; errors name ``source``."""
+    return _served_row(_Source(source), row, 0)
+
+
 def _served_row(src: _Source, row: dict[str, str | None], line: int) -> ServedPoint:
     label = (row.get("id") or "").strip() or f"{src.name}:line {line}"
     where = f"line {line} ({label})" if row.get("id") else f"line {line}"
@@ -746,6 +802,20 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int) -> ServedPo
     disagg = None
     if mode == "disagg":
         disagg = {name: num(name, integer=True) for name in _DISAGG_COLUMNS if cell(name)}
+    isl, osl = num("isl", required=True), num("osl", required=True)
+    lengths = {"input_tokens": isl, "output_tokens": osl}
+    if inferencex_source(cell("silicon_data_source")):
+        (mean_in, spread_in), (mean_out, spread_out) = (
+            uniform_lengths(isl, INFERENCEX_RANGE_RATIO),
+            uniform_lengths(osl, INFERENCEX_RANGE_RATIO),
+        )
+        lengths = {
+            "input_tokens": mean_in,
+            "output_tokens": mean_out,
+            "input_spread": spread_in,
+            "output_spread": spread_out,
+            "num_requests": INFERENCEX_PROMPTS_PER_CLIENT * concurrency if concurrency else None,
+        }
 
     return _point(
         src,
@@ -764,9 +834,8 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int) -> ServedPo
         moe_tp=num("moe_tp_size", integer=True),
         moe_ep=num("moe_ep_size", integer=True),
         disagg=disagg,
-        input_tokens=num("isl", required=True),
-        output_tokens=num("osl", required=True),
         concurrency=concurrency,
+        **lengths,
         ttft_mean_s=ms("silicon_ttft_ms"),
         tpot_mean_s=ms("silicon_tpot_ms"),
     )

@@ -64,6 +64,9 @@ MAX_REQUESTS_PER_CLIENT = 20
 #: open-loop runs are simulated for as many requests as they measured, at most this many
 #: (the serving model's own default for Poisson arrivals)
 MAX_OPEN_LOOP_REQUESTS = 400
+#: a length spread read from a file is simulated at most this wide (a failed request's
+#: zero-length output would otherwise make it 1, lengths down to nothing)
+MAX_SPREAD = 0.95
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ def to_points(
             weight, kv = own_weight, requested.kv_dtype or own_kv
 
         # load and lengths
-        workload = _workload(run, fail)
+        workload = run_workload(run, fail)
         if not (run.ttft_mean_s > 0 and run.tpot_mean_s > 0):
             raise fail("mean TTFT and TPOT must be positive to fit to")
         replica = Replica(
@@ -269,7 +272,15 @@ def to_points(
     return chosen_gpu, engines.pop(), points
 
 
-def _workload(run: MeasuredRun, fail) -> Workload:
+def run_workload(run: MeasuredRun, fail: Callable[[str], CapcalcError] | None = None) -> Workload:
+    """The workload a measured run's benchmark sent: its mean lengths (and their spreads where
+    the file says them), its load and its request count. ``fail(problem)`` makes the error
+    for a run the model cannot replay (default: one naming the run's id)."""
+    if fail is None:
+
+        def fail(problem: str) -> CapcalcError:
+            return CapcalcError(f"{run.id}: {problem}")
+
     prompt, output = round(run.input_tokens), round(run.output_tokens)
     if prompt < 1:
         raise fail(f"mean prompt length {run.input_tokens:g} tokens: expected at least 1")
@@ -283,14 +294,18 @@ def _workload(run: MeasuredRun, fail) -> Workload:
         )
     if run.concurrency is not None and run.concurrency > MAX_CLIENTS:
         raise fail(f"concurrency {run.concurrency} is over the {MAX_CLIENTS:,} clients simulated")
+    # lengths the file says were spread are simulated so (the output spread otherwise the engine's)
+    spreads = {"prompt_spread": min(run.input_spread or 0.0, MAX_SPREAD), "output_spread": run.output_spread}
+    if spreads["output_spread"] is not None:
+        spreads["output_spread"] = min(spreads["output_spread"], MAX_SPREAD)
     if run.concurrency is not None:
         count = run.num_requests
         if count is not None:
             count = min(max(count, 1), MAX_REQUESTS_PER_CLIENT * run.concurrency)
-        return Workload(prompt, output, concurrency=run.concurrency, num_requests=count)
+        return Workload(prompt, output, concurrency=run.concurrency, num_requests=count, **spreads)
     if rate is not None:
         count = None if run.num_requests is None else min(max(run.num_requests, 10), MAX_OPEN_LOOP_REQUESTS)
-        return Workload(prompt, output, rate_per_s=rate, num_requests=count)
+        return Workload(prompt, output, rate_per_s=rate, num_requests=count, **spreads)
     raise fail("neither a concurrency nor a finite request rate: the load is not known")
 
 
