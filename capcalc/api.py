@@ -195,6 +195,7 @@ class ServingReport(_ReadsThrough):
             prompt_spread=self.prompt_spread,
             memory_fraction=self.memory_fraction,
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
+            stream_token_host_s=self.serving.config.stream_token_host_s,
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
         )

@@ -85,6 +85,42 @@ def test_concurrency_one_is_batch_one_plus_frontend(llama8b, h100):
     assert r.queue_s == 0 and r.binding_limit == "none"
 
 
+def test_a_lone_client_finds_nothing_streaming(llama8b, h100):
+    """One client: its next request is in the frontend only after its last one finished, so
+    nothing streams then and the frontend takes exactly frontend_s whatever its cost per
+    streamed token; with 8 clients the other decodes stream meanwhile and TTFT grows."""
+    wl = Workload(1024, 128, concurrency=1, num_requests=10)
+    plain = replace(VLLM, frontend_s=0.1)
+    loaded = replace(plain, stream_token_host_s=1e-3)
+    base = sim(llama8b, h100, plain, prompt=1024).run(wl)
+    assert sim(llama8b, h100, loaded, prompt=1024).run(wl).ttft_s == base.ttft_s
+    eight = replace(wl, concurrency=8, num_requests=40)
+    assert sim(llama8b, h100, loaded, prompt=1024).run(eight).ttft_s > (
+        sim(llama8b, h100, plain, prompt=1024).run(eight).ttft_s + 0.05
+    )
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.floats(1e-6, 2e-3), c=st.integers(1, 64), open_loop=st.booleans())
+def test_frontend_streaming_cost_never_shortens_ttft_and_is_capped(registry, h, c, open_loop):
+    """More frontend time per streamed token never means a shorter TTFT, closed or open loop,
+    and the busy share is held below MAX_FRONTEND_BUSY: a request's frontend takes at most
+    frontend_s / (1 - 0.9) = 10 x frontend_s however fast the tokens stream (give or take
+    the step the later arrival lands in)."""
+    from capcalc.serving.engine import MAX_FRONTEND_BUSY
+
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    load = dict(rate_per_s=c * 2.0, num_requests=60) if open_loop else dict(concurrency=c)
+    wl = Workload(512, 64, output_spread=0.0, **load)
+    base = sim(model, gpu, VLLM).run(wl)
+    loaded = sim(model, gpu, replace(VLLM, stream_token_host_s=h)).run(wl)
+    assert loaded.ttft_s >= base.ttft_s - 1e-12
+    cap = VLLM.frontend_s * MAX_FRONTEND_BUSY / (1 - MAX_FRONTEND_BUSY)
+    assert loaded.ttft_s <= base.ttft_s + cap + 2 * loaded.itl_s
+    with pytest.raises(CapcalcError, match="stream_token_host_s"):
+        replace(VLLM, stream_token_host_s=-1e-6)
+
+
 def test_ttft_grows_once_kv_capacity_binds(llama8b, h100):
     """Room for 64 requests of 640 tokens: at C=64 nobody waits, at C=256 most queue."""
     wl = dict(prompt_tokens=512, output_tokens=128, warmup_requests=0)
@@ -234,6 +270,22 @@ def test_fit_recovers_known_parameters(registry):
     assert fit.values["frontend_s"] == pytest.approx(0.020, rel=0.05)
     assert fit.values["bandwidth_scale"] == pytest.approx(0.8, rel=0.03)
     assert fit.loss_after < fit.loss_before
+    assert max(abs(e) for pair in fit.after for e in pair) < 0.02
+
+
+def test_fit_recovers_a_known_frontend_streaming_cost(registry):
+    """Points made with 120 us per streamed token (vLLM's default is 50): the fit finds it from
+    TTFTs at 16-128 clients, where the frontend streams thousands of tokens a second."""
+    model, gpu = registry.model("llama-3.2-1b"), registry.gpu("h100-sxm")
+    replica = Replica(model, gpu)
+    truth = {"stream_token_host_s": 120e-6}
+    points = []
+    for c, p, o in ((16, 512, 128), (64, 1024, 128), (128, 512, 64)):
+        probe = ServedPoint(replica, Workload(p, o, concurrency=c), "vllm", 1.0, 1.0)
+        r = predict_point(probe, apply(serving_defaults(probe), truth))
+        points.append(replace(probe, ttft_s=r.ttft_s, tpot_s=r.tpot_s))
+    fit = fit_serving(points, parameters=("stream_token_host_s",), rounds=2, evaluations=14)
+    assert fit.values["stream_token_host_s"] == pytest.approx(120e-6, rel=0.05)
     assert max(abs(e) for pair in fit.after for e in pair) < 0.02
 
 

@@ -18,6 +18,7 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``moe_layer_overhead_s``: fixed cost per MoE layer per step (routing, permutation);
 * ``frontend_s``: fixed cost per request (HTTP, tokenisation);
 * ``seq_step_overhead_s``: host cost per running sequence per step;
+* ``stream_token_host_s``: frontend time per streamed token (stretches ``frontend_s`` under load);
 * ``low_precision_flops_scale``: multiplies the FLOP/s efficiency of fp8/fp4 products only;
 * ``expert_flops_ratio``: the routed experts' share of the dense products' FLOP/s efficiency;
 * ``allreduce_latency_s``, ``allreduce_latency_per_rank_s``: the all-reduce call's fixed cost
@@ -76,6 +77,7 @@ FIT_PARAMETERS = (
     "moe_layer_overhead_s",
     "frontend_s",
     "seq_step_overhead_s",
+    "stream_token_host_s",
     "memory_fraction",
 )
 #: parameters whose loss is a staircase with a wall, not one smooth valley: the KV pool grows
@@ -99,6 +101,8 @@ BOUNDS = {
     "moe_layer_overhead_s": (1e-6, 300e-6),
     "frontend_s": (1e-4, 0.5),
     "seq_step_overhead_s": (1e-8, 2e-4),
+    # 0.1 us (a C++ server) to 0.5 ms (a frontend saturated at 2,000 tokens/s)
+    "stream_token_host_s": (1e-7, 5e-4),
     # engines' shares in use: vLLM 0.9 default, SGLang's heuristic 0.83-0.86 on 80-180 GiB cards,
     # TensorRT-LLM 0.9; 0.98 leaves the CUDA context room, below 0.5 no served deployment runs
     "memory_fraction": (0.5, 0.98),
@@ -199,6 +203,8 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         cfg = replace(cfg, frontend_s=values["frontend_s"])
     if "seq_step_overhead_s" in values:
         cfg = replace(cfg, seq_step_overhead_s=values["seq_step_overhead_s"])
+    if "stream_token_host_s" in values:
+        cfg = replace(cfg, stream_token_host_s=values["stream_token_host_s"])
     if "output_spread" in values:
         cfg = replace(cfg, output_spread=values["output_spread"])
     if "memory_fraction" in values:
@@ -255,6 +261,7 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
         "moe_layer_overhead_s": max(d.efficiency.moe_layer_overhead_s, BOUNDS["moe_layer_overhead_s"][0]),
         "frontend_s": max(d.config.frontend_s, BOUNDS["frontend_s"][0]),
         "seq_step_overhead_s": max(d.config.seq_step_overhead_s, BOUNDS["seq_step_overhead_s"][0]),
+        "stream_token_host_s": max(d.config.stream_token_host_s, BOUNDS["stream_token_host_s"][0]),
         "memory_fraction": min(max(memory_fraction(points[0].replica, d.config), 0.5), 0.98),
     }
     return {n: start[n] for n in names}

@@ -29,7 +29,10 @@ Scheduler (per :class:`capcalc.serving.engines.EngineConfig`; sources there):
   the most recently admitted requests, which go back to the head of the queue and are
   recomputed (prompt + tokens generated so far) -- vLLM's recompute preemption; KV
   ``reserve`` admits only when prompt + ``reserve_output_fraction`` x output fit.
-* each request pays ``frontend_s`` between being sent and reaching the scheduler
+* each request pays ``frontend_s`` between being sent and reaching the scheduler, stretched to
+  ``frontend_s / (1 - busy)`` where the frontend is busy a share ``busy`` streaming the
+  running requests' tokens (``stream_token_host_s`` x the decodes running when the request
+  would have reached the scheduler x the tokens/s each streamed in the last step that decoded)
   (HTTP, tokenisation); the first token and the last are seen by the client when the
   step that makes them ends.
 
@@ -74,6 +77,10 @@ KERNEL_ROOFLINE = True
 #: are replayed with; served_dev's rows from a harness it does not name are met as well at 5
 #: as at 10, see docs/serving.md)
 REQUESTS_PER_CLIENT = 5
+#: the frontend's busy share (EngineConfig.stream_token_host_s x tokens/s streamed) is held
+#: below this: past it the frontend would be saturated, streaming slower than the GPU decodes,
+#: which the model does not follow (a request's frontend time at most 10 x frontend_s)
+MAX_FRONTEND_BUSY = 0.9
 #: a limit "binds" when admission waited on it for at least this share of the measured time
 BINDING_SHARE = 0.05
 #: most scheduling events (engine steps or runs of pure decode steps) one simulation takes:
@@ -196,6 +203,7 @@ class _Req:
     reserved: float = 0.0  # KV tokens reserved at admission ('reserve')
     preempted_at: float = 0.0  # when it was last preempted (its last token before the recompute)
     osl: int = 0  # output tokens asked for
+    frontend_done: bool = False  # its frontend time under the streaming load has been charged
 
 
 @dataclass(eq=False)
@@ -344,6 +352,8 @@ class Simulation:
         arrivals: list[tuple[float, int, _Req]] = []  # heap of (arrival, idx, req)
         reqs: list[_Req] = []
         rng = random.Random(w.seed)
+        token_rate = 0.0  # tokens/s each decode streamed in the last step that decoded
+        host = cfg.stream_token_host_s
 
         def send(at: float) -> None:
             # closed loop keeps every client busy past the measured requests, so that the
@@ -397,7 +407,17 @@ class Simulation:
             if events > MAX_EVENTS:
                 raise _too_many_events(w)
             while arrivals and arrivals[0][0] <= s.t + 1e-15:
-                s.waiting.append(heapq.heappop(arrivals)[2])
+                r = heapq.heappop(arrivals)[2]
+                if not r.frontend_done and host:
+                    # the frontend shares its process with the tokens it streams for the decodes
+                    # running now: its work for this request takes frontend_s / (1 - busy)
+                    r.frontend_done = True
+                    busy = min(host * s.d * token_rate, MAX_FRONTEND_BUSY)
+                    if busy > 0:
+                        r.arrival += cfg.frontend_s * busy / (1 - busy)
+                        heapq.heappush(arrivals, (r.arrival, r.idx, r))
+                        continue
+                s.waiting.append(r)
             if not s.d and not s.prefilling and not s.waiting:
                 if not arrivals:
                     raise CapcalcError("simulation ran out of requests")  # cannot happen
@@ -484,6 +504,8 @@ class Simulation:
                 raise CapcalcError("the KV cache cannot hold one request of this workload")
 
             peak = max(peak, n_run)
+            if decodes and dt > 0:
+                token_rate = k / dt
             t_end = s.t + dt
             if window_start is not None:
                 lo = max(s.t, window_start)

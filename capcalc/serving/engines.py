@@ -43,9 +43,10 @@ Scheduler defaults, by engine, as read from each engine's source:
   a model filling much of the card it is the larger pool.
 
 Fixed costs (``frontend_s``: HTTP, tokenisation, detokenisation and scheduling of one
-request, paid once; ``seq_step_overhead_s``: host work per running sequence per step
-not hidden behind the GPU, e.g. input preparation, sampling bookkeeping, streaming one
-token out) are fitted per engine on the served runs; docs/latency.md ("Serving
+request, paid once, stretched by the share of the frontend process busy streaming the
+running requests' tokens, ``stream_token_host_s`` per token; ``seq_step_overhead_s``: host
+work per running sequence per step not hidden behind the GPU, e.g. input preparation,
+sampling bookkeeping) are fitted per engine on the served runs; docs/latency.md ("Serving
 parameters") names the rows each was fitted on.
 """
 
@@ -90,6 +91,10 @@ class EngineConfig:
     frontend_s: float = 0.0
     #: host cost per running sequence per step not overlapped with the GPU
     seq_step_overhead_s: float = 0.0
+    #: frontend process time per output token it streams (detokenising, the SSE chunk): a
+    #: share ``stream_token_host_s x tokens/s`` of that process is busy streaming, so a new
+    #: request's ``frontend_s`` takes ``frontend_s / (1 - share)`` (processor sharing)
+    stream_token_host_s: float = 0.0
     #: how the KV pool is sized: None as vLLM (gpu_memory_utilization x memory - weights -
     #: activations - overheads); a fraction f as TensorRT-LLM's KvCacheConfig
     #: free_gpu_memory_fraction: f x the memory left free once the model is loaded
@@ -116,8 +121,8 @@ class EngineConfig:
             raise CapcalcError("max_num_batched_tokens and max_num_seqs must be at least 1")
         if not 0 <= self.output_spread < 1:
             raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
-        if self.frontend_s < 0 or self.seq_step_overhead_s < 0:
-            raise CapcalcError("frontend_s and seq_step_overhead_s must not be negative")
+        if self.frontend_s < 0 or self.seq_step_overhead_s < 0 or self.stream_token_host_s < 0:
+            raise CapcalcError("frontend_s, seq_step_overhead_s and stream_token_host_s must not be negative")
         for name in ("mem_fraction_static", "gpu_memory_utilization"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
@@ -125,13 +130,20 @@ class EngineConfig:
 
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
+#: stream_token_host_s: served TTFT grows with the tokens/s the server streams (vLLM: measured /
+#: predicted 0.91 below 500 tokens/s, 1.28 at 4-8k, 1.54 at 8-16k; SGLang 0.79 -> 1.68), as a
+#: Python frontend that detokenises and streams every token in the process that also takes new
+#: requests would; 50 us per token, picked with frontend_s from a grid (2-10 x 10^-5 s) on every
+#: 2nd row, is the same for both (mean |TTFT error| vLLM 26.6 -> 26.2 %, SGLang 40.6 -> 37.9 %,
+#: its frontend_s 0.322 -> 0.25 s). TensorRT-LLM's rows show no such growth (1.13-1.25 at every
+#: rate below 8k tokens/s) and the grid's best is 0.
 FIXED_COSTS: dict[str, dict[str, float]] = {
-    "vllm": {"frontend_s": 26.8e-3, "seq_step_overhead_s": 0.0},
+    "vllm": {"frontend_s": 25e-3, "seq_step_overhead_s": 0.0, "stream_token_host_s": 50e-6},
     # SGLang's large value absorbs TTFT the step model misses on its rows (DeepSeek MLA
     # prefill at 8k prompts above all, and rows whose TTFT differs 17x between SGLang
     # versions at the same deployment): a catch-all, not a measured HTTP cost
-    "sglang": {"frontend_s": 0.322, "seq_step_overhead_s": 0.0},
-    "trtllm": {"frontend_s": 50e-3, "seq_step_overhead_s": 0.0},
+    "sglang": {"frontend_s": 0.25, "seq_step_overhead_s": 0.0, "stream_token_host_s": 50e-6},
+    "trtllm": {"frontend_s": 50e-3, "seq_step_overhead_s": 0.0, "stream_token_host_s": 0.0},
 }
 
 
