@@ -125,8 +125,9 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         # the benchmark's own workload: the row read as `capcalc calibrate` reads it (lengths
         # spread and requests per client as the harness sent them, InferenceX's above all)
         run = served_csv_run(r)
-        per_client = run.num_requests // run.concurrency if run.num_requests and run.concurrency else None
-        wl = run_workload(replace(run, concurrency=conc, num_requests=per_client and per_client * conc))
+        if run.num_requests and run.concurrency != conc:  # one replica's clients send their share
+            run = replace(run, num_requests=run.num_requests * conc // run.concurrency)
+        wl = run_workload(replace(run, concurrency=conc))
     except CapcalcError as e:
         return str(e)
     point = ServedPoint(

@@ -29,11 +29,11 @@ Scheduler (per :class:`capcalc.serving.engines.EngineConfig`; sources there):
   the most recently admitted requests, which go back to the head of the queue and are
   recomputed (prompt + tokens generated so far) -- vLLM's recompute preemption; KV
   ``reserve`` admits only when prompt + ``reserve_output_fraction`` x output fit.
-* each request pays ``frontend_s`` between being sent and reaching the scheduler, stretched to
-  ``frontend_s / (1 - busy)`` where the frontend is busy a share ``busy`` streaming the
-  running requests' tokens (``stream_token_host_s`` x the decodes running when the request
-  would have reached the scheduler x the tokens/s each streamed in the last step that decoded)
-  (HTTP, tokenisation); the first token and the last are seen by the client when the
+* each request pays ``frontend_s`` (HTTP, tokenisation) between being sent and reaching the
+  scheduler, stretched to ``frontend_s / (1 - busy)`` where the frontend is busy a share
+  ``busy`` streaming the running requests' tokens (``stream_token_host_s`` x the decodes
+  running when the request would have reached the scheduler x the tokens/s each streamed in
+  the last step that decoded); the first token and the last are seen by the client when the
   step that makes them ends.
 
 Workloads: closed loop (``concurrency`` C clients, each sending its next request when

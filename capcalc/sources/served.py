@@ -294,10 +294,12 @@ def run_workload(run: MeasuredRun, fail: Callable[[str], CapcalcError] | None = 
         )
     if run.concurrency is not None and run.concurrency > MAX_CLIENTS:
         raise fail(f"concurrency {run.concurrency} is over the {MAX_CLIENTS:,} clients simulated")
-    # lengths the file says were spread are simulated so (the output spread otherwise the engine's)
-    spreads = {"prompt_spread": min(run.input_spread or 0.0, MAX_SPREAD), "output_spread": run.output_spread}
-    if spreads["output_spread"] is not None:
-        spreads["output_spread"] = min(spreads["output_spread"], MAX_SPREAD)
+    # lengths the file says were spread are simulated so (prompts otherwise exact, outputs
+    # otherwise the engine's spread)
+    spreads = {
+        "prompt_spread": min(run.input_spread or 0.0, MAX_SPREAD),
+        "output_spread": None if run.output_spread is None else min(run.output_spread, MAX_SPREAD),
+    }
     if run.concurrency is not None:
         count = run.num_requests
         if count is not None:
