@@ -11,7 +11,7 @@ import itertools
 import time
 
 from capcalc.perf.efficiency import resolve_efficiency
-from capcalc.serving.engine import Replica, Workload, kv_pool, predict_serving, step_model
+from capcalc.serving.engine import Replica, Workload, predict_serving
 from capcalc.serving.engines import engine_defaults, engine_efficiency
 from capcalc.sources.registry import Registry
 
@@ -38,15 +38,7 @@ def main() -> None:
             if n >= 1000:
                 break
             t = time.perf_counter()
-            kv = kv_pool(replica, cfg, p + o)
-            predict_serving(
-                replica,
-                Workload(p, o, concurrency=c),
-                cfg,
-                eff,
-                kv_tokens=kv,
-                steps=step_model(replica, eff, p),
-            )
+            predict_serving(replica, Workload(p, o, concurrency=c), cfg, eff)  # sizes its pool and steps
             took = time.perf_counter() - t
             if took > worst:
                 worst, worst_case = took, f"{m} {g} tp{tp} {wd} {engine} {p}/{o} C={c}"

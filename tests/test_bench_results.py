@@ -296,6 +296,12 @@ def test_inferencex_rows_are_told_by_their_source(source, inferencex):
     assert inferencex_source(source) is inferencex
 
 
+def test_a_served_row_on_its_own_is_named_by_its_id():
+    row = {"id": "run-7", "isl": "1024", "osl": "x", "silicon_ttft_ms": "10", "silicon_tpot_ms": "2"}
+    with pytest.raises(CapcalcError, match=r"^runs\.csv: run-7: osl: expected a number"):
+        benchresults.served_csv_run(row, "runs.csv")
+
+
 def test_uniform_lengths_by_hand():
     """[int(0.8 x 8192), 8192] = [6553, 8192]: mean 7372.5, half-width 819.5 / 7372.5."""
     assert uniform_lengths(8192, 0.8) == (7372.5, approx(1639 / 14745))

@@ -392,6 +392,22 @@ def test_prompt_spread_keeps_the_mean_length_and_is_not_tied_to_the_output():
         Workload(1000, 200, concurrency=8, prompt_spread=1.0)
 
 
+def test_the_pool_is_sized_for_the_longest_request(llama8b, h100):
+    """max_model_len is the longest prompt plus the longest output the workload asks for: 922
+    tokens spread 0.111 both ways reach round(922 x (1 + 0.111 x 7/8)) = 1012 each, 2,024 in all
+    (not the means' 1,844); an unset output spread is the engine's (vLLM 0.15: 256 -> 290)."""
+    from capcalc.serving.engine import longest_request
+
+    cfg = engine_defaults("vllm", h100)
+    spread = Workload(922, 922, concurrency=8, prompt_spread=205 / 1843, output_spread=205 / 1843)
+    assert longest_request(spread, cfg) == 2 * round(922 * (1 + 205 / 1843 * 7 / 8)) == 2024
+    assert longest_request(Workload(1024, 256, concurrency=8), cfg) == 1024 + round(256 * (1 + 0.15 * 7 / 8))
+    assert longest_request(Workload(1024, 256, concurrency=8, output_spread=0), cfg) == 1280
+    replica = Replica(llama8b, h100)
+    got = predict_serving(replica, spread, cfg, default_efficiency(h100))
+    assert got.kv_capacity_tokens == kv_pool(replica, cfg, 2024).tokens
+
+
 def test_prompt_spread_prices_each_prompt_at_its_own_length(llama8b, h100):
     """At concurrency 1 (no queue) each request's TTFT is its own prompt's: the mean TTFT of a
     spread workload is the mean, over its requests' prompt lengths, of exact-length TTFTs."""

@@ -4,7 +4,7 @@
     capcalc latency MODEL --gpu G [--prompt P] [--output O] --concurrency C | --rps R
         [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
         [--frontend-overhead 9ms] [--num-requests N] [--seed S] [--output-spread S]
-        [--memory-fraction F]
+        [--prompt-spread S] [--memory-fraction F]
 
 Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
 of them a continuously batching server under load (``Session.serving``, docs/serving.md).

@@ -51,6 +51,7 @@ from capcalc.serving.engine import (
     Workload,
     kv_pool,
     least_events,
+    longest_request,
     memory_fraction,
     predict_serving,
     shortest_prompt,
@@ -153,16 +154,17 @@ _KV_CACHE: dict = {}
 def predict_point(point: ServedPoint, params: ServingParams) -> ServingResult:
     """The serving model's answer for ``point`` under ``params`` (KV capacity cached per replica)."""
     w = point.workload
+    max_model_len = longest_request(w, params.config)
     key = (
         id(point.replica),
         params.config.max_num_seqs,
         params.config.max_num_batched_tokens,
-        w.prompt_tokens + w.output_tokens,
+        max_model_len,
         memory_fraction(point.replica, params.config),
     )
     cached = _KV_CACHE.get(key)
     if cached is None or cached[0] is not point.replica:  # an id may be reused once freed
-        kv = kv_pool(point.replica, params.config, w.prompt_tokens + w.output_tokens)
+        kv = kv_pool(point.replica, params.config, max_model_len)
         cached = _KV_CACHE[key] = (point.replica, kv)
     steps = step_model(point.replica, params.efficiency, shortest_prompt(w))
     return predict_serving(

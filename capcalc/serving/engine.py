@@ -822,6 +822,15 @@ def shortest_prompt(w: Workload) -> int:
     return _spread_len(w.prompt_tokens, w.prompt_spread, 0.5 / SPREAD_LEVELS)
 
 
+def longest_request(w: Workload, config: EngineConfig) -> int:
+    """The longest prompt plus the longest output any request of ``w`` asks for under
+    ``config`` (whose output spread applies where ``w`` leaves it unset): the
+    ``max_model_len`` the server must have been started with, which sizes its KV pool."""
+    top = (SPREAD_LEVELS - 0.5) / SPREAD_LEVELS
+    spread = config.output_spread if w.output_spread is None else w.output_spread
+    return _spread_len(w.prompt_tokens, w.prompt_spread, top) + _spread_len(w.output_tokens, spread, top)
+
+
 def _output_len(w: Workload, i: int, default: float) -> int:
     """Output tokens request ``i`` asks for (:attr:`Workload.output_spread`)."""
     spread = default if w.output_spread is None else w.output_spread
@@ -990,7 +999,8 @@ class SizedPool(KVPool):
 def kv_pool(replica: Replica, config: EngineConfig, max_model_len: int, fitted=None) -> SizedPool:
     """The replica's KV cache as the simulation counts it (:class:`KVPool`), sized by
     :func:`capcalc.serving.fit.fit` (or TensorRT-LLM's free-memory fraction, see
-    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's prompt + output).
+    :func:`kv_capacity_tokens`) at ``max_model_len`` (the workload's longest prompt + output,
+    :func:`longest_request`).
     ``fitted``: that fit's result when the caller has it already (the same request), so it
     is not fitted twice."""
     from capcalc.model.layers import attention_spec
@@ -1055,7 +1065,7 @@ def predict_serving(
     each request holding its context); ``steps`` reuses
     a step model already built for this replica and efficiency (sweeps)."""
     if kv_tokens is None:
-        kv_tokens = kv_pool(replica, config, workload.prompt_tokens + workload.output_tokens)
+        kv_tokens = kv_pool(replica, config, longest_request(workload, config))
     if steps is None:
         steps = step_model(replica, efficiency, shortest_prompt(workload))
     return Simulation(steps, config, kv_tokens, gpus=replica.tp).run(workload)

@@ -130,8 +130,9 @@ class EngineConfig:
 
 
 #: Fitted fixed costs per engine (docs/latency.md, "Serving parameters", names the rows).
-#: stream_token_host_s: served TTFT grows with the tokens/s the server streams (vLLM: measured /
-#: predicted 0.91 below 500 tokens/s, 1.28 at 4-8k, 1.54 at 8-16k; SGLang 0.79 -> 1.68), as a
+#: stream_token_host_s: served TTFT grows with the tokens/s the server streams (served_dev with the
+#: shipped defaults before this cost, median measured / predicted TTFT by C / TPOT: vLLM 0.91 below
+#: 500 tokens/s, 1.28 at 4-8k, 1.54 at 8-16k; SGLang 0.79 -> 1.68), as a
 #: Python frontend that detokenises and streams every token in the process that also takes new
 #: requests would; 50 us per token, picked with frontend_s from a grid (2-10 x 10^-5 s) on every
 #: 2nd row, is the same for both (mean |TTFT error| vLLM 26.6 -> 26.2 %, SGLang 40.6 -> 37.9 %,

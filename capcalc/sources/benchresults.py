@@ -766,13 +766,14 @@ def _read_served_csv(src: _Source, text: str) -> list[ServedPoint]:
 
 def served_csv_run(row: dict[str, str | None], source: str = "served-runs CSV") -> ServedPoint:
     """One row of the served-runs CSV (a ``csv.DictReader`` row) read as ``read_results``
-    reads it; errors name ``source``."""
-    return _served_row(_Source(source), row, 0)
+    reads it; errors name ``source`` and the row's id."""
+    return _served_row(_Source(source), row, None)
 
 
-def _served_row(src: _Source, row: dict[str, str | None], line: int) -> ServedPoint:
+def _served_row(src: _Source, row: dict[str, str | None], line: int | None) -> ServedPoint:
     label = (row.get("id") or "").strip() or f"{src.name}:line {line}"
-    where = f"line {line} ({label})" if row.get("id") else f"line {line}"
+    # a row handed over on its own (line None) is named by its id alone
+    where = label if line is None else f"line {line} ({label})" if row.get("id") else f"line {line}"
 
     def cell(name: str) -> str:
         return (row.get(name) or "").strip()
