@@ -1,6 +1,6 @@
 """Validate the serving model (capcalc.serving.engine) against real served runs.
 
-    PYTHONPATH=$PWD python benchmarks/served_validation.py [CSV] [--engine E] [--no-cv] [--markdown]
+    PYTHONPATH=$PWD python benchmarks/served_validation.py [CSV] [--engine E] [--no-cv] [--worst N] [--dump F]
 
 CSV defaults to ../shared/validation/served_dev.csv relative to the repository root
 (its README.md says where the rows come from: NVIDIA aiconfigurator's silicon_sample.csv).
@@ -189,6 +189,26 @@ def table(title: str, rows: list[Row], errs: dict[str, tuple]) -> list[str]:
     return out
 
 
+def worst(rows: list[Row], errs: dict[str, tuple], preds: dict[str, tuple], n: int) -> list[str]:
+    """The ``n`` rows with the largest |TTFT error| + |TPOT error|, each with the points it adds
+    to its engine's mean |error| (|error| / the engine's row count): where the means come from."""
+    per_engine = Counter(r.engine for r in rows)
+    ranked = sorted(rows, key=lambda r: abs(errs[r.id][0]) + abs(errs[r.id][1]), reverse=True)[:n]
+    out = [
+        "\nLargest errors (TTFT, TPOT measured -> predicted ms; +pts: added to the engine's mean |error|)",
+    ]
+    for r in ranked:
+        w, (et, ep, _) = r.point.workload, errs[r.id]
+        share = 100 / per_engine[r.engine]
+        out.append(
+            f"  {r.engine:6s} {r.gpu:8s} {r.model:18s} {r.precision:4s} tp{r.point.replica.tp} "
+            f"{w.prompt_tokens}x{w.output_tokens} C{w.concurrency:<4d} "
+            f"TTFT {r.point.ttft_s * 1e3:9.0f} -> {preds[r.id][0] * 1e3:8.0f} ({et * 100:+6.0f} %, +{abs(et) * share:.2f}) "
+            f"TPOT {r.point.tpot_s * 1e3:7.2f} -> {preds[r.id][1] * 1e3:7.2f} ({ep * 100:+5.0f} %, +{abs(ep) * share:.2f})  {r.id}"
+        )
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", nargs="?", default=str(DEFAULT_CSV))
@@ -196,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cv", action="store_true", help="skip the cross-validation")
     ap.add_argument("--limit", type=int, default=None, help="only the first N expressible rows (quick look)")
     ap.add_argument("--dump", default=None, help="write each row's predicted TTFT and TPOT to this CSV")
+    ap.add_argument("--worst", type=int, default=0, help="list the N rows with the largest errors")
     args = ap.parse_args(argv)
     registry = Registry.load()
     with open(args.csv, newline="") as f:
@@ -238,6 +259,8 @@ def main(argv=None) -> int:
         f"{len(raw)} rows, {len(rows)} expressed, predicted in {elapsed:.1f} s",
     ]
     lines += table("Shipped defaults (|error| %: median, mean; bias = median signed error)", rows, errs)
+    if args.worst:
+        lines += worst(rows, errs, preds, args.worst)
     lines.append("\nRows not expressed:")
     for reason, n in why.most_common():
         lines.append(f"  {n:5d}  {reason}")
