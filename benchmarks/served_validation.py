@@ -147,6 +147,8 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         # step's max_num_tokens; the measured TTFTs show no serialisation at ISL 8192, so these
         # deployments were configured with room for both
         max_num_batched_tokens=max(8192, int(r["isl"]) + conc) if r["backend"] == "trtllm" else None,
+        # SGLang's poll interval where InferenceX's launcher sets it (read with the row)
+        recv_interval=run.recv_interval,
         ttft_s=float(r["silicon_ttft_ms"]) / 1e3,
         tpot_s=float(r["silicon_tpot_ms"]) / 1e3,
     )

@@ -196,6 +196,7 @@ class ServingReport(_ReadsThrough):
             memory_fraction=self.memory_fraction,
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
             stream_token_host_s=self.serving.config.stream_token_host_s,
+            recv_interval=self.serving.config.recv_interval,
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
         )
@@ -523,6 +524,7 @@ class Session:
         tpot_s: float | str | None = None,
         engine: str = "vllm",
         memory_fraction: float | None = None,
+        recv_interval: int | None = None,
         **fields,
     ) -> PlanReport:
         """The fewest GPUs carrying ``requests_per_s`` requests of ``prompt_tokens`` in and
@@ -533,7 +535,8 @@ class Session:
         (:func:`capcalc.serving.plan.parse_slo`).
         ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``.
         ``memory_fraction``: the engine's own memory knob, as in :meth:`serving`;
-        ``gpu_memory_utilization`` is vLLM's name for it (as ``fit``), for vLLM only."""
+        ``gpu_memory_utilization`` is vLLM's name for it (as ``fit``), for vLLM only.
+        ``recv_interval``: SGLang's ``--scheduler-recv-interval``, as in :meth:`serving`."""
         from capcalc.perf.efficiency import PARAMETERS
         from capcalc.serving.engines import with_memory_fraction
         from capcalc.serving.plan import Traffic, candidates, plan, slos_of
@@ -576,7 +579,9 @@ class Session:
             # the same resolution as Session.serving: flags > calibrate entry > engine defaults
             key = (g.name, weight_dtype)
             if key not in resolved:
-                resolved[key] = self.serving_parameters(g, engine, weight_dtype, efficiency=overrides)
+                resolved[key] = self.serving_parameters(
+                    g, engine, weight_dtype, efficiency=overrides, recv_interval=recv_interval
+                )
             r = resolved[key]
             return r.efficiency, with_memory_fraction(r.config, knob), r.source
 
@@ -607,7 +612,7 @@ class Session:
     ):
         """The step efficiencies and engine configuration ``engine`` serving on ``gpu``
         assumes: flags (``efficiency`` overrides; ``config``: max_num_batched_tokens,
-        max_num_seqs, frontend_s) > this GPU and engine's ``capcalc calibrate --save``
+        max_num_seqs, frontend_s, recv_interval) > this GPU and engine's ``capcalc calibrate --save``
         entry > engine defaults (:func:`capcalc.sources.calibration.resolve_serving`).
         ``weight_dtype`` ``auto`` is resolved against ``model``."""
         from capcalc.model.weights import resolve_weight_dtype
@@ -625,7 +630,7 @@ class Session:
             weight_dtype = resolve_weight_dtype(weight_dtype, self.model(model))
         if config.get("frontend_s") is not None:
             config["frontend_s"] = _duration(config["frontend_s"], "frontend_s")
-        for key in ("max_num_batched_tokens", "max_num_seqs"):
+        for key in ("max_num_batched_tokens", "max_num_seqs", "recv_interval"):
             value = config.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise CapcalcError(
@@ -655,6 +660,7 @@ class Session:
         output_spread: float | None = None,
         memory_fraction: float | None = None,
         prompt_spread: float = 0.0,
+        recv_interval: int | None = None,
         **fields,
     ) -> ServingReport:
         """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
@@ -670,7 +676,9 @@ class Session:
         P = (lo + hi) / 2 with s = (hi - lo) / (hi + lo), both ways.
         ``memory_fraction``: the engine's own memory knob, which sizes its KV pool: vLLM's
         ``gpu_memory_utilization`` (default 0.9), SGLang's ``mem_fraction_static`` (default:
-        its heuristic), TensorRT-LLM's ``free_gpu_memory_fraction`` (default 0.9)."""
+        its heuristic), TensorRT-LLM's ``free_gpu_memory_fraction`` (default 0.9).
+        ``recv_interval``: SGLang's ``--scheduler-recv-interval``, the decode steps between
+        the scheduler's polls for new requests (default 1: every step)."""
         from capcalc.core.dtypes import resolve_kv_dtype
         from capcalc.model.weights import resolve_weight_dtype
         from capcalc.perf.efficiency import PARAMETERS
@@ -733,6 +741,7 @@ class Session:
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
             frontend_s=frontend_s,
+            recv_interval=recv_interval,
         )
         # the memory knob of the engine in use, over a calibration's
         resolved = replace(resolved, config=with_memory_fraction(resolved.config, memory_fraction))
@@ -785,6 +794,7 @@ class Session:
         group_size: int | None = None,
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int | None = None,
+        recv_interval: int | None = None,
     ) -> CalibrationReport:
         """Fit the serving model to measured benchmark runs (``paths``: ``vllm bench serve``
         results, aiperf / genai-perf profile exports, guidellm reports, served-runs CSVs;
@@ -840,6 +850,7 @@ class Session:
                 group_size=group_size,
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_num_seqs=max_num_seqs,
+                recv_interval=recv_interval,
             )
             device, name, points = to_points(
                 runs, requested, self.model, self.gpu, lambda m: self.registry.find_model(m)

@@ -575,3 +575,44 @@ def test_long_values_are_cut_short(tmp_path):
     assert "x" * 200 not in message
     assert "..." in message
     assert len(message) < len(str(tmp_path)) + 200
+
+
+def _sglang_row(
+    model="deepseek-ai/DeepSeek-R1", system="b200_sxm", precision="fp8", tp="8", conc=64, source=None
+):
+    source = source or f"db-dump/2026-04-27; config_id=7; silicon_concurrency={conc}; workflow_run_id=799"
+    return {
+        "id": "r", "silicon_data_source": source, "backend": "sglang", "model_path": model, "system": system,
+        "precision": precision, "mode": "agg", "isl": "1024", "osl": "1024", "tp_size": tp,
+        "silicon_ttft_ms": "500", "silicon_tpot_ms": "20",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes, interval",
+    [
+        ({}, 30),  # dsr1_fp8_b200.sh, tp 8: 30 from CONC 16
+        ({"conc": 8}, 10),  # ... below it
+        ({"tp": "4", "conc": 64}, 10),  # tp 4: always 10
+        ({"precision": "fp4", "conc": 16}, 30),  # dsr1_fp4_b200.sh
+        ({"model": "Qwen/Qwen3.5-397B-A17B", "precision": "", "conc": 4}, 10),  # bf16 below 16
+        ({"model": "Qwen/Qwen3.5-397B-A17B", "precision": "fp4", "conc": 8}, 30),  # fp4: from CONC 5
+        ({"model": "zhipuai/GLM-5", "precision": "fp4"}, 10),  # glm5_fp4_b200.sh: always 10
+        ({"model": "zhipuai/GLM-5", "precision": "fp8"}, 1),  # glm5_fp8_b200.sh sets none
+        ({"system": "h100_sxm"}, None),  # no launcher read for other GPUs
+        ({"model": "Qwen/Qwen3-32B"}, None),  # nor for other models
+        (
+            {"source": "source_file=/x/aic/sglang/0.5.9/DeepSeek.csv; silicon_concurrency=64"},
+            None,
+        ),  # not InferenceX
+    ],
+)
+def test_inferencex_sglang_rows_carry_their_launchers_recv_interval(changes, interval):
+    """InferenceX's SGLang launchers (benchresults.INFERENCEX_SGLANG_RECV_INTERVAL names each
+    file and commit) start the server with --scheduler-recv-interval, which the row does not say."""
+    assert benchresults.served_csv_run(_sglang_row(**changes)).recv_interval == interval
+
+
+def test_only_sglang_rows_get_a_recv_interval():
+    row = _sglang_row() | {"backend": "vllm"}
+    assert benchresults.served_csv_run(row).recv_interval is None

@@ -117,6 +117,16 @@ def test_a_percentile_slo_reaches_the_records_and_the_table(cli):
     assert "TTFT p90" in table.split("Candidates")[1]  # the column shows the statistic the SLO binds
 
 
+def test_sglangs_poll_interval_reaches_the_plan(cli):
+    """3 requests/s on one replica: SGLang polling every 30 decode steps gives a longer TTFT
+    than polling every step; vLLM has no such knob (one line)."""
+    plain = one_plan(cli, "--rps", "3", "--engine", "sglang")
+    polled = one_plan(cli, "--rps", "3", "--engine", "sglang", "--scheduler-recv-interval", "30")
+    assert polled["ttft_s"] > plain["ttft_s"] and polled["recv_interval"] == 30
+    got = cli(*BASE, "--rps", "3", "--scheduler-recv-interval", "30")
+    assert got.code == 2 and "--scheduler-recv-interval is SGLang's alone" in got.err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -723,3 +723,69 @@ def test_fit_recovers_a_known_memory_fraction(registry, engine):
     fit = fit_serving(points, parameters=("memory_fraction",), rounds=2, evaluations=14)
     assert fit.values["memory_fraction"] == pytest.approx(0.88, abs=0.01)
     assert max(abs(e) for pair in fit.after for e in pair) < 0.02
+
+
+# --------------------------------------------------------------------------- SGLang's poll interval
+
+SGLANG_LIKE = EngineConfig(
+    "sglang", max_num_batched_tokens=8192, max_num_seqs=64, mixed_batches=False, frontend_s=0.01
+)
+
+
+@pytest.mark.parametrize("interval", [1, 10, 30])
+def test_a_request_arriving_mid_decode_waits_for_the_next_poll_by_hand(llama8b, h100, interval):
+    """Two Poisson arrivals (seed 0, 1/s: at 0.736 s and 2.178 s): A is prefilled alone, then
+    decodes 400 tokens (~3.4 s); B reaches the scheduler during A's decode and is seen at the
+    first poll after it: the end of the decode step that brings the count since the poll
+    after A's prefill to a multiple of ``interval``. B's prefill runs alone (no mixed
+    batches). Summed here from the step model, step by step."""
+    import random
+
+    eff = default_efficiency(h100)
+    steps = MixedStepModel(llama8b, h100, eff, ctx_floor=512)
+    cfg = replace(SGLANG_LIKE, recv_interval=interval)
+    rng = random.Random(0)
+    a1 = rng.expovariate(1.0)
+    a2 = a1 + rng.expovariate(1.0)
+    prefill = steps.step_time_s(0, 0.0, (Chunk(0, 512),))
+    poll = a1 + cfg.frontend_s + prefill  # A's first token; the scheduler polls after it
+    t, i, seen = poll, 0, None
+    while seen is None:  # A's decode steps at contexts 513, 514, ...
+        t += steps.step_time_s(1, 513.0 + i)
+        i += 1
+        if i % interval == 0 and t >= a2 + cfg.frontend_s:
+            seen = t
+    assert i < 399  # B is seen while A still decodes
+    ttft_b = seen + prefill - a2
+    wl = Workload(512, 400, rate_per_s=1.0, num_requests=2, warmup_requests=0, output_spread=0.0)
+    r = Simulation(steps, cfg, 10**7).run(wl)
+    assert r.ttft_s == pytest.approx((cfg.frontend_s + prefill + ttft_b) / 2, rel=1e-6)
+
+
+def test_a_lone_client_never_waits_for_a_poll(llama8b, h100):
+    """One client: each request reaches an idle scheduler, which polls at once."""
+    wl = Workload(1024, 128, concurrency=1, num_requests=6)
+    base = sim(llama8b, h100, SGLANG_LIKE).run(wl)
+    assert sim(llama8b, h100, replace(SGLANG_LIKE, recv_interval=30)).run(wl).ttft_s == base.ttft_s
+
+
+@pytest.mark.parametrize("c", [8, 32])
+def test_polling_every_n_decode_steps_costs_ttft_within_n_steps(llama8b, h100, c):
+    """A request waits at most N decode steps for the scheduler to see it: TTFT grows with
+    N, by less than N longest decode steps; the decode steps themselves are unchanged, so
+    TPOT moves only with where the prefills land."""
+    wl = Workload(1024, 256, concurrency=c, num_requests=8 * c)
+    runs = {
+        n: sim(llama8b, h100, replace(SGLANG_LIKE, recv_interval=n), prompt=1024).run(wl) for n in (1, 10, 30)
+    }
+    assert runs[1].ttft_s < runs[10].ttft_s < runs[30].ttft_s
+    for n in (10, 30):
+        assert runs[n].ttft_s - runs[1].ttft_s < n * runs[1].itl_p99_s
+        assert runs[n].tpot_s == pytest.approx(runs[1].tpot_s, rel=0.1)
+
+
+def test_recv_interval_is_sglangs_alone():
+    with pytest.raises(CapcalcError, match="SGLang's alone: vllm"):
+        replace(VLLM, recv_interval=10)
+    with pytest.raises(CapcalcError, match="at least 1"):
+        replace(SGLANG_LIKE, recv_interval=0)

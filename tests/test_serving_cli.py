@@ -256,6 +256,12 @@ def test_static_batch_keys_are_unchanged(cli):
         (("--concurrency", "4", "--output-spread", "-0.2"), ("--output-spread",)),
         (("--concurrency", "4", "--output-spread", "nan"), ("--output-spread",)),
         (("--prompt-spread", "0.1"), ("--prompt-spread", "--concurrency")),
+        (("--concurrency", "4", "--scheduler-recv-interval", "30"), ("--scheduler-recv-interval", "vllm")),
+        (
+            ("--concurrency", "4", "--engine", "sglang", "--scheduler-recv-interval", "0"),
+            ("--scheduler-recv-interval",),
+        ),
+        (("--scheduler-recv-interval", "30"), ("--scheduler-recv-interval", "--concurrency")),
         (("--concurrency", "4", "--prompt-spread", "1"), ("--prompt-spread", "1")),
         # 20 prompts of 8,000 tokens one token per step: 160,000 steps at least, over a
         # budget of 100,000 (set below), refused before the simulation starts
@@ -300,3 +306,12 @@ def test_requests_beyond_the_max_context_are_a_note(cli):
     got = cli("latency", MODEL, "--gpu", GPU, "--concurrency", "2", "--prompt", "130000", "--output", "2000")
     assert got.code == 0
     assert got.err.count("132,000 tokens exceed llama-3.1-8b's max context (131,072)") == 1
+
+
+def test_scheduler_recv_interval_reaches_sglangs_scheduler(cli):
+    """SGLang polling every 30 decode steps: 16 clients' TTFT grows, the flag is named as the source."""
+    args = ("latency", MODEL, "--gpu", GPU, "--concurrency", "16", "--engine", "sglang", "--json")
+    plain = cli(*args).json()
+    slow = cli(*args, "--scheduler-recv-interval", "30").json()
+    assert slow["ttft_s"] > plain["ttft_s"]
+    assert slow["efficiency_source"].startswith("flag + ")

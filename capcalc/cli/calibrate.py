@@ -2,7 +2,8 @@
 
     capcalc calibrate RESULT... [--gpu G] [--engine E] [--model M] [--tp N]
         [--weight-dtype D] [--kv-dtype D] [--compute-dtype D] [--group-size N]
-        [--max-num-batched-tokens N] [--max-num-seqs N] [--parameters a,b]
+        [--max-num-batched-tokens N] [--max-num-seqs N] [--scheduler-recv-interval N]
+        [--parameters a,b]
         [--format auto|vllm|aiperf|genai-perf|guidellm|csv] [--save]
 
 RESULT: ``vllm bench serve --save-result`` JSON, aiperf / genai-perf ``profile_export``
@@ -26,10 +27,12 @@ from capcalc.cli.common import (
     JsonlFlag,
     Output,
     ProfilesOpt,
+    RecvIntervalOpt,
     app,
     session,
     show_notes,
 )
+from capcalc.cli.usage import flag_for
 from capcalc.core.dtypes import COMPUTE_DTYPES, KV_DTYPES, WEIGHT_DTYPES
 from capcalc.report.output import TableSpec
 
@@ -96,7 +99,7 @@ def _command_line(results: list[Path], options: dict) -> str:
     words = ["capcalc", "calibrate", *(str(p) for p in results)]
     for name, value in options.items():
         if value is not None:
-            words += [f"--{'format' if name == 'result_format' else name.replace('_', '-')}", str(value)]
+            words += [flag_for(name, "calibrate"), str(value)]
     return shlex.join([*words, "--save"])
 
 
@@ -150,6 +153,7 @@ def calibrate_command(
         Optional[int],
         typer.Option(help="The deployment's most running requests, if not the engine's default."),
     ] = None,
+    recv_interval: RecvIntervalOpt = None,
     parameters: Annotated[
         Optional[str],
         typer.Option(
@@ -194,6 +198,7 @@ def calibrate_command(
                     parameters=parameters,
                     max_num_batched_tokens=max_num_batched_tokens,
                     max_num_seqs=max_num_seqs,
+                    recv_interval=recv_interval,
                     result_format=None if result_format == "auto" else result_format,
                 ),
             ),  # fmt: skip
@@ -204,6 +209,7 @@ def calibrate_command(
             group_size=group_size,
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
+            recv_interval=recv_interval,
         )
     finally:
         show_notes(s)

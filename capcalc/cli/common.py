@@ -68,6 +68,14 @@ MemoryFractionOpt = Annotated[
         "free_gpu_memory_fraction (default 0.9)."
     ),
 ]
+RecvIntervalOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--scheduler-recv-interval",
+        help="SGLang only: the scheduler takes new requests every N decode steps and after each "
+        "prefill step (SGLang --scheduler-recv-interval; default 1, every step).",
+    ),
+]
 WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEIGHT_DTYPES)}.")]
 KvDtypeOpt = Annotated[
     str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")

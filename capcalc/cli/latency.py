@@ -4,7 +4,7 @@
     capcalc latency MODEL --gpu G [--prompt P] [--output O] --concurrency C | --rps R
         [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
         [--frontend-overhead 9ms] [--num-requests N] [--seed S] [--output-spread S]
-        [--prompt-spread S] [--memory-fraction F]
+        [--prompt-spread S] [--memory-fraction F] [--scheduler-recv-interval N]
 
 Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
 of them a continuously batching server under load (``Session.serving``, docs/serving.md).
@@ -28,6 +28,7 @@ from capcalc.cli.common import (
     NoCalibrationFlag,
     Output,
     ProfilesOpt,
+    RecvIntervalOpt,
     app,
     deployment_options,
     efficiency_options,
@@ -92,6 +93,7 @@ def compute(
     draft_model=None,
     memory_fraction=None,
     prompt_spread=None,
+    recv_interval=None,
 ):
     """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
     under load (``Session.serving``)."""
@@ -105,6 +107,7 @@ def compute(
             "output_spread": output_spread,
             "prompt_spread": prompt_spread,
             "memory_fraction": memory_fraction,
+            "recv_interval": recv_interval,
         }
         named = [k for k, v in given.items() if v is not None]
         if named:
@@ -151,6 +154,7 @@ def compute(
         output_spread=output_spread,
         prompt_spread=0.0 if prompt_spread is None else prompt_spread,
         memory_fraction=memory_fraction,
+        recv_interval=recv_interval,
         deployment=deployment,
         efficiency=efficiency,
     )
@@ -225,6 +229,7 @@ def latency_command(
         ),
     ] = None,
     memory_fraction: MemoryFractionOpt = None,
+    recv_interval: RecvIntervalOpt = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
     ] = None,
@@ -252,7 +257,7 @@ def latency_command(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
             num_requests, seed, output_spread, spec_tokens, acceptance, draft_model, memory_fraction,
-            prompt_spread,
+            prompt_spread, recv_interval,
         )  # fmt: skip
     finally:
         show_notes(s)

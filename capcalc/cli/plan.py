@@ -17,6 +17,7 @@ from capcalc.cli.common import (
     NoCalibrationFlag,
     Output,
     ProfilesOpt,
+    RecvIntervalOpt,
     app,
     deployment_options,
     efficiency_options,
@@ -90,6 +91,7 @@ def compute(
     tpot_slo=None,
     engine="vllm",
     memory_fraction=None,
+    recv_interval=None,
 ):
     """The plan for the parsed options."""
     rate, unit = parse_rate(rps, "--rps")
@@ -115,6 +117,7 @@ def compute(
         max_num_seqs=max_num_seqs,
         engine=engine,
         memory_fraction=memory_fraction,
+        recv_interval=recv_interval,
     )
 
 
@@ -167,6 +170,7 @@ def plan_command(
         typer.Option(help="Fraction of GPU memory vLLM may use (as `fit`; default 0.9); vLLM only."),
     ] = None,
     memory_fraction: MemoryFractionOpt = None,
+    recv_interval: RecvIntervalOpt = None,
     max_num_seqs: Annotated[
         Optional[int],
         typer.Option(help="Most requests running at once (vLLM max_num_seqs; default: the engine's own)."),
@@ -183,7 +187,7 @@ def plan_command(
     try:
         report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
                          ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs,
-                         tpot_slo, engine, memory_fraction)  # fmt: skip
+                         tpot_slo, engine, memory_fraction, recv_interval)  # fmt: skip
     finally:
         show_notes(s)
     rate = report.traffic.requests_per_s

@@ -32,6 +32,7 @@ INT_KINDS: dict[str, tuple[str, int | None]] = {
     "block_size": ("block_size", None),
     "max_num_seqs": ("batch", None),
     "max_num_batched_tokens": ("tokens", None),
+    "recv_interval": ("count", 1),
     "repeats": ("repeats", None),
     "jobs": ("count", 1),  # any number: sweep clamps it to the combinations and CPUs
 }

@@ -42,6 +42,7 @@ FLAGS = {
     "plot": "--plot",
     "throughput_per_s": "--throughput",
     "frontend_s": "--frontend-overhead",
+    "recv_interval": "--scheduler-recv-interval",
     "result_format": "--format",
     "paths": "RESULT",
 }

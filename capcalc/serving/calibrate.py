@@ -120,6 +120,8 @@ class ServedPoint:
     #: the deployment's own scheduler settings, where they differ from the engine's defaults
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    #: SGLang's --scheduler-recv-interval (EngineConfig.recv_interval), where known
+    recv_interval: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def serving_defaults(point: ServedPoint) -> ServingParams:
         engine_defaults(point.engine, gpu),
         max_num_batched_tokens=point.max_num_batched_tokens,
         max_num_seqs=point.max_num_seqs,
+        recv_interval=point.recv_interval,
     )
     return ServingParams(eff, config, compute)
 

@@ -238,6 +238,10 @@ class _State:
     reserved: float = 0.0  # KV tokens held by 'reserve' admission
     admit_order: int = 0
     prefilled: int = 0  # prompt tokens computed by the requests in prefilling
+    #: EngineConfig.recv_interval: decode steps since the scheduler last took new requests,
+    #: and when it last did (arrivals up to then are in ``waiting``)
+    since_poll: int = 0
+    last_poll_t: float = 0.0
 
     def add_cohort(self, c: _Cohort) -> None:
         c.seq = self.cohort_seq
@@ -354,6 +358,7 @@ class Simulation:
         rng = random.Random(w.seed)
         token_rate = 0.0  # tokens/s each decode streamed in the last step that decoded
         host = cfg.stream_token_host_s
+        interval = cfg.recv_interval
 
         def send(at: float) -> None:
             # closed loop keeps every client busy past the measured requests, so that the
@@ -406,22 +411,31 @@ class Simulation:
             events += 1
             if events > MAX_EVENTS:
                 raise _too_many_events(w)
+            # the scheduler sees the requests that reached it by its last poll (every step
+            # unless EngineConfig.recv_interval says otherwise)
+            seen_until = s.t if interval == 1 else s.last_poll_t
             while arrivals and arrivals[0][0] <= s.t + 1e-15:
-                r = heapq.heappop(arrivals)[2]
+                r = arrivals[0][2]
                 if not r.frontend_done and host:
                     # the frontend shares its process with the tokens it streams for the decodes
                     # running now: its work for this request takes frontend_s / (1 - busy)
                     r.frontend_done = True
                     busy = min(host * s.d * token_rate, MAX_FRONTEND_BUSY)
                     if busy > 0:
+                        heapq.heappop(arrivals)
                         r.arrival += cfg.frontend_s * busy / (1 - busy)
                         heapq.heappush(arrivals, (r.arrival, r.idx, r))
                         continue
+                if r.arrival > seen_until + 1e-15:
+                    break
+                heapq.heappop(arrivals)
                 s.waiting.append(r)
             if not s.d and not s.prefilling and not s.waiting:
                 if not arrivals:
                     raise CapcalcError("simulation ran out of requests")  # cannot happen
-                s.t = arrivals[0][0]
+                # an idle scheduler polls at once (its idle loop counts toward the interval)
+                s.t = s.last_poll_t = max(s.t, arrivals[0][0])
+                s.since_poll = 0
                 continue
             if window_start is None and len(reqs) > w.warmup and reqs[w.warmup].arrival <= s.t:
                 window_start = reqs[w.warmup].sent
@@ -484,6 +498,8 @@ class Simulation:
                 lines = self._run_lines(s)
                 k = self._limit_by_arrival(s, k, arrivals, why_blocked, lines)
                 dt = self._decode_run_time(s, k, lines)
+                if interval > 1:
+                    self._count_polls(s, k, lines, dt)
                 n_run = running()
                 if window_start is not None:
                     self._run_gaps(k, stall, gaps, lines, s.d)
@@ -494,6 +510,8 @@ class Simulation:
                 step_s = self.sm.step_time_s(decodes, ctx_sum, tuple(Chunk(r.computed, c) for r, c in chunks))
                 n_run = running()
                 dt = step_s + cfg.seq_step_overhead_s * (decodes + len(chunks))
+                # a step with prefill work weighs past any interval: the scheduler polls next
+                s.since_poll, s.last_poll_t = 0, s.t + dt
                 if decodes:
                     if window_start is not None:
                         gaps.append((stall + dt, stall + dt, float(decodes)))
@@ -592,8 +610,20 @@ class Simulation:
         """Pure decode steps until a cohort finishes."""
         return max(1, s.next_end() - s.g + 1)
 
+    def _count_polls(self, s: _State, k: int, lines: tuple, dt: float) -> None:
+        """Advance the poll counter over a run of k decode steps (taking ``dt``): the
+        scheduler polled after every step that brought the count to recv_interval, the last
+        of them ``k - (since_poll + k) mod interval`` steps into the run."""
+        interval = self.cfg.recv_interval
+        count = s.since_poll + k
+        if count >= interval:
+            j = k - count % interval
+            s.last_poll_t = s.t + (dt if j == k else self._decode_run_time(s, j, lines))
+        s.since_poll = count % interval
+
     def _limit_by_arrival(self, s: _State, k: int, arrivals, why_blocked, lines) -> int:
-        """Stop the run at the step during which the next admissible request arrives."""
+        """Stop the run at the step during which the next admissible request arrives (at
+        the first poll after it, with a recv_interval)."""
         if k <= 1:
             return k
         if s.waiting and why_blocked:  # admission is blocked until a finish frees room
@@ -610,7 +640,10 @@ class Simulation:
                 hi = mid
             else:
                 lo = mid + 1
-        return lo
+        interval = self.cfg.recv_interval
+        if interval > 1:
+            lo += -(s.since_poll + lo) % interval
+        return min(lo, k)
 
     def _run_lines(self, s: _State) -> tuple[float, float, float, float, float, float]:
         """(c0, c1, m0, m1, fixed, extra): decode step i from s.g takes

@@ -106,6 +106,10 @@ class EngineConfig:
     #: vLLM's ``gpu_memory_utilization`` where set here (a calibration fitted it); None: the
     #: replica's (:class:`capcalc.serving.engine.Replica`, default 0.9). Unused by the others
     gpu_memory_utilization: float | None = None
+    #: the scheduler takes new requests only every this many decode steps, and after every
+    #: step with prefill work (SGLang ``--scheduler-recv-interval``, default 1: every step;
+    #: ``SchedulerRecvSkipper`` counts a decode step 1 and any other step 1000 toward it)
+    recv_interval: int = 1
     #: spread of output lengths for workloads that leave it unset (Workload.output_spread):
     #: how far the engine's served runs are from lock-step waves (docs/serving.md, "Lengths")
     output_spread: float = 0.15
@@ -119,6 +123,20 @@ class EngineConfig:
             )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise CapcalcError("max_num_batched_tokens and max_num_seqs must be at least 1")
+        if (
+            isinstance(self.recv_interval, bool)
+            or not isinstance(self.recv_interval, int)
+            or self.recv_interval < 1
+        ):
+            raise CapcalcError(
+                f"recv_interval must be a whole number of at least 1, got {self.recv_interval!r}",
+                parameter="recv_interval",
+            )
+        if self.recv_interval > 1 and self.engine != "sglang":
+            raise CapcalcError(
+                f"recv_interval is SGLang's alone: {self.engine} takes new requests every step",
+                parameter="recv_interval",
+            )
         if not 0 <= self.output_spread < 1:
             raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")
         if self.frontend_s < 0 or self.seq_step_overhead_s < 0 or self.stream_token_host_s < 0:

@@ -296,6 +296,7 @@ class PlanResult:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     frontend_s: float | None = None
+    recv_interval: int | None = None  # SGLang's poll interval (EngineConfig.recv_interval)
     kv_cache_bytes_per_gpu: float | None = None
     kv_bytes_used_per_gpu: float | None = None  # C_op requests at their full P + O tokens
     weights_bytes_per_gpu: float | None = None
@@ -613,6 +614,7 @@ def plan_candidate(
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
         frontend_s=config.frontend_s,
+        recv_interval=config.recv_interval,
         kv_cache_bytes_per_gpu=capacity.kv_cache_bytes_per_gpu,
         weights_bytes_per_gpu=capacity.weights_bytes_per_gpu,
     )

@@ -83,6 +83,7 @@ class Requested:
     group_size: int | None = None
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
+    recv_interval: int | None = None
 
 
 def find_gpu(name: str, lookup: Callable[[str], HardwareProfile]) -> HardwareProfile:
@@ -238,6 +239,16 @@ def to_points(
                 )
             weight, kv = own_weight, requested.kv_dtype or own_kv
 
+        recv = requested.recv_interval
+        if run.recv_interval is not None:
+            if recv is not None and recv != run.recv_interval:
+                raise fail(
+                    f"its launcher polls for requests every {run.recv_interval} decode steps but "
+                    f"{{recv_interval}} is {recv}",
+                    "recv_interval",
+                )
+            recv = run.recv_interval
+
         # load and lengths
         workload = run_workload(run, fail)
         if not (run.ttft_mean_s > 0 and run.tpot_mean_s > 0):
@@ -260,6 +271,7 @@ def to_points(
                 tpot_s=run.tpot_mean_s,
                 max_num_batched_tokens=requested.max_num_batched_tokens,
                 max_num_seqs=requested.max_num_seqs,
+                recv_interval=recv,
             )
         )
     if len(gpus) > 1 or len(engines) > 1:
