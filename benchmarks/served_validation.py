@@ -137,6 +137,7 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         if run.num_requests and run.concurrency != conc:  # one replica's clients send their share
             run = replace(run, num_requests=run.num_requests * conc // run.concurrency)
         wl = run_workload(replace(run, concurrency=conc))
+        settings = dict(run.engine_settings)
     except CapcalcError as e:
         return str(e)
     point = ServedPoint(
@@ -146,9 +147,11 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         # TensorRT-LLM without chunked context needs a prompt and the running decodes in one
         # step's max_num_tokens; the measured TTFTs show no serialisation at ISL 8192, so these
         # deployments were configured with room for both
-        max_num_batched_tokens=max(8192, int(r["isl"]) + conc) if r["backend"] == "trtllm" else None,
-        # SGLang's poll interval where InferenceX's launcher sets it (read with the row)
-        recv_interval=run.recv_interval,
+        max_num_batched_tokens=settings.pop("max_num_batched_tokens", None)
+        or (max(8192, int(r["isl"]) + conc) if r["backend"] == "trtllm" else None),
+        # what InferenceX's launcher set (read with the row): SGLang's poll interval,
+        # TensorRT-LLM's batch waiting
+        engine_settings=settings,
         ttft_s=float(r["silicon_ttft_ms"]) / 1e3,
         tpot_s=float(r["silicon_tpot_ms"]) / 1e3,
     )

@@ -197,18 +197,22 @@ class ServingReport(_ReadsThrough):
             seq_step_overhead_s=self.serving.config.seq_step_overhead_s,
             stream_token_host_s=self.serving.config.stream_token_host_s,
             recv_interval=self.serving.config.recv_interval,
+            batch_wait_iters=self.serving.config.batch_wait_iters,
+            batch_wait_max_tokens_ratio=self.serving.config.batch_wait_max_tokens_ratio,
             **self.serving.efficiency.as_record(),
             efficiency_source=self.serving.source,
         )
 
 
-def _fraction(value: Any, parameter: str = "memory_fraction") -> float | None:
-    """An engine memory share: None, or a number in (0, 1]."""
+def _fraction(value: Any, parameter: str = "memory_fraction", zero: bool = False) -> float | None:
+    """A share: None, or a number in (0, 1] ([0, 1] with ``zero``)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (0 <= value <= 1 if zero else 0 < value <= 1):
+        bound = "at least 0" if zero else "above 0"
         raise CapcalcError(
-            f"{parameter} must be a number above 0 and at most 1, got {value!r}", parameter=parameter
+            f"{parameter} must be a number {bound} and at most 1, got {value!r}", parameter=parameter
         )
     return float(value)
 
@@ -525,6 +529,8 @@ class Session:
         engine: str = "vllm",
         memory_fraction: float | None = None,
         recv_interval: int | None = None,
+        batch_wait_iters: int | None = None,
+        batch_wait_max_tokens_ratio: float | None = None,
         **fields,
     ) -> PlanReport:
         """The fewest GPUs carrying ``requests_per_s`` requests of ``prompt_tokens`` in and
@@ -536,7 +542,7 @@ class Session:
         ``prices``: USD per GPU-hour by GPU name, over the profiles' ``price_per_hour``.
         ``memory_fraction``: the engine's own memory knob, as in :meth:`serving`;
         ``gpu_memory_utilization`` is vLLM's name for it (as ``fit``), for vLLM only.
-        ``recv_interval``: SGLang's ``--scheduler-recv-interval``, as in :meth:`serving`."""
+        ``recv_interval``, ``batch_wait_iters``, ``batch_wait_max_tokens_ratio``: as in :meth:`serving`."""
         from capcalc.perf.efficiency import PARAMETERS
         from capcalc.serving.engines import with_memory_fraction
         from capcalc.serving.plan import Traffic, candidates, plan, slos_of
@@ -580,8 +586,9 @@ class Session:
             key = (g.name, weight_dtype)
             if key not in resolved:
                 resolved[key] = self.serving_parameters(
-                    g, engine, weight_dtype, efficiency=overrides, recv_interval=recv_interval
-                )
+                    g, engine, weight_dtype, efficiency=overrides, recv_interval=recv_interval,
+                    batch_wait_iters=batch_wait_iters, batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
+                )  # fmt: skip
             r = resolved[key]
             return r.efficiency, with_memory_fraction(r.config, knob), r.source
 
@@ -612,7 +619,7 @@ class Session:
     ):
         """The step efficiencies and engine configuration ``engine`` serving on ``gpu``
         assumes: flags (``efficiency`` overrides; ``config``: max_num_batched_tokens,
-        max_num_seqs, frontend_s, recv_interval) > this GPU and engine's ``capcalc calibrate --save``
+        max_num_seqs, frontend_s, recv_interval, batch_wait_*) > this GPU and engine's ``capcalc calibrate --save``
         entry > engine defaults (:func:`capcalc.sources.calibration.resolve_serving`).
         ``weight_dtype`` ``auto`` is resolved against ``model``."""
         from capcalc.model.weights import resolve_weight_dtype
@@ -630,12 +637,20 @@ class Session:
             weight_dtype = resolve_weight_dtype(weight_dtype, self.model(model))
         if config.get("frontend_s") is not None:
             config["frontend_s"] = _duration(config["frontend_s"], "frontend_s")
-        for key in ("max_num_batched_tokens", "max_num_seqs", "recv_interval"):
+        for key, low in (
+            ("max_num_batched_tokens", 1),
+            ("max_num_seqs", 1),
+            ("recv_interval", 1),
+            ("batch_wait_iters", 0),
+        ):
             value = config.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise CapcalcError(
-                    f"{key} must be a whole number of at least 1, got {value!r}", parameter=key
+                    f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
                 )
+        ratio = config.get("batch_wait_max_tokens_ratio")
+        if ratio is not None:
+            config["batch_wait_max_tokens_ratio"] = _fraction(ratio, "batch_wait_max_tokens_ratio", zero=True)
         resolved = resolve_serving(device, name, weight_dtype, efficiency, self.calibration(), **config)
         if resolved.calibration_path:
             self.note(f"using the {name} calibration of {device.name} from {resolved.calibration_path}")
@@ -661,6 +676,8 @@ class Session:
         memory_fraction: float | None = None,
         prompt_spread: float = 0.0,
         recv_interval: int | None = None,
+        batch_wait_iters: int | None = None,
+        batch_wait_max_tokens_ratio: float | None = None,
         **fields,
     ) -> ServingReport:
         """One replica of ``engine`` under load (:func:`capcalc.serving.engine.predict_serving`):
@@ -678,7 +695,9 @@ class Session:
         ``gpu_memory_utilization`` (default 0.9), SGLang's ``mem_fraction_static`` (default:
         its heuristic), TensorRT-LLM's ``free_gpu_memory_fraction`` (default 0.9).
         ``recv_interval``: SGLang's ``--scheduler-recv-interval``, the decode steps between
-        the scheduler's polls for new requests (default 1: every step)."""
+        the scheduler's polls for new requests (default 1: every step).
+        ``batch_wait_iters`` / ``batch_wait_max_tokens_ratio``: TensorRT-LLM's
+        ``batch_wait_timeout_iters`` / ``batch_wait_max_tokens_ratio`` (default 0: no waiting)."""
         from capcalc.core.dtypes import resolve_kv_dtype
         from capcalc.model.weights import resolve_weight_dtype
         from capcalc.perf.efficiency import PARAMETERS
@@ -742,6 +761,8 @@ class Session:
             max_num_seqs=max_num_seqs,
             frontend_s=frontend_s,
             recv_interval=recv_interval,
+            batch_wait_iters=batch_wait_iters,
+            batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
         )
         # the memory knob of the engine in use, over a calibration's
         resolved = replace(resolved, config=with_memory_fraction(resolved.config, memory_fraction))
@@ -795,6 +816,8 @@ class Session:
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int | None = None,
         recv_interval: int | None = None,
+        batch_wait_iters: int | None = None,
+        batch_wait_max_tokens_ratio: float | None = None,
     ) -> CalibrationReport:
         """Fit the serving model to measured benchmark runs (``paths``: ``vllm bench serve``
         results, aiperf / genai-perf profile exports, guidellm reports, served-runs CSVs;
@@ -851,6 +874,8 @@ class Session:
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_num_seqs=max_num_seqs,
                 recv_interval=recv_interval,
+                batch_wait_iters=batch_wait_iters,
+                batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
             )
             device, name, points = to_points(
                 runs, requested, self.model, self.gpu, lambda m: self.registry.find_model(m)

@@ -608,11 +608,35 @@ def _sglang_row(
     ],
 )
 def test_inferencex_sglang_rows_carry_their_launchers_recv_interval(changes, interval):
-    """InferenceX's SGLang launchers (benchresults.INFERENCEX_SGLANG_RECV_INTERVAL names each
-    file and commit) start the server with --scheduler-recv-interval, which the row does not say."""
-    assert benchresults.served_csv_run(_sglang_row(**changes)).recv_interval == interval
+    """InferenceX's SGLang launchers (capcalc.sources.launchers names each file and commit)
+    start the server with --scheduler-recv-interval, which the row does not say."""
+    settings = benchresults.served_csv_run(_sglang_row(**changes)).engine_settings
+    assert settings == ({} if interval is None else {"recv_interval": interval})
 
 
-def test_only_sglang_rows_get_a_recv_interval():
+@pytest.mark.parametrize(
+    "changes, settings",
+    [
+        # 70b_fp8_b200_trt_slurm.sh: 1024/1024 below tp 8 waits 20 steps or 0.9 of 16,384 tokens
+        ({"model": "meta-llama/Llama-3.1-70B", "tp": "2", "conc": 4},
+         {"batch_wait_iters": 20, "batch_wait_max_tokens_ratio": 0.9, "max_num_batched_tokens": 16384}),
+        ({"model": "meta-llama/Llama-3.1-70B", "precision": "fp4", "tp": "1"},
+         {"batch_wait_iters": 20, "batch_wait_max_tokens_ratio": 0.9}),
+        ({"model": "meta-llama/Llama-3.1-70B", "tp": "8"}, {}),  # tp 8: no waiting
+        ({"conc": 64}, {"batch_wait_iters": 40, "batch_wait_max_tokens_ratio": 0.8}),  # dsr1_fp8_b200_trt.sh
+        ({"conc": 32}, {}),  # below CONC 64
+        ({"conc": 256}, {}),  # the launcher versions disagree from 256
+        ({"precision": "fp4", "conc": 64}, {}),  # dsr1_fp4_b200_trt.sh sets none
+        ({"model": "openai/gpt-oss-120b", "conc": 64}, {}),
+    ],
+)  # fmt: skip
+def test_inferencex_trtllm_rows_carry_their_launchers_batch_waiting(changes, settings):
+    row = _sglang_row(**changes) | {"backend": "trtllm"}
+    assert benchresults.served_csv_run(row).engine_settings == settings
+    longer = row | {"osl": "8192"}  # only 1024/1024 waits
+    assert benchresults.served_csv_run(longer).engine_settings == {}
+
+
+def test_vllm_rows_get_no_launcher_settings():
     row = _sglang_row() | {"backend": "vllm"}
-    assert benchresults.served_csv_run(row).recv_interval is None
+    assert benchresults.served_csv_run(row).engine_settings == {}

@@ -533,8 +533,8 @@ def test_the_fixture_copy_is_read_by_content_not_name(cli, tmp_path):
 
 def test_a_recv_interval_flag_contradicting_the_launcher_is_one_line(cli, tmp_path):
     """An InferenceX SGLang DeepSeek-R1 row on B200 at 64 clients was served polling every 30
-    decode steps (its launcher, benchresults.INFERENCEX_SGLANG_RECV_INTERVAL): a flag saying
-    otherwise is refused, one saying the same is taken."""
+    decode steps (its launcher, capcalc.sources.launchers): a flag saying otherwise is refused,
+    one saying the same is taken."""
     row = (
         "dsr1_sglang_c64,db-dump/2026-04-27; config_id=7; silicon_concurrency=64; workflow_run_id=799,"
         "sglang,0.5.9,deepseek-ai/DeepSeek-R1,b200_sxm,fp8,agg,1024,1024,fp8,fp8,64,8,1,1,8,1,"
@@ -542,6 +542,6 @@ def test_a_recv_interval_flag_contradicting_the_launcher_is_one_line(cli, tmp_pa
     )
     path = write_csv(tmp_path, [row])
     line = one_line_error(cli("calibrate", path, "--scheduler-recv-interval", "10", "--json"))
-    assert "every 30 decode steps" in line and "--scheduler-recv-interval is 10" in line
+    assert "its launcher sets recv_interval 30 but --scheduler-recv-interval is 10" in line
     same = cli("calibrate", path, "--scheduler-recv-interval", "30", "--parameters", "frontend_s", "--json")
     assert same.code == 0, same.err

@@ -727,6 +727,32 @@ def test_fit_recovers_a_known_memory_fraction(registry, engine):
 
 # --------------------------------------------------------------------------- SGLang's poll interval
 
+
+def _two_arrivals(model, gpu):
+    """The step model of ``model`` at 512-token prompts, the two arrival times of
+    ``Workload(rate_per_s=1, seed=0)`` (the simulation's own generator, redrawn) and the
+    time of one 512-token prefill alone."""
+    import random
+
+    steps = MixedStepModel(model, gpu, default_efficiency(gpu), ctx_floor=512)
+    rng = random.Random(0)
+    a1 = rng.expovariate(1.0)
+    a2 = a1 + rng.expovariate(1.0)
+    return steps, a1, a2, steps.step_time_s(0, 0.0, (Chunk(0, 512),))
+
+
+def _two_arrivals_ttft(steps, cfg) -> float:
+    """Mean TTFT of the two arrivals of :func:`_two_arrivals` (512 in, 400 out) under ``cfg``."""
+    wl = Workload(512, 400, rate_per_s=1.0, num_requests=2, warmup_requests=0, output_spread=0.0)
+    return Simulation(steps, cfg, 10**7).run(wl).ttft_s
+
+
+def _lone_client_ttfts(model, gpu, cfg, changed) -> tuple[float, float]:
+    """TTFT of one closed-loop client (1024 in, 128 out) under ``cfg`` and under ``changed``."""
+    wl = Workload(1024, 128, concurrency=1, num_requests=6)
+    return sim(model, gpu, cfg).run(wl).ttft_s, sim(model, gpu, changed).run(wl).ttft_s
+
+
 SGLANG_LIKE = EngineConfig(
     "sglang", max_num_batched_tokens=8192, max_num_seqs=64, mixed_batches=False, frontend_s=0.01
 )
@@ -739,15 +765,8 @@ def test_a_request_arriving_mid_decode_waits_for_the_next_poll_by_hand(llama8b, 
     first poll after it: the end of the decode step that brings the count since the poll
     after A's prefill to a multiple of ``interval``. B's prefill runs alone (no mixed
     batches). Summed here from the step model, step by step."""
-    import random
-
-    eff = default_efficiency(h100)
-    steps = MixedStepModel(llama8b, h100, eff, ctx_floor=512)
+    steps, a1, a2, prefill = _two_arrivals(llama8b, h100)
     cfg = replace(SGLANG_LIKE, recv_interval=interval)
-    rng = random.Random(0)
-    a1 = rng.expovariate(1.0)
-    a2 = a1 + rng.expovariate(1.0)
-    prefill = steps.step_time_s(0, 0.0, (Chunk(0, 512),))
     poll = a1 + cfg.frontend_s + prefill  # A's first token; the scheduler polls after it
     t, i, seen = poll, 0, None
     while seen is None:  # A's decode steps at contexts 513, 514, ...
@@ -757,16 +776,13 @@ def test_a_request_arriving_mid_decode_waits_for_the_next_poll_by_hand(llama8b, 
             seen = t
     assert i < 399  # B is seen while A still decodes
     ttft_b = seen + prefill - a2
-    wl = Workload(512, 400, rate_per_s=1.0, num_requests=2, warmup_requests=0, output_spread=0.0)
-    r = Simulation(steps, cfg, 10**7).run(wl)
-    assert r.ttft_s == pytest.approx((cfg.frontend_s + prefill + ttft_b) / 2, rel=1e-6)
+    assert _two_arrivals_ttft(steps, cfg) == pytest.approx((cfg.frontend_s + prefill + ttft_b) / 2, rel=1e-6)
 
 
 def test_a_lone_client_never_waits_for_a_poll(llama8b, h100):
     """One client: each request reaches an idle scheduler, which polls at once."""
-    wl = Workload(1024, 128, concurrency=1, num_requests=6)
-    base = sim(llama8b, h100, SGLANG_LIKE).run(wl)
-    assert sim(llama8b, h100, replace(SGLANG_LIKE, recv_interval=30)).run(wl).ttft_s == base.ttft_s
+    base, polled = _lone_client_ttfts(llama8b, h100, SGLANG_LIKE, replace(SGLANG_LIKE, recv_interval=30))
+    assert polled == base
 
 
 @pytest.mark.parametrize("c", [8, 32])
@@ -789,3 +805,46 @@ def test_recv_interval_is_sglangs_alone():
         replace(VLLM, recv_interval=10)
     with pytest.raises(CapcalcError, match="at least 1"):
         replace(SGLANG_LIKE, recv_interval=0)
+
+
+# --------------------------------------------------------------------------- TensorRT-LLM batch waiting
+
+TRTLLM_LIKE = EngineConfig(
+    "trtllm", max_num_batched_tokens=8192, max_num_seqs=64, chunked_prefill=False, admission="reserve",
+    frontend_s=0.01,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("iters, ratio, held", [(0, 0.0, 0), (20, 0.9, 20), (5, 0.9, 5), (20, 0.05, 0)])
+def test_a_prompt_beside_decodes_waits_for_a_fuller_batch_by_hand(llama8b, h100, iters, ratio, held):
+    """Two Poisson arrivals (seed 0, 1/s) as above, TensorRT-LLM-like (mixed steps, whole
+    prompts): B is seen at the end of the decode step of A during which it arrives; with
+    batch waiting its 512 tokens plus A's one (513 < 0.9 x 8192) are held for ``iters`` more
+    decode steps of A, then run in one mixed step with A's decode. At ratio 0.05 (410 tokens)
+    the step is full enough at once and nothing is held."""
+    steps, a1, a2, prefill = _two_arrivals(llama8b, h100)
+    cfg = replace(TRTLLM_LIKE, batch_wait_iters=iters, batch_wait_max_tokens_ratio=ratio)
+    t, i = a1 + cfg.frontend_s + prefill, 0
+    while t < a2 + cfg.frontend_s:  # A's decode steps at contexts 513, 514, ...
+        t += steps.step_time_s(1, 513.0 + i)
+        i += 1
+    for _ in range(held):
+        t += steps.step_time_s(1, 513.0 + i)
+        i += 1
+    t += steps.step_time_s(1, 513.0 + i, (Chunk(0, 512),))  # B's prompt beside A's decode
+    ttft_b = t - a2
+    assert _two_arrivals_ttft(steps, cfg) == pytest.approx((cfg.frontend_s + prefill + ttft_b) / 2, rel=1e-6)
+
+
+def test_batch_waiting_never_holds_a_prompt_with_nothing_decoding(llama8b, h100):
+    """One client: nothing decodes when its next prompt arrives, so it is never held."""
+    waiting = replace(TRTLLM_LIKE, batch_wait_iters=40, batch_wait_max_tokens_ratio=0.9)
+    base, held = _lone_client_ttfts(llama8b, h100, TRTLLM_LIKE, waiting)
+    assert held == base
+
+
+def test_batch_waiting_is_tensorrt_llms_alone():
+    with pytest.raises(CapcalcError, match="TensorRT-LLM's alone: vllm"):
+        replace(VLLM, batch_wait_iters=20)
+    with pytest.raises(CapcalcError, match="batch_wait_max_tokens_ratio must be in"):
+        replace(TRTLLM_LIKE, batch_wait_max_tokens_ratio=1.5)

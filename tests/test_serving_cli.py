@@ -262,6 +262,12 @@ def test_static_batch_keys_are_unchanged(cli):
             ("--scheduler-recv-interval",),
         ),
         (("--scheduler-recv-interval", "30"), ("--scheduler-recv-interval", "--concurrency")),
+        (("--concurrency", "4", "--batch-wait-iters", "20"), ("--batch-wait-iters", "vllm")),
+        (
+            ("--concurrency", "4", "--engine", "trtllm", "--batch-wait-max-tokens-ratio", "1.5"),
+            ("--batch-wait-max-tokens-ratio",),
+        ),
+        (("--concurrency", "4", "--engine", "trtllm", "--batch-wait-iters", "-1"), ("--batch-wait-iters",)),
         (("--concurrency", "4", "--prompt-spread", "1"), ("--prompt-spread", "1")),
         # 20 prompts of 8,000 tokens one token per step: 160,000 steps at least, over a
         # budget of 100,000 (set below), refused before the simulation starts
@@ -315,3 +321,13 @@ def test_scheduler_recv_interval_reaches_sglangs_scheduler(cli):
     slow = cli(*args, "--scheduler-recv-interval", "30").json()
     assert slow["ttft_s"] > plain["ttft_s"]
     assert slow["efficiency_source"].startswith("flag + ")
+
+
+def test_batch_waiting_reaches_tensorrt_llms_scheduler(cli):
+    """TensorRT-LLM holding prompts for up to 20 steps beside running decodes: 4 clients'
+    TTFT grows by about 20 decode steps; the record carries the setting."""
+    args = ("latency", MODEL, "--gpu", GPU, "--concurrency", "4", "--engine", "trtllm", "--json")
+    plain = cli(*args).json()
+    held = cli(*args, "--batch-wait-iters", "20", "--batch-wait-max-tokens-ratio", "0.9").json()
+    assert (held["batch_wait_iters"], held["batch_wait_max_tokens_ratio"]) == (20, 0.9)
+    assert 5 * plain["itl_s"] < held["ttft_s"] - plain["ttft_s"] < 21 * held["itl_s"]

@@ -3,7 +3,7 @@
     capcalc calibrate RESULT... [--gpu G] [--engine E] [--model M] [--tp N]
         [--weight-dtype D] [--kv-dtype D] [--compute-dtype D] [--group-size N]
         [--max-num-batched-tokens N] [--max-num-seqs N] [--scheduler-recv-interval N]
-        [--parameters a,b]
+        [--batch-wait-iters N] [--batch-wait-max-tokens-ratio R] [--parameters a,b]
         [--format auto|vllm|aiperf|genai-perf|guidellm|csv] [--save]
 
 RESULT: ``vllm bench serve --save-result`` JSON, aiperf / genai-perf ``profile_export``
@@ -22,6 +22,8 @@ from typing import Annotated, Optional
 import typer
 
 from capcalc.cli.common import (
+    BatchWaitItersOpt,
+    BatchWaitRatioOpt,
     CsvFlag,
     JsonFlag,
     JsonlFlag,
@@ -154,6 +156,8 @@ def calibrate_command(
         typer.Option(help="The deployment's most running requests, if not the engine's default."),
     ] = None,
     recv_interval: RecvIntervalOpt = None,
+    batch_wait_iters: BatchWaitItersOpt = None,
+    batch_wait_max_tokens_ratio: BatchWaitRatioOpt = None,
     parameters: Annotated[
         Optional[str],
         typer.Option(
@@ -199,6 +203,8 @@ def calibrate_command(
                     max_num_batched_tokens=max_num_batched_tokens,
                     max_num_seqs=max_num_seqs,
                     recv_interval=recv_interval,
+                    batch_wait_iters=batch_wait_iters,
+                    batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
                     result_format=None if result_format == "auto" else result_format,
                 ),
             ),  # fmt: skip
@@ -210,6 +216,8 @@ def calibrate_command(
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
             recv_interval=recv_interval,
+            batch_wait_iters=batch_wait_iters,
+            batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
         )
     finally:
         show_notes(s)

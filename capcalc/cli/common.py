@@ -76,6 +76,20 @@ RecvIntervalOpt = Annotated[
         "prefill step (SGLang --scheduler-recv-interval; default 1, every step).",
     ),
 ]
+BatchWaitItersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="TensorRT-LLM only: hold new prompts while decodes run for up to N steps "
+        "(batch_wait_timeout_iters; default 0, no waiting)."
+    ),
+]
+BatchWaitRatioOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="TensorRT-LLM only: ... or until the step's tokens reach this share of the token "
+        "budget (batch_wait_max_tokens_ratio, 0..1; default 0)."
+    ),
+]
 WeightDtypeOpt = Annotated[str, typer.Option(help=f"Weight dtype: {', '.join(WEIGHT_DTYPES)}.")]
 KvDtypeOpt = Annotated[
     str, typer.Option("--kv-dtype", "--kv-cache-dtype", help=f"KV cache dtype: {', '.join(KV_DTYPES)}.")

@@ -5,6 +5,7 @@
         [--engine vllm|sglang|trtllm] [--max-num-batched-tokens N] [--max-num-seqs N]
         [--frontend-overhead 9ms] [--num-requests N] [--seed S] [--output-spread S]
         [--prompt-spread S] [--memory-fraction F] [--scheduler-recv-interval N]
+        [--batch-wait-iters N] [--batch-wait-max-tokens-ratio R]
 
 Without ``--concurrency`` / ``--rps`` it is a static batch (``Session.latency``); with one
 of them a continuously batching server under load (``Session.serving``, docs/serving.md).
@@ -19,6 +20,8 @@ import typer
 from rich.table import Table
 
 from capcalc.cli.common import (
+    BatchWaitItersOpt,
+    BatchWaitRatioOpt,
     CsvFlag,
     GpuOpt,
     JsonFlag,
@@ -94,6 +97,8 @@ def compute(
     memory_fraction=None,
     prompt_spread=None,
     recv_interval=None,
+    batch_wait_iters=None,
+    batch_wait_max_tokens_ratio=None,
 ):
     """The static batch (``Session.latency``), or with ``concurrency`` / ``rps`` one replica
     under load (``Session.serving``)."""
@@ -108,6 +113,8 @@ def compute(
             "prompt_spread": prompt_spread,
             "memory_fraction": memory_fraction,
             "recv_interval": recv_interval,
+            "batch_wait_iters": batch_wait_iters,
+            "batch_wait_max_tokens_ratio": batch_wait_max_tokens_ratio,
         }
         named = [k for k, v in given.items() if v is not None]
         if named:
@@ -155,6 +162,8 @@ def compute(
         prompt_spread=0.0 if prompt_spread is None else prompt_spread,
         memory_fraction=memory_fraction,
         recv_interval=recv_interval,
+        batch_wait_iters=batch_wait_iters,
+        batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
         deployment=deployment,
         efficiency=efficiency,
     )
@@ -230,6 +239,8 @@ def latency_command(
     ] = None,
     memory_fraction: MemoryFractionOpt = None,
     recv_interval: RecvIntervalOpt = None,
+    batch_wait_iters: BatchWaitItersOpt = None,
+    batch_wait_max_tokens_ratio: BatchWaitRatioOpt = None,
     spec_tokens: Annotated[
         Optional[int], typer.Option(help="Speculative decoding: tokens the draft proposes per step (K).")
     ] = None,
@@ -257,7 +268,7 @@ def latency_command(
             s, model, gpu, deployment, efficiency, prompt, output, batch,
             concurrency, rps, engine, max_num_batched_tokens, max_num_seqs, frontend_overhead,
             num_requests, seed, output_spread, spec_tokens, acceptance, draft_model, memory_fraction,
-            prompt_spread, recv_interval,
+            prompt_spread, recv_interval, batch_wait_iters, batch_wait_max_tokens_ratio,
         )  # fmt: skip
     finally:
         show_notes(s)

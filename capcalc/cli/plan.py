@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from capcalc.cli.common import (
+    BatchWaitItersOpt,
+    BatchWaitRatioOpt,
     CsvFlag,
     JsonFlag,
     JsonlFlag,
@@ -92,6 +94,8 @@ def compute(
     engine="vllm",
     memory_fraction=None,
     recv_interval=None,
+    batch_wait_iters=None,
+    batch_wait_max_tokens_ratio=None,
 ):
     """The plan for the parsed options."""
     rate, unit = parse_rate(rps, "--rps")
@@ -118,6 +122,8 @@ def compute(
         engine=engine,
         memory_fraction=memory_fraction,
         recv_interval=recv_interval,
+        batch_wait_iters=batch_wait_iters,
+        batch_wait_max_tokens_ratio=batch_wait_max_tokens_ratio,
     )
 
 
@@ -171,6 +177,8 @@ def plan_command(
     ] = None,
     memory_fraction: MemoryFractionOpt = None,
     recv_interval: RecvIntervalOpt = None,
+    batch_wait_iters: BatchWaitItersOpt = None,
+    batch_wait_max_tokens_ratio: BatchWaitRatioOpt = None,
     max_num_seqs: Annotated[
         Optional[int],
         typer.Option(help="Most requests running at once (vLLM max_num_seqs; default: the engine's own)."),
@@ -187,7 +195,8 @@ def plan_command(
     try:
         report = compute(s, model, rps, prompt, output, deployment, efficiency, gpu, tp, weight_dtype, kv_dtype,
                          ttft_slo, itl_slo, e2e_slo, price, gpu_memory_utilization, max_num_seqs,
-                         tpot_slo, engine, memory_fraction, recv_interval)  # fmt: skip
+                         tpot_slo, engine, memory_fraction, recv_interval,
+                         batch_wait_iters, batch_wait_max_tokens_ratio)  # fmt: skip
     finally:
         show_notes(s)
     rate = report.traffic.requests_per_s

@@ -33,6 +33,7 @@ INT_KINDS: dict[str, tuple[str, int | None]] = {
     "max_num_seqs": ("batch", None),
     "max_num_batched_tokens": ("tokens", None),
     "recv_interval": ("count", 1),
+    "batch_wait_iters": ("count", 0),
     "repeats": ("repeats", None),
     "jobs": ("count", 1),  # any number: sweep clamps it to the combinations and CPUs
 }

@@ -120,8 +120,8 @@ class ServedPoint:
     #: the deployment's own scheduler settings, where they differ from the engine's defaults
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
-    #: SGLang's --scheduler-recv-interval (EngineConfig.recv_interval), where known
-    recv_interval: int | None = None
+    #: other EngineConfig settings of the deployment (recv_interval, batch_wait_iters, ...)
+    engine_settings: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def serving_defaults(point: ServedPoint) -> ServingParams:
         engine_defaults(point.engine, gpu),
         max_num_batched_tokens=point.max_num_batched_tokens,
         max_num_seqs=point.max_num_seqs,
-        recv_interval=point.recv_interval,
+        **point.engine_settings,
     )
     return ServingParams(eff, config, compute)
 

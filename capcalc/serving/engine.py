@@ -242,6 +242,8 @@ class _State:
     #: and when it last did (arrivals up to then are in ``waiting``)
     since_poll: int = 0
     last_poll_t: float = 0.0
+    #: EngineConfig.batch_wait_iters: consecutive steps that held their prompts back
+    batch_waited: int = 0
 
     def add_cohort(self, c: _Cohort) -> None:
         c.seq = self.cohort_seq
@@ -454,6 +456,7 @@ class Simulation:
                 budget -= take
             chunk_tokens = cfg.max_num_batched_tokens - decodes - budget
             why_blocked = None
+            admitted: list[tuple[_Req, bool]] = []  # this step's admissions (first time scheduled?)
             while s.waiting and budget > 0:
                 r = s.waiting[0]
                 why_blocked = self._head_blocked(s, budget, chunk_tokens, decodes)
@@ -467,12 +470,17 @@ class Simulation:
                     r.reserved = need
                 s.admit_order += 1
                 r.order = s.admit_order
+                admitted.append((r, r.scheduled is None))
                 if r.scheduled is None:
                     r.scheduled = s.t
                 s.prefilling.append(r)
                 chunks.append((r, take))
                 budget -= take
                 chunk_tokens += take
+            if admitted and decodes and self._held_for_batch(s, decodes + chunk_tokens):
+                self._release(s, admitted)
+                del chunks[len(chunks) - len(admitted) :]
+                why_blocked = None  # the head is admissible, only held: decode one step at a time
 
             if not chunks and decodes:
                 # a run of pure decode steps until the next event
@@ -588,6 +596,36 @@ class Simulation:
         if self._kv_used(s) + pending + need > self.cap:
             return "kv_capacity"
         return None
+
+    def _held_for_batch(self, s: _State, tokens: int) -> bool:
+        """TensorRT-LLM batch waiting (``PyExecutor._waiting_requests``): whether the prompts
+        admitted beside running decodes wait for a fuller step, one holding ``tokens``: held
+        until ``batch_wait_iters`` steps have held them or the tokens reach
+        ``batch_wait_max_tokens_ratio`` x the step's budget; the count restarts when they go."""
+        cfg = self.cfg
+        if not (cfg.batch_wait_iters or cfg.batch_wait_max_tokens_ratio):
+            return False
+        if (
+            s.batch_waited >= cfg.batch_wait_iters
+            or tokens >= cfg.batch_wait_max_tokens_ratio * cfg.max_num_batched_tokens
+        ):
+            s.batch_waited = 0
+            return False
+        s.batch_waited += 1
+        return True
+
+    def _release(self, s: _State, admitted: list[tuple[_Req, bool]]) -> None:
+        """Undo this step's admissions (latest first): back to the head of the queue."""
+        for r, first in reversed(admitted):
+            if s.prefilling.pop() is not r:  # admissions are appended last, in order
+                raise CapcalcError("internal: prefilling out of admission order")
+            s.waiting.appendleft(r)
+            s.reserved -= r.reserved
+            r.reserved = 0.0
+            s.admit_order -= 1
+            r.order = 0
+            if first:
+                r.scheduled = None
 
     def _rescheduled_blocked(self, s: _State) -> str | None:
         """After a preemption, with no prefill running: why the next step would admit nothing

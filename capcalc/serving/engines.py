@@ -110,6 +110,12 @@ class EngineConfig:
     #: step with prefill work (SGLang ``--scheduler-recv-interval``, default 1: every step;
     #: ``SchedulerRecvSkipper`` counts a decode step 1 and any other step 1000 toward it)
     recv_interval: int = 1
+    #: TensorRT-LLM batch waiting (``batch_wait_timeout_iters`` / ``batch_wait_max_tokens_ratio``,
+    #: PyExecutor._waiting_requests; both 0 by default): while generation requests run, the
+    #: context requests a step would start are held until this many steps have held them or
+    #: the step's tokens (their prompts plus the decodes) reach the ratio x max_num_batched_tokens
+    batch_wait_iters: int = 0
+    batch_wait_max_tokens_ratio: float = 0.0
     #: spread of output lengths for workloads that leave it unset (Workload.output_spread):
     #: how far the engine's served runs are from lock-step waves (docs/serving.md, "Lengths")
     output_spread: float = 0.15
@@ -123,19 +129,27 @@ class EngineConfig:
             )
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise CapcalcError("max_num_batched_tokens and max_num_seqs must be at least 1")
-        if (
-            isinstance(self.recv_interval, bool)
-            or not isinstance(self.recv_interval, int)
-            or self.recv_interval < 1
-        ):
-            raise CapcalcError(
-                f"recv_interval must be a whole number of at least 1, got {self.recv_interval!r}",
-                parameter="recv_interval",
-            )
+        for name, low in (("recv_interval", 1), ("batch_wait_iters", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise CapcalcError(
+                    f"{name} must be a whole number of at least {low}, got {value!r}", parameter=name
+                )
         if self.recv_interval > 1 and self.engine != "sglang":
             raise CapcalcError(
                 f"recv_interval is SGLang's alone: {self.engine} takes new requests every step",
                 parameter="recv_interval",
+            )
+        if not 0 <= self.batch_wait_max_tokens_ratio <= 1:
+            raise CapcalcError(
+                f"batch_wait_max_tokens_ratio must be in [0, 1], got {self.batch_wait_max_tokens_ratio}",
+                parameter="batch_wait_max_tokens_ratio",
+            )
+        if (self.batch_wait_iters or self.batch_wait_max_tokens_ratio) and self.engine != "trtllm":
+            raise CapcalcError(
+                f"batch_wait_iters and batch_wait_max_tokens_ratio are TensorRT-LLM's alone: {self.engine} "
+                "starts a prompt as soon as it is admitted",
+                parameter=("batch_wait_iters", "batch_wait_max_tokens_ratio"),
             )
         if not 0 <= self.output_spread < 1:
             raise CapcalcError(f"output_spread must be in [0, 1), got {self.output_spread}")

@@ -297,6 +297,8 @@ class PlanResult:
     max_num_batched_tokens: int | None = None
     frontend_s: float | None = None
     recv_interval: int | None = None  # SGLang's poll interval (EngineConfig.recv_interval)
+    batch_wait_iters: int | None = None  # TensorRT-LLM batch waiting (EngineConfig)
+    batch_wait_max_tokens_ratio: float | None = None
     kv_cache_bytes_per_gpu: float | None = None
     kv_bytes_used_per_gpu: float | None = None  # C_op requests at their full P + O tokens
     weights_bytes_per_gpu: float | None = None
@@ -615,6 +617,8 @@ def plan_candidate(
         max_num_batched_tokens=config.max_num_batched_tokens,
         frontend_s=config.frontend_s,
         recv_interval=config.recv_interval,
+        batch_wait_iters=config.batch_wait_iters,
+        batch_wait_max_tokens_ratio=config.batch_wait_max_tokens_ratio,
         kv_cache_bytes_per_gpu=capacity.kv_cache_bytes_per_gpu,
         weights_bytes_per_gpu=capacity.weights_bytes_per_gpu,
     )

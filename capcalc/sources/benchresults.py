@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from capcalc.core.errors import CapcalcError
+from capcalc.sources.launchers import inferencex_engine_settings
 
 __all__ = ["MAX_BYTES", "FORMATS", "ServedPoint", "read_results", "read_many"]
 
@@ -169,9 +170,10 @@ class ServedPoint:
     #: InferenceX row of the served-runs CSV); None: not known
     input_spread: float | None = None
     output_spread: float | None = None
-    #: SGLang's ``--scheduler-recv-interval`` the run's server was launched with, where
-    #: known (:func:`inferencex_recv_interval`); None: not known (the engine's default)
-    recv_interval: int | None = None
+    #: engine settings the run's server was launched with that the file does not record but
+    #: its launcher does (:func:`capcalc.sources.launchers.inferencex_engine_settings`:
+    #: EngineConfig field -> value); empty: the engine's defaults
+    engine_settings: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 #: InferenceX (github.com/SemiAnalysisAI/InferenceX) runs its client
@@ -181,47 +183,6 @@ class ServedPoint:
 #: ``--num-prompts $((CONC * 10))`` (the ``benchmarks/*.sh`` launchers) and ``--ignore-eos``
 INFERENCEX_RANGE_RATIO = 0.8
 INFERENCEX_PROMPTS_PER_CLIENT = 10
-
-
-#: ``--scheduler-recv-interval`` of InferenceX's SGLang launchers on B200, by model family
-#: and precision: (interval below the threshold, interval at or above it, threshold on CONC).
-#: Each launcher version read sets it so (SemiAnalysisAI/InferenceX): DeepSeek-R1/V3 fp8
-#: benchmarks/dsr1_fp8_b200.sh @1fc5d73 and benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200.sh
-#: @432945d (tp 8; tp 4 always 10), fp4 benchmarks/dsr1_fp4_b200.sh @1fc5d73 and
-#: .../fixed_seq_len/dsr1_fp4_b200.sh @25cbe71 (without DP attention); Qwen3.5 bf16
-#: .../fixed_seq_len/qwen3.5_bf16_b200.sh @8eec0d4, fp8 benchmarks/single_node/qwen3.5_fp8_b200.sh
-#: @01fa35c (one later version switches at CONC > 4, @36e26b6), fp4
-#: .../fixed_seq_len/qwen3.5_fp4_b200.sh @8eec0d4 (CONC > 4); GLM-5 fp4
-#: .../fixed_seq_len/glm5_fp4_b200.sh @8eec0d4 (always 10); GLM-5 fp8
-#: .../fixed_seq_len/glm5_fp8_b200.sh @8eec0d4 sets none (SGLang's default, 1)
-INFERENCEX_SGLANG_RECV_INTERVAL: dict[tuple[str, str], tuple[int, int, int]] = {
-    ("deepseek", "fp8"): (10, 30, 16),
-    ("deepseek", "fp4"): (10, 30, 16),
-    ("qwen3.5", "bf16"): (10, 30, 16),
-    ("qwen3.5", "fp8"): (10, 30, 16),
-    ("qwen3.5", "fp4"): (10, 30, 5),
-    ("glm-5", "fp4"): (10, 10, 1),
-    ("glm-5", "fp8"): (1, 1, 1),
-}
-
-
-def inferencex_recv_interval(
-    model: str, gpu: str, precision: str, tp: int | None, concurrency: int | None
-) -> int | None:
-    """The ``--scheduler-recv-interval`` InferenceX's SGLang launcher started the server of
-    a run with (:data:`INFERENCEX_SGLANG_RECV_INTERVAL`), or None where no launcher read
-    says (other GPUs, other models)."""
-    if "b200" not in gpu.lower() or concurrency is None:
-        return None
-    name = model.lower()
-    family = next((f for f in ("deepseek", "qwen3.5", "glm-5") if f in name), None)
-    rule = INFERENCEX_SGLANG_RECV_INTERVAL.get((family, precision or "bf16"))
-    if rule is None:
-        return None
-    if family == "deepseek" and precision == "fp8" and tp == 4:
-        return 10
-    low, high, threshold = rule
-    return high if concurrency >= threshold else low
 
 
 def inferencex_source(source: str) -> bool:
@@ -472,10 +433,10 @@ def _point(src: _Source, fmt: str, label: str, **fields: Any) -> ServedPoint:
             "disagg",
             "input_spread",
             "output_spread",
-            "recv_interval",
         )
     )
     defaults["percentiles"] = {}
+    defaults["engine_settings"] = {}
     defaults.update(fields)
     return ServedPoint(id=label, source_path=src.path, source_format=fmt, **defaults)
 
@@ -850,7 +811,7 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int | None) -> S
         disagg = {name: num(name, integer=True) for name in _DISAGG_COLUMNS if cell(name)}
     isl, osl = num("isl", required=True), num("osl", required=True)
     lengths = {"input_tokens": isl, "output_tokens": osl}
-    recv_interval = None
+    settings: dict[str, Any] = {}
     if inferencex_source(cell("silicon_data_source")):
         (mean_in, spread_in), (mean_out, spread_out) = (
             uniform_lengths(isl, INFERENCEX_RANGE_RATIO),
@@ -863,14 +824,11 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int | None) -> S
             "output_spread": spread_out,
             "num_requests": INFERENCEX_PROMPTS_PER_CLIENT * concurrency if concurrency else None,
         }
-        if cell("backend").lower() == "sglang":  # the launcher's, not in the row
-            recv_interval = inferencex_recv_interval(
-                cell("model_path"),
-                cell("system"),
-                cell("precision"),
-                num("tp_size", integer=True),
-                concurrency,
-            )
+        # what its launcher set, which the row does not say
+        settings = inferencex_engine_settings(
+            cell("backend").lower(), cell("model_path"), cell("system"), cell("precision"),
+            num("tp_size", integer=True), isl, osl, concurrency,
+        )  # fmt: skip
 
     return _point(
         src,
@@ -891,7 +849,7 @@ def _served_row(src: _Source, row: dict[str, str | None], line: int | None) -> S
         disagg=disagg,
         concurrency=concurrency,
         **lengths,
-        recv_interval=recv_interval,
+        engine_settings=settings,
         ttft_mean_s=ms("silicon_ttft_ms"),
         tpot_mean_s=ms("silicon_tpot_ms"),
     )

@@ -69,6 +69,16 @@ MAX_OPEN_LOOP_REQUESTS = 400
 MAX_SPREAD = 0.95
 
 
+#: Requested fields that are EngineConfig settings a run's launcher may also set
+LAUNCHER_SETTINGS = (
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "recv_interval",
+    "batch_wait_iters",
+    "batch_wait_max_tokens_ratio",
+)
+
+
 @dataclass(frozen=True)
 class Requested:
     """What the caller says about the runs (None: take it from the file, else the default)."""
@@ -84,6 +94,8 @@ class Requested:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     recv_interval: int | None = None
+    batch_wait_iters: int | None = None
+    batch_wait_max_tokens_ratio: float | None = None
 
 
 def find_gpu(name: str, lookup: Callable[[str], HardwareProfile]) -> HardwareProfile:
@@ -239,15 +251,15 @@ def to_points(
                 )
             weight, kv = own_weight, requested.kv_dtype or own_kv
 
-        recv = requested.recv_interval
-        if run.recv_interval is not None:
-            if recv is not None and recv != run.recv_interval:
-                raise fail(
-                    f"its launcher polls for requests every {run.recv_interval} decode steps but "
-                    f"{{recv_interval}} is {recv}",
-                    "recv_interval",
-                )
-            recv = run.recv_interval
+        # scheduler settings: the file's launcher's (where known), else the flags
+        settings = {k: getattr(requested, k) for k in LAUNCHER_SETTINGS if getattr(requested, k) is not None}
+        for key, value in run.engine_settings.items():
+            flag = settings.get(key)
+            if flag is not None and flag != value:
+                raise fail(f"its launcher sets {key} {value:g} but {{{key}}} is {flag:g}", key)
+            settings[key] = value
+        budget = settings.pop("max_num_batched_tokens", None)
+        seqs = settings.pop("max_num_seqs", None)
 
         # load and lengths
         workload = run_workload(run, fail)
@@ -269,9 +281,9 @@ def to_points(
                 engine=engine,
                 ttft_s=run.ttft_mean_s,
                 tpot_s=run.tpot_mean_s,
-                max_num_batched_tokens=requested.max_num_batched_tokens,
-                max_num_seqs=requested.max_num_seqs,
-                recv_interval=recv,
+                max_num_batched_tokens=budget,
+                max_num_seqs=seqs,
+                engine_settings=settings,
             )
         )
     if len(gpus) > 1 or len(engines) > 1:
