@@ -11,8 +11,9 @@ follows (:class:`capcalc.serving.engines.EngineConfig`):
   (``batch_wait_iters`` / ``batch_wait_max_tokens_ratio``): context requests wait for a fuller
   batch while generation runs; and its ``--max_num_tokens`` (``max_num_batched_tokens``).
 
-Only settings that every version of a launcher read agrees on are listed; each names its
-files and commits. :func:`inferencex_engine_settings` is how a served-runs CSV row is read
+Only settings that every version of a launcher read agrees on are listed, or, where an older
+launcher differs, that the rows' own pattern attributes to the later one (said where so); each
+names its files and commits. :func:`inferencex_engine_settings` is how a served-runs CSV row is read
 (:mod:`capcalc.sources.benchresults`).
 """
 
@@ -48,7 +49,10 @@ SGLANG_RECV_INTERVAL: dict[tuple[str, str], tuple[int, int, int]] = {
 #: 40 and 0.8 (benchmarks/dsr1_fp8_b200_trt.sh @0a919c5, where CONC >= 256 switches to another
 #: MoE backend without it, and benchmarks/single_node/fixed_seq_len/dsr1_fp8_b200_trt.sh
 #: @8eec0d4). gpt-oss (benchmarks/gptoss_fp4_b200_trt.sh @1825e7f) and DeepSeek fp4
-#: (.../fixed_seq_len/dsr1_fp4_b200_trt.sh @8eec0d4) set none.
+#: (.../fixed_seq_len/dsr1_fp4_b200_trt.sh @8eec0d4) set none. An older Llama-3.1-70B launcher
+#: under another name (benchmarks/70b_b200-trt_slurm.sh @426f48e) set none either; served_dev's
+#: rows show the later one's: at 1024/1024 their tp 1-4 TTFTs are twice the unheld prediction
+#: at every concurrency from 4, their tp 8 TTFTs are met (docs/validation.md).
 TRTLLM_BATCH_WAIT: dict[tuple[str, str], dict[str, Any]] = {
     ("llama-3.1-70b", "fp8"): {"batch_wait_iters": 20, "batch_wait_max_tokens_ratio": 0.9, "max_num_batched_tokens": 16384},
     ("llama-3.1-70b", "fp4"): {"batch_wait_iters": 20, "batch_wait_max_tokens_ratio": 0.9},
