@@ -542,6 +542,28 @@ def test_a_recv_interval_flag_contradicting_the_launcher_is_one_line(cli, tmp_pa
     )
     path = write_csv(tmp_path, [row])
     line = one_line_error(cli("calibrate", path, "--scheduler-recv-interval", "10", "--json"))
-    assert "its launcher sets recv_interval 30 but --scheduler-recv-interval is 10" in line
+    assert "its launcher sets --scheduler-recv-interval 30, the command line 10" in line
     same = cli("calibrate", path, "--scheduler-recv-interval", "30", "--parameters", "frontend_s", "--json")
     assert same.code == 0, same.err
+
+
+def test_a_tensorrt_llm_row_is_fitted_with_its_launchers_batch_waiting(tmp_path, registry):
+    """InferenceX's Llama-3.1-70B FP8 launcher on B200 holds new prompts at 1024/1024 below
+    tp 8 (20 steps or 0.9 of its 16,384-token budget): the point calibrate fits carries both,
+    and its TTFT before the fit is the held one (measured 256 ms at tp 2, C 4; about 112 ms
+    without the hold)."""
+    from capcalc.serving.calibrate import predict_point, serving_defaults
+    from capcalc.sources.served import Requested, to_points
+
+    row = (
+        "llama70b_trt_c4,source_file=2026-04-06.csv; model=Llama-3.1-70B; silicon_concurrency=4; wip=False,"
+        "trtllm,,meta-llama/Llama-3.1-70B,b200_sxm,fp8,agg,1024,1024,fp8,fp8,4,2,1,1,2,1,"
+        ",,,,,,,,,,,,,,256.0,9.7"
+    )
+    runs = read_results(write_csv(tmp_path, [row]))
+    _, _, (point,) = to_points(runs, Requested(), registry.model, registry.gpu, registry.find_model)
+    assert point.engine_settings == {"batch_wait_iters": 20, "batch_wait_max_tokens_ratio": 0.9}
+    assert point.max_num_batched_tokens == 16384
+    params = serving_defaults(point)
+    assert (params.config.batch_wait_iters, params.config.max_num_batched_tokens) == (20, 16384)
+    assert 0.2 < predict_point(point, params).ttft_s < 0.35

@@ -601,7 +601,9 @@ class Simulation:
         """TensorRT-LLM batch waiting (``PyExecutor._waiting_requests``): whether the prompts
         admitted beside running decodes wait for a fuller step, one holding ``tokens``: held
         until ``batch_wait_iters`` steps have held them or the tokens reach
-        ``batch_wait_max_tokens_ratio`` x the step's budget; the count restarts when they go."""
+        ``batch_wait_max_tokens_ratio`` x the step's budget; the count restarts when they go.
+        Only this step's new prompts are held: with chunked prefill on, a prompt already
+        started goes on (TensorRT-LLM would hold its next chunk too)."""
         cfg = self.cfg
         if not (cfg.batch_wait_iters or cfg.batch_wait_max_tokens_ratio):
             return False

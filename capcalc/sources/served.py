@@ -256,7 +256,7 @@ def to_points(
         for key, value in run.engine_settings.items():
             flag = settings.get(key)
             if flag is not None and flag != value:
-                raise fail(f"its launcher sets {key} {value:g} but {{{key}}} is {flag:g}", key)
+                raise fail(f"its launcher sets {{{key}}} {value:g}, the command line {flag:g}", key)
             settings[key] = value
         budget = settings.pop("max_num_batched_tokens", None)
         seqs = settings.pop("max_num_seqs", None)
