@@ -204,15 +204,13 @@ class ServingReport(_ReadsThrough):
         )
 
 
-def _fraction(value: Any, parameter: str = "memory_fraction", zero: bool = False) -> float | None:
-    """A share: None, or a number in (0, 1] ([0, 1] with ``zero``)."""
+def _fraction(value: Any, parameter: str = "memory_fraction") -> float | None:
+    """An engine memory share: None, or a number in (0, 1]."""
     if value is None:
         return None
-    number = not isinstance(value, bool) and isinstance(value, (int, float))
-    if not number or not (0 <= value <= 1 if zero else 0 < value <= 1):
-        bound = "at least 0" if zero else "above 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise CapcalcError(
-            f"{parameter} must be a number {bound} and at most 1, got {value!r}", parameter=parameter
+            f"{parameter} must be a number above 0 and at most 1, got {value!r}", parameter=parameter
         )
     return float(value)
 
@@ -637,20 +635,13 @@ class Session:
             weight_dtype = resolve_weight_dtype(weight_dtype, self.model(model))
         if config.get("frontend_s") is not None:
             config["frontend_s"] = _duration(config["frontend_s"], "frontend_s")
-        for key, low in (
-            ("max_num_batched_tokens", 1),
-            ("max_num_seqs", 1),
-            ("recv_interval", 1),
-            ("batch_wait_iters", 0),
-        ):
+        for key in ("max_num_batched_tokens", "max_num_seqs"):
             value = config.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise CapcalcError(
-                    f"{key} must be a whole number of at least {low}, got {value!r}", parameter=key
+                    f"{key} must be a whole number of at least 1, got {value!r}", parameter=key
                 )
-        ratio = config.get("batch_wait_max_tokens_ratio")
-        if ratio is not None:
-            config["batch_wait_max_tokens_ratio"] = _fraction(ratio, "batch_wait_max_tokens_ratio", zero=True)
+        # recv_interval and batch_wait_*: EngineConfig checks them (with_overrides builds one)
         resolved = resolve_serving(device, name, weight_dtype, efficiency, self.calibration(), **config)
         if resolved.calibration_path:
             self.note(f"using the {name} calibration of {device.name} from {resolved.calibration_path}")

@@ -846,5 +846,5 @@ def test_batch_waiting_never_holds_a_prompt_with_nothing_decoding(llama8b, h100)
 def test_batch_waiting_is_tensorrt_llms_alone():
     with pytest.raises(CapcalcError, match="TensorRT-LLM's alone: vllm"):
         replace(VLLM, batch_wait_iters=20)
-    with pytest.raises(CapcalcError, match="batch_wait_max_tokens_ratio must be in"):
+    with pytest.raises(CapcalcError, match="batch_wait_max_tokens_ratio must be a number in"):
         replace(TRTLLM_LIKE, batch_wait_max_tokens_ratio=1.5)

@@ -140,9 +140,10 @@ class EngineConfig:
                 f"recv_interval is SGLang's alone: {self.engine} takes new requests every step",
                 parameter="recv_interval",
             )
-        if not 0 <= self.batch_wait_max_tokens_ratio <= 1:
+        ratio = self.batch_wait_max_tokens_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
             raise CapcalcError(
-                f"batch_wait_max_tokens_ratio must be in [0, 1], got {self.batch_wait_max_tokens_ratio}",
+                f"batch_wait_max_tokens_ratio must be a number in [0, 1], got {ratio!r}",
                 parameter="batch_wait_max_tokens_ratio",
             )
         if (self.batch_wait_iters or self.batch_wait_max_tokens_ratio) and self.engine != "trtllm":
