@@ -149,6 +149,7 @@ def map_row(r: dict, registry: Registry) -> Row | str:
         # deployments were configured with room for both
         max_num_batched_tokens=settings.pop("max_num_batched_tokens", None)
         or (max(8192, int(r["isl"]) + conc) if r["backend"] == "trtllm" else None),
+        max_num_seqs=settings.pop("max_num_seqs", None),
         # what InferenceX's launcher set (read with the row): SGLang's poll interval,
         # TensorRT-LLM's batch waiting
         engine_settings=settings,

@@ -627,7 +627,6 @@ def test_inferencex_sglang_rows_carry_their_launchers_recv_interval(changes, int
         ({"conc": 32}, {}),  # below CONC 64
         ({"conc": 256}, {}),  # the launcher versions disagree from 256
         ({"precision": "fp4", "conc": 64}, {}),  # dsr1_fp4_b200_trt.sh sets none
-        ({"model": "openai/gpt-oss-120b", "conc": 64}, {}),
     ],
 )  # fmt: skip
 def test_inferencex_trtllm_rows_carry_their_launchers_batch_waiting(changes, settings):
@@ -635,6 +634,16 @@ def test_inferencex_trtllm_rows_carry_their_launchers_batch_waiting(changes, set
     assert benchresults.served_csv_run(row).engine_settings == settings
     longer = row | {"osl": "8192"}  # only 1024/1024 waits
     assert benchresults.served_csv_run(longer).engine_settings == {}
+
+
+def test_inferencex_trtllm_gpt_oss_rows_carry_their_launchers_limits():
+    """gptoss_fp4_b200_trt*.sh: --max_num_tokens 20000, --max_batch_size 512,
+    free_gpu_memory_fraction 0.85 at every length; no batch waiting."""
+    limits = {"max_num_batched_tokens": 20000, "max_num_seqs": 512, "kv_free_memory_fraction": 0.85}
+    row = _sglang_row(model="openai/gpt-oss-120b", precision="fp4", conc=64) | {"backend": "trtllm"}
+    assert benchresults.served_csv_run(row).engine_settings == limits
+    assert benchresults.served_csv_run(row | {"isl": "8192"}).engine_settings == limits
+    assert benchresults.served_csv_run(row | {"system": "h100_sxm"}).engine_settings == {}
 
 
 def test_vllm_rows_get_no_launcher_settings():

@@ -9,7 +9,9 @@ follows (:class:`capcalc.serving.engines.EngineConfig`):
   decode steps;
 * TensorRT-LLM's ``batch_wait_timeout_iters`` / ``batch_wait_max_tokens_ratio``
   (``batch_wait_iters`` / ``batch_wait_max_tokens_ratio``): context requests wait for a fuller
-  batch while generation runs; and its ``--max_num_tokens`` (``max_num_batched_tokens``).
+  batch while generation runs; its ``--max_num_tokens`` (``max_num_batched_tokens``),
+  ``--max_batch_size`` (``max_num_seqs``) and ``free_gpu_memory_fraction``
+  (``kv_free_memory_fraction``).
 
 Only settings that every version of a launcher read agrees on are listed, or, where an older
 launcher differs, that the rows' own pattern attributes to the later one (said where so); each
@@ -60,9 +62,38 @@ TRTLLM_BATCH_WAIT: dict[tuple[str, str], dict[str, Any]] = {
 }  # fmt: skip
 
 
+#: TensorRT-LLM's token budget, batch limit and KV share in InferenceX's gpt-oss-120b B200
+#: launchers, the same in every version read (benchmarks/gptoss_fp4_b200_trt.sh @1825e7f,
+#: gptoss_fp4_b200_trt_slurm.sh @0d8d7d1, gptoss_fp4_b200_trt_docker.sh @00fbb5a):
+#: ``--max_num_tokens 20000``, ``--max_batch_size 512``, ``free_gpu_memory_fraction: 0.85``
+TRTLLM_GPT_OSS = {"max_num_batched_tokens": 20000, "max_num_seqs": 512, "kv_free_memory_fraction": 0.85}
+#: Not read: the DeepSeek-R1/V3 B200 TensorRT-LLM launchers' ``free_gpu_memory_fraction`` 0.8
+#: (0.75 for fp8 8192/1024 on tp 4; benchmarks/dsr1_fp8_b200_trt.sh @0a919c5,
+#: .../fixed_seq_len/dsr1_fp{8,4}_b200_trt.sh @8eec0d4). With it, reserve-all admission
+#: (GUARANTEED_NO_EVICT) queues their fp4 tp 4 1024/8192 rows, whose measured TTFTs show no such
+#: queue (TTFT mean |error| 35 -> 40 % over the DeepSeek rows): the admission rule or the pool
+#: sizing is what is off there, and reading the share alone would only move the error.
+
+
 def _family(model: str) -> str | None:
     name = model.lower()
-    return next((f for f in ("deepseek", "qwen3.5", "glm-5", "llama-3.1-70b") if f in name), None)
+    families = ("deepseek", "qwen3.5", "glm-5", "llama-3.1-70b", "gpt-oss")
+    return next((f for f in families if f in name), None)
+
+
+def _trtllm_settings(family, precision, tp, isl, osl, concurrency) -> dict[str, Any]:
+    """TensorRT-LLM settings of InferenceX's B200 launcher for the family (tables above)."""
+    settings: dict[str, Any] = {}
+    if family == "gpt-oss":
+        settings.update(TRTLLM_GPT_OSS)
+    if (isl, osl) == (1024, 1024):
+        wait = TRTLLM_BATCH_WAIT.get((family, precision))
+        if wait is not None and (
+            (family == "llama-3.1-70b" and (tp or 1) < 8)
+            or (family == "deepseek" and 64 <= concurrency < 256)
+        ):
+            settings.update(wait)
+    return settings
 
 
 def inferencex_engine_settings(
@@ -89,12 +120,6 @@ def inferencex_engine_settings(
         if family == "deepseek" and precision == "fp8" and tp == 4:
             high = low
         return {"recv_interval": high if concurrency >= threshold else low}
-    if engine == "trtllm" and (isl, osl) == (1024, 1024):
-        wait = TRTLLM_BATCH_WAIT.get((family, precision))
-        if wait is None:
-            return {}
-        if family == "llama-3.1-70b" and (tp or 1) < 8:
-            return dict(wait)
-        if family == "deepseek" and 64 <= concurrency < 256:
-            return dict(wait)
+    if engine == "trtllm":
+        return _trtllm_settings(family, precision, tp, isl, osl, concurrency)
     return {}
