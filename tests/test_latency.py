@@ -205,6 +205,12 @@ def test_tensor_parallel_adds_two_ring_allreduces_per_layer(registry):
     weights = (70_553_706_496 - 128_256 * 8192 - 1_318_912) / 4 * 2 + 1_318_912 * 2 + 16 * 8192 * 2 / 4
     kv = 81_920 * (16 * 1024 + 16)
     assert step.memory_s == pytest.approx(weights / (3.35e12 * 0.5) + kv / (3.35e12 * 0.25))
+    # at 0.6 of the link the ring transfer takes 1 / 0.6 as long; the per-call cost stays
+    slow = predict_decode_step(
+        m, h100, 16, 1024, tp=4, efficiency=dataclasses.replace(EFF, allreduce_bandwidth_efficiency=0.6)
+    )
+    assert slow.comm_s == pytest.approx(2 * 80 * (ring / 0.6 + 5e-6))
+    assert slow.memory_s == step.memory_s
 
 
 def test_tp_without_interconnect_is_one_line(cli, tmp_path):
@@ -322,6 +328,7 @@ def test_every_parameter_has_a_flag(cli):
         "allreduce_latency_per_rank_s": ("--allreduce-latency-per-rank", "2us", 2e-6),
         "expert_flops_ratio": ("--expert-flops-ratio", "0.5", 0.5),
         "seq_layer_overhead_s": ("--seq-layer-overhead", "300ns", 300e-9),
+        "allreduce_bandwidth_efficiency": ("--allreduce-bandwidth-efficiency", "0.7", 0.7),
     }
     assert set(flags) == set(PARAMETERS)
     args = ["latency", "llama-3-8b", "--gpu", "h100-sxm", "--prompt", "64", "--output", "4", "--json"]

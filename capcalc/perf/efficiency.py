@@ -77,7 +77,11 @@ class Efficiency:
     #: attention tails, the decode attention kernel's split-KV reduction, per-row norm and
     #: sampling bookkeeping); 0: fixed costs do not grow with the batch
     seq_layer_overhead_s: float = 0.0
-    # (the last five come last, so that positional construction of the earlier fields keeps its meaning)
+    #: share of the interconnect bandwidth an all-reduce's transfer reaches (nccl-tests' busbw
+    #: over the link's): the collective's own kernels, chunk pipelining and synchronisation
+    #: between the ranks (1: the datasheet link)
+    allreduce_bandwidth_efficiency: float = 1.0
+    # (the last six come last, so that positional construction of the earlier fields keeps its meaning)
 
     @classmethod
     def ideal(cls) -> Efficiency:
@@ -100,6 +104,7 @@ _FRACTIONS = (
     "kv_bandwidth_efficiency",
     "prefill_flops_efficiency",
     "expert_flops_ratio",
+    "allreduce_bandwidth_efficiency",
 )
 _DURATIONS = (
     "layer_overhead_s",
@@ -125,6 +130,7 @@ DESCRIPTIONS = {
     "allreduce_latency_per_rank_s": "extra fixed cost per all-reduce call per GPU beyond the first",
     "expert_flops_ratio": "share of the dense FLOP/s efficiency the fp8/fp4 routed experts reach",
     "seq_layer_overhead_s": "cost per sequence per layer per step (per-sequence kernel work)",
+    "allreduce_bandwidth_efficiency": "share of the interconnect bandwidth an all-reduce's transfer reaches",
 }
 
 

@@ -9,7 +9,7 @@ One step (see :mod:`capcalc.model.flops` for its FLOPs and bytes, per GPU) takes
         e_x = r x eff(n x k / E_t) in prefill (the tokens each of the E_t touched experts
               multiplies, k routed per token), r x the asymptote in decode; r the
               expert_flops_ratio of an fp8/fp4 grouped expert GEMM to a dense one (1 in 16 bits)
-    comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x a / I + l(tp))    (tp > 1)
+    comm_s    = 2 x layers x (2 (tp-1)/tp x n x hidden x a / (I x e_I) + l(tp))    (tp > 1)
         l(tp) = allreduce_latency_s + (tp - 1) x allreduce_latency_per_rank_s
     step_s    = max(compute_s, memory_s) + layers x (layer_overhead_s + s x seq_layer_overhead_s)
               + moe_layers x (moe_layer_overhead_s + n x moe_token_overhead_s)
@@ -22,8 +22,9 @@ decode, the prompts in a prefill, decodes plus chunks in a mixed step), eff(n) t
 :class:`capcalc.perf.efficiency.Efficiency`, moe_layers the layers with routed experts (0 for
 a dense model), and I the interconnect bandwidth per direction (ring all-reduce of the
 hidden states, two per layer: after attention and after the MLP; a = 2 bytes, 4 when
-the matrix products run in fp32/tf32). I plays the part of nccl-tests' bus bandwidth
-(busbw = algbw x 2 (tp-1)/tp), which `capcalc measure --gpu --tp N` measures. The bound is
+the matrix products run in fp32/tf32). I x e_I plays the part of nccl-tests' bus bandwidth
+(busbw = algbw x 2 (tp-1)/tp), which `capcalc measure --gpu --tp N` measures; e_I is
+``allreduce_bandwidth_efficiency`` (1 by default: the link's datasheet rate). The bound is
 whichever of compute_s and memory_s is larger. With :meth:`Efficiency.ideal` this is
 the datasheet roofline (:mod:`capcalc.perf.roofline`).
 
@@ -151,7 +152,7 @@ def allreduce_s(
         )
     message = tokens * model.hidden_size * activation_bytes
     latency = eff.allreduce_latency_s + (tp - 1) * eff.allreduce_latency_per_rank_s
-    per_call = 2.0 * (tp - 1) / tp * message / link + latency
+    per_call = 2.0 * (tp - 1) / tp * message / (link * eff.allreduce_bandwidth_efficiency) + latency
     return 2 * model.num_layers * per_call
 
 

@@ -22,7 +22,8 @@ odd rows do not dominate). The parameters, each a physical quantity with a defau
 * ``low_precision_flops_scale``: multiplies the FLOP/s efficiency of fp8/fp4 products only;
 * ``expert_flops_ratio``: the routed experts' share of the dense products' FLOP/s efficiency;
 * ``allreduce_latency_s``, ``allreduce_latency_per_rank_s``: the all-reduce call's fixed cost
-  and its growth per rank beyond the first;
+  and its growth per rank beyond the first; ``allreduce_bandwidth_efficiency``: the share of the
+  link its transfer reaches;
 * ``output_spread``: the spread of output lengths (EngineConfig.output_spread);
 * ``memory_fraction``: the engine's memory knob, which sizes its KV pool (vLLM
   gpu_memory_utilization, SGLang mem_fraction_static, TensorRT-LLM free_gpu_memory_fraction):
@@ -95,6 +96,7 @@ BOUNDS = {
     "expert_flops_ratio": (0.05, 1.0),
     "allreduce_latency_s": (1e-7, 50e-6),
     "allreduce_latency_per_rank_s": (1e-7, 20e-6),
+    "allreduce_bandwidth_efficiency": (0.2, 1.0),
     "output_spread": (0.01, 0.9),
     "step_overhead_s": (1e-5, 20e-3),
     "layer_overhead_s": (1e-6, 200e-6),
@@ -200,6 +202,7 @@ def apply(params: ServingParams, values: dict[str, float]) -> ServingParams:
         "moe_layer_overhead_s",
         "allreduce_latency_s",
         "allreduce_latency_per_rank_s",
+        "allreduce_bandwidth_efficiency",
         "expert_flops_ratio",
     ):
         if name in values:
@@ -260,6 +263,7 @@ def _initial(points: list[ServedPoint], names) -> dict[str, float]:
             d.efficiency.allreduce_latency_per_rank_s, BOUNDS["allreduce_latency_per_rank_s"][0]
         ),
         "expert_flops_ratio": d.efficiency.expert_flops_ratio,
+        "allreduce_bandwidth_efficiency": d.efficiency.allreduce_bandwidth_efficiency,
         "step_overhead_s": max(d.efficiency.step_overhead_s, BOUNDS["step_overhead_s"][0]),
         "layer_overhead_s": max(d.efficiency.layer_overhead_s, BOUNDS["layer_overhead_s"][0]),
         "seq_layer_overhead_s": max(d.efficiency.seq_layer_overhead_s, BOUNDS["seq_layer_overhead_s"][0]),

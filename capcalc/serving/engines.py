@@ -360,6 +360,13 @@ MAX_MATMUL_FRACTION = 0.869
 # fixed) gave 0.38 / 0.68 / 0.38 us (vLLM / TensorRT-LLM / SGLang) and the layer costs kept
 # here; the per-sequence values were then picked by mean |TPOT error| on every 2nd row from a
 # grid (0-0.5 us): 0.1, 0.3, 0.2 us (docs/latency.md, "Serving parameters").
+# allreduce_bandwidth_efficiency: the share of the NVLink rate a served step's all-reduces reach.
+# Prefill steps move 2-130 MB per call at tp 2-8, where nccl-tests' bus bandwidth sits below the
+# link's and the collective does not overlap the matrix products. Picked from a grid (0.45-1) on
+# every 2nd row of each engine by the sum of its TTFT, TPOT and tok/s/GPU mean |error|: the best
+# lies at 0.55-0.65 for every engine (vLLM 0.65, TensorRT-LLM 0.55-0.65, SGLang 0.65), so one
+# value serves the three, as one fabric would (docs/latency.md, "Serving parameters").
+ALLREDUCE_BANDWIDTH_EFFICIENCY = 0.65
 #: Per-engine fixed costs of a step.
 ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
     "vllm": {
@@ -368,6 +375,7 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
         "moe_layer_overhead_s": 11.9e-6,
         "allreduce_latency_per_rank_s": 0.74e-6,
         "expert_flops_ratio": 0.3,
+        "allreduce_bandwidth_efficiency": ALLREDUCE_BANDWIDTH_EFFICIENCY,
     },
     "sglang": {
         "layer_overhead_s": 52.3e-6,
@@ -375,6 +383,7 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
         "moe_layer_overhead_s": 34.8e-6,
         "allreduce_latency_per_rank_s": 0.46e-6,
         "expert_flops_ratio": 0.7,
+        "allreduce_bandwidth_efficiency": ALLREDUCE_BANDWIDTH_EFFICIENCY,
     },
     "trtllm": {
         "layer_overhead_s": 12.5e-6,
@@ -382,6 +391,7 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
         "moe_layer_overhead_s": 1.0e-6,
         "allreduce_latency_per_rank_s": 1.60e-6,
         "expert_flops_ratio": 0.25,
+        "allreduce_bandwidth_efficiency": ALLREDUCE_BANDWIDTH_EFFICIENCY,
     },
 }
 #: Per-engine scales of the GPU's bandwidth and FLOP/s efficiencies, and the share of the
