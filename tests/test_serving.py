@@ -289,6 +289,23 @@ def test_fit_recovers_a_known_frontend_streaming_cost(registry):
     assert max(abs(e) for pair in fit.after for e in pair) < 0.02
 
 
+def test_fit_recovers_a_known_allreduce_bandwidth_share(registry):
+    """Points made on four GPUs with the all-reduces at 0.4 of the link (the engines' default
+    0.65): long prompts put 2-16 MB through every call, and the fit finds the share."""
+    model, gpu = registry.model("llama-3-8b"), registry.gpu("h100-sxm")
+    replica = Replica(model, gpu, tp=4)
+    truth = {"allreduce_bandwidth_efficiency": 0.4}
+    points = []
+    for c, p, o in ((1, 4096, 16), (4, 2048, 32), (8, 1024, 16)):
+        probe = ServedPoint(replica, Workload(p, o, concurrency=c), "vllm", 1.0, 1.0)
+        r = predict_point(probe, apply(serving_defaults(probe), truth))
+        points.append(replace(probe, ttft_s=r.ttft_s, tpot_s=r.tpot_s))
+    assert serving_defaults(points[0]).efficiency.allreduce_bandwidth_efficiency == 0.65
+    fit = fit_serving(points, parameters=("allreduce_bandwidth_efficiency",), rounds=2, evaluations=14)
+    assert fit.values["allreduce_bandwidth_efficiency"] == pytest.approx(0.4, rel=0.03)
+    assert fit.loss_after < fit.loss_before
+
+
 def test_predict_serving_sizes_kv_from_fit(llama8b, h100):
     replica = Replica(llama8b, h100)
     cfg = engine_defaults("vllm", h100)
