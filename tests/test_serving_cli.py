@@ -315,8 +315,23 @@ def test_requests_beyond_the_max_context_are_a_note(cli):
 
 
 def test_scheduler_recv_interval_reaches_sglangs_scheduler(cli):
-    """SGLang polling every 30 decode steps: 16 clients' TTFT grows, the flag is named as the source."""
-    args = ("latency", MODEL, "--gpu", GPU, "--concurrency", "16", "--engine", "sglang", "--json")
+    """SGLang polling every 30 decode steps: 16 clients' TTFT grows, the flag is named as the source.
+    The outputs are spread (0.15) so that clients finish apart and requests arrive while decodes
+    run: at SGLang's own spread (0.02) a wave finishes within its 250 ms frontend cost, the
+    engine is idle when the next requests arrive, and an idle scheduler polls at once."""
+    args = (
+        "latency",
+        MODEL,
+        "--gpu",
+        GPU,
+        "--concurrency",
+        "16",
+        "--engine",
+        "sglang",
+        "--output-spread",
+        "0.15",
+        "--json",
+    )
     plain = cli(*args).json()
     slow = cli(*args, "--scheduler-recv-interval", "30").json()
     assert slow["ttft_s"] > plain["ttft_s"]
