@@ -346,3 +346,11 @@ def test_batch_waiting_reaches_tensorrt_llms_scheduler(cli):
     held = cli(*args, "--batch-wait-iters", "20", "--batch-wait-max-tokens-ratio", "0.9").json()
     assert (held["batch_wait_iters"], held["batch_wait_max_tokens_ratio"]) == (20, 0.9)
     assert 5 * plain["itl_s"] < held["ttft_s"] - plain["ttft_s"] < 21 * held["itl_s"]
+
+
+@pytest.mark.parametrize("gpu", ["mi300x", "tpu-v6e"])
+def test_tensorrt_llm_on_a_gpu_it_does_not_run_on_is_one_line(cli, gpu):
+    got = cli("latency", MODEL, "--gpu", gpu, "--concurrency", "4", "--engine", "trtllm")
+    assert got.code == 2 and got.out == ""
+    assert got.err.strip().startswith(f"capcalc: error: TensorRT-LLM runs on NVIDIA GPUs only: {gpu} is ")
+    assert len(got.err.strip().splitlines()) == 1

@@ -229,11 +229,19 @@ def sglang_mem_fraction_static(memory_bytes: float, tp: int, chunked_prefill_siz
     return round((mib - reserved) / mib, 3)
 
 
+#: vendors whose accelerators TensorRT-LLM does not run on (it is CUDA-only)
+NOT_NVIDIA = frozenset({"amd", "google", "intel"})
+
+
 def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
     """The scheduler defaults ``engine`` picks on ``gpu`` when not told (module docstring)."""
     engine = engine.lower()
     if engine not in ENGINES:
         raise CapcalcError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "trtllm" and gpu.vendor.lower() in NOT_NVIDIA:
+        raise CapcalcError(
+            f"TensorRT-LLM runs on NVIDIA GPUs only: {gpu.name} is {gpu.vendor}'s (use --engine vllm or sglang)"
+        )
     mem = _memory(gpu)
     fixed = FIXED_COSTS[engine]
     if engine == "vllm":
