@@ -120,7 +120,7 @@ def test_a_percentile_slo_reaches_the_records_and_the_table(cli):
 def test_sglangs_poll_interval_reaches_the_plan(cli):
     """3 requests/s on one replica: SGLang polling every 30 decode steps gives a longer TTFT
     than polling every step; vLLM has no such knob (one line). 2,000-token outputs, so that
-    the clients of a wave finish further apart than SGLang's 250 ms frontend cost and new
+    the clients of a wave finish further apart than SGLang's 200 ms frontend cost and new
     requests arrive while decodes run (an idle scheduler polls at once)."""
     long = ("--output", "2000", "--rps", "3", "--engine", "sglang")
     plain = one_plan(cli, *long)

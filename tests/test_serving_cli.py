@@ -317,7 +317,7 @@ def test_requests_beyond_the_max_context_are_a_note(cli):
 def test_scheduler_recv_interval_reaches_sglangs_scheduler(cli):
     """SGLang polling every 30 decode steps: 16 clients' TTFT grows, the flag is named as the source.
     The outputs are spread (0.15) so that clients finish apart and requests arrive while decodes
-    run: at SGLang's own spread (0.02) a wave finishes within its 250 ms frontend cost, the
+    run: at SGLang's own spread (0.02) a wave finishes within its 200 ms frontend cost, the
     engine is idle when the next requests arrive, and an idle scheduler polls at once."""
     args = (
         "latency",
