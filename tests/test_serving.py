@@ -291,7 +291,8 @@ def test_fit_recovers_a_known_frontend_streaming_cost(registry):
 
 def test_fit_recovers_a_known_allreduce_bandwidth_share(registry):
     """Points made on four GPUs with the all-reduces at 0.4 of the link (the engines' default
-    0.65): long prompts put 2-16 MB through every call, and the fit finds the share."""
+    0.65): prompts of 1,024-4,096 tokens put 8-34 MB through every call (4,096 x 2 B per token),
+    and the fit finds the share."""
     model, gpu = registry.model("llama-3-8b"), registry.gpu("h100-sxm")
     replica = Replica(model, gpu, tp=4)
     truth = {"allreduce_bandwidth_efficiency": 0.4}

@@ -232,7 +232,7 @@ def sglang_mem_fraction_static(memory_bytes: float, tp: int, chunked_prefill_siz
 
 
 #: vendors whose accelerators TensorRT-LLM does not run on (it is CUDA-only)
-NOT_NVIDIA = frozenset({"amd", "google", "intel"})
+NON_CUDA_VENDORS = frozenset({"amd", "google", "intel"})
 
 
 def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
@@ -240,7 +240,7 @@ def engine_defaults(engine: str, gpu: HardwareProfile) -> EngineConfig:
     engine = engine.lower()
     if engine not in ENGINES:
         raise CapcalcError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if engine == "trtllm" and gpu.vendor.lower() in NOT_NVIDIA:
+    if engine == "trtllm" and gpu.vendor.lower() in NON_CUDA_VENDORS:
         raise CapcalcError(
             f"TensorRT-LLM runs on NVIDIA GPUs only: {gpu.name} is {gpu.vendor}'s (use --engine vllm or sglang)"
         )
