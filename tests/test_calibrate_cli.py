@@ -514,6 +514,44 @@ def test_calibrate_recovers_a_known_frontend_cost(cli, tmp_path):
     assert summary["ttft_mean_abs_error_after_pct"] < summary["ttft_mean_abs_error_before_pct"]
 
 
+def test_calibrate_recovers_a_known_allreduce_bandwidth_share(cli, tmp_path):
+    """Runs made by the model on four GPUs with the all-reduces at 0.4 of the link (the
+    engine's own value is 0.65), written as vllm bench serve results with 2,048-token
+    prompts: the fit of that share alone finds 0.4 back."""
+    doc = _vllm_doc()
+    paths = []
+    for c in (1, 8):
+        truth = Session(use_calibration=False).serving(
+            "llama-3.1-8b",
+            "h100-sxm",
+            2048,
+            32,
+            tp=4,
+            concurrency=c,
+            num_requests=5 * c,
+            efficiency={"allreduce_bandwidth_efficiency": 0.4},
+        )
+        run = {
+            **doc,
+            "max_concurrency": c,
+            "num_prompts": 5 * c,
+            "completed": 5 * c,
+            "total_input_tokens": 2048 * 5 * c,
+            "total_output_tokens": 32 * 5 * c,
+            "mean_ttft_ms": truth.ttft_s * 1e3,
+            "mean_tpot_ms": truth.tpot_s * 1e3,
+            "output_throughput": truth.output_tokens_per_s,
+        }
+        paths.append(tmp_path / f"c{c}.json")
+        paths[-1].write_text(json.dumps(run))
+    args = ("--gpu", "h100-sxm", "--engine", "vllm", "--tp", "4")
+    got = cli("calibrate", *paths, *args, "--parameters", "allreduce_bandwidth_efficiency", "--json")
+    assert got.code == 0, got.err
+    summary = got.json()[-1]
+    assert summary["fitted_allreduce_bandwidth_efficiency"] == pytest.approx(0.4, rel=0.05)
+    assert summary["ttft_mean_abs_error_after_pct"] < summary["ttft_mean_abs_error_before_pct"]
+
+
 def test_table_view_fits_100_columns(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     path = write_csv(tmp_path, QWEN_ROWS[:2])

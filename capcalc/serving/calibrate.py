@@ -81,6 +81,7 @@ FIT_PARAMETERS = (
     "seq_step_overhead_s",
     "stream_token_host_s",
     "memory_fraction",
+    "allreduce_bandwidth_efficiency",
 )
 #: parameters whose loss is a staircase with a wall, not one smooth valley: the KV pool grows
 #: in whole blocks with the memory share, and below some share the model leaves no cache at
