@@ -483,28 +483,35 @@ def test_a_bad_engine_entry_in_the_calibration_file_is_one_line(cli, isolated_us
     assert str(path) in line and "speed" in line
 
 
-def test_calibrate_recovers_a_known_frontend_cost(cli, tmp_path):
-    """Runs made by the model itself with a 30 ms frontend, written as vllm bench serve
-    results: the fit of the frontend alone finds 30 ms back."""
+def _model_made_runs(tmp_path, concurrencies, prompt, output, **serving) -> list:
+    """vllm bench serve result files of runs the model itself makes of llama-3.1-8b on
+    h100-sxm (vLLM, 5 requests per client) with ``serving`` (Session.serving's keywords)."""
     doc = _vllm_doc()
     paths = []
-    for c in (1, 4):
+    for c in concurrencies:
         truth = Session(use_calibration=False).serving(
-            "llama-3.1-8b", "h100-sxm", 1024, 128, concurrency=c, num_requests=5 * c, frontend_s=0.030
+            "llama-3.1-8b", "h100-sxm", prompt, output, concurrency=c, num_requests=5 * c, **serving
         )
         run = {
             **doc,
             "max_concurrency": c,
             "num_prompts": 5 * c,
             "completed": 5 * c,
-            "total_input_tokens": 1024 * 5 * c,
-            "total_output_tokens": 128 * 5 * c,
+            "total_input_tokens": prompt * 5 * c,
+            "total_output_tokens": output * 5 * c,
             "mean_ttft_ms": truth.ttft_s * 1e3,
             "mean_tpot_ms": truth.tpot_s * 1e3,
             "output_throughput": truth.output_tokens_per_s,
         }
         paths.append(tmp_path / f"c{c}.json")
         paths[-1].write_text(json.dumps(run))
+    return paths
+
+
+def test_calibrate_recovers_a_known_frontend_cost(cli, tmp_path):
+    """Runs made by the model itself with a 30 ms frontend, written as vllm bench serve
+    results: the fit of the frontend alone finds 30 ms back."""
+    paths = _model_made_runs(tmp_path, (1, 4), 1024, 128, frontend_s=0.030)
     got = cli(
         "calibrate", *paths, "--gpu", "h100-sxm", "--engine", "vllm", "--parameters", "frontend_s", "--json"
     )
@@ -518,32 +525,8 @@ def test_calibrate_recovers_a_known_allreduce_bandwidth_share(cli, tmp_path):
     """Runs made by the model on four GPUs with the all-reduces at 0.4 of the link (the
     engine's own value is 0.65), written as vllm bench serve results with 2,048-token
     prompts: the fit of that share alone finds 0.4 back."""
-    doc = _vllm_doc()
-    paths = []
-    for c in (1, 8):
-        truth = Session(use_calibration=False).serving(
-            "llama-3.1-8b",
-            "h100-sxm",
-            2048,
-            32,
-            tp=4,
-            concurrency=c,
-            num_requests=5 * c,
-            efficiency={"allreduce_bandwidth_efficiency": 0.4},
-        )
-        run = {
-            **doc,
-            "max_concurrency": c,
-            "num_prompts": 5 * c,
-            "completed": 5 * c,
-            "total_input_tokens": 2048 * 5 * c,
-            "total_output_tokens": 32 * 5 * c,
-            "mean_ttft_ms": truth.ttft_s * 1e3,
-            "mean_tpot_ms": truth.tpot_s * 1e3,
-            "output_throughput": truth.output_tokens_per_s,
-        }
-        paths.append(tmp_path / f"c{c}.json")
-        paths[-1].write_text(json.dumps(run))
+    share = {"allreduce_bandwidth_efficiency": 0.4}
+    paths = _model_made_runs(tmp_path, (1, 8), 2048, 32, tp=4, efficiency=share)
     args = ("--gpu", "h100-sxm", "--engine", "vllm", "--tp", "4")
     got = cli("calibrate", *paths, *args, "--parameters", "allreduce_bandwidth_efficiency", "--json")
     assert got.code == 0, got.err
