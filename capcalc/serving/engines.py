@@ -375,8 +375,10 @@ MAX_MATMUL_FRACTION = 0.869
 # here; the per-sequence values were then picked by mean |TPOT error| on every 2nd row from a
 # grid (0-0.5 us): 0.1, 0.3, 0.2 us (docs/latency.md, "Serving parameters").
 # allreduce_bandwidth_efficiency: the share of the NVLink rate a served step's all-reduces reach.
-# Prefill steps move 2-130 MB per call at tp 2-8, where nccl-tests' bus bandwidth sits below the
-# link's and the collective does not overlap the matrix products. Picked from a grid (0.45-1) on
+# Prefill steps move 2-130 MB per call at tp 2-8 (tokens x hidden x 2 B), and the collective does
+# not overlap the matrix products. A fitted value, not a measured bus bandwidth: no nccl-tests
+# figure for H100/B200 NVLink was found to pin it, and `calibrate` fits it per deployment (twelve
+# TensorRT-LLM Llama-3.1-70B B200 rows alone give 0.99, docs/latency.md). Picked from a grid (0.45-1) on
 # every 2nd row of each engine by the sum of its TTFT, TPOT and tok/s/GPU mean |error|: the best
 # lies at 0.55-0.65 for every engine (vLLM 0.65, TensorRT-LLM 0.55-0.65, SGLang 0.65), so one
 # value serves the three, as one fabric would (docs/latency.md, "Serving parameters").
